@@ -1,0 +1,293 @@
+"""The command-line interface (STYLE habit 11: parse, load config, call one function, write results)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from budgetsft.exceptions import BudgetsftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware adaptation of language models.")
+err = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+TABLE_KEYS = ("labels_bought", "mistakes", "pseudo_regret", "stackelberg_regret", "regret_queried",
+              "regret_unqueried", "test_accuracy")
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{name}' must be a comma-separated list of integers. Got {text!r}.") from None
+
+
+def _base_config(config: Path | None, env: str | None, rounds: int | None, learner: str | None,
+                 radius: float | None) -> dict:
+    from budgetsft.config import DEFAULT_CONFIG, load_config, merge
+
+    cfg = load_config(config) if config else merge(DEFAULT_CONFIG, {})
+    if env is not None and env != cfg["env"]["name"]:
+        cfg["env"] = merge(DEFAULT_CONFIG["env"], {})
+        cfg["env"]["name"] = env
+    if rounds is not None:
+        cfg["env"]["rounds"] = rounds
+    if learner is not None and learner != cfg["learner"]["name"]:
+        cfg["learner"] = {"name": learner}
+    if radius is not None:
+        cfg["learner"]["radius"] = radius
+    return cfg
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:.1f}"
+    return str(v)
+
+
+@app.command()
+def run(
+    env: Annotated[str | None, typer.Option(help="Environment: synthetic, drifting, adversarial.")] = None,
+    gate: Annotated[str | None, typer.Option(help="Gate: llf, full, random, first, margin, bbq, cgz.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of rounds, in (0, 1].")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
+    learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
+    radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
+    window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
+    records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
+) -> None:
+    """Play one budgeted game and print its summary."""
+    from budgetsft.experiment import SUMMARY_KEYS, run as run_game
+    from budgetsft.plots import plot_runs
+    from budgetsft.regret import to_frame
+
+    cfg = _base_config(config, env, rounds, learner, radius)
+    if gate is not None and gate != cfg["gate"]["name"]:
+        cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
+    if beta is not None:
+        cfg["gate"]["beta"] = beta
+    if window is not None:
+        cfg["gate"]["window"] = window
+    if seed is not None:
+        cfg["seed"] = seed
+    if records_format not in ("csv", "parquet"):
+        raise typer.BadParameter(f"'--format' must be csv or parquet. Got {records_format!r}.")
+    result = _with_progress(lambda cb: run_game(cfg, progress=cb), total=int(cfg["env"]["rounds"]),
+                            what=f"{cfg['gate']['name']} rounds", quiet=as_json)
+    summary = result.summary
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frame = to_frame(result.records)
+        if records_format == "parquet":
+            try:
+                frame.to_parquet(out_dir / "records.parquet", index=False)
+            except ImportError as exc:
+                raise BudgetsftError("Writing Parquet needs pyarrow: pip install pyarrow (or use --format csv).") from exc
+        else:
+            frame.to_csv(out_dir / "records.csv", index=False)
+        (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+        (out_dir / "config.json").write_text(json.dumps(_clean(result.config), indent=2, sort_keys=True) + "\n")
+        plot_runs({f"{summary['gate']} β={summary['beta']}": frame}, out_dir / "regret.png",
+                  title=f"{cfg['env']['name']}: seed {summary['seed']}")
+    if as_json:
+        print(json.dumps(_clean(summary)))
+        return
+    table = Table(title=f"budgetsft run — {cfg['env']['name']}, {summary['learner']} learner, seed {summary['seed']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in SUMMARY_KEYS:
+        table.add_row(key, _fmt(summary.get(key)))
+    out.print(table)
+    if out_dir is not None:
+        out.print(f"wrote {out_dir}/records.{records_format}, summary.json, regret.png")
+
+
+def _with_progress(fn, total: int, what: str, quiet: bool):
+    """Run fn(callback) under a rich progress bar on stderr (hidden when quiet or not a TTY)."""
+    if quiet or not err.is_terminal:
+        return fn(None)
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        return fn(lambda n: progress.update(task, completed=n))
+
+
+@app.command()
+def sweep(
+    gates: Annotated[str, typer.Option(help="Comma-separated gates.")] = "llf,random,first,full",
+    betas: Annotated[str, typer.Option(help="Comma-separated budgets β.")] = "0.1",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    env: Annotated[str | None, typer.Option(help="Environment: synthetic, drifting, adversarial.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
+    learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
+    radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
+) -> None:
+    """Run gates × β × seeds and print a table of mean ± sd (full runs once per seed at β = 1)."""
+    from budgetsft.config import GATES
+
+    gate_list = [g.strip() for g in gates.split(",") if g.strip()]
+    unknown = [g for g in gate_list if g not in GATES]
+    if unknown:
+        raise typer.BadParameter(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
+    cfg = _base_config(config, env, rounds, learner, radius)
+    _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot)
+
+
+def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool, plot: Path | None,
+                      runs_dir: Path | None = None) -> list[dict]:
+    from budgetsft.experiment import aggregate
+    from budgetsft.experiment import sweep as run_sweep
+
+    from budgetsft.regret import to_frame
+
+    n_cells = sum(len(seed_list) * (1 if g == "full" else len(beta_list)) for g in gate_list)
+    done: list[dict] = []
+    curves: dict = {}
+
+    def keep(result) -> None:
+        s = result.summary
+        if runs_dir is not None and s["seed"] == seed_list[0]:
+            curves[f"{s['gate']} β={s['beta']:g}"] = to_frame(result.records)
+
+    def sweep_with(cb):
+        def on_result(summary):
+            done.append(summary)
+            if cb:
+                cb(len(done))
+        return run_sweep(cfg, gate_list, beta_list, seed_list, on_result=on_result, on_run=keep)
+
+    summaries = _with_progress(sweep_with, total=n_cells, what="sweep cells", quiet=as_json)
+    rows = aggregate(summaries, TABLE_KEYS)
+    _print_table(rows, cfg)
+    if curves:
+        from budgetsft.plots import plot_runs
+
+        plot_runs(curves, runs_dir / "curves.png", title=f"{cfg['env']['name']}: seed {seed_list[0]}")
+    if plot is not None:
+        from budgetsft.plots import plot_sweep
+
+        plot_sweep(rows, "pseudo_regret", plot, title=f"{cfg['env']['name']}: pseudo-regret, mean ± sd")
+        out.print(f"wrote {plot}")
+    if as_json:
+        cells = [{k: v for k, v in s.items() if k != "seconds"} for s in summaries]
+        print(json.dumps(_clean({"cells": cells, "table": rows}), sort_keys=True))
+    return rows
+
+
+def _print_table(rows: list[dict], cfg: dict) -> None:
+    env = cfg["env"]
+    title = (f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}, "
+             f"learner={cfg['learner']['name']} — mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
+    table = Table(title=title)
+    for col in ("gate", "β", "budget", *TABLE_KEYS):
+        table.add_column(col, justify="left" if col == "gate" else "right")
+    for r in rows:
+        cells = [r["gate"], f"{r['beta']:g}", f"{r['budget']:g}"]
+        for k in TABLE_KEYS:
+            m, s = r[k], r[f"{k}_sd"]
+            cells.append("—" if math.isnan(m) else (f"{m:.3f} ± {s:.3f}" if abs(m) <= 1 else f"{m:.1f} ± {s:.1f}"))
+        table.add_row(*cells)
+    out.print(table, width=200)
+
+
+@app.command()
+def plot(
+    records: Annotated[list[Path], typer.Argument(help="Records files (CSV or Parquet) written by run --out.")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("regret.png"),
+) -> None:
+    """Plot cumulative regret and labels bought of one or more runs."""
+    import pandas as pd
+
+    from budgetsft.base import RECORD_FIELDS
+    from budgetsft.plots import plot_runs
+
+    frames = {}
+    for path in records:
+        if not path.is_file():
+            raise typer.BadParameter(f"records file not found: {path}")
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        missing = [c for c in ("round", "regret", "hinge_loss", "mistake", "queried") if c not in frame.columns]
+        if missing:
+            raise typer.BadParameter(f"{path}: not a records file; missing columns {missing} "
+                                     f"(expected {', '.join(RECORD_FIELDS)}).")
+        name = path.parent.name if path.stem == "records" else path.stem
+        frames[name] = frame
+    plot_runs(frames, out_file)
+    out.print(f"wrote {out_file}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the plots.")] = Path("runs/demo"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2,3,4",
+) -> None:
+    """The main job on the built-in default: llf, random, first and full at β = 0.1."""
+    from budgetsft.config import DEFAULT_CONFIG, merge
+
+    cfg = merge(DEFAULT_CONFIG, {})
+    out.print("budgetsft demo: low-noise synthetic stream (SPEC §4 setting), β = 0.1")
+    _sweep_and_report(cfg, ["llf", "random", "first", "full"], [0.1], _ints(seeds, "seeds"), False,
+                      out_dir / "pseudo_regret.png", runs_dir=out_dir)
+    out.print(f"wrote {out_dir}/pseudo_regret.png and {out_dir}/curves.png")
+
+
+def main() -> None:
+    """Console-script entry point: library errors become one clear line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except BudgetsftError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Configs are data (STYLE habit 10): components picked by short registered names.
+
+A run config is a dict (or a YAML file) such as::
+
+    env: {name: synthetic, d: 20, K: 5, rounds: 5000, temperature: 0.05}
+    learner: {name: ridge, lam: 1.0, radius: 0.1}
+    gate: {name: llf, beta: 0.1}
+    follower: {name: best_response}
+    seed: 0
+
+``gate.beta`` (or ``gate.budget``) sets the label budget; ``gate.unit``
+("labels" or "cost") how it is counted. Every unknown name or key is a
+:class:`ConfigError` naming it and listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from budgetsft.envs import AdversarialContextEnv, DriftingEnv, LinearSoftmaxEnv
+from budgetsft.exceptions import ConfigError
+from budgetsft.followers import BestResponseFollower, RandomFollower
+from budgetsft.gates import BBQGate, CGZGate, FirstGate, FullGate, LLFGate, MarginGate, RandomGate
+from budgetsft.learners import LogisticLearner, OGDLearner, RidgeLearner
+
+__all__ = [
+    "LEARNERS",
+    "GATES",
+    "FOLLOWERS",
+    "ENVS",
+    "DEFAULT_CONFIG",
+    "build",
+    "load_config",
+    "merge",
+    "validate_config",
+]
+
+LEARNERS: dict[str, Callable] = {"ridge": RidgeLearner, "logistic": LogisticLearner, "ogd": OGDLearner}
+GATES: dict[str, Callable] = {
+    "llf": LLFGate,
+    "full": FullGate,
+    "random": RandomGate,
+    "first": FirstGate,
+    "margin": MarginGate,
+    "bbq": BBQGate,
+    "cgz": CGZGate,
+}
+FOLLOWERS: dict[str, Callable] = {"best_response": BestResponseFollower, "random": RandomFollower}
+ENVS: dict[str, Callable] = {
+    "synthetic": LinearSoftmaxEnv,
+    "drifting": DriftingEnv,
+    "adversarial": AdversarialContextEnv,
+}
+# Keys of the gate section that configure the budget, not the gate object.
+BUDGET_KEYS = ("beta", "budget", "unit")
+# Components that own a random generator receive a seed derived from the run seed.
+SEEDED_OFFSET = {"gate": 1, "follower": 2}
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "env": {"name": "synthetic", "d": 20, "K": 5, "rounds": 5000, "temperature": 0.05, "theta_norm": 1.0},
+    "learner": {"name": "ridge"},
+    "gate": {"name": "llf", "beta": 0.1},
+    "follower": {"name": "best_response"},
+    "seed": 0,
+    "comparator_S": 10.0,
+    "test_rounds": 2000,
+}
+
+TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description"}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base``; a new ``name`` replaces the section."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if "name" in value and value["name"] != out[key].get("name"):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config and merge it over :data:`DEFAULT_CONFIG`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections; got {type(raw).__name__}.")
+    unknown = set(raw) - TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: {sorted(TOP_LEVEL_KEYS)}.")
+    cfg = merge(DEFAULT_CONFIG, raw)
+    validate_config(cfg, where=str(path))
+    return cfg
+
+
+def _construct(registry: dict[str, Callable], section: str, spec: dict, extra: dict | None = None, where: str = "config"):
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}: section '{section}' must be a mapping with a 'name'. Got {spec!r}.")
+    name = spec["name"]
+    if name not in registry:
+        raise ConfigError(f"{where}: unknown {section} {name!r}; valid: {', '.join(sorted(registry))}.")
+    cls = registry[name]
+    kwargs = {k: v for k, v in spec.items() if k != "name" and not (section == "gate" and k in BUDGET_KEYS)}
+    params = inspect.signature(cls).parameters
+    for key in kwargs:
+        if key not in params:
+            valid = [p for p in params if p not in ("self",)]
+            raise ConfigError(
+                f"{where}: {section} {name!r} has no parameter {key!r}; valid: {', '.join(valid) or '(none)'}."
+            )
+    for key, value in (extra or {}).items():
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def build(cfg: dict, where: str = "config") -> dict:
+    """Instantiate env, learner, gate and follower of a run config (no rounds are played)."""
+    seed = cfg.get("seed", 0)
+    out = {}
+    if "env" in cfg and cfg.get("env") is not None and "data" not in cfg:
+        out["env"] = _construct(ENVS, "env", cfg["env"], {"seed": seed}, where)
+    out["learner"] = _construct(LEARNERS, "learner", cfg["learner"], None, where)
+    out["gate"] = _construct(GATES, "gate", cfg["gate"], {"seed": seed * 1000 + SEEDED_OFFSET["gate"]}, where)
+    out["follower"] = _construct(
+        FOLLOWERS, "follower", cfg.get("follower", {"name": "best_response"}),
+        {"seed": seed * 1000 + SEEDED_OFFSET["follower"]}, where,
+    )
+    return out
+
+
+def validate_config(cfg: dict, where: str = "config") -> None:
+    """Build every component and run its parameter checks, before any round is played."""
+    from budgetsft.budget import Budget
+
+    objs = build(cfg, where)
+    for key in ("env", "learner", "gate", "follower"):
+        obj = objs.get(key)
+        if obj is not None and hasattr(obj, "_validate"):
+            obj._validate()
+    gate = cfg["gate"]
+    if "beta" in gate and "budget" in gate:
+        raise ConfigError(f"{where}: give the gate either 'beta' or 'budget', not both.")
+    if "budget" in gate:
+        Budget(gate["budget"], gate.get("unit", "labels"))
+    else:
+        rounds = len(objs["env"]) if "env" in objs else 1
+        Budget.from_beta(gate.get("beta", 1.0), rounds, unit=gate.get("unit", "labels"))

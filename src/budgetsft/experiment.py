@@ -1,0 +1,198 @@
+"""Run one configured game, or a sweep of them, and summarise (the library behind the CLI)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from budgetsft.base import Record, Round
+from budgetsft.budget import Budget
+from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
+from budgetsft.game import play
+from budgetsft.regret import summarize
+
+__all__ = ["RunResult", "run", "sweep", "held_out_accuracy", "SUMMARY_KEYS", "aggregate"]
+
+# Keys every run summary carries (the CLI's --json contract), in print order.
+SUMMARY_KEYS = (
+    "gate",
+    "beta",
+    "budget",
+    "labels_bought",
+    "rounds",
+    "mistakes",
+    "hinge_loss",
+    "pseudo_regret",
+    "stackelberg_regret",
+    "regret_queried",
+    "regret_unqueried",
+    "pseudo_regret_queried",
+    "pseudo_regret_unqueried",
+    "test_accuracy",
+    "seconds",
+)
+
+
+@dataclass
+class RunResult:
+    """Records, the rounds they were played on, and the summary of one run."""
+
+    config: dict
+    records: list[Record]
+    rounds: list[Round]
+    summary: dict
+    learner: object = None
+    extras: dict = field(default_factory=dict)
+
+
+def held_out_accuracy(learner, rounds: Sequence[Round]) -> float:
+    """Fraction of held-out rounds whose committed prediction (argmax score) is the gold."""
+    if not rounds:
+        return math.nan
+    hits = sum(int(np.argmax(learner.score_many(np.asarray(r.features, dtype=np.float64))) == r.gold) for r in rounds)
+    return hits / len(rounds)
+
+
+def _budget_for(cfg: dict, stream: Sequence[Round] | object) -> Budget:
+    gate = cfg["gate"]
+    unit = gate.get("unit", "labels")
+    if "budget" in gate:
+        return Budget(gate["budget"], unit)
+    horizon = len(stream)  # type: ignore[arg-type]
+    costs = None
+    if unit == "cost":
+        costs = [r.cost for r in stream]  # type: ignore[union-attr]
+    return Budget.from_beta(gate.get("beta", 1.0), horizon, costs=costs, unit=unit)
+
+
+def run(
+    config: dict | None = None,
+    *,
+    stream: Sequence[Round] | None = None,
+    test: Sequence[Round] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Play one configured game and summarise it.
+
+    Parameters
+    ----------
+    config : dict, optional
+        Merged over :data:`budgetsft.config.DEFAULT_CONFIG`.
+    stream, test : sequence of Round, optional
+        Rounds to play (and held-out rounds to evaluate on) instead of the
+        config's synthetic environment; used for real data.
+    progress : callable, optional
+        Called with the number of rounds played so far.
+    """
+    cfg = merge(DEFAULT_CONFIG, config or {})
+    validate_config(cfg)
+    objs = build(cfg)
+    env = objs.get("env")
+    if stream is None:
+        stream = env
+        if test is None and hasattr(env, "test_rounds") and cfg.get("test_rounds", 0):
+            test = env.test_rounds(int(cfg["test_rounds"]))
+    budget = _budget_for(cfg, stream)
+    learner, gate, follower = objs["learner"], objs["gate"], objs["follower"]
+    start = time.perf_counter()
+    records: list[Record] = []
+    played: list[Round] = []
+    source = _Recorder(stream, played)
+    for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream)):
+        records.append(rec)
+        if progress is not None:
+            progress(len(records))
+    seconds = time.perf_counter() - start
+    summary = summarize(records, played, S=float(cfg.get("comparator_S", 10.0)))
+    summary.update(
+        gate=cfg["gate"]["name"],
+        beta=cfg["gate"].get("beta"),
+        budget=budget.total,
+        budget_unit=budget.unit,
+        learner=cfg["learner"]["name"],
+        seed=cfg.get("seed", 0),
+        test_accuracy=held_out_accuracy(learner, test) if test is not None else math.nan,
+        seconds=seconds,
+    )
+    return RunResult(config=cfg, records=records, rounds=played, summary=summary, learner=learner)
+
+
+class _Recorder:
+    """Wraps a stream, keeping each round it yields (for the hindsight comparator)."""
+
+    def __init__(self, stream, sink: list[Round]) -> None:
+        self._stream = stream
+        self._sink = sink
+
+    def __len__(self) -> int:
+        return len(self._stream)
+
+    def bind(self, learner) -> None:
+        if hasattr(self._stream, "bind"):
+            self._stream.bind(learner)
+
+    def __iter__(self):
+        for r in self._stream:
+            self._sink.append(r)
+            yield r
+
+
+def sweep(
+    base: dict | None,
+    gates: Sequence[str],
+    betas: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    gate_options: dict[str, dict] | None = None,
+    stream_factory: Callable[[int], tuple[Sequence[Round], Sequence[Round] | None]] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    on_run: Callable[[RunResult], None] | None = None,
+) -> list[dict]:
+    """Run every (gate, β, seed) cell; returns summaries in (gate, β, seed) order.
+
+    ``full`` is run once per seed at β = 1 whatever ``betas`` says. Cells are
+    validated before the first one is played. ``on_result`` gets each summary,
+    ``on_run`` each full :class:`RunResult` (records included).
+    """
+    base = merge(DEFAULT_CONFIG, base or {})
+    gate_options = gate_options or {}
+    cells = []
+    for g in gates:
+        for b in ([1.0] if g == "full" else betas):
+            for s in seeds:
+                cfg = merge(base, {"gate": {"name": g, "beta": float(b), **gate_options.get(g, {})}, "seed": int(s)})
+                cells.append(cfg)
+    for cfg in cells:
+        validate_config(cfg)
+    out = []
+    for cfg in cells:
+        stream = test = None
+        if stream_factory is not None:
+            stream, test = stream_factory(cfg["seed"])
+        res = run(cfg, stream=stream, test=test)
+        out.append(res.summary)
+        if on_run is not None:
+            on_run(res)
+        if on_result is not None:
+            on_result(res.summary)
+    return out
+
+
+def aggregate(summaries: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Mean and sd over seeds for each (gate, β) cell, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["gate"], s["beta"]), []).append(s)
+    rows = []
+    for (g, b), items in groups.items():
+        row = {"gate": g, "beta": b, "seeds": len(items), "budget": items[0]["budget"]}
+        for k in keys:
+            vals = np.array([float(it[k]) for it in items], dtype=np.float64)
+            row[k] = float(vals.mean())
+            row[f"{k}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows

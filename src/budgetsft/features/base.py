@@ -1,0 +1,166 @@
+"""The Featurizer role and its registry (SPEC §6, STYLE.md habits 1 and 10).
+
+A featuriser turns canonical examples (prompt + K candidates) into one matrix
+φ(x, a) of shape (K, dim) per example. Implementations live in
+``encoder.py``, ``causal.py`` and ``block.py``; they are picked by short
+registered names with :func:`make_featurizer`.
+
+This module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from budgetsft.data.schema import Example
+from budgetsft.exceptions import ConfigError, DataError
+
+__all__ = [
+    "Featurizer",
+    "FEATURIZERS",
+    "make_featurizer",
+    "featurizer_key",
+    "example_key",
+    "check_examples",
+]
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """Text -> candidate features φ(x, a).
+
+    Attributes
+    ----------
+    name : str
+        Registered short name (``"encoder"``, ``"causal"``, ``"block"``).
+    dim : int
+        d, the number of feature columns.
+    """
+
+    name: str
+    dim: int
+
+    def settings(self) -> dict:
+        """Everything that changes the output (model, pooling, max_length, dtype, ...).
+
+        JSON-serialisable; part of the disk-cache key.
+        """
+
+    def transform_many(self, examples: Sequence[Example]) -> list[np.ndarray]:
+        """One float64 ndarray of shape (K_i, dim) per example, all finite."""
+
+
+def _encoder(**options: Any) -> Featurizer:
+    from budgetsft.features.encoder import EncoderFeaturizer
+
+    return EncoderFeaturizer(**options)
+
+
+def _causal(**options: Any) -> Featurizer:
+    from budgetsft.features.causal import CausalFeaturizer
+
+    return CausalFeaturizer(**options)
+
+
+def _block(**options: Any) -> Featurizer:
+    from budgetsft.features.block import BlockFeaturizer
+
+    return BlockFeaturizer(**options)
+
+
+FEATURIZERS: dict[str, Callable[..., Featurizer]] = {
+    "encoder": _encoder,
+    "causal": _causal,
+    "block": _block,
+}
+
+
+def make_featurizer(kind: str, **options: Any) -> Featurizer:
+    """Build a featuriser by its registered name.
+
+    Parameters
+    ----------
+    kind : {"encoder", "causal", "block"}
+    **options
+        Passed to the featuriser's constructor (e.g. ``labels=(...)`` for
+        ``block``, ``dtype="fp32"`` for ``causal``).
+
+    Returns
+    -------
+    Featurizer
+
+    Raises
+    ------
+    ConfigError
+        When ``kind`` is not registered, or an option is invalid.
+
+    Examples
+    --------
+    >>> make_featurizer("ngram")
+    Traceback (most recent call last):
+    ...
+    budgetsft.exceptions.ConfigError: The 'kind' parameter of make_featurizer must be one of 'encoder', 'causal', 'block'. Got 'ngram'.
+    """  # noqa: E501
+    if kind not in FEATURIZERS:
+        raise ConfigError(
+            "The 'kind' parameter of make_featurizer must be one of "
+            + ", ".join(repr(k) for k in FEATURIZERS)
+            + f". Got {kind!r}."
+        )
+    return FEATURIZERS[kind](**options)
+
+
+def featurizer_key(featurizer: Featurizer) -> str:
+    """A short stable hash of a featuriser's name and settings (the cache folder name).
+
+    Returns
+    -------
+    str
+        ``"<name>-<16 hex digits>"``.
+    """
+    blob = json.dumps(
+        {"name": featurizer.name, "dim": int(featurizer.dim), "settings": featurizer.settings()},
+        sort_keys=True,
+        default=str,
+    )
+    return f"{featurizer.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def example_key(example: Example) -> str:
+    """sha256 of the texts of an example (prompt and candidates, in order).
+
+    The id, answer and cost do not change features, so they are not part of the key.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    blob = json.dumps([example.prompt, list(example.candidates)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def check_examples(examples: Sequence[Example], owner: str) -> list[Example]:
+    """Check that every item is an Example with a string prompt and >= 2 string candidates."""
+    if isinstance(examples, Example):
+        raise DataError(f"{owner}.transform_many expects a sequence of Example, got one Example.")
+    out = list(examples)
+    for i, ex in enumerate(out):
+        if not isinstance(ex, Example):
+            raise DataError(
+                f"{owner}.transform_many: item {i} must be a budgetsft Example. "
+                f"Got {type(ex).__name__}."
+            )
+        if not isinstance(ex.prompt, str):
+            raise DataError(f"{owner}: example {ex.id!r} has a non-string prompt.")
+        if len(ex.candidates) < 2 or not all(isinstance(c, str) for c in ex.candidates):
+            raise DataError(
+                f"{owner}: example {ex.id!r} needs K >= 2 string candidates; "
+                f"got {ex.candidates!r}."
+            )
+    return out

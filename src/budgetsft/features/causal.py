@@ -1,0 +1,444 @@
+"""Joint causal-LM features (SPEC §6, "joint").
+
+The causal LM (SmolLM2-135M-Instruct by default) reads prompt and candidate
+together, and for each candidate a we keep
+
+* the mean of the last hidden state (after the final norm) over the
+  candidate's tokens (h = 576 columns; ``pooling="last"`` keeps the final
+  candidate token instead),
+* the mean token log-probability of the candidate given the prompt,
+  (1/n) Σ_j log p(a_j | x, a_<j),
+* a bias column 1.0,
+
+so d = h + 2 = 578.
+
+Prompt format
+-------------
+``prompt_format="chat"`` (the default when the tokenizer has a chat template,
+as SmolLM2-Instruct does): the tokenizer's chat template with the prompt as
+the user message, then the assistant header; the candidate is the assistant
+reply **followed by the end-of-turn token** (``<|im_end|>`` for SmolLM2). The
+end-of-turn token belongs to the candidate span, so the log-probability also
+says whether the reply ends there ("Paris" versus "Paris is ..."), and an
+empty candidate still has one token. ``prompt_format="plain"``:
+``"Question: {prompt}\\nAnswer:"`` followed by ``" " + candidate`` and the EOS
+token when the tokenizer has one.
+
+The prompt part is tokenised once per example and each candidate separately,
+and the ids are concatenated, so the candidate span is exact. Sequences longer
+than ``max_length`` lose prompt tokens from the left (the template header
+first stays, the user text is cut), never candidate tokens (unless the
+candidate alone is longer than ``max_length - 1``, which is cut with a warning).
+
+Batching is padding-aware: the (example, candidate) sequences are sorted by
+length and cut into batches of ``batch_size``, padded on the right. With right
+padding a causal model never lets a real token attend to a pad token, so no
+attention mask is needed, and outputs at real positions do not depend on the
+batch. Logits are computed only at the candidate positions (not for the whole
+vocabulary at every position).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from budgetsft._validation import check_choice, check_int
+from budgetsft.data.schema import Example
+from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.features.base import check_examples
+
+__all__ = ["CausalFeaturizer", "PromptFormat", "SequenceBatch"]
+
+_SENTINEL = "\u2063BUDGETSFT\u2063"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Token ids around the user text and after the candidate.
+
+    Attributes
+    ----------
+    prefix : tuple of int
+        Ids before the prompt text (chat header, system turn, user header).
+    suffix : tuple of int
+        Ids between the prompt text and the candidate (end of user turn, assistant header).
+    terminator : tuple of int
+        Ids appended to every candidate (end-of-turn / EOS); part of the candidate span.
+    candidate_prefix : str
+        Text put before the candidate before tokenising ("" for chat, " " for plain).
+    """
+
+    kind: str
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    terminator: tuple[int, ...]
+    candidate_prefix: str
+
+    @classmethod
+    def build(cls, tokenizer: Any, kind: str) -> PromptFormat:
+        """Derive the format from a tokenizer (``kind`` is "chat" or "plain")."""
+
+        def ids(text: str) -> tuple[int, ...]:
+            return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+        if kind == "chat":
+            user = tokenizer.apply_chat_template(
+                [{"role": "user", "content": _SENTINEL}], tokenize=False,
+                add_generation_prompt=True,
+            )
+            before, after = user.split(_SENTINEL)
+            turn = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
+                tokenize=False,
+            )
+            tail = ids(turn.split(_SENTINEL)[1])
+            # the first token after the reply is the end-of-turn marker (<|im_end|>)
+            terminator = tail[:1]
+            return cls("chat", ids(before), ids(after), terminator, "")
+        eos = tokenizer.eos_token_id
+        terminator = (int(eos),) if eos is not None else ()
+        bos = tokenizer.bos_token_id
+        prefix = ((int(bos),) if bos is not None and bos != eos else ()) + ids("Question: ")
+        return cls("plain", prefix, ids("\nAnswer:"), terminator, " ")
+
+
+@dataclass
+class SequenceBatch:
+    """One padded batch of (example, candidate) sequences.
+
+    Attributes
+    ----------
+    rows : ndarray of shape (B,)
+        Flat candidate indices (over every candidate of every example).
+    input_ids : LongTensor of shape (B, T)
+        Right-padded.
+    starts, ends : LongTensor of shape (B,)
+        The candidate span [start, end) of each sequence (start >= 1).
+    """
+
+    rows: np.ndarray
+    input_ids: Any
+    starts: Any
+    ends: Any
+
+
+class CausalFeaturizer:
+    """Joint causal-LM features: pooled hidden state, mean log-prob, bias (SPEC §6).
+
+    Parameters
+    ----------
+    model_name : str, default="smollm2-135m-instruct"
+        A packaged causal LM, loaded lazily with
+        :func:`budgetsft.features.models.load_causal_lm`.
+    model, tokenizer : optional
+        An already-loaded transformers causal LM and its tokenizer (both or
+        none), e.g. a fine-tuned model or a tiny test model. Its identity in
+        :meth:`settings` is then a hash of its weights.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        The model is moved there.
+    dtype : {"bf16", "fp32", "auto"}, default="bf16"
+        bf16 autocast where supported (falls back to fp32); outputs are float64.
+    max_length : int, default=512
+        Most tokens per sequence; prompts are truncated from the left.
+    batch_size : int, default=16
+        Sequences per forward pass.
+    pooling : {"mean", "last"}, default="mean"
+        Mean over the candidate tokens, or the last candidate token.
+    prompt_format : {"auto", "chat", "plain"}, default="auto"
+        "auto" uses "chat" when the tokenizer has a chat template.
+    progress : bool, default=True
+        tqdm bar (stderr) over sequences.
+    cache_dir : path-like, optional
+        Root of the budgetsft cache for the converted model.
+
+    Attributes
+    ----------
+    name : str
+        ``"causal"``.
+    dim : int
+        h + 2 (578 for SmolLM2-135M). Column h is the mean log-prob, column h+1 the bias.
+
+    Examples
+    --------
+    >>> from budgetsft.data.schema import Example
+    >>> f = CausalFeaturizer(progress=False)                              # doctest: +SKIP
+    >>> ex = Example("q1", "Capital of France?", ("Paris", "Rome", "Oslo"))
+    >>> f.transform_many([ex])[0].shape                                    # doctest: +SKIP
+    (3, 578)
+    """
+
+    name = "causal"
+
+    def __init__(
+        self,
+        model_name: str = "smollm2-135m-instruct",
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        device: str = "auto",
+        dtype: str = "bf16",
+        max_length: int = 512,
+        batch_size: int = 16,
+        pooling: str = "mean",
+        prompt_format: str = "auto",
+        progress: bool = True,
+        cache_dir: Any = None,
+    ) -> None:
+        owner = type(self).__name__
+        if (model is None) != (tokenizer is None):
+            raise ConfigError(
+                f"The 'model' and 'tokenizer' parameters of {owner} must be given together."
+            )
+        self.model_name = model_name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = check_choice(owner, "dtype", dtype, ("bf16", "fp32", "auto"))
+        self.max_length = check_int(owner, "max_length", max_length, low=2)
+        self.batch_size = check_int(owner, "batch_size", batch_size, low=1)
+        self.pooling = check_choice(owner, "pooling", pooling, ("mean", "last"))
+        self.prompt_format = check_choice(
+            owner, "prompt_format", prompt_format, ("auto", "chat", "plain")
+        )
+        self.progress = progress
+        self.cache_dir = cache_dir
+        self._injected = model is not None
+        self._loaded = False
+        self._fingerprint: str | None = None
+        self._warned_long = False
+
+    # ------------------------------------------------------------------ loading
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        from budgetsft.features.models import load_causal_lm, resolve_device, resolve_dtype
+
+        owner = type(self).__name__
+        self.device_ = resolve_device(self.device)
+        if self.model is None:
+            self.model, self.tokenizer = load_causal_lm(
+                self.model_name, device=self.device_, cache_dir=self.cache_dir
+            )
+        else:
+            self.model.to(self.device_)
+            self.model.eval()
+        self.dtype_ = resolve_dtype(owner, self.dtype, self.device_)
+        kind = self.prompt_format
+        if kind == "auto":
+            kind = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
+        if kind == "chat" and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"The 'prompt_format' parameter of {owner} is 'chat' but the tokenizer has no "
+                "chat template; use 'plain' or 'auto'."
+            )
+        self.format_ = PromptFormat.build(self.tokenizer, kind)
+        if len(self.format_.terminator) == 0:
+            warnings.warn(
+                f"{owner}: the tokenizer has no end-of-turn/EOS token; an empty candidate "
+                "will raise a DataError.",
+                stacklevel=3,
+            )
+        self._decoder = self.model.get_decoder()
+        self._head = self.model.get_output_embeddings()
+        self._loaded = True
+
+    @property
+    def dim(self) -> int:
+        if self.model is None:
+            self._ensure_loaded()
+        return int(self.model.config.hidden_size) + 2
+
+    def settings(self) -> dict:
+        """Model identity, prompt format, truncation, pooling and compute dtype."""
+        self._ensure_loaded()
+        if self._injected and self._fingerprint is None:
+            from budgetsft.features.models import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model)
+        fmt = self.format_
+        return {
+            "model": self._fingerprint if self._injected else self.model_name,
+            "prompt_format": fmt.kind,
+            "format_ids": [list(fmt.prefix), list(fmt.suffix), list(fmt.terminator)],
+            "max_length": self.max_length,
+            "truncation": "left",
+            "pooling": self.pooling,
+            "hidden": "last+final_norm",
+            "logprob": "mean",
+            "dtype": self.dtype_,
+        }
+
+    # ------------------------------------------------------------------ tokenise
+    def encode_many(self, examples: Sequence[Example]) -> list[tuple[list[int], int, int]]:
+        """Token ids and candidate span of every (example, candidate) pair.
+
+        Returns
+        -------
+        list of (ids, start, end), one per candidate, examples in order
+            ``ids[start:end]`` are the candidate's tokens (terminator included).
+        """
+        self._ensure_loaded()
+        fmt = self.format_
+        tok = self.tokenizer
+        prompts = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+        flat_cands = [fmt.candidate_prefix + c for ex in examples for c in ex.candidates]
+        cand_ids = tok(flat_cands, add_special_tokens=False)["input_ids"] if flat_cands else []
+        out: list[tuple[list[int], int, int]] = []
+        j = 0
+        for ex, p_ids in zip(examples, prompts, strict=True):
+            prompt_ids = list(fmt.prefix) + list(p_ids) + list(fmt.suffix)
+            for _ in ex.candidates:
+                cand = list(cand_ids[j]) + list(fmt.terminator)
+                j += 1
+                if not cand:
+                    raise DataError(
+                        f"{type(self).__name__}: example {ex.id!r} has an empty candidate and "
+                        "the tokenizer has no end-of-turn token to score instead."
+                    )
+                out.append(self._truncate(ex, prompt_ids, cand, len(fmt.prefix), len(fmt.suffix)))
+        return out
+
+    def _truncate(
+        self, ex: Example, prompt: list[int], cand: list[int], n_prefix: int, n_suffix: int
+    ) -> tuple[list[int], int, int]:
+        limit = self.max_length
+        if len(prompt) + len(cand) <= limit:
+            return prompt + cand, len(prompt), len(prompt) + len(cand)
+        if len(cand) > limit - 1:
+            if not self._warned_long:
+                warnings.warn(
+                    f"{type(self).__name__}: example {ex.id!r} has a candidate of {len(cand)} "
+                    f"tokens, more than max_length - 1 = {limit - 1}; it is cut on the right "
+                    "(warned once).",
+                    stacklevel=4,
+                )
+                self._warned_long = True
+            cand = cand[: limit - 1]
+        room = limit - len(cand)
+        head, body, tail = prompt[:n_prefix], prompt[n_prefix : len(prompt) - n_suffix], prompt[
+            len(prompt) - n_suffix :
+        ]
+        if room >= len(head) + len(tail) + 1:
+            keep = room - len(head) - len(tail)
+            prompt = head + body[len(body) - keep :] + tail
+        else:  # not even the template fits: keep the last tokens before the candidate
+            prompt = prompt[len(prompt) - room :]
+        return prompt + cand, len(prompt), len(prompt) + len(cand)
+
+    def batches(self, encoded: Sequence[tuple[list[int], int, int]]) -> list[SequenceBatch]:
+        """Length-sorted, right-padded batches of ``batch_size`` sequences.
+
+        Parameters
+        ----------
+        encoded : output of :meth:`encode_many`
+
+        Returns
+        -------
+        list of SequenceBatch
+        """
+        import torch
+
+        self._ensure_loaded()
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        order = np.argsort([-len(e[0]) for e in encoded], kind="stable")
+        out = []
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s : s + self.batch_size]
+            width = len(encoded[rows[0]][0])
+            ids = np.full((len(rows), width), pad, dtype=np.int64)
+            for r, i in enumerate(rows):
+                seq = encoded[i][0]
+                ids[r, : len(seq)] = seq
+            out.append(
+                SequenceBatch(
+                    rows=rows,
+                    input_ids=torch.from_numpy(ids).to(self.device_),
+                    starts=torch.tensor([encoded[i][1] for i in rows], device=self.device_),
+                    ends=torch.tensor([encoded[i][2] for i in rows], device=self.device_),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, batch: SequenceBatch) -> Any:
+        """Features of one batch: float32 tensor of shape (B, h + 2)."""
+        import torch
+
+        from budgetsft.features.models import autocast
+
+        with torch.inference_mode():
+            with autocast(self.device_, self.dtype_):
+                # Right padding + causal attention: no real token sees a pad, no mask needed.
+                hidden = self._decoder(input_ids=batch.input_ids).last_hidden_state
+            b, t, h = hidden.shape
+            lengths = batch.ends - batch.starts
+            # Flat (row, position) of every candidate token.
+            seg = torch.repeat_interleave(torch.arange(b, device=hidden.device), lengths)
+            offsets = torch.cumsum(lengths, 0) - lengths
+            pos = torch.arange(int(lengths.sum()), device=hidden.device) - offsets[seg]
+            pos = pos + batch.starts[seg]
+            targets = batch.input_ids[seg, pos]
+            # Logits only where a candidate token is predicted (position - 1).
+            with autocast(self.device_, self.dtype_):
+                logits = self._head(hidden[seg, pos - 1])
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
+            counts = lengths.to(torch.float32)
+            mean_logp = torch.zeros(b, device=hidden.device).index_add_(0, seg, logp) / counts
+            if self.pooling == "mean":
+                pooled = torch.zeros(b, h, device=hidden.device).index_add_(
+                    0, seg, hidden[seg, pos].float()
+                ) / counts[:, None]
+            else:
+                pooled = hidden[torch.arange(b, device=hidden.device), batch.ends - 1].float()
+            ones = torch.ones(b, 1, device=hidden.device)
+            return torch.cat([pooled, mean_logp[:, None], ones], dim=1)
+
+    def transform_many(
+        self, examples: Sequence[Example], *, progress: bool | None = None
+    ) -> list[np.ndarray]:
+        """Joint features of every candidate of every example.
+
+        Parameters
+        ----------
+        examples : sequence of Example
+            K may vary between examples.
+        progress : bool, optional
+            Overrides the constructor's ``progress`` for this call.
+
+        Returns
+        -------
+        list of ndarray of shape (K_i, h + 2), float64
+            Columns: pooled hidden state (h), mean log-prob, bias 1.0.
+        """
+        examples = check_examples(examples, type(self).__name__)
+        if not examples:
+            return []
+        self._ensure_loaded()
+        show = self.progress if progress is None else progress
+        encoded = self.encode_many(examples)
+        flat = np.empty((len(encoded), self.dim), dtype=np.float64)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(encoded), desc="causal", unit="seq", file=sys.stderr,
+            disable=not show, leave=False,
+        )
+        for batch in self.batches(encoded):
+            flat[batch.rows] = self.forward(batch).cpu().numpy()
+            bar.update(len(batch.rows))
+        bar.close()
+        out = []
+        pos = 0
+        for ex in examples:
+            k = len(ex.candidates)
+            out.append(flat[pos : pos + k].copy())
+            pos += k
+        return out

@@ -1,0 +1,7 @@
+"""The leader's scoring policies (SPEC §3)."""
+
+from budgetsft.learners.logistic import LogisticLearner
+from budgetsft.learners.ogd import OGDLearner
+from budgetsft.learners.ridge import RidgeLearner
+
+__all__ = ["RidgeLearner", "LogisticLearner", "OGDLearner"]

@@ -1,0 +1,129 @@
+"""Shared machinery of the learners that keep a confidence ellipsoid.
+
+State: P = V⁻¹ with V = λI + Σ w z zᵀ, updated by rank-one Sherman–Morrison
+steps, and log det V - d log λ tracked by the matrix determinant lemma.
+
+The width step computes W = X P once per round (one pass over P); the pair
+update of the same round reuses it (P z = W[gold] - W[alt]), and the rank-one
+update is one more in-place pass: two passes over P per round, O(K d²).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from budgetsft import _math
+from budgetsft._validation import check_choice, check_float, check_int
+from budgetsft.exceptions import ConfigError, DataError
+
+RadiusSpec = float | str
+
+
+class CovarianceMixin:
+    """Confidence-width state shared by ridge and logistic learners (composition-light mixin)."""
+
+    lam: float
+    radius: RadiusSpec
+    sigma: float
+    delta: float
+    S: float
+    update: str
+
+    # -- validation / lazy init -------------------------------------------------
+    def _check_common(self, owner: str) -> None:
+        check_float(owner, "lam", self.lam, low=0.0, low_open=True)
+        check_float(owner, "sigma", self.sigma, low=0.0)
+        check_float(owner, "delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_float(owner, "S", self.S, low=0.0)
+        check_choice(owner, "update", self.update, ("hardest", "all"))
+        if isinstance(self.radius, str):
+            if self.radius != "theory":
+                raise ConfigError(
+                    f"The 'radius' parameter of {owner} must be a float >= 0 or 'theory'. Got {self.radius!r}."
+                )
+        else:
+            check_float(owner, "radius", self.radius, low=0.0)
+        if self.d is not None:
+            check_int(owner, "d", self.d, low=1)
+
+    def _init_state(self, d: int) -> None:
+        self.d_ = d
+        self.P_ = np.eye(d) / self.lam
+        self.b_ = np.zeros(d)
+        self.coef_ = np.zeros(d)
+        self.logdet_ratio_ = 0.0
+        self.n_updates_ = 0
+        self._version = 0
+        self._cache_key: tuple[int, int] | None = None
+        self._cache_W: np.ndarray | None = None
+        self._cache_X: np.ndarray | None = None
+
+    def _ensure(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "P_"):
+            self._validate()
+            self._init_state(self.d if self.d is not None else X.shape[1])
+        if X.ndim != 2 or X.shape[1] != self.d_:
+            raise DataError(
+                f"{type(self).__name__} was built for d = {self.d_} features; got features of shape {X.shape}."
+            )
+        return X
+
+    def _validate(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- width machinery ------------------------------------------------------------
+    def _XP(self, X: np.ndarray) -> np.ndarray:
+        """W = X P of shape (K, d), cached for the update of the same round."""
+        key = (id(X), self._version)
+        if self._cache_key == key and self._cache_W is not None and self._cache_X is X:
+            return self._cache_W
+        W = X @ self.P_
+        self._cache_key, self._cache_W, self._cache_X = key, W, X
+        return W
+
+    def current_radius(self) -> float:
+        """ρ_t: the fixed radius, or the OFUL radius from δ, σ, S, λ (SPEC §3)."""
+        if self.radius == "theory":
+            ld = self.logdet_ratio_ if hasattr(self, "logdet_ratio_") else 0.0
+            return _math.confidence_radius(ld, sigma=self.sigma, delta=self.delta, lam=self.lam, S=self.S)
+        return float(self.radius)
+
+    def widths_many(self, X: np.ndarray, ref: int) -> tuple[np.ndarray, np.ndarray]:
+        """Widths w(ref, a) = ρ ||φ(ref) - φ(a)||_P and the squared norms, each of shape (K,)."""
+        X = self._ensure(np.asarray(X, dtype=np.float64))
+        W = self._XP(X)
+        # ||x_r - x_a||²_P = (W_r - W_a)·(x_r - x_a)
+        nsq = np.einsum("kd,kd->k", W[ref] - W, X[ref] - X)
+        np.maximum(nsq, 0.0, out=nsq)
+        return self.current_radius() * np.sqrt(nsq), nsq
+
+    def _pairs(self, X: np.ndarray, gold: int, alternative: int) -> list[int]:
+        if self.update == "all":
+            return [a for a in range(X.shape[0]) if a != gold]
+        return [alternative]
+
+    def _check_pair(self, X: np.ndarray, gold: int, alternative: int) -> None:
+        K = X.shape[0]
+        if not (0 <= gold < K) or not (0 <= alternative < K) or gold == alternative:
+            raise DataError(
+                f"learn_one needs 0 <= gold, alternative < K = {K} and gold != alternative; "
+                f"got gold = {gold}, alternative = {alternative}."
+            )
+
+    def _rank_one(self, z: np.ndarray, Pz: np.ndarray | None, weight: float = 1.0) -> None:
+        self.logdet_ratio_ += _math.sherman_morrison_inplace(self.P_, z, Pz, weight)
+        self._version += 1
+
+    def state_dict(self) -> dict:
+        """Learned state (copies), for checkpoints."""
+        if not hasattr(self, "P_"):
+            return {}
+        return {
+            "P": self.P_.copy(),
+            "b": self.b_.copy(),
+            "coef": self.coef_.copy(),
+            "logdet_ratio": self.logdet_ratio_,
+            "n_updates": self.n_updates_,
+        }
+
+
