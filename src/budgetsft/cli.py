@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from budgetsft.exceptions import BudgetsftError
+from budgetsft.exceptions import BudgetsftError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware adaptation of language models.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Budget-aware adaptation of language models.")
 err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
@@ -39,14 +39,14 @@ def _floats(text: str, name: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
+        raise ConfigError(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
 
 
 def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"'{name}' must be a comma-separated list of integers. Got {text!r}.") from None
+        raise ConfigError(f"'{name}' must be a comma-separated list of integers. Got {text!r}.") from None
 
 
 def _base_config(config: Path | None, env: str | None, rounds: int | None, learner: str | None,
@@ -104,7 +104,7 @@ def run(
     if seed is not None:
         cfg["seed"] = seed
     if records_format not in ("csv", "parquet"):
-        raise typer.BadParameter(f"'--format' must be csv or parquet. Got {records_format!r}.")
+        raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
     result = _with_progress(lambda cb: run_game(cfg, progress=cb), total=int(cfg["env"]["rounds"]),
                             what=f"{cfg['gate']['name']} rounds", quiet=as_json)
     summary = result.summary
@@ -165,7 +165,7 @@ def sweep(
     gate_list = [g.strip() for g in gates.split(",") if g.strip()]
     unknown = [g for g in gate_list if g not in GATES]
     if unknown:
-        raise typer.BadParameter(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
+        raise ConfigError(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
     cfg = _base_config(config, env, rounds, learner, radius)
     _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot)
 
@@ -241,11 +241,11 @@ def plot(
     frames = {}
     for path in records:
         if not path.is_file():
-            raise typer.BadParameter(f"records file not found: {path}")
+            raise ConfigError(f"records file not found: {path}")
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
         missing = [c for c in ("round", "regret", "hinge_loss", "mistake", "queried") if c not in frame.columns]
         if missing:
-            raise typer.BadParameter(f"{path}: not a records file; missing columns {missing} "
+            raise ConfigError(f"{path}: not a records file; missing columns {missing} "
                                      f"(expected {', '.join(RECORD_FIELDS)}).")
         name = path.parent.name if path.stem == "records" else path.stem
         frames[name] = frame
@@ -271,22 +271,10 @@ def demo(
 def main() -> None:
     """Console-script entry point: library errors become one clear line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except BudgetsftError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def play(
     pending: list[tuple[Round, np.ndarray, QueryInfo]] = []
     for t, rnd in enumerate(stream, start=1):
         X, cost = _check_round(rnd, t)
-        info = commit(learner, X, t, horizon, cost)
+        try:
+            info = commit(learner, X, t, horizon, cost)
+        except DataError as exc:
+            raise DataError(f"round {t}: {exc}") from exc
         if window == 1:
             yield _resolve(rnd, X, info, bool(gate.ask(info, budget)), learner, follower, budget)
         else:

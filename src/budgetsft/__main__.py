@@ -1,0 +1,5 @@
+"""python -m budgetsft."""
+
+from budgetsft.cli import main
+
+main()
