@@ -16,7 +16,8 @@ from budgetsft.exceptions import BudgetsftError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Budget-aware adaptation of language models.")
 err = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Tables are wide: give them room when stdout is a pipe or a file (CI logs, `| tee`).
+out = Console() if sys.stdout.isatty() else Console(width=200)
 
 TABLE_KEYS = ("labels_bought", "mistakes", "pseudo_regret", "stackelberg_regret", "regret_queried",
               "regret_unqueried", "test_accuracy")
@@ -50,10 +51,25 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def _base_config(config: Path | None, env: str | None, rounds: int | None, learner: str | None,
-                 radius: float | None) -> dict:
+                 radius: float | None, data: str | None = None, features: str | None = None,
+                 device: str | None = None, max_examples: int | None = None) -> dict:
     from budgetsft.config import DEFAULT_CONFIG, load_config, merge
 
     cfg = load_config(config) if config else merge(DEFAULT_CONFIG, {})
+    if data is not None:
+        cfg["data"] = {"name": data}
+    if cfg.get("data"):
+        if isinstance(cfg["data"], str):
+            cfg["data"] = {"name": cfg["data"]}
+        if isinstance(cfg.get("features"), str):
+            cfg["features"] = {"name": cfg["features"]}
+        cfg.setdefault("features", {"name": "encoder"})
+        if features is not None and features != cfg["features"].get("name"):
+            cfg["features"] = {"name": features}
+        if device is not None:
+            cfg["features"]["device"] = device
+        if max_examples is not None:
+            cfg["data"]["max_examples"] = max_examples
     if env is not None and env != cfg["env"]["name"]:
         cfg["env"] = merge(DEFAULT_CONFIG["env"], {})
         cfg["env"]["name"] = env
@@ -84,6 +100,11 @@ def run(
     learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
     radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
     window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode).")] = None,
+    data: Annotated[str | None, typer.Option(help="Real data set (bbc-news, medmcqa, logiqa, sarcasm, "
+                                                 "hf:NAME[:CONFIG], or a .jsonl file) instead of --env.")] = None,
+    features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
+    device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
@@ -94,7 +115,8 @@ def run(
     from budgetsft.plots import plot_runs
     from budgetsft.regret import to_frame
 
-    cfg = _base_config(config, env, rounds, learner, radius)
+    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples)
+    cfg["progress"] = not as_json
     if gate is not None and gate != cfg["gate"]["name"]:
         cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
     if beta is not None:
@@ -105,8 +127,9 @@ def run(
         cfg["seed"] = seed
     if records_format not in ("csv", "parquet"):
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
-    result = _with_progress(lambda cb: run_game(cfg, progress=cb), total=int(cfg["env"]["rounds"]),
-                            what=f"{cfg['gate']['name']} rounds", quiet=as_json)
+    result = _with_progress(lambda cb: run_game(cfg, progress=cb), total=None if cfg.get("data") else
+                            int(cfg["env"]["rounds"]), what=f"{cfg['gate']['name']} rounds",
+                            quiet=as_json or bool(cfg.get("data")))
     summary = result.summary
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,11 +144,11 @@ def run(
         (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
         (out_dir / "config.json").write_text(json.dumps(_clean(result.config), indent=2, sort_keys=True) + "\n")
         plot_runs({f"{summary['gate']} β={summary['beta']}": frame}, out_dir / "regret.png",
-                  title=f"{cfg['env']['name']}: seed {summary['seed']}")
+                  title=f"{_setting(cfg)}: seed {summary['seed']}")
     if as_json:
         print(json.dumps(_clean(summary)))
         return
-    table = Table(title=f"budgetsft run — {cfg['env']['name']}, {summary['learner']} learner, seed {summary['seed']}")
+    table = Table(title=f"budgetsft run — {_setting(cfg)}, {summary['learner']} learner, seed {summary['seed']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in SUMMARY_KEYS:
@@ -155,6 +178,10 @@ def sweep(
     rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
     learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
     radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
+    data: Annotated[str | None, typer.Option(help="Real data set instead of --env (see `budgetsft data list`).")] = None,
+    features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
+    device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
@@ -166,7 +193,7 @@ def sweep(
     unknown = [g for g in gate_list if g not in GATES]
     if unknown:
         raise ConfigError(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
-    cfg = _base_config(config, env, rounds, learner, radius)
+    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples)
     _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot)
 
 
@@ -199,11 +226,12 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     if curves:
         from budgetsft.plots import plot_runs
 
-        plot_runs(curves, runs_dir / "curves.png", title=f"{cfg['env']['name']}: seed {seed_list[0]}")
+        plot_runs(curves, runs_dir / "curves.png", title=f"{_setting(cfg)}: seed {seed_list[0]}")
     if plot is not None:
         from budgetsft.plots import plot_sweep
 
-        plot_sweep(rows, "pseudo_regret", plot, title=f"{cfg['env']['name']}: pseudo-regret, mean ± sd")
+        metric = "mistakes" if cfg.get("data") else "pseudo_regret"
+        plot_sweep(rows, metric, plot, title=f"{_setting(cfg)}: {metric.replace('_', '-')}, mean ± sd")
         out.print(f"wrote {plot}")
     if as_json:
         cells = [{k: v for k, v in s.items() if k != "seconds"} for s in summaries]
@@ -211,10 +239,16 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     return rows
 
 
-def _print_table(rows: list[dict], cfg: dict) -> None:
+def _setting(cfg: dict) -> str:
+    if cfg.get("data"):
+        return f"{cfg['data']['name']} ({cfg['features']['name']} features)"
     env = cfg["env"]
-    title = (f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}, "
-             f"learner={cfg['learner']['name']} — mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
+    return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
+
+
+def _print_table(rows: list[dict], cfg: dict) -> None:
+    title = (f"{_setting(cfg)}, learner={cfg['learner']['name']} — "
+             f"mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
     table = Table(title=title)
     for col in ("gate", "β", "budget", *TABLE_KEYS):
         table.add_column(col, justify="left" if col == "gate" else "right")
@@ -224,7 +258,7 @@ def _print_table(rows: list[dict], cfg: dict) -> None:
             m, s = r[k], r[f"{k}_sd"]
             cells.append("—" if math.isnan(m) else (f"{m:.3f} ± {s:.3f}" if abs(m) <= 1 else f"{m:.1f} ± {s:.1f}"))
         table.add_row(*cells)
-    out.print(table, width=200)
+    out.print(table)
 
 
 @app.command()
@@ -265,7 +299,73 @@ def demo(
     out.print("budgetsft demo: low-noise synthetic stream (SPEC §4 setting), β = 0.1")
     _sweep_and_report(cfg, ["llf", "random", "first", "full"], [0.1], _ints(seeds, "seeds"), False,
                       out_dir / "pseudo_regret.png", runs_dir=out_dir)
-    out.print(f"wrote {out_dir}/pseudo_regret.png and {out_dir}/curves.png")
+    out.print(f"wrote {out_dir}/curves.png")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: list, inspect, export.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the built-in data sets with their source and licence."""
+    from budgetsft.data import list_datasets
+
+    table = Table(title="budgetsft data sets")
+    for col in ("name", "task", "source", "licence"):
+        table.add_column(col, overflow="fold")
+    for d in list_datasets():
+        table.add_row(d["name"], d.get("task", ""), d.get("source", ""), d.get("licence", ""))
+    out.print(table)
+
+
+@data_app.command("show")
+def data_show(
+    name: Annotated[str, typer.Argument(help="Data set name, hf:NAME[:CONFIG], or a .jsonl file.")],
+    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Counts, label balance and two examples of a data set."""
+    from budgetsft.data import describe, load_dataset
+
+    info = describe(load_dataset(name, seed=seed))
+    if as_json:
+        print(json.dumps(_clean(info), ensure_ascii=False))
+        return
+    out.print(f"[bold]{name}[/bold]: {info['n_train']} train / {info['n_test']} test examples, "
+              f"candidates per example {info['n_candidates']}, {info.get('n_skipped', 0)} source items skipped")
+    balance = info["label_balance"]
+    table = Table(title="label balance (gold answers)")
+    table.add_column("label")
+    table.add_column("train", justify="right")
+    table.add_column("test", justify="right")
+    for label in sorted(balance["train"].keys() | balance["test"].keys(), key=str):
+        table.add_row(str(label), str(balance["train"].get(label, 0)), str(balance["test"].get(label, 0)))
+    out.print(table)
+    for ex in info["examples"]:
+        prompt = ex["prompt"] if len(ex["prompt"]) < 400 else ex["prompt"][:400] + " …"
+        out.print(f"\n[bold]{ex['id']}[/bold]: {prompt}", markup=True, highlight=False)
+        for i, c in enumerate(ex["candidates"]):
+            mark = "*" if i == ex.get("answer") else " "
+            out.print(f"  {mark} {i}. {c}", markup=False, highlight=False)
+
+
+@data_app.command("export")
+def data_export(
+    name: Annotated[str, typer.Argument(help="Data set name.")],
+    path: Annotated[Path, typer.Argument(help="Output JSONL file (canonical schema).")],
+    split: Annotated[str, typer.Option(help="all, train or test.")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+) -> None:
+    """Write a data set as canonical JSONL."""
+    from budgetsft.data import load_dataset, write_jsonl
+
+    if split not in ("all", "train", "test"):
+        raise ConfigError(f"'--split' must be all, train or test. Got {split!r}.")
+    ds = load_dataset(name, seed=seed)
+    examples = {"all": list(ds.train) + list(ds.test), "train": list(ds.train), "test": list(ds.test)}[split]
+    write_jsonl(examples, path)
+    out.print(f"wrote {len(examples)} examples to {path}")
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "test_rounds": 2000,
 }
 
-TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description"}
+TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress"}
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -133,7 +133,7 @@ def build(cfg: dict, where: str = "config") -> dict:
     """Instantiate env, learner, gate and follower of a run config (no rounds are played)."""
     seed = cfg.get("seed", 0)
     out = {}
-    if "env" in cfg and cfg.get("env") is not None and "data" not in cfg:
+    if cfg.get("env") is not None and not cfg.get("data"):
         out["env"] = _construct(ENVS, "env", cfg["env"], {"seed": seed}, where)
     out["learner"] = _construct(LEARNERS, "learner", cfg["learner"], None, where)
     out["gate"] = _construct(GATES, "gate", cfg["gate"], {"seed": seed * 1000 + SEEDED_OFFSET["gate"]}, where)
@@ -161,3 +161,11 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     else:
         rounds = len(objs["env"]) if "env" in objs else 1
         Budget.from_beta(gate.get("beta", 1.0), rounds, unit=gate.get("unit", "labels"))
+    if cfg.get("data"):
+        data = cfg["data"]
+        if not (isinstance(data, str) or (isinstance(data, dict) and "name" in data)):
+            raise ConfigError(f"{where}: 'data' must be a data set name or a mapping with a 'name'. Got {data!r}.")
+        feats = cfg.get("features") or {"name": "encoder"}
+        kind = feats if isinstance(feats, str) else feats.get("name", "encoder")
+        if kind not in ("encoder", "causal", "block"):
+            raise ConfigError(f"{where}: unknown features {kind!r}; valid: block, causal, encoder.")

@@ -92,6 +92,9 @@ def run(
     validate_config(cfg)
     objs = build(cfg)
     env = objs.get("env")
+    if stream is None and cfg.get("data"):
+        streams = _real_streams(cfg)
+        stream, test = streams.train, streams.test
     if stream is None:
         stream = env
         if test is None and hasattr(env, "test_rounds") and cfg.get("test_rounds", 0):
@@ -119,6 +122,21 @@ def run(
         seconds=seconds,
     )
     return RunResult(config=cfg, records=records, rounds=played, summary=summary, learner=learner)
+
+
+def _real_streams(cfg: dict):
+    """Streams of a config with a ``data`` section (``features`` picks the featuriser)."""
+    from budgetsft.realdata import load_streams
+
+    data = dict(cfg["data"]) if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
+    feats = dict(cfg.get("features") or {"name": "encoder"})
+    if isinstance(cfg.get("features"), str):
+        feats = {"name": cfg["features"]}
+    name = data.pop("name")
+    kind = feats.pop("name", "encoder")
+    device = feats.pop("device", "auto")
+    return load_streams(name, kind, seed=int(cfg.get("seed", 0)), device=device, feature_options=feats,
+                        progress=bool(cfg.get("progress", False)), **data)
 
 
 class _Recorder:

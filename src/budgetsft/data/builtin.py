@@ -25,7 +25,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -339,8 +338,8 @@ def _chat_sample(record: Any) -> tuple[str, str]:
     msgs = record.get("input")
     if not isinstance(msgs, list) or not msgs:
         raise _Unparseable("'input' is not a non-empty list of chat messages")
-    users = [
-        m.get("content")
+    users: list[str] = [
+        m["content"]
         for m in msgs
         if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)
     ]
@@ -721,9 +720,7 @@ def _check_split_args(test_fraction: Any, max_examples: Any, seed: Any, fn: str)
             f"Got {max_examples!r}."
         )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(
-            f"The 'seed' parameter of {fn} must be a non-negative int. Got {seed!r}."
-        )
+        raise ConfigError(f"The 'seed' parameter of {fn} must be a non-negative int. Got {seed!r}.")
 
 
 def train_test_split(

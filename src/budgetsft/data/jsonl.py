@@ -181,7 +181,7 @@ def validate_record(record: Any) -> tuple[Example | None, list[str]]:
 
     if reasons:
         return None, reasons
-    assert ex_id is not None  # guaranteed by the checks above
+    assert ex_id is not None and isinstance(prompt, str)  # guaranteed by the checks above
     return (
         Example(
             id=ex_id,
@@ -367,7 +367,7 @@ def write_jsonl(
     seen: dict[str, int] = {}
     problems: list[str] = []
     for i, ex in enumerate(examples):
-        record = ex.to_json() if isinstance(ex, Example) else dict(ex)
+        record: Any = ex.to_json() if isinstance(ex, Example) else dict(ex)  # type: ignore[call-overload]
         checked, reasons = validate_record(record)
         if checked is not None:
             if checked.id in seen:

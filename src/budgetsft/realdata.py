@@ -1,0 +1,85 @@
+"""Real data sets as game streams: load, featurise (disk-cached), split into rounds.
+
+Only this module and ``budgetsft.features`` / ``budgetsft.adapt`` touch the
+language-model stack; the numpy core stays torch-free.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from budgetsft.base import Round
+from budgetsft.data import Dataset, Example, load_dataset
+from budgetsft.exceptions import DataError
+
+__all__ = ["RealStreams", "load_streams", "to_rounds"]
+
+
+@dataclass
+class RealStreams:
+    """Train rounds (the stream) and test rounds (held-out evaluation) of one data set."""
+
+    dataset: Dataset
+    train: list[Round]
+    test: list[Round]
+    featurizer: str
+    dim: int
+    n_cached: int
+    n_computed: int
+
+
+def to_rounds(examples: list[Example], features) -> list[Round]:
+    """Pair each labelled example with its (K, d) features."""
+    rounds = []
+    for ex, X in zip(examples, features, strict=True):
+        if ex.answer is None:
+            raise DataError(f"example {ex.id!r} has no answer: a stream needs gold labels to simulate the oracle.")
+        rounds.append(Round(features=X, gold=int(ex.answer), cost=1.0 if ex.cost is None else float(ex.cost),
+                            id=ex.id))
+    return rounds
+
+
+def load_streams(
+    data: str,
+    features: str = "encoder",
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    max_examples: int | None = None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    feature_options: dict | None = None,
+    progress: bool = True,
+) -> RealStreams:
+    """Load data set ``data``, featurise train and test (reusing the disk cache), return rounds.
+
+    The split (and so the order of the stream) is seeded by ``seed``;
+    features are cached per text, so every seed after the first one hits the
+    cache.
+    """
+    from budgetsft.features import featurize, make_featurizer
+    from budgetsft.features.models import resolve_device
+
+    ds = load_dataset(data, seed=seed, test_fraction=test_fraction, max_examples=max_examples)
+    opts = dict(feature_options or {})
+    opts.setdefault("device", resolve_device(device))
+    if features == "block":
+        if ds.labels is None:
+            raise DataError(f"the 'block' featuriser needs a fixed label set; data set {data!r} has none.")
+        opts.setdefault("labels", ds.labels)
+    fz = make_featurizer(features, **opts)
+    res = featurize(list(ds.train) + list(ds.test), fz, cache_dir=cache_dir, progress=progress)
+    if progress:
+        print(f"features ({features}, d={fz.dim}): {res.n_cached} cached, {res.n_computed} computed",
+              file=sys.stderr)
+    n = len(ds.train)
+    return RealStreams(
+        dataset=ds,
+        train=to_rounds(ds.train, res.features[:n]),
+        test=to_rounds(ds.test, res.features[n:]),
+        featurizer=features,
+        dim=int(fz.dim),
+        n_cached=res.n_cached,
+        n_computed=res.n_computed,
+    )
