@@ -40,8 +40,9 @@ class Budget:
         self.total = total
         self.unit = unit
         self._validate()
-        self._spent = Fraction(0)
-        self._total = Fraction(float(self.total))
+        # Labels mode counts in ints (the hot path of every round); cost mode in exact rationals.
+        self._spent: int | Fraction = 0 if self.unit == "labels" else Fraction(0)
+        self._total: int | Fraction = int(self.total) if self.unit == "labels" else Fraction(float(self.total))
         self.labels_bought = 0
 
     def _validate(self) -> None:
@@ -72,12 +73,15 @@ class Budget:
             raise DataError(f"A label cost must be a finite number >= 0. Got {cost!r}.")
         return float(cost)
 
+    def _exact(self, cost: float) -> int | Fraction:
+        return 1 if self.unit == "labels" else Fraction(self.price(cost))
+
     def can_afford(self, cost: float = 1.0) -> bool:
-        return self._spent + Fraction(self.price(cost)) <= self._total
+        return self._spent + self._exact(cost) <= self._total
 
     def spend(self, cost: float = 1.0) -> None:
         """Charge one label; raises BudgetExhaustedError (spending nothing) if it does not fit."""
-        price = Fraction(self.price(cost))
+        price = self._exact(cost)
         if self._spent + price > self._total:
             raise BudgetExhaustedError(
                 f"Buying a label of cost {float(price)} would exceed the budget "

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from budgetsft.base import Record, Round
 from budgetsft.budget import Budget
@@ -105,10 +106,13 @@ def run(
     records: list[Record] = []
     played: list[Round] = []
     source = _Recorder(stream, played)
-    for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream)):
-        records.append(rec)
-        if progress is not None:
-            progress(len(records))
+    # One round is a few (K, d) x (d, d) products: BLAS threads only add contention
+    # (20x slower at d = 768 on a loaded 2-core machine; benchmarks/learner_throughput.py).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream)):
+            records.append(rec)
+            if progress is not None:
+                progress(len(records))
     seconds = time.perf_counter() - start
     summary = summarize(records, played, S=float(cfg.get("comparator_S", 10.0)))
     summary.update(

@@ -94,6 +94,13 @@ def play(
     Yields
     ------
     Record
+
+    Notes
+    -----
+    A round costs O(K d²) in a few small matrix products; for d in the
+    hundreds, run the loop under ``threadpoolctl.threadpool_limits(1, "blas")``
+    (as :func:`budgetsft.experiment.run` does): multi-threaded BLAS on such
+    small products is slower, not faster.
     """
     follower = follower or BestResponseFollower()
     if horizon is None and hasattr(stream, "__len__"):

@@ -110,6 +110,14 @@ class CovarianceMixin:
                 f"got gold = {gold}, alternative = {alternative}."
             )
 
+    def _rank_one_W(self, W: np.ndarray, z: np.ndarray, u: np.ndarray, weight: float = 1.0) -> np.ndarray:
+        """X P' from W = X P after P' = P - w u uᵀ / (1 + w zᵀu), in O(K d) (no new pass over P)."""
+        denom = 1.0 + weight * float(z @ u)
+        W = W - np.outer(W @ z, u) * (weight / denom)
+        self._cache_W = W
+        self._cache_key = (id(self._cache_X), self._version)
+        return W
+
     def _rank_one(self, z: np.ndarray, Pz: np.ndarray | None, weight: float = 1.0) -> None:
         self.logdet_ratio_ += _math.sherman_morrison_inplace(self.P_, z, Pz, weight)
         self._version += 1

@@ -87,9 +87,9 @@ class LogisticLearner(CovarianceMixin):
     def learn_one(self, X: np.ndarray, gold: int, alternative: int) -> None:
         X = self._ensure(np.asarray(X, dtype=np.float64))
         self._check_pair(X, gold, alternative)
+        W = self._XP(X)
         for a in self._pairs(X, gold, alternative):
             z = X[gold] - X[a]
-            W = self._XP(X)
             u = W[gold] - W[a]  # P z before the update
             m = float(z @ self.coef_)
             p = _sigmoid(m)
@@ -100,3 +100,5 @@ class LogisticLearner(CovarianceMixin):
             self._rank_one(z, u, weight=w)
             self.b_ += (1.0 - p) * z
             self.n_updates_ += 1
+            if self.update == "all":
+                W = self._rank_one_W(W, z, u, weight=w)

@@ -72,13 +72,16 @@ class RidgeLearner(CovarianceMixin):
         """Rank-one update(s) with z = φ(gold) - φ(alt), target margin 1."""
         X = self._ensure(np.asarray(X, dtype=np.float64))
         self._check_pair(X, gold, alternative)
+        W = self._XP(X)
         for a in self._pairs(X, gold, alternative):
             z = X[gold] - X[a]
-            W = self._XP(X)
             u = W[gold] - W[a]  # P z, reused from the width step
+            c = 1.0 + float(z @ u)
             # Recursive least squares: θ' = P'(b + z) = θ + P z (1 - zᵀθ) / (1 + zᵀ P z),
             # O(d) instead of a third pass over P.
-            self.coef_ = self.coef_ + u * ((1.0 - float(z @ self.coef_)) / (1.0 + float(z @ u)))
+            self.coef_ = self.coef_ + u * ((1.0 - float(z @ self.coef_)) / c)
             self._rank_one(z, u)
             self.b_ += z
             self.n_updates_ += 1
+            if self.update == "all":
+                W = self._rank_one_W(W, z, u)
