@@ -302,6 +302,34 @@ def demo(
     out.print(f"wrote {out_dir}/curves.png")
 
 
+@app.command()
+def adapt(
+    data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")] = "logiqa",
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: adapters, labelled sets, report.")] = Path(
+        "runs/adapt"),
+    gate: Annotated[str, typer.Option(help="Gate that buys the labels.")] = "llf",
+    beta: Annotated[float, typer.Option(help="Label budget as a fraction of the train split.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of split, gates and training.")] = 0,
+    features: Annotated[str, typer.Option(help="Features the gate's scoring head uses.")] = "causal",
+    mode: Annotated[str, typer.Option(help="stream (one pass) or pool (batched LLF selection).")] = "stream",
+    max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set (CPU budgets).")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of the test split.")] = None,
+    max_steps: Annotated[int, typer.Option(help="LoRA optimiser steps per labelled set.")] = 60,
+    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 2e-4,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="LoRA batch size.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Buy labels with a gate, fine-tune LoRA adapters on them, compare with random, first-B and all labels."""
+    from budgetsft.adapt.pipeline import run_adapt
+
+    report = run_adapt(data, out_dir, gate=gate, beta=beta, seed=seed, features=features, mode=mode,
+                       max_examples=max_examples, max_test=max_test, max_steps=max_steps, lr=lr, lora_r=lora_r,
+                       batch_size=batch_size, device=device)
+    out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+    out.print(f"wrote {out_dir}/report.md, report.json, adapters/, labels/ ({len(report['rows'])} rows)")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: list, inspect, export.")
 app.add_typer(data_app, name="data")
 

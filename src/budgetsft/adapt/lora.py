@@ -386,7 +386,7 @@ def finetune_lora(
             r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
-            target_modules=target_modules if target_modules is not None else _default_targets(model),
+            target_modules=_default_targets(model) if target_modules is None else target_modules,
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -431,7 +431,9 @@ def load_adapters(base_model: Any, out_dir: str | Path) -> Any:
 
     path = Path(out_dir)
     if not (path / "adapter_config.json").is_file():
-        raise DataError(f"{path}: no adapter_config.json; not a directory written by save_adapters.")
+        raise DataError(
+            f"{path}: no adapter_config.json; not a directory written by save_adapters."
+        )
     model = PeftModel.from_pretrained(base_model, str(path))
     model.eval()
     return model

@@ -89,6 +89,7 @@ def compare_adaptations(
     dtype: str = "bf16",
     eval_batch_size: int = 16,
     normalize: str = "mean",
+    eval_dtype: str = "fp32",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune one LoRA per training set and compare test accuracies.
@@ -124,8 +125,9 @@ def compare_adaptations(
     out_dir : path
     max_steps, lr, lora_r, seed, batch_size, dtype
         Passed to :func:`finetune_lora`.
-    eval_batch_size, normalize
-        Passed to :func:`score_candidates` (through :func:`accuracy`).
+    eval_batch_size, normalize, eval_dtype
+        Passed to :func:`score_candidates` (through :func:`accuracy`) as
+        ``batch_size``, ``normalize`` and ``dtype``.
     progress : bool, default=True
 
     Returns
@@ -153,6 +155,7 @@ def compare_adaptations(
     eval_batch_size = check_int(owner, "eval_batch_size", eval_batch_size, low=1)
     dtype = check_choice(owner, "dtype", dtype, ("bf16", "fp32"))
     normalize = check_choice(owner, "normalize", normalize, ("mean", "sum"))
+    eval_dtype = check_choice(owner, "eval_dtype", eval_dtype, ("fp32", "bf16"))
     if not callable(base_loader):
         raise ConfigError(
             f"The 'base_loader' parameter of {owner} must be a callable returning "
@@ -187,8 +190,14 @@ def compare_adaptations(
         "dtype": dtype,
         "eval_batch_size": eval_batch_size,
         "normalize": normalize,
+        "eval_dtype": eval_dtype,
     }
-    eval_kw = {"batch_size": eval_batch_size, "normalize": normalize, "progress": progress}
+    eval_kw = {
+        "batch_size": eval_batch_size,
+        "normalize": normalize,
+        "dtype": eval_dtype,
+        "progress": progress,
+    }
 
     model, tokenizer = base_loader()
     t0 = time.perf_counter()

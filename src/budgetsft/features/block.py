@@ -49,9 +49,10 @@ class BlockFeaturizer:
     Examples
     --------
     >>> from budgetsft.data.schema import Example
-    >>> f = BlockFeaturizer(labels=("business", "sports", "world"), progress=False)  # doctest: +SKIP
+    >>> labels = ("business", "sports", "world")
+    >>> f = BlockFeaturizer(labels=labels, progress=False)   # doctest: +SKIP
     >>> ex = Example("n1", "Stocks fell sharply.", ("sports", "business"))
-    >>> f.transform_many([ex])[0].shape                                              # doctest: +SKIP
+    >>> f.transform_many([ex])[0].shape                        # doctest: +SKIP
     (2, 1155)
     """
 

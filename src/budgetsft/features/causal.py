@@ -209,30 +209,29 @@ class CausalFeaturizer:
         self.progress = progress
         self.cache_dir = cache_dir
         self._injected = model is not None
+        self._setup = False
         self._loaded = False
         self._fingerprint: str | None = None
+        self._weights_version: tuple = ()
         self._warned_long = False
 
     # ------------------------------------------------------------------ loading
-    def _ensure_loaded(self) -> None:
-        if self._loaded:
+    def _ensure_setup(self) -> None:
+        """Device, dtype, tokenizer and prompt format: everything but the weights."""
+        if self._setup:
             return
-        from budgetsft.features.models import load_causal_lm, resolve_device, resolve_dtype
+        from budgetsft.features.models import load_causal_tokenizer, resolve_device, resolve_dtype
 
         owner = type(self).__name__
         self.device_ = resolve_device(self.device)
-        if self.model is None:
-            self.model, self.tokenizer = load_causal_lm(
-                self.model_name, device=self.device_, cache_dir=self.cache_dir
-            )
-        else:
-            self.model.to(self.device_)
-            self.model.eval()
         self.dtype_ = resolve_dtype(owner, self.dtype, self.device_)
+        if self.tokenizer is None:
+            self.tokenizer = load_causal_tokenizer(self.model_name, cache_dir=self.cache_dir)
         kind = self.prompt_format
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if kind == "auto":
-            kind = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
-        if kind == "chat" and not getattr(self.tokenizer, "chat_template", None):
+            kind = "chat" if has_template else "plain"
+        if kind == "chat" and not has_template:
             raise ConfigError(
                 f"The 'prompt_format' parameter of {owner} is 'chat' but the tokenizer has no "
                 "chat template; use 'plain' or 'auto'."
@@ -244,23 +243,53 @@ class CausalFeaturizer:
                 "will raise a DataError.",
                 stacklevel=3,
             )
+        self._setup = True
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        from budgetsft.features.models import load_causal_lm
+
+        self._ensure_setup()
+        if self.model is None:
+            self.model, _ = load_causal_lm(
+                self.model_name, device=self.device_, cache_dir=self.cache_dir
+            )
+        else:
+            self.model.to(self.device_)
+            self.model.eval()
         self._decoder = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
         self._loaded = True
 
     @property
     def dim(self) -> int:
-        if self.model is None:
-            self._ensure_loaded()
-        return int(self.model.config.hidden_size) + 2
+        """h + 2, read from the model config (no weights are loaded for a packaged model)."""
+        if self.model is not None:
+            return int(self.model.config.hidden_size) + 2
+        import json
+
+        from budgetsft.features.models import causal_lm_path
+
+        path = causal_lm_path(self.model_name, cache_dir=self.cache_dir) / "config.json"
+        with open(path) as fh:
+            return int(json.load(fh)["hidden_size"]) + 2
 
     def settings(self) -> dict:
-        """Model identity, prompt format, truncation, pooling and compute dtype."""
-        self._ensure_loaded()
-        if self._injected and self._fingerprint is None:
-            from budgetsft.features.models import model_fingerprint
+        """Model identity, prompt format, truncation, pooling and compute dtype.
 
-            self._fingerprint = model_fingerprint(self.model)
+        Loads the tokenizer but not the weights of a packaged model, so a fully
+        cached :func:`~budgetsft.features.featurize` run never loads the LM.
+        """
+        self._ensure_setup()
+        if self._injected:
+            from budgetsft.features.models import model_fingerprint, weights_version
+
+            # Re-hash only when the weights changed in place (e.g. fine-tuned since).
+            version = weights_version(self.model)
+            if self._fingerprint is None or version != self._weights_version:
+                self._fingerprint = model_fingerprint(self.model)
+                self._weights_version = version
         fmt = self.format_
         return {
             "model": self._fingerprint if self._injected else self.model_name,
@@ -283,7 +312,7 @@ class CausalFeaturizer:
         list of (ids, start, end), one per candidate, examples in order
             ``ids[start:end]`` are the candidate's tokens (terminator included).
         """
-        self._ensure_loaded()
+        self._ensure_setup()
         fmt = self.format_
         tok = self.tokenizer
         prompts = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
@@ -344,7 +373,7 @@ class CausalFeaturizer:
         """
         import torch
 
-        self._ensure_loaded()
+        self._ensure_setup()
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id or 0
@@ -374,6 +403,7 @@ class CausalFeaturizer:
 
         from budgetsft.features.models import autocast
 
+        self._ensure_loaded()
         with torch.inference_mode():
             with autocast(self.device_, self.dtype_):
                 # Right padding + causal attention: no real token sees a pad, no mask needed.

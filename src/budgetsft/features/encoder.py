@@ -80,24 +80,34 @@ class SentenceEncoder:
         self.batch_size = check_int(owner, "batch_size", batch_size, low=1)
         self.memo_size = check_int(owner, "memo_size", memo_size, low=0)
         self._injected = model is not None
+        self._setup = False
         self._loaded = False
         self._memo: dict[str, np.ndarray] = {}
         self._fingerprint: str | None = None
+        self._weights_version: tuple = ()
+        self._memo_version: tuple = ()
 
     # ------------------------------------------------------------------ loading
+    def _ensure_setup(self) -> None:
+        if self._setup:
+            return
+        from budgetsft.features.models import resolve_device, resolve_dtype
+
+        self.device_ = resolve_device(self.device)
+        self.dtype_ = resolve_dtype(type(self).__name__, self.dtype, self.device_)
+        self._setup = True
+
     def _ensure_loaded(self) -> None:
         if self._loaded:
             return
-        from budgetsft.features.models import load_encoder, resolve_device, resolve_dtype
+        from budgetsft.features.models import load_encoder
 
-        owner = type(self).__name__
-        self.device_ = resolve_device(self.device)
+        self._ensure_setup()
         if self.model is None:
             self.model, self.tokenizer = load_encoder(self.model_name, device=self.device_)
         else:
             self.model.to(self.device_)
             self.model.eval()
-        self.dtype_ = resolve_dtype(owner, self.dtype, self.device_)
         self._loaded = True
 
     @property
@@ -111,12 +121,16 @@ class SentenceEncoder:
             return int(json.load(fh)["hidden_size"])
 
     def settings(self) -> dict:
-        """Everything that changes the embeddings."""
-        self._ensure_loaded()
-        if self._injected and self._fingerprint is None:
-            from budgetsft.features.models import model_fingerprint
+        """Everything that changes the embeddings (no weights are loaded for a packaged model)."""
+        self._ensure_setup()
+        if self._injected:
+            from budgetsft.features.models import model_fingerprint, weights_version
 
-            self._fingerprint = model_fingerprint(self.model)
+            # Re-hash only when the weights changed in place (e.g. fine-tuned since).
+            version = weights_version(self.model)
+            if self._fingerprint is None or version != self._weights_version:
+                self._fingerprint = model_fingerprint(self.model)
+                self._weights_version = version
         return {
             "model": self._fingerprint if self._injected else self.model_name,
             "pooling": "mean",
@@ -153,7 +167,10 @@ class SentenceEncoder:
             for r, i in enumerate(idx):
                 input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
                 mask[r, : len(ids[i])] = 1
-            inputs = {"input_ids": input_ids.to(self.device_), "attention_mask": mask.to(self.device_)}
+            inputs = {
+                "input_ids": input_ids.to(self.device_),
+                "attention_mask": mask.to(self.device_),
+            }
             if "token_type_ids" in enc:
                 inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
             out.append((idx, inputs))
@@ -186,6 +203,13 @@ class SentenceEncoder:
         ndarray of shape (n, h), float64, rows of unit L2 norm
         """
         self._ensure_loaded()
+        if self._injected:
+            from budgetsft.features.models import weights_version
+
+            version = weights_version(self.model)
+            if version != self._memo_version:  # weights changed in place: memo is stale
+                self._memo.clear()
+                self._memo_version = version
         texts = list(texts)
         todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
         fresh: dict[str, np.ndarray] = {}

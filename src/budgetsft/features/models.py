@@ -188,6 +188,7 @@ def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name:
 
     logger.info("converting %s/%s to safetensors (once) ...", pkg_dir.name, gguf_file)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root, name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model cache
     try:
@@ -228,6 +229,18 @@ def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("cached %s at %s", name, target)
+
+
+def _remove_stale_temps(root: Path, name: str, max_age_s: float = 3600.0) -> None:
+    # Temp dirs of conversions killed mid-way; a live conversion takes well under a minute.
+    import time
+
+    for tmp in root.glob(f".{name}-*"):
+        try:
+            if tmp.is_dir() and time.time() - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def load_causal_lm(
@@ -401,3 +414,13 @@ def model_fingerprint(model: Any) -> str:
             h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + h.hexdigest()[:32]
+
+
+def weights_version(model: Any) -> tuple:
+    """In-place modification counters of every parameter and buffer.
+
+    Optimiser steps and ``load_state_dict`` bump a tensor's ``_version``, so a
+    changed tuple says the fingerprint must be recomputed.
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple(int(getattr(t, "_version", 0)) for t in tensors) + (len(tensors),)
