@@ -157,9 +157,9 @@ def test_encoder_layout(encoder):
     e_a = phi[:, h : 2 * h]
     np.testing.assert_allclose(np.linalg.norm(e_a, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(phi[:, -1], 1.0)
-    # the Hadamard block sums to the cosine similarity of prompt and candidate
+    # the Hadamard block sums to √h times the cosine similarity of prompt and candidate
     e_x = encoder.encoder.embed_many([EXAMPLES[0].prompt])[0]
-    np.testing.assert_allclose(phi[:, :h].sum(1), e_a @ e_x, atol=1e-9)
+    np.testing.assert_allclose(phi[:, :h].sum(1), np.sqrt(h) * (e_a @ e_x), atol=1e-9)
     # the business headline is closer to "business" than to "sports"
     assert phi[0, :h].sum() > phi[1, :h].sum()
 

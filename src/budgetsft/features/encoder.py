@@ -1,10 +1,18 @@
 """Sentence-encoder features (SPEC §6, "encoder").
 
-φ(x, a) = concat(e(x) ⊙ e(a), e(a), [1]) where e(·) is the L2-normalised,
-mean-pooled sentence embedding of all-MiniLM-L6-v2 (384-d), so d = 2·384 + 1 = 769.
+φ(x, a) = concat(√h · e(x) ⊙ e(a), e(a), [1]) where e(·) is the L2-normalised,
+mean-pooled sentence embedding of all-MiniLM-L6-v2 (h = 384), so d = 2·384 + 1 = 769.
 The Hadamard block lets a linear head score prompt/candidate agreement
-feature by feature (its sum is the cosine similarity), e(a) a per-candidate
-prior, and the last column a bias.
+feature by feature (its sum is √h times the cosine similarity), e(a) a
+per-candidate prior, and the last column a bias.
+
+Why √h: with unit-norm embeddings, ||e(x) ⊙ e(a)|| is about 1/√h, twenty
+times smaller than ||e(a)|| = 1. Unscaled, the widths ||z||_P of the
+confidence gates would be dominated by the few e(a) directions that every
+label explores, and a gate would turn confident after a couple of labels
+while the prompt-dependent block is still unknown. Scaling gives both blocks
+unit norm, so one ridge λ and one radius ρ fit both (measured on bbc-news in
+``benchmarks/label_efficiency.py``).
 
 Embeddings are computed once per unique text: topic names and MCQ letters
 repeat across thousands of examples, so the encoder sees each string once
@@ -242,7 +250,7 @@ class SentenceEncoder:
 
 
 class EncoderFeaturizer:
-    """φ(x, a) = concat(e(x) ⊙ e(a), e(a), [1.0]) from a sentence encoder (SPEC §6).
+    """φ(x, a) = concat(√h · e(x) ⊙ e(a), e(a), [1.0]) from a sentence encoder (SPEC §6).
 
     Parameters
     ----------
@@ -303,7 +311,7 @@ class EncoderFeaturizer:
 
     def settings(self) -> dict:
         """Encoder settings plus the combination rule."""
-        return {**self.encoder.settings(), "combine": "prod|cand|bias"}
+        return {**self.encoder.settings(), "combine": "sqrt(h)*prod|cand|bias"}
 
     def transform_many(
         self, examples: Sequence[Example], *, progress: bool | None = None
@@ -338,7 +346,7 @@ class EncoderFeaturizer:
             e_a = emb[pos : pos + k]
             pos += k
             phi = np.empty((k, 2 * h + 1), dtype=np.float64)
-            phi[:, :h] = e_a * e_x
+            phi[:, :h] = np.sqrt(h) * (e_a * e_x)
             phi[:, h : 2 * h] = e_a
             phi[:, 2 * h] = 1.0
             out.append(phi)
