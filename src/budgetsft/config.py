@@ -69,6 +69,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "follower": {"name": "best_response"},
     "seed": 0,
     "comparator_S": 10.0,
+    "regret_lp": True,
     "test_rounds": 2000,
 }
 

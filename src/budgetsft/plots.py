@@ -25,8 +25,9 @@ def _plt():
     return plt
 
 
-def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | None = None) -> Path:
-    """Cumulative regret and labels bought vs round, one line per named records frame.
+def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | None = None,
+              metric: str = "regret") -> Path:
+    """Cumulative regret (or mistakes) and labels bought vs round, one line per named records frame.
 
     Parameters
     ----------
@@ -34,16 +35,20 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
         Name -> records frame (``budgetsft.regret.to_frame``).
     out : path
         PNG file to write (parent folders are created).
+    metric : {"regret", "mistakes", "hinge_loss"}, default="regret"
+        Left panel: pseudo-regret when the records know it (else hinge loss),
+        online mistakes, or hinge loss.
     """
     plt = _plt()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
-    kind = "regret"
+    kind = {"mistakes": "mistakes", "hinge_loss": "hinge loss"}.get(metric, "regret")
     for name, frame in runs.items():
         cum = cumulative(frame)
-        kind = cum["regret_kind"].iloc[0] if len(cum) else kind
-        ax_r.plot(cum["round"], cum["regret"], label=name, lw=1.6)
+        if metric == "regret" and len(cum):
+            kind = cum["regret_kind"].iloc[0]
+        ax_r.plot(cum["round"], cum[metric], label=name, lw=1.6)
         ax_l.plot(cum["round"], cum["labels"], label=name, lw=1.6)
     ax_r.set_xlabel("round t")
     ax_r.set_ylabel(f"cumulative {kind}")

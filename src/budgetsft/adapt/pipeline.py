@@ -126,6 +126,7 @@ def run_adapt(
         lora_r=lora_r,
         seed=seed,
         batch_size=batch_size,
+        eval_dtype="bf16" if dev == "cpu" else "fp32",  # bf16 autocast is 2-4x faster on AVX-512 BF16 CPUs
         progress=progress,
     )
     report["selection"] = {
