@@ -63,7 +63,8 @@ def _ints(text: str, name: str) -> list[int]:
 
 def _base_config(config: Path | None, env: str | None, rounds: int | None, learner: str | None,
                  radius: float | None, data: str | None = None, features: str | None = None,
-                 device: str | None = None, max_examples: int | None = None) -> dict:
+                 device: str | None = None, max_examples: int | None = None,
+                 skip_invalid: bool = False) -> dict:
     from budgetsft.config import DEFAULT_CONFIG, load_config, merge
 
     cfg = load_config(config) if config else merge(DEFAULT_CONFIG, {})
@@ -81,6 +82,8 @@ def _base_config(config: Path | None, env: str | None, rounds: int | None, learn
             cfg["features"]["device"] = device
         if max_examples is not None:
             cfg["data"]["max_examples"] = max_examples
+        if skip_invalid:
+            cfg["data"]["skip_invalid"] = True
     if env is not None and env != cfg["env"]["name"]:
         cfg["env"] = merge(DEFAULT_CONFIG["env"], {})
         cfg["env"]["name"] = env
@@ -116,6 +119,7 @@ def run(
     features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
@@ -126,7 +130,7 @@ def run(
     from budgetsft.plots import plot_runs
     from budgetsft.regret import to_frame
 
-    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples)
+    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     cfg["progress"] = not as_json
     if gate is not None and gate != cfg["gate"]["name"]:
         cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
@@ -193,6 +197,7 @@ def sweep(
     features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
@@ -204,7 +209,7 @@ def sweep(
     unknown = [g for g in gate_list if g not in GATES]
     if unknown:
         raise ConfigError(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
-    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples)
+    cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot)
 
 
@@ -373,12 +378,13 @@ def data_list() -> None:
 def data_show(
     name: Annotated[str, typer.Argument(help="Data set name, hf:NAME[:CONFIG], or a .jsonl file.")],
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Counts, label balance and two examples of a data set."""
     from budgetsft.data import describe, load_dataset
 
-    info = describe(load_dataset(name, seed=seed))
+    info = describe(load_dataset(name, seed=seed, skip_invalid=skip_invalid))
     if as_json:
         print(json.dumps(_clean(info), ensure_ascii=False))
         return

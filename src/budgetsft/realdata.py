@@ -51,6 +51,7 @@ def load_streams(
     cache_dir: str | None = None,
     feature_options: dict | None = None,
     progress: bool = True,
+    skip_invalid: bool = False,
 ) -> RealStreams:
     """Load data set ``data``, featurise train and test (reusing the disk cache), return rounds.
 
@@ -61,7 +62,11 @@ def load_streams(
     from budgetsft.features import featurize, make_featurizer
     from budgetsft.features.models import resolve_device
 
-    ds = load_dataset(data, seed=seed, test_fraction=test_fraction, max_examples=max_examples)
+    ds = load_dataset(data, seed=seed, test_fraction=test_fraction, max_examples=max_examples,
+                      skip_invalid=skip_invalid)
+    if progress and ds.meta.get("n_skipped"):
+        print(f"data {data}: {ds.meta['n_skipped']} source item(s) skipped (see `budgetsft data show`)",
+              file=sys.stderr)
     opts = dict(feature_options or {})
     opts.setdefault("device", resolve_device(device))
     if features == "block":

@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -624,23 +625,29 @@ def _hf_loader(spec: str) -> Callable[[Path | None], _Raw]:
     return load
 
 
-def _file_loader(path: Path) -> Callable[[Path | None], _Raw]:
+def _file_loader(path: Path, skip_invalid: bool = False) -> Callable[[Path | None], _Raw]:
     def load(cache_dir: Path | None) -> _Raw:
         report = read_jsonl(path)
-        if report.problems:  # strict, as load_jsonl: raise with every problem listed
+        if report.problems and not skip_invalid:  # strict, as load_jsonl: every problem listed
             err = DataError(report.summary())
             err.problems = list(report.problems)  # type: ignore[attr-defined]
             raise err
+        if report.problems:
+            warnings.warn(
+                f"{path}: skipped {len(report.problems)} invalid line(s) (skip_invalid=True); "
+                f"first: {report.problems[0]}",
+                stacklevel=4,
+            )
         return _Raw(
             items=[(f"{path}:{n}", e) for n, e in zip(report.lines, report.examples, strict=True)],
-            skipped=[],
-            n_source=len(report.examples),
+            skipped=[str(p) for p in report.problems],
+            n_source=len(report.examples) + len(report.problems),
         )
 
     return load
 
 
-def _resolve(name: str) -> _Spec:
+def _resolve(name: str, skip_invalid: bool = False) -> _Spec:
     if not isinstance(name, str):
         raise ConfigError(f"The data set name must be a string. Got {name!r}.")
     if name in _REGISTRY:
@@ -664,7 +671,7 @@ def _resolve(name: str) -> _Spec:
             source=str(p),
             licence="unknown (user file)",
             task="multiple choice",
-            loader=_file_loader(p),
+            loader=_file_loader(p, skip_invalid),
         )
     valid = ", ".join(repr(n) for n in _REGISTRY)
     raise ConfigError(
@@ -784,6 +791,7 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     max_examples: int | None = None,
     dedupe: bool = True,
+    skip_invalid: bool = False,
 ) -> Dataset:
     """Load a built-in data set (or ``hf:NAME[:CONFIG]``, or a ``.jsonl`` path) and split it.
 
@@ -802,6 +810,9 @@ def load_dataset(
     dedupe : bool, default True
         Drop exact duplicates (same prompt, candidates and answer) so that no item is
         both in train and test; each dropped item is listed in ``meta["skipped"]``.
+    skip_invalid : bool, default False
+        For a ``.jsonl`` path: skip invalid lines (with a warning that counts them;
+        each is listed in ``meta["skipped"]``) instead of failing on them.
 
     Returns
     -------
@@ -827,7 +838,7 @@ def load_dataset(
     2225
     """
     _check_split_args(test_fraction, max_examples, seed, "load_dataset")
-    spec = _resolve(name)
+    spec = _resolve(name, skip_invalid)
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else None
     raw = spec.loader(cdir)
     examples, dropped = _clean(raw.items, dedupe)
