@@ -33,8 +33,12 @@ BETAS = [0.02, 0.05, 0.1, 0.2]
 EXTRA_RANDOM = [0.3, 0.5]
 
 
+RADIUS = 1.0
+
+
 def cell(streams, gate: str, beta: float, seed: int) -> dict:
-    cfg = {"gate": {"name": gate, "beta": beta}, "seed": seed, "regret_lp": False}
+    cfg = {"gate": {"name": gate, "beta": beta}, "seed": seed, "regret_lp": False,
+           "learner": {"name": "ridge", "radius": RADIUS}}
     s = run(cfg, stream=streams.train, test=streams.test).summary
     return {"mistakes": s["mistakes"], "acc": s["test_accuracy"], "labels": s["labels_bought"]}
 
@@ -115,14 +119,17 @@ def main() -> None:
     ap.add_argument("--data", choices=sorted(DATASETS), action="append")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--max-examples", type=int, default=None)
+    ap.add_argument("--radius", type=float, default=1.0, help="confidence radius ρ of the ridge learner")
     ap.add_argument("--quick", action="store_true", help="1 seed, β in {0.05, 0.1}, 400 bbc-news examples")
     args = ap.parse_args()
+    global RADIUS
+    RADIUS = args.radius
     seeds = [int(s) for s in args.seeds.split(",")]
     betas = BETAS
     names = args.data or list(DATASETS)
     if args.quick:
         seeds, betas, names, args.max_examples = [0], [0.05, 0.1], ["bbc-news"], args.max_examples or 400
-    print(f"budgetsft label efficiency — ridge learner (λ=1, ρ=1), gates {', '.join(GATES)} and full; "
+    print(f"budgetsft label efficiency — ridge learner (λ=1, ρ={RADIUS:g}), gates {', '.join(GATES)} and full; "
           f"python {sys.version.split()[0]}")
     for name in names:
         bench(name, DATASETS[name], seeds, betas, args.max_examples)
