@@ -357,6 +357,41 @@ def adapt(
     out.print(f"wrote {out_dir}/report.md, report.json, adapters/, labels/ ({len(report['rows'])} rows)")
 
 
+@app.command()
+def featurize(
+    data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")],
+    features: Annotated[str, typer.Option(help="Featuriser: encoder, causal, block.")] = "encoder",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set.")] = None,
+    backend: Annotated[str, typer.Option(help="local (this process) or ray (parallel actors).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local instance).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
+) -> None:
+    """Featurise a data set into the disk cache (later runs reuse it)."""
+    from budgetsft.data import load_dataset
+    from budgetsft.features.models import resolve_device
+
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"'--backend' must be local or ray. Got {backend!r}.")
+    ds = load_dataset(data, seed=0, max_examples=max_examples)
+    examples = list(ds.train) + list(ds.test)
+    options: dict = {"device": resolve_device(device)}
+    if features == "block":
+        if ds.labels is None:
+            raise ConfigError(f"the 'block' featuriser needs a fixed label set; data set {data!r} has none.")
+        options["labels"] = ds.labels
+    if backend == "ray":
+        from budgetsft.ray_backend import featurize_ray
+
+        res = featurize_ray(examples, features, options=options, address=address, num_cpus=num_cpus)
+    else:
+        from budgetsft.features import featurize as featurize_local
+        from budgetsft.features import make_featurizer
+
+        res = featurize_local(examples, make_featurizer(features, **options))
+    out.print(f"{data} ({features}): {len(examples)} examples, {res.n_cached} cached, {res.n_computed} computed")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: list, inspect, export.")
 app.add_typer(data_app, name="data")
 
