@@ -147,6 +147,8 @@ def test_feature_dimension_change_is_an_error():
         ({"gate": {"name": "bbq", "beta": 0.1, "kappa": 2.0}}, "'kappa'"),
         ({"gate": {"name": "llf", "beta": 0.1, "window": 0}}, "'window'"),
         ({"follower": {"name": "oracle"}}, "unknown follower"),
+        ({"gate": {"name": "margin", "beta": 0.1, "memory": 0}}, "The 'memory' parameter of MarginGate"),
+        ({"gate": {"name": "cgz", "beta": 0.1, "b": -1.0}}, "The 'b' parameter of CGZGate"),
     ],
 )
 def test_bad_config_is_refused_before_any_round(cfg, message):

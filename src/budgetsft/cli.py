@@ -201,6 +201,9 @@ def sweep(
     config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
+    backend: Annotated[str, typer.Option(help="local (serial, this process) or ray (one task per cell).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local instance).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
 ) -> None:
     """Run gates × β × seeds and print a table of mean ± sd (full runs once per seed at β = 1)."""
     from budgetsft.config import GATES
@@ -209,12 +212,15 @@ def sweep(
     unknown = [g for g in gate_list if g not in GATES]
     if unknown:
         raise ConfigError(f"unknown gate(s) {unknown}; valid: {', '.join(sorted(GATES))}.")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"'--backend' must be local or ray. Got {backend!r}.")
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
-    _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot)
+    _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot,
+                      ray={"address": address, "num_cpus": num_cpus} if backend == "ray" else None)
 
 
 def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool, plot: Path | None,
-                      runs_dir: Path | None = None) -> list[dict]:
+                      runs_dir: Path | None = None, ray: dict | None = None) -> list[dict]:
     from budgetsft.experiment import aggregate
     from budgetsft.experiment import sweep as run_sweep
 
@@ -234,9 +240,18 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
             done.append(summary)
             if cb:
                 cb(len(done))
+        if ray is not None:
+            from budgetsft.ray_backend import sweep_ray
+
+            return sweep_ray(cfg, gate_list, beta_list, seed_list, on_result=on_result, on_error=on_result, **ray)
         return run_sweep(cfg, gate_list, beta_list, seed_list, on_result=on_result, on_run=keep)
 
-    summaries = _with_progress(sweep_with, total=n_cells, what="sweep cells", quiet=as_json)
+    results = _with_progress(sweep_with, total=n_cells, what="sweep cells", quiet=as_json)
+    failed = [r for r in results if "error" in r]
+    summaries = [r for r in results if "error" not in r]
+    for r in failed:
+        err.print(f"cell gate={r['gate']} β={r['beta']} seed={r['seed']} failed: {r['error']}",
+                  markup=False, highlight=False)
     rows = aggregate(summaries, _table_keys(cfg))
     _print_table(rows, cfg)
     if curves:
@@ -251,7 +266,7 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
         plot_sweep(rows, metric, plot, title=f"{_setting(cfg)}: {metric.replace('_', '-')}, mean ± sd")
         out.print(f"wrote {plot}")
     if as_json:
-        cells = [{k: v for k, v in s.items() if k != "seconds"} for s in summaries]
+        cells = [{k: v for k, v in s.items() if k != "seconds"} for s in results]
         print(json.dumps(_clean({"cells": cells, "table": rows}), sort_keys=True))
     return rows
 

@@ -16,7 +16,7 @@ from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.game import play
 from budgetsft.regret import summarize
 
-__all__ = ["RunResult", "run", "sweep", "held_out_accuracy", "SUMMARY_KEYS", "aggregate"]
+__all__ = ["RunResult", "run", "sweep", "sweep_cells", "held_out_accuracy", "SUMMARY_KEYS", "aggregate"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -167,6 +167,20 @@ class _Recorder:
             yield r
 
 
+def sweep_cells(base: dict | None, gates: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
+                gate_options: dict[str, dict] | None = None) -> list[dict]:
+    """The run configs of a sweep in (gate, β, seed) order; ``full`` once per seed at β = 1."""
+    base = merge(DEFAULT_CONFIG, base or {})
+    gate_options = gate_options or {}
+    cells = []
+    for g in gates:
+        for b in ([1.0] if g == "full" else betas):
+            for s in seeds:
+                gate = {"name": g, "beta": float(b), **gate_options.get(g, {})}
+                cells.append(merge(base, {"gate": gate, "seed": int(s)}))
+    return cells
+
+
 def sweep(
     base: dict | None,
     gates: Sequence[str],
@@ -184,14 +198,7 @@ def sweep(
     validated before the first one is played. ``on_result`` gets each summary,
     ``on_run`` each full :class:`RunResult` (records included).
     """
-    base = merge(DEFAULT_CONFIG, base or {})
-    gate_options = gate_options or {}
-    cells = []
-    for g in gates:
-        for b in ([1.0] if g == "full" else betas):
-            for s in seeds:
-                cfg = merge(base, {"gate": {"name": g, "beta": float(b), **gate_options.get(g, {})}, "seed": int(s)})
-                cells.append(cfg)
+    cells = sweep_cells(base, gates, betas, seeds, gate_options)
     for cfg in cells:
         validate_config(cfg)
     out = []

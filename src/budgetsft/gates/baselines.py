@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from budgetsft._validation import check_float, check_int
+from budgetsft._validation import check_float, check_int, check_seed
 from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
 from budgetsft.gates._common import remaining_rate, rng_of
@@ -52,6 +52,9 @@ class RandomGate:
     def __init__(self, seed: int | None = 0) -> None:
         self.seed = seed
 
+    def _validate(self) -> None:
+        check_seed("RandomGate", self.seed)
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         rng = rng_of(self, "RandomGate")
         p = min(1.0, remaining_rate(info, budget, "random"))
@@ -75,9 +78,12 @@ class MarginGate:
     def __init__(self, memory: int = 200) -> None:
         self.memory = memory
 
+    def _validate(self) -> None:
+        check_int("MarginGate", "memory", self.memory, low=1)
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         if not hasattr(self, "_gaps"):
-            check_int("MarginGate", "memory", self.memory, low=1)
+            self._validate()
             self._gaps: deque[float] = deque(maxlen=self.memory)
         rate = min(1.0, remaining_rate(info, budget, "margin"))
         history = np.fromiter(self._gaps, dtype=np.float64) if self._gaps else None
@@ -104,9 +110,12 @@ class BBQGate:
     def __init__(self, kappa: float = 0.5) -> None:
         self.kappa = kappa
 
+    def _validate(self) -> None:
+        check_float("BBQGate", "kappa", self.kappa, low=0.0, high=1.0, low_open=True)
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         if not hasattr(self, "_checked"):
-            check_float("BBQGate", "kappa", self.kappa, low=0.0, high=1.0, low_open=True)
+            self._validate()
             self._checked = True
         return bool(info.uncertainty > info.t ** (-self.kappa)) and budget.can_afford(info.cost)
 
@@ -125,10 +134,14 @@ class CGZGate:
         self.b = b
         self.seed = seed
 
+    def _validate(self) -> None:
+        check_float("CGZGate", "b", self.b, low=0.0, low_open=True)
+        check_seed("CGZGate", self.seed)
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         rng = rng_of(self, "CGZGate")
         if not hasattr(self, "_checked"):
-            check_float("CGZGate", "b", self.b, low=0.0, low_open=True)
+            self._validate()
             self._checked = True
         u = rng.random()
         return bool(u < self.b / (self.b + abs(info.gap))) and budget.can_afford(info.cost)
