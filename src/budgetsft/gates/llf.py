@@ -123,22 +123,16 @@ class LLFGate:
             (i for i, info in enumerate(infos) if info.latency > self.tau),
             key=lambda i: (-infos[i].latency, infos[i].t),
         )
-        chosen: list[int] = []
-        spent, remaining = budget.spent, budget.remaining
-        for i in order:
-            price = budget.price(infos[i].cost)
-            if price <= remaining + 0.0 and spent + price <= cap:
-                chosen.append(i)
-                spent += price
-                remaining -= price
-        # Re-check exactly against the budget's rational arithmetic.
-        final: list[int] = []
+        # Largest latency first, each pick checked with the budget's exact arithmetic on a
+        # probe copy (nothing is spent here; the game pays when it resolves the window).
         probe = copy.deepcopy(budget)
-        for i in sorted(chosen):
-            if probe.can_afford(infos[i].cost):
-                probe.spend(infos[i].cost)
-                final.append(i)
-        return final
+        chosen: list[int] = []
+        for i in order:
+            cost = infos[i].cost
+            if probe.can_afford(cost) and probe.spent + probe.price(cost) <= cap:
+                probe.spend(cost)
+                chosen.append(i)
+        return sorted(chosen)
 
 
 def select_pool(
