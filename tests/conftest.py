@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from _streams import random_stream
 
+from budgetsft.base import Round
 
 
 @pytest.fixture

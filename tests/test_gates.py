@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from _streams import random_stream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,6 @@ from budgetsft.gates import (
     select_pool,
 )
 from budgetsft.learners import LogisticLearner, OGDLearner, RidgeLearner
-from _streams import random_stream
 
 GATE_FACTORIES = {
     "llf": lambda: LLFGate(),

@@ -126,7 +126,8 @@ def run(
     records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
 ) -> None:
     """Play one budgeted game and print its summary."""
-    from budgetsft.experiment import SUMMARY_KEYS, run as run_game
+    from budgetsft.experiment import SUMMARY_KEYS
+    from budgetsft.experiment import run as run_game
     from budgetsft.plots import plot_runs
     from budgetsft.regret import to_frame
 
@@ -223,7 +224,6 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
                       runs_dir: Path | None = None, ray: dict | None = None) -> list[dict]:
     from budgetsft.experiment import aggregate
     from budgetsft.experiment import sweep as run_sweep
-
     from budgetsft.regret import to_frame
 
     n_cells = sum(len(seed_list) * (1 if g == "full" else len(beta_list)) for g in gate_list)

@@ -42,8 +42,8 @@ import numpy as np
 
 from budgetsft._validation import check_int
 from budgetsft.config import validate_config
-from budgetsft.experiment import sweep_cells
 from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.experiment import sweep_cells
 
 __all__ = ["sweep_ray", "featurize_ray"]
 
