@@ -29,7 +29,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -309,9 +308,8 @@ def featurize_ray(
         When the featuriser returns an array of the wrong shape or with
         non-finite values (that batch is not cached).
     """
-    from budgetsft.features.base import check_examples, example_key, featurizer_key, make_featurizer
-    from budgetsft.features.cache import FeatureCache, FeatureResult, _atomic_write, _BadEntry
-    from budgetsft.features.models import default_cache_dir
+    from budgetsft.features.base import check_examples, featurizer_key, make_featurizer
+    from budgetsft.features.cache import FeatureResult, lookup, open_cache
 
     t0 = time.perf_counter()
     batch_size = check_int("featurize_ray", "batch_size", batch_size, low=1)
@@ -322,33 +320,9 @@ def featurize_ray(
     featurizer = make_featurizer(kind, **options)  # for the key and dim only: no weights are loaded
     key = featurizer_key(featurizer)
     dim = int(featurizer.dim)
-    root = default_cache_dir(cache_dir) / "features" / key
-    cache = FeatureCache(root, dim)
-    settings_file = root / "settings.json"
-    if not settings_file.exists():
-        meta = {"name": featurizer.name, "dim": dim, "settings": featurizer.settings()}
-        _atomic_write(settings_file, json.dumps(meta, indent=2, default=str).encode())
-
+    cache = open_cache(featurizer, cache_dir)
     # Cache lookup, exactly as the local path does: identical texts share one entry.
-    out: list[np.ndarray | None] = [None] * len(examples)
-    todo: dict[str, list[int]] = {}
-    n_cached = n_repaired = 0
-    for i, ex in enumerate(examples):
-        k = example_key(ex)
-        if k in todo:
-            todo[k].append(i)
-            continue
-        try:
-            arr = cache.read(k, len(ex.candidates))
-        except _BadEntry as exc:
-            logger.warning("features: bad cache entry for example %r (%s); recomputing", ex.id, exc)
-            n_repaired += 1
-            arr = None
-        if arr is None:
-            todo.setdefault(k, []).append(i)
-        else:
-            out[i] = arr
-            n_cached += 1
+    out, todo, n_cached, n_repaired = lookup(examples, cache)
 
     firsts = [positions[0] for positions in todo.values()]
     if firsts:
@@ -375,7 +349,7 @@ def featurize_ray(
         n_computed=n_computed,
         n_repaired=n_repaired,
         key=key,
-        path=root,
+        path=cache.root,
         seconds=time.perf_counter() - t0,
     )
 
@@ -384,7 +358,7 @@ def _compute(ray, actors, batches, examples, todo, out, cache, dim, progress, na
     """Feed batches to the actors (two in flight each) and write each result as it lands."""
     from tqdm.auto import tqdm
 
-    from budgetsft.features.base import example_key
+    from budgetsft.features.cache import check_array, check_count, store
 
     queue = deque(range(len(batches)))
     pending: dict[Any, tuple[int, Any]] = {}  # ref -> (batch index, actor)
@@ -411,23 +385,12 @@ def _compute(ray, actors, batches, examples, todo, out, cache, dim, progress, na
                         f"features: a Ray featurisation actor failed: {_error_text(ray, exc)}"
                     ) from exc
                 chunk = [examples[i] for i in batches[b]]
-                if len(arrays) != len(chunk):
-                    raise DataError(
-                        f"features: the featuriser returned {len(arrays)} arrays "
-                        f"for {len(chunk)} examples."
-                    )
-                for ex, arr in zip(chunk, arrays, strict=True):
-                    if arr.shape != (len(ex.candidates), dim) or not np.all(np.isfinite(arr)):
-                        raise DataError(
-                            f"features: featuriser {name!r} returned an array of shape {arr.shape} "
-                            f"(finite: {bool(np.all(np.isfinite(arr)))}) for example {ex.id!r}; "
-                            f"expected ({len(ex.candidates)}, {dim}), all finite."
-                        )
-                for ex, arr in zip(chunk, arrays, strict=True):
-                    k = example_key(ex)
-                    for j, i in enumerate(todo[k]):
-                        out[i] = arr if j == 0 else arr.copy()
-                    cache.write(k, arr)
+                owner = f"featuriser {name!r}"
+                check_count(chunk, arrays, owner)
+                # the whole batch is checked before any of it is cached
+                checked = [check_array(ex, arr, dim, owner) for ex, arr in zip(chunk, arrays, strict=True)]
+                for ex, arr in zip(chunk, checked, strict=True):
+                    store(ex, arr, todo, out, cache)
                 bar.update(len(chunk))
                 submit(actor)
     finally:

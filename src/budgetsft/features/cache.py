@@ -175,6 +175,86 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def open_cache(featurizer: Featurizer, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
+    """The featuriser's cache folder, with its ``settings.json`` written on first use."""
+    from budgetsft.features.models import default_cache_dir
+
+    key = featurizer_key(featurizer)
+    dim = int(featurizer.dim)
+    root = default_cache_dir(cache_dir) / "features" / key
+    cache = FeatureCache(root, dim)
+    settings_file = root / "settings.json"
+    if not settings_file.exists():
+        meta = {"name": featurizer.name, "dim": dim, "settings": featurizer.settings()}
+        _atomic_write(settings_file, json.dumps(meta, indent=2, default=str).encode())
+    return cache
+
+
+def lookup(
+    examples: Sequence[Example], cache: FeatureCache
+) -> tuple[list[np.ndarray | None], dict[str, list[int]], int, int]:
+    """Read what the cache holds; bad entries are warned about and scheduled for recomputation.
+
+    Returns
+    -------
+    out : list
+        The cached array of each example, None where it must be computed.
+    todo : dict
+        Entry key -> positions of the examples that share it (identical texts share one entry).
+    n_cached, n_repaired : int
+    """
+    out: list[np.ndarray | None] = [None] * len(examples)
+    todo: dict[str, list[int]] = {}
+    n_cached = n_repaired = 0
+    for i, ex in enumerate(examples):
+        k = example_key(ex)
+        if k in todo:
+            todo[k].append(i)
+            continue
+        try:
+            arr = cache.read(k, len(ex.candidates))
+        except _BadEntry as exc:
+            msg = f"features: bad cache entry for example {ex.id!r} ({exc}); recomputing"
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            logger.warning(msg)
+            n_repaired += 1
+            arr = None
+        if arr is None:
+            todo.setdefault(k, []).append(i)
+        else:
+            out[i] = arr
+            n_cached += 1
+    return out, todo, n_cached, n_repaired
+
+
+def check_count(chunk: Sequence[Example], arrays: Sequence, owner: str) -> None:
+    """One array per example of a computed chunk, else DataError naming ``owner``."""
+    if len(arrays) != len(chunk):
+        raise DataError(f"features: {owner}.transform_many returned {len(arrays)} arrays for {len(chunk)} examples.")
+
+
+def check_array(ex: Example, arr, dim: int, owner: str) -> np.ndarray:
+    """``arr`` as float64 after checking it is finite and of shape (K, dim), else DataError naming the example."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.shape != (len(ex.candidates), dim) or not np.all(np.isfinite(arr)):
+        raise DataError(
+            f"features: {owner} returned an array of shape {arr.shape} "
+            f"(finite: {bool(np.all(np.isfinite(arr)))}) for example {ex.id!r}; "
+            f"expected ({len(ex.candidates)}, {dim}), all finite."
+        )
+    return arr
+
+
+def store(ex: Example, arr: np.ndarray, todo: dict[str, list[int]], out: list[np.ndarray | None],
+          cache: FeatureCache | None) -> None:
+    """Place a computed array at every position that shares its entry, and cache it."""
+    k = example_key(ex)
+    for j, i in enumerate(todo[k]):
+        out[i] = arr if j == 0 else arr.copy()
+    if cache is not None:
+        cache.write(k, arr)
+
+
 def _takes_progress(featurizer: Featurizer) -> bool:
     try:
         return "progress" in inspect.signature(featurizer.transform_many).parameters
@@ -231,40 +311,16 @@ def featurize(
     examples = check_examples(examples, "featurize")
     key = featurizer_key(featurizer)
     dim = int(featurizer.dim)
-    out: list[np.ndarray | None] = [None] * len(examples)
-    keys = [example_key(ex) for ex in examples]
     cache: FeatureCache | None = None
-    n_cached = n_repaired = 0
-    todo: dict[str, list[int]] = {}  # entry key -> positions (identical texts share one entry)
     if use_cache:
-        from budgetsft.features.models import default_cache_dir
-
-        root = default_cache_dir(cache_dir) / "features" / key
-        cache = FeatureCache(root, dim)
-        settings_file = root / "settings.json"
-        if not settings_file.exists():
-            meta = {"name": featurizer.name, "dim": dim, "settings": featurizer.settings()}
-            _atomic_write(settings_file, json.dumps(meta, indent=2, default=str).encode())
-        for i, (ex, k) in enumerate(zip(examples, keys, strict=True)):
-            if k in todo:
-                todo[k].append(i)
-                continue
-            try:
-                arr = cache.read(k, len(ex.candidates))
-            except _BadEntry as exc:
-                msg = f"features: bad cache entry for example {ex.id!r} ({exc}); recomputing"
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                logger.warning(msg)
-                n_repaired += 1
-                arr = None
-            if arr is None:
-                todo.setdefault(k, []).append(i)
-            else:
-                out[i] = arr
-                n_cached += 1
+        cache = open_cache(featurizer, cache_dir)
+        out, todo, n_cached, n_repaired = lookup(examples, cache)
     else:
-        for i, k in enumerate(keys):
-            todo.setdefault(k, []).append(i)
+        out = [None] * len(examples)
+        todo = {}
+        n_cached = n_repaired = 0
+        for i, ex in enumerate(examples):
+            todo.setdefault(example_key(ex), []).append(i)
 
     firsts = [positions[0] for positions in todo.values()]
     if firsts:
@@ -278,24 +334,10 @@ def featurize(
         for s in range(0, len(firsts), chunk_size):
             chunk = [examples[i] for i in firsts[s : s + chunk_size]]
             arrays = featurizer.transform_many(chunk, **kwargs)
-            if len(arrays) != len(chunk):
-                raise DataError(
-                    f"features: {type(featurizer).__name__}.transform_many returned "
-                    f"{len(arrays)} arrays for {len(chunk)} examples."
-                )
-            for ex, arr in zip(chunk, arrays, strict=True):
-                arr = np.asarray(arr, dtype=np.float64)
-                if arr.shape != (len(ex.candidates), dim) or not np.all(np.isfinite(arr)):
-                    raise DataError(
-                        f"features: {type(featurizer).__name__} returned an array of shape "
-                        f"{arr.shape} (finite: {bool(np.all(np.isfinite(arr)))}) for example "
-                        f"{ex.id!r}; expected ({len(ex.candidates)}, {dim}), all finite."
-                    )
-                k = example_key(ex)
-                for j, i in enumerate(todo[k]):
-                    out[i] = arr if j == 0 else arr.copy()
-                if cache is not None:
-                    cache.write(k, arr)
+            owner = type(featurizer).__name__
+            check_count(chunk, arrays, owner)
+            for ex, arr in zip(chunk, arrays, strict=True):  # each written as soon as it is checked
+                store(ex, check_array(ex, arr, dim, owner), todo, out, cache)
             bar.update(len(chunk))
         bar.close()
     n_computed = len(examples) - n_cached
