@@ -124,12 +124,16 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
     records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
+    session: Annotated[Path | None, typer.Option(help="Play as a resumable session stored in this SQLite "
+                                                      "ledger (see `budgetsft resume`, `budgetsft session`).")] = None,
+    oracle: Annotated[str, typer.Option(help="With --session, where labels come from: dataset, file, "
+                                             "terminal, web.")] = "dataset",
+    annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
+    cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
+    checkpoint_every: Annotated[int, typer.Option(help="With --session, rounds between checkpoints.")] = 100,
 ) -> None:
     """Play one budgeted game and print its summary."""
-    from budgetsft.experiment import SUMMARY_KEYS
     from budgetsft.experiment import run as run_game
-    from budgetsft.plots import plot_runs
-    from budgetsft.regret import to_frame
 
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     cfg["progress"] = not as_json
@@ -143,13 +147,32 @@ def run(
         cfg["seed"] = seed
     if records_format not in ("csv", "parquet"):
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
+    if session is not None:
+        from budgetsft.session import Session
+
+        spec = {"name": oracle}
+        if oracle == "terminal":
+            spec.update(annotator=annotator, cost=cost)
+        _oracle_of(spec)  # an unknown oracle fails before the file is created
+        cfg.pop("progress", None)
+        sess = Session.create(session, cfg, oracle=spec, checkpoint_every=checkpoint_every)
+        _play_session(sess, None, as_json, out_dir, records_format)
+        return
     result = _with_progress(lambda cb: run_game(cfg, progress=cb), total=None if cfg.get("data") else
                             int(cfg["env"]["rounds"]), what=f"{cfg['gate']['name']} rounds",
                             quiet=as_json or bool(cfg.get("data")))
-    summary = result.summary
+    _report_run(result.config, result.records, result.summary, as_json, out_dir, records_format)
+
+
+def _report_run(cfg: dict, records, summary: dict, as_json: bool, out_dir: Path | None, records_format: str) -> None:
+    """Write (--out) and print (table or --json) one run's results."""
+    from budgetsft.experiment import SUMMARY_KEYS
+    from budgetsft.plots import plot_runs
+    from budgetsft.regret import to_frame
+
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        frame = to_frame(result.records)
+        frame = to_frame(records)
         if records_format == "parquet":
             try:
                 frame.to_parquet(out_dir / "records.parquet", index=False)
@@ -158,7 +181,7 @@ def run(
         else:
             frame.to_csv(out_dir / "records.csv", index=False)
         (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
-        (out_dir / "config.json").write_text(json.dumps(_clean(result.config), indent=2, sort_keys=True) + "\n")
+        (out_dir / "config.json").write_text(json.dumps(_clean(cfg), indent=2, sort_keys=True) + "\n")
         plot_runs({f"{summary['gate']} β={summary['beta']}": frame}, out_dir / "regret.png",
                   title=f"{_setting(cfg)}: seed {summary['seed']}")
     if as_json:
@@ -172,6 +195,155 @@ def run(
     out.print(table)
     if out_dir is not None:
         out.print(f"wrote {out_dir}/records.{records_format}, summary.json, regret.png")
+
+
+def _oracle_of(spec: dict):
+    from budgetsft.oracles import make_oracle
+
+    return make_oracle(spec)
+
+
+def _play_session(sess, oracle_spec: dict | None, as_json: bool, out_dir: Path | None = None,
+                  records_format: str = "csv") -> None:
+    """Play a session until it finishes, waits for answers, or is stopped; report accordingly."""
+    oracle = _oracle_of(oracle_spec or sess.ledger.oracle)
+    quiet = as_json or oracle_spec is not None and oracle_spec.get("name") == "terminal" or \
+        sess.ledger.oracle.get("name") == "terminal"
+    outcome = _with_progress(lambda cb: sess.play(oracle, progress=cb), total=sess.horizon(),
+                             what=f"session {sess.ledger.path.name}", quiet=quiet)
+    if outcome.status == "finished":
+        _report_run(sess.config, sess.records(), sess.summary(), as_json, out_dir, records_format)
+        return
+    report = sess.progress_report()
+    if as_json:
+        print(json.dumps(_clean({"status": outcome.status, "position": outcome.position, **report})))
+        return
+    if outcome.status == "waiting":
+        where = ""
+        if hasattr(oracle, "queries_path"):
+            where = f" Queries are in {oracle.queries_path(sess)}; import answers with " \
+                    f"`budgetsft session import {sess.ledger.path} ANSWERS.jsonl`."
+        elif report["pending"]:
+            where = f" Answer them with `budgetsft annotate {sess.ledger.path}`."
+        out.print(f"session {sess.ledger.path}: waiting for {report['pending']} answer(s) after round "
+                  f"{outcome.position} of {report['horizon']}.{where} Then `budgetsft resume {sess.ledger.path}`.",
+                  markup=False, highlight=False)
+    else:
+        out.print(f"session {sess.ledger.path}: saved after round {outcome.position} of {report['horizon']}; "
+                  f"continue with `budgetsft resume {sess.ledger.path}`.", markup=False, highlight=False)
+
+
+@app.command()
+def resume(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db) to continue.")],
+    oracle: Annotated[str | None, typer.Option(help="Override the session's oracle: dataset, file, terminal, "
+                                                    "web.")] = None,
+    annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
+    cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints.")] = 100,
+) -> None:
+    """Continue an interrupted session (even after kill -9): same records as an uninterrupted run."""
+    from budgetsft.session import Session
+
+    spec = None
+    if oracle is not None:
+        spec = {"name": oracle}
+        if oracle == "terminal":
+            spec.update(annotator=annotator, cost=cost)
+    sess = Session.open(path, checkpoint_every=checkpoint_every)
+    _play_session(sess, spec, as_json, out_dir)
+
+
+session_app = typer.Typer(no_args_is_help=True, help="Inspect a session ledger: progress, labels, answers.")
+app.add_typer(session_app, name="session")
+
+
+@session_app.command("show")
+def session_show(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Spend, remaining budget, labels by annotator, and the regret so far."""
+    from budgetsft.session import Session
+
+    report = Session.open(path).progress_report()
+    if as_json:
+        print(json.dumps(_clean(report)))
+        return
+    table = Table(title=f"session {path} — {report['status']}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought", "pending",
+                "mistakes", "hinge_loss", "pseudo_regret"):
+        table.add_row(key, _fmt(report[key]))
+    out.print(table)
+    if report["by_annotator"]:
+        who = Table(title="labels by annotator")
+        for col in ("annotator", "labels", "spent"):
+            who.add_column(col, justify="left" if col == "annotator" else "right")
+        for name, row in report["by_annotator"].items():
+            who.add_row(name, str(row["labels"]), _fmt(row["spent"]))
+        out.print(who)
+
+
+@session_app.command("export")
+def session_export(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
+    dest: Annotated[Path, typer.Argument(help="Output JSONL: the bought labelled set, canonical schema.")],
+) -> None:
+    """Write the labelled examples the session bought (with annotator and cost) as JSONL."""
+    from budgetsft.session import Session
+
+    rows = Session.open(path).export_labels()
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out.print(f"wrote {len(rows)} labelled examples to {dest}")
+
+
+@session_app.command("import")
+def session_import(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
+    answers: Annotated[Path, typer.Argument(help='JSONL answers: {"query_id": 3, "label": 1, "annotator": "a"}.')],
+) -> None:
+    """Import answers to pending queries (file oracle); nothing is charged if any line is bad."""
+    from budgetsft.ledger import Ledger
+    from budgetsft.oracles import import_answers
+
+    res = import_answers(Ledger.open(path), answers)
+    out.print(f"imported {res['added']} answer(s), {res['duplicates']} duplicate(s) ignored, "
+              f"{res['pending']} still pending", markup=False)
+
+
+@app.command()
+def annotate(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db) whose queries people will answer.")],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless told otherwise).")] = "127.0.0.1",
+    add_annotator: Annotated[str | None, typer.Option(help="Create an annotator, print its token, and exit.")] = None,
+    cost: Annotated[float, typer.Option(help="With --add-annotator: the annotator's price per label.")] = 1.0,
+    lease_ttl: Annotated[float, typer.Option(help="Seconds an item stays reserved for the annotator "
+                                                  "who fetched it.")] = 300.0,
+) -> None:
+    """Serve the session's pending queries to annotators in the browser and over a JSON API."""
+    from budgetsft.ledger import Ledger
+
+    if add_annotator is not None:
+        ann = Ledger.open(path).add_annotator(add_annotator, cost)
+        out.print(f"annotator {ann.name} (cost {ann.cost:g} per label), token: {ann.token}", markup=False,
+                  highlight=False)
+        return
+    led = Ledger.open(path)
+    anns = led.annotators()
+    if not anns:
+        raise ConfigError(f"{path}: no annotators yet; add one with `budgetsft annotate {path} "
+                          f"--add-annotator NAME --cost 1.0`.")
+    led.close()
+    from budgetsft.web import serve
+
+    out.print(f"serving {path} on http://{host}:{port}/ for {len(anns)} annotator(s): "
+              f"{', '.join(a.name for a in anns)}", markup=False, highlight=False)
+    serve(path, host=host, port=port, lease_ttl=lease_ttl)
 
 
 def _with_progress(fn, total: int, what: str, quiet: bool):

@@ -16,7 +16,8 @@ from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.game import play
 from budgetsft.regret import summarize
 
-__all__ = ["RunResult", "run", "sweep", "sweep_cells", "held_out_accuracy", "SUMMARY_KEYS", "aggregate"]
+__all__ = ["RunResult", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells", "held_out_accuracy",
+           "SUMMARY_KEYS", "aggregate"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -58,7 +59,7 @@ def held_out_accuracy(learner, rounds: Sequence[Round]) -> float:
     return hits / len(rounds)
 
 
-def _budget_for(cfg: dict, stream: Sequence[Round] | object) -> Budget:
+def budget_for(cfg: dict, stream: Sequence[Round] | object) -> Budget:
     gate = cfg["gate"]
     unit = gate.get("unit", "labels")
     if "budget" in gate:
@@ -100,7 +101,7 @@ def run(
         stream = env
         if test is None and hasattr(env, "test_rounds") and cfg.get("test_rounds", 0):
             test = env.test_rounds(int(cfg["test_rounds"]))
-    budget = _budget_for(cfg, stream)
+    budget = budget_for(cfg, stream)
     learner, gate, follower = objs["learner"], objs["gate"], objs["follower"]
     start = time.perf_counter()
     records: list[Record] = []
@@ -114,6 +115,13 @@ def run(
             if progress is not None:
                 progress(len(records))
     seconds = time.perf_counter() - start
+    summary = run_summary(cfg, records, played, budget, learner, test, seconds)
+    return RunResult(config=cfg, records=records, rounds=played, summary=summary, learner=learner)
+
+
+def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], budget: Budget, learner,
+                test: Sequence[Round] | None, seconds: float) -> dict:
+    """The summary of a played game (``run`` and resumed sessions print the same one)."""
     # The exact LP comparator costs seconds at d in the hundreds; `regret_lp: false` skips it.
     summary = summarize(records, played if cfg.get("regret_lp", True) else None,
                         S=float(cfg.get("comparator_S", 10.0)))
@@ -129,7 +137,18 @@ def run(
         test_accuracy=held_out_accuracy(learner, test) if test is not None else math.nan,
         seconds=seconds,
     )
-    return RunResult(config=cfg, records=records, rounds=played, summary=summary, learner=learner)
+    return summary
+
+
+def stream_of(cfg: dict, env=None) -> tuple[Sequence[Round], Sequence[Round] | None, object]:
+    """The rounds a config plays, its held-out rounds, and the real-data streams (or None)."""
+    if cfg.get("data"):
+        streams = _real_streams(cfg)
+        return streams.train, streams.test, streams
+    env = env if env is not None else build(cfg)["env"]
+    test = env.test_rounds(int(cfg["test_rounds"])) if hasattr(env, "test_rounds") and cfg.get("test_rounds", 0) \
+        else None
+    return env, test, None
 
 
 def _real_streams(cfg: dict):

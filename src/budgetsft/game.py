@@ -132,8 +132,14 @@ def _close_window(pending, learner, gate, follower, budget) -> Iterator[Record]:
         yield _resolve(rnd, X, info, i in chosen, learner, follower, budget)
 
 
-def _resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget) -> Record:
-    """Read the gold (after the decision), score the round, pay and learn if queried."""
+def _resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,
+             price: float | None = None) -> Record:
+    """Read the gold (after the decision), score the round, pay and learn if queried.
+
+    ``price`` is what the label cost when it differs from the round's nominal
+    cost (an annotator's own rate, in a session).
+    """
+    price = info.cost if price is None else float(price)
     gold = int(rnd.gold)
     scores = info.scores
     alt = int(follower.respond(scores, gold))
@@ -146,7 +152,7 @@ def _resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner,
     else:
         regret = math.nan
     if queried:
-        budget.spend(info.cost)  # raises before spending if a gate overreached
+        budget.spend(price)  # raises before spending if a gate overreached
         learner.learn_one(X, gold, alt)
     return Record(
         round=info.t,
@@ -154,7 +160,7 @@ def _resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner,
         gold=gold,
         alternative=alt,
         queried=queried,
-        cost=info.cost if queried else 0.0,
+        cost=price if queried else 0.0,
         budget_left=budget.remaining,
         latency=info.latency,
         margin=margin,

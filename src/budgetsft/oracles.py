@@ -1,0 +1,248 @@
+"""Oracles: where a session's labels come from, behind one interface.
+
+An oracle gets the queries the gate has just made (largest latency first) and
+writes whatever answers it has into the ledger with
+:meth:`Ledger.record_answer`; the session then reads them back. An oracle that
+cannot answer now (a file, people on a web page) writes nothing and the
+session checkpoints and waits; ``budgetsft resume`` picks up once the answers
+are in.
+
+==========  =======================================================  ==========
+name        labels from                                              waits?
+==========  =======================================================  ==========
+dataset     the gold labels of the data (simulation)                 no
+file        answers imported from JSONL (pending queries written)    yes
+terminal    a person at an interactive prompt                        no
+web         annotators on ``budgetsft annotate``'s page or JSON API  yes
+==========  =======================================================  ==========
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
+from budgetsft.ledger import Ledger, Query
+from budgetsft.session import Session, StopSession
+
+__all__ = ["Oracle", "DatasetOracle", "FileOracle", "TerminalOracle", "WebOracle", "make_oracle", "ORACLES",
+           "import_answers"]
+
+
+class Oracle(Protocol):
+    """Answers queries by writing them to the session's ledger."""
+
+    immediate: bool  # True when every query is answered (or skipped) before request returns
+
+    def request(self, session: Session, queries: list[Query], context: dict) -> None:
+        """Answer (some of) ``queries``; ``context[q.round]`` is (round, features, QueryInfo)."""
+
+
+class DatasetOracle:
+    """The data's own gold label, at the round's nominal cost (a simulated annotator called ``dataset``)."""
+
+    immediate = True
+    name = "dataset"
+
+    def request(self, session: Session, queries: list[Query], context: dict) -> None:
+        for q in queries:
+            rnd = context[q.round][0]
+            session.ledger.record_answer(q.id, int(rnd.gold), self.name, q.cost, n_candidates=rnd.n_candidates)
+
+
+class WebOracle:
+    """Leaves queries pending for ``budgetsft annotate``: its page and JSON API answer them."""
+
+    immediate = False
+    name = "web"
+
+    def request(self, session: Session, queries: list[Query], context: dict) -> None:
+        return None
+
+
+class FileOracle:
+    """Writes pending queries to a JSONL file for people or another tool to answer.
+
+    Each line of the queries file is ``{"query_id", "round", "id", "prompt",
+    "candidates", "latency"}``; answers come back through
+    :func:`import_answers` (``budgetsft session import``) as lines
+    ``{"query_id": 3, "label": 1, "annotator": "ann"}``.
+    """
+
+    immediate = False
+    name = "file"
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+
+    def queries_path(self, session: Session) -> Path:
+        return self.path or session.ledger.path.with_suffix(".queries.jsonl")
+
+    def request(self, session: Session, queries: list[Query], context: dict) -> None:
+        path = self.queries_path(session)
+        lines = []
+        for q in session.ledger.pending():
+            item = session.describe(q.round)
+            lines.append(json.dumps({"query_id": q.id, "round": q.round, "id": item["id"], "prompt": item["prompt"],
+                                     "candidates": item["candidates"], "latency": q.latency}))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str = "file",
+                   default_cost: float = 1.0) -> dict:
+    """Import answers from JSONL into the ledger; every bad line is reported as ``file:line: reason``.
+
+    Lines are checked first and nothing is written if any is bad, so a
+    half-imported file never charges anything. An answer to a query that
+    already has one is counted as a duplicate and not charged again.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such answers file.")
+    parsed, errors = [], []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{path}:{n}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(obj, dict):
+                errors.append(f"{path}:{n}: an answer must be an object with 'query_id' and 'label'")
+                continue
+            qid, label = obj.get("query_id"), obj.get("label")
+            q = ledger.query(qid) if isinstance(qid, int) and not isinstance(qid, bool) else None
+            if q is None:
+                errors.append(f"{path}:{n}: unknown 'query_id' {qid!r}")
+                continue
+            K = _n_candidates_of(ledger, q)
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < K:
+                errors.append(f"{path}:{n}: 'label' must be an int in [0, {K - 1}]. Got {label!r}")
+                continue
+            annotator = obj.get("annotator", default_annotator)
+            cost = obj.get("cost", default_cost)
+            if not isinstance(annotator, str) or not annotator:
+                errors.append(f"{path}:{n}: 'annotator' must be a non-empty string")
+                continue
+            if isinstance(cost, bool) or not isinstance(cost, int | float) or not cost > 0:
+                errors.append(f"{path}:{n}: 'cost' must be a number > 0. Got {cost!r}")
+                continue
+            parsed.append((q, label, annotator, float(cost), K))
+    if errors:
+        raise DataError("\n".join(errors))
+    added = duplicates = 0
+    for q, label, annotator, cost, K in parsed:
+        if ledger.record_answer(q.id, label, annotator, cost, n_candidates=K):
+            added += 1
+        else:
+            duplicates += 1
+    return {"added": added, "duplicates": duplicates, "pending": len(ledger.pending())}
+
+
+def _n_candidates_of(ledger: Ledger, q: Query) -> int:
+    cache = getattr(ledger, "_k_cache", None)
+    if cache is None:
+        cache = ledger._k_cache = {}
+    if q.round not in cache:
+        from budgetsft.session import Session
+
+        cache[q.round] = len(Session(ledger).describe(q.round)["candidates"])
+    return cache[q.round]
+
+
+class TerminalOracle:
+    """An interactive prompt: the prompt, numbered candidates, and a choice.
+
+    Type a candidate's number to answer, ``s`` to skip (no charge; the round
+    counts as unqueried), ``u`` to undo the last answer (it is refunded and
+    asked again), ``q`` to quit and save (``budgetsft resume`` continues).
+    """
+
+    immediate = False  # the person may quit: the session checkpoints before asking
+
+    def __init__(self, annotator: str = "terminal", cost: float = 1.0, stdin: TextIO | None = None,
+                 stdout: TextIO | None = None) -> None:
+        self.annotator = annotator
+        self.cost = float(cost)
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self._last: Query | None = None  # the last query this oracle answered
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def request(self, session: Session, queries: list[Query], context: dict) -> None:
+        ledger = session.ledger
+        todo = list(queries)
+        while todo:
+            q = todo[0]
+            item = session.describe(q.round)
+            K = len(item["candidates"])
+            self._say(f"\n[round {q.round}/{session.horizon()} · spent {ledger.spent():g} of "
+                      f"{ledger.budget_total:g} {ledger.budget_unit}]\n{item['prompt']}\n")
+            for i, cand in enumerate(item["candidates"]):
+                self._say(f"  {i}) {cand}\n")
+            self._say(f"answer [0-{K - 1}], s=skip, u=undo last, q=quit and save: ")
+            line = self.stdin.readline()
+            if line == "":  # end of input: save and stop
+                raise StopSession()
+            choice = line.strip().lower()
+            if choice == "q":
+                self._say("saved; continue with `budgetsft resume`.\n")
+                raise StopSession()
+            if choice == "s":
+                ledger.skip(q.id, self.annotator)
+                todo.pop(0)
+                continue
+            if choice == "u":
+                last = self._last
+                if last is None or ledger.answer_for_round(last.round) is None:
+                    self._say("nothing to undo.\n")
+                    continue
+                ledger.undo_answer(last.id)
+                self._last = None
+                self._say(f"undone: round {last.round}.\n")
+                if any(p.id == last.id for p in queries):
+                    todo.insert(0, ledger.query(last.id))
+                    continue
+                raise StopSession(undo_round=last.round)
+            try:
+                label = int(choice)
+            except ValueError:
+                self._say(f"not understood: {choice!r}\n")
+                continue
+            if not 0 <= label < K:
+                self._say(f"no candidate {label}; choose 0-{K - 1}.\n")
+                continue
+            try:
+                ledger.record_answer(q.id, label, self.annotator, self.cost, n_candidates=K)
+            except BudgetExhaustedError as exc:
+                ledger.skip(q.id, self.annotator)  # this rate no longer fits: nothing is charged
+                self._say(f"{exc} Skipped.\n")
+                todo.pop(0)
+                continue
+            self._last = q
+            todo.pop(0)
+
+
+ORACLES = {"dataset": DatasetOracle, "file": FileOracle, "terminal": TerminalOracle, "web": WebOracle}
+
+
+def make_oracle(spec: dict | str | None) -> Oracle:
+    """An oracle from its stored spec (``{"name": "file", "path": ...}``) or name."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec or {"name": "dataset"})
+    name = spec.pop("name", "dataset")
+    if name not in ORACLES:
+        raise ConfigError(f"unknown oracle {name!r}; valid: {', '.join(sorted(ORACLES))}.")
+    try:
+        return ORACLES[name](**spec)
+    except TypeError as exc:
+        raise ConfigError(f"oracle {name!r}: {exc}") from exc
