@@ -1,0 +1,572 @@
+"""The annotation web app behind ``budgetsft annotate``: a page for people and a JSON API for scripts.
+
+Annotators see a session's pending queries, largest latency first, and answer
+them; every answer goes through :meth:`Ledger.record_answer`, so the ledger's
+rules hold whatever the clients do: an item is handed to one annotator at a
+time (a lease that expires after ``lease_ttl`` seconds), a query is paid at
+most once (a second answer is reported as a duplicate and charged nothing),
+and the money spent never exceeds the budget, each annotator being charged
+their own price per label (an expert may cost more than a crowd worker).
+
+A background thread (the *driver*) plays the session with a
+:class:`~budgetsft.oracles.WebOracle`: when the game waits for labels it
+sleeps until the answers are in, then plays on, which makes the next queries
+pending. The app and the driver each open their own SQLite connections; the
+ledger's ``BEGIN IMMEDIATE`` transactions serialise the writers.
+
+==========================  ======  =================================================
+route                       method  what
+==========================  ======  =================================================
+``/``                       GET     the annotation page (a login form without a token)
+``/login``, ``/logout``     POST    set / clear the token cookie (HttpOnly, SameSite=Strict)
+``/api/next``               GET     lease the next item: prompt, candidates, budget
+``/api/answer``             POST    ``{"query_id": int, "label": int}``
+``/api/status``             GET     spend, budget left, pending, labels by annotator
+==========================  ======  =================================================
+
+The API takes the token as ``Authorization: Bearer <token>``; the page uses
+the cookie the login form sets. Every refusal is JSON ``{"error": "..."}`` and
+charges nothing.
+
+Examples
+--------
+>>> from budgetsft.web import create_app
+>>> app = create_app("session.db")            # doctest: +SKIP
+>>> serve("session.db", port=8000)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import secrets
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from budgetsft._validation import check_float, check_int
+from budgetsft.exceptions import BudgetExhaustedError
+from budgetsft.ledger import Annotator, Ledger, LedgerError
+
+try:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("budgetsft.web needs Starlette and uvicorn: pip install 'budgetsft[web]'.") from exc
+
+__all__ = ["create_app", "serve", "SessionDriver", "COOKIE"]
+
+logger = logging.getLogger("budgetsft.web")
+
+COOKIE = "budgetsft_token"
+# A body larger than max_body is refused; we read (and drop) at most this much of it so that the client,
+# still sending, gets the 413 instead of a reset connection. Beyond it the connection is simply closed.
+_DRAIN_LIMIT = 4 << 20
+
+
+class _Refusal(Exception):
+    """A request refused with an HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Interrupted(Exception):
+    """Raised from the driver's progress callback to leave a game being played (the ledger resumes it)."""
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(obj):
+    """Replace NaN and infinities (which JSON cannot carry) by null."""
+    if isinstance(obj, float):
+        return _finite(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+class SessionDriver:
+    """Plays a session in a background thread, waiting for people whenever the game asks for labels.
+
+    Parameters
+    ----------
+    path : str or Path
+        The session file.
+    poll : float, default=0.2
+        Seconds between checks of the pending queries while waiting (an answer wakes it sooner).
+    """
+
+    def __init__(self, path: str | Path, poll: float = 0.2) -> None:
+        self.path = Path(path)
+        self.poll = poll
+        self.state = "idle"
+        self.error: str | None = None
+        self.plays = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="budgetsft-driver", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the session driver did not stop within %.0f s", timeout)
+
+    def wake(self) -> None:
+        """An answer came in: check now whether the game can go on."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _check_stop(self, t: int) -> None:
+        if self._stop.is_set():
+            raise _Interrupted(t)
+
+    def _run(self) -> None:
+        from budgetsft.oracles import WebOracle
+        from budgetsft.session import Session
+
+        session = None
+        try:
+            session = Session.open(self.path)
+            oracle = WebOracle()
+            while not self._stop.is_set():
+                self.state = "playing"
+                outcome = session.play(oracle, progress=self._check_stop)
+                self.plays += 1
+                if outcome.status != "waiting":  # finished, or stopped by someone else
+                    self.state = outcome.status
+                    return
+                self.state = "waiting"
+                while not self._stop.is_set():
+                    self._wake.clear()  # cleared before looking, so an answer arriving meanwhile is not missed
+                    if not session.ledger.pending():
+                        break
+                    self._wake.wait(self.poll)
+            self.state = "stopped"
+        except _Interrupted:
+            self.state = "stopped"
+        except Exception as exc:  # the app stays up to show the error in /api/status
+            logger.exception("the session driver failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = "error"
+        finally:
+            if session is not None:
+                session.close()
+
+
+class _Annotate:
+    """The app's state: where the ledger is, one connection per worker thread, and the items' text."""
+
+    def __init__(self, path: Path, lease_ttl: float, max_body: int, driver: SessionDriver | None) -> None:
+        self.path = path
+        self.lease_ttl = lease_ttl
+        self.max_body = max_body
+        self.driver = driver
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._ledgers: list[Ledger] = []
+        self._session = None
+        self._items: dict[int, dict] = {}
+
+    # ---------------------------------------------------------------- resources
+    def ledger(self) -> Ledger:
+        """This thread's connection (SQLite connections are not shared between threads)."""
+        led = getattr(self._local, "ledger", None)
+        if led is None:
+            led = Ledger.open(self.path)
+            self._local.ledger = led
+            with self._lock:
+                self._ledgers.append(led)
+        return led
+
+    def close(self) -> None:
+        with self._lock:
+            for led in self._ledgers:
+                led.close()
+            self._ledgers.clear()
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def item(self, round: int) -> dict:
+        """Prompt and candidates of a round (the stream is regenerated once, then cached)."""
+        with self._lock:
+            if round not in self._items:
+                if self._session is None:
+                    from budgetsft.session import Session
+
+                    self._session = Session.open(self.path)
+                self._items[round] = self._session.describe(round)
+            return self._items[round]
+
+    # ---------------------------------------------------------------- requests
+    def annotator(self, request: Request) -> Annotator:
+        token = None
+        auth = request.headers.get("authorization", "")
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise _Refusal(401, "the Authorization header must be 'Bearer <token>'.")
+            token = value.strip()
+        else:
+            token = request.cookies.get(COOKIE)
+        if not token:
+            raise _Refusal(401, "a token is required: send 'Authorization: Bearer <token>' or log in on the page "
+                                "(tokens come from `budgetsft annotate FILE --add-annotator NAME`).")
+        ann = self.ledger().annotator_by_token(token)
+        if ann is None:
+            raise _Refusal(401, "unknown token.")
+        return ann
+
+    def budget(self, led: Ledger) -> dict:
+        return {"spent": led.spent(), "remaining": led.remaining(), "total": led.budget_total,
+                "unit": led.budget_unit}
+
+    def next_item(self, ann: Annotator) -> dict:
+        led = self.ledger()
+        try:
+            q = led.lease_next(ann, self.lease_ttl)
+        except BudgetExhaustedError as exc:
+            raise _Refusal(409, f"budget exhausted: {exc}") from None
+        if q is None:
+            pending = len(led.pending())
+            if pending:
+                reason = "every pending item is leased to another annotator"
+            elif led.status == "finished":
+                reason = "session finished"
+            elif self.driver is not None and self.driver.alive:
+                reason = "waiting for the session"
+            else:
+                reason = "nothing pending"
+            return {"item": None, "reason": reason, "pending": pending, "budget": self.budget(led),
+                    "annotator": ann.name}
+        item = self.item(q.round)
+        return {"query_id": q.id, "round": q.round, "id": item["id"], "prompt": item["prompt"],
+                "candidates": list(item["candidates"]), "latency": _finite(q.latency),
+                "lease_expires_in": self.lease_ttl, "pending": len(led.pending()), "budget": self.budget(led),
+                "annotator": ann.name, "cost": ann.cost}
+
+    def answer(self, ann: Annotator, query_id: int, label) -> dict:
+        led = self.ledger()
+        q = led.query(query_id)
+        if q is None:
+            raise _Refusal(404, f"unknown item {query_id}.")
+        K = len(self.item(q.round)["candidates"])
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < K:
+            raise _Refusal(422, f"label must be an int in [0, {K - 1}]. Got {label!r}.")
+        if q.status == "skipped":
+            raise _Refusal(409, f"item {query_id} was skipped; it takes no answer.")
+        holder = led.lease_holder(query_id)
+        if holder is not None and holder != ann.name:
+            raise _Refusal(403, f"item {query_id} is leased to another annotator.")
+        try:
+            recorded = led.record_answer(query_id, label, ann.name, ann.cost, n_candidates=K)
+        except BudgetExhaustedError as exc:
+            raise _Refusal(409, f"budget exhausted: {exc}") from None
+        except LedgerError as exc:  # skipped meanwhile
+            raise _Refusal(409, str(exc)) from None
+        if recorded and self.driver is not None:
+            self.driver.wake()
+        out = {"recorded": recorded, "query_id": query_id, "budget": self.budget(led)}
+        if not recorded:
+            out["duplicate"] = True
+        return out
+
+    def status(self) -> dict:
+        led = self.ledger()
+        answers = led.answers()
+        records = led.n_records()
+        return _jsonable({
+            "path": str(self.path),
+            "status": led.status,
+            "rounds_played": records,
+            "labels_bought": len(answers),
+            "pending": len(led.pending()),
+            "budget": self.budget(led),
+            "by_annotator": led.labels_by_annotator(),
+            "driver": None if self.driver is None else {"state": self.driver.state, "error": self.driver.error,
+                                                        "plays": self.driver.plays},
+        })
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes whatever Content-Length claims."""
+    declared = request.headers.get("content-length")
+    too_big = _Refusal(413, f"request body too large: at most {limit} bytes.")
+    if declared is not None and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _DRAIN_LIMIT:
+            raise too_big
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise too_big
+    return b"".join(chunks)
+
+
+def _error(refusal: _Refusal) -> JSONResponse:
+    return JSONResponse({"error": refusal.message}, status_code=refusal.status)
+
+
+def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16384, driver: bool = True
+               ) -> Starlette:
+    """The annotation app for the session file ``path`` (a Starlette ASGI app).
+
+    Parameters
+    ----------
+    path : str or Path
+        An existing session ledger (``budgetsft session``/``run --session``).
+    lease_ttl : float, default=300.0
+        Seconds an item stays reserved for the annotator who fetched it.
+    max_body : int, default=16384
+        Largest request body accepted, in bytes (413 beyond).
+    driver : bool, default=True
+        Play the session in a background thread while the app runs, so that
+        answers unblock the game and it makes the next queries pending.
+    """
+    lease_ttl = check_float("create_app", "lease_ttl", lease_ttl, low=0.0, low_open=True)
+    max_body = check_int("create_app", "max_body", max_body, low=64)
+    path = Path(path)
+    Ledger.open(path).close()  # a missing or foreign file fails here, with the ledger's message
+    state = _Annotate(path, lease_ttl, max_body, SessionDriver(path) if driver else None)
+
+    async def api(request: Request, fn) -> Response:
+        try:  # one trip to a worker thread: authenticate, then work, on that thread's connection
+            return JSONResponse(await run_in_threadpool(lambda: fn(state.annotator(request))))
+        except _Refusal as refusal:
+            return _error(refusal)
+
+    async def api_next(request: Request) -> Response:
+        return await api(request, state.next_item)
+
+    async def api_answer(request: Request) -> Response:
+        try:
+            ann = await run_in_threadpool(state.annotator, request)
+            body = await _read_body(request, state.max_body)
+            try:
+                obj = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.') from None
+            if not isinstance(obj, dict):
+                raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.')
+            qid = obj.get("query_id")
+            if isinstance(qid, bool) or not isinstance(qid, int):
+                raise _Refusal(400, f"'query_id' must be an int. Got {qid!r}.")
+            if "label" not in obj:
+                raise _Refusal(400, "'label' is missing.")
+            return JSONResponse(await run_in_threadpool(state.answer, ann, qid, obj["label"]))
+        except _Refusal as refusal:
+            return _error(refusal)
+
+    async def api_status(request: Request) -> Response:
+        return await api(request, lambda ann: state.status())
+
+    async def page(request: Request) -> Response:
+        try:
+            ann = await run_in_threadpool(state.annotator, request)
+        except _Refusal as refusal:
+            error = refusal.message if request.cookies.get(COOKIE) else None
+            return _html(_LOGIN, 200 if error is None else 401, error=error or "")
+        return _html(_PAGE, file=path.name, name=ann.name, cost=f"{ann.cost:g}")
+
+    async def login(request: Request) -> Response:
+        try:
+            body = await _read_body(request, state.max_body)
+        except _Refusal as refusal:
+            return _html(_LOGIN, refusal.status, error=refusal.message)
+        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+        ann = await run_in_threadpool(lambda: state.ledger().annotator_by_token(token))
+        if ann is None:
+            return _html(_LOGIN, 401, error="unknown token.")
+        resp = RedirectResponse("/", status_code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return resp
+
+    async def logout(request: Request) -> Response:
+        resp = RedirectResponse("/", status_code=303)
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if state.driver is not None:
+            state.driver.start()
+        try:
+            yield
+        finally:
+            if state.driver is not None:
+                await run_in_threadpool(state.driver.stop)
+            state.close()
+
+    app = Starlette(routes=[
+        Route("/", page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/api/next", api_next, methods=["GET"]),
+        Route("/api/answer", api_answer, methods=["POST"]),
+        Route("/api/status", api_status, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.annotate = state
+    return app
+
+
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, lease_ttl: float = 300.0,
+          log_level: str = "warning", max_body: int = 16384) -> None:
+    """Serve :func:`create_app` with uvicorn until interrupted (binds to loopback unless told otherwise)."""
+    import uvicorn
+
+    uvicorn.run(create_app(path, lease_ttl=lease_ttl, max_body=max_body), host=host, port=port,
+                log_level=log_level)
+
+
+# -------------------------------------------------------------------- the page
+def _html(template: str, status: int = 200, **fields: str) -> HTMLResponse:
+    """Fill ``template``'s {nonce} (fresh per response) and then its {fields}, HTML-escaped."""
+    nonce = secrets.token_urlsafe(16)
+    body = template.replace("{nonce}", nonce)
+    for key, value in fields.items():
+        body = body.replace("{" + key + "}", html.escape(value))
+    resp = HTMLResponse(body, status_code=status)
+    resp.headers["Content-Security-Policy"] = (f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                                               f"style-src 'nonce-{nonce}'; connect-src 'self'; "
+                                               f"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+_STYLE = """<style nonce="{nonce}">
+body { font: 16px/1.45 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+header { display: flex; justify-content: space-between; align-items: baseline; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.2rem; margin: .4rem 0; }
+#budget, #meta { color: #555; font-size: .92rem; }
+#prompt { white-space: pre-wrap; background: #f6f6f4; padding: .8rem 1rem; border-radius: 6px; }
+#candidates button { display: block; width: 100%; text-align: left; margin: .4rem 0; padding: .6rem .8rem;
+  font: inherit; border: 1px solid #bbb; border-radius: 6px; background: #fff; cursor: pointer; white-space: pre-wrap; }
+#candidates button:hover, #candidates button:focus { border-color: #2a6; background: #f0faf4; }
+#message { min-height: 1.4rem; color: #a33; }
+.bar { height: 6px; background: #eee; border-radius: 3px; overflow: hidden; margin: .3rem 0 1rem; }
+.bar > div { height: 100%; background: #2a6; width: 0; }
+form.inline { display: inline; } form.inline button { font: inherit; font-size: .85rem; }
+</style>"""
+
+_LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>budgetsft · sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">""" + _STYLE + """</head>
+<body><h1>budgetsft annotate</h1>
+<p>Paste the token that <code>budgetsft annotate FILE --add-annotator NAME</code> printed for you.</p>
+<form method="post" action="/login">
+<label>Token <input id="token" name="token" type="password" autocomplete="off" size="40" autofocus></label>
+<button id="login" type="submit">Sign in</button>
+</form><p id="message">{error}</p></body></html>"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>budgetsft · annotate {file}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">""" + _STYLE + """</head>
+<body>
+<header><h1>budgetsft annotate · {file}</h1>
+<span id="meta">signed in as <b id="who">{name}</b> ({cost} per label)
+<form class="inline" method="post" action="/logout"><button type="submit">sign out</button></form></span></header>
+<p id="budget">…</p><div class="bar"><div id="spentbar"></div></div>
+<section id="item" data-query-id="">
+<p id="where"></p>
+<div id="prompt">loading…</div>
+<div id="candidates"></div>
+</section>
+<p id="message"></p>
+<p id="meta2" class="meta">answered here: <span id="answered">0</span> · keys 0–9 choose a candidate</p>
+<script nonce="{nonce}">
+"use strict";
+const $ = (id) => document.getElementById(id);
+let current = null, answered = 0, timer = null, busy = false;
+function showBudget(b, pending) {
+  const fmt = (x) => (x === null ? "?" : +x.toFixed(4));
+  $("budget").textContent = `spent ${fmt(b.spent)} of ${fmt(b.total)} ${b.unit} · remaining ${fmt(b.remaining)}`
+    + (pending === undefined ? "" : ` · pending ${pending}`);
+  $("spentbar").style.width = `${b.total > 0 ? Math.min(100, 100 * b.spent / b.total) : 0}%`;
+}
+async function call(url, opts) {
+  const r = await fetch(url, Object.assign({credentials: "same-origin", cache: "no-store"}, opts || {}));
+  let body = null;
+  try { body = await r.json(); } catch (e) { body = {error: `HTTP ${r.status}`}; }
+  if (r.status === 401) { location.href = "/"; }
+  return [r.status, body];
+}
+async function next() {
+  clearTimeout(timer);
+  const [status, d] = await call("/api/next");
+  const cands = $("candidates");
+  cands.replaceChildren();
+  if (status !== 200) {
+    current = null; $("item").dataset.queryId = "";
+    $("prompt").textContent = d.error || `HTTP ${status}`;
+    timer = setTimeout(next, 3000);
+    return;
+  }
+  showBudget(d.budget, d.pending);
+  if (d.item === null) {
+    current = null; $("item").dataset.queryId = ""; $("where").textContent = "";
+    $("prompt").textContent = d.reason === "session finished" ? "The session is finished. Thank you!"
+      : `Nothing to answer right now (${d.reason}); checking again shortly…`;
+    timer = setTimeout(next, 1000);
+    return;
+  }
+  current = d;
+  $("item").dataset.queryId = String(d.query_id);
+  const lat = d.latency === null ? "∞" : d.latency.toFixed(3);
+  $("where").textContent = `item ${d.query_id} · round ${d.round} · latency ${lat}`;
+  $("prompt").textContent = d.prompt;
+  d.candidates.forEach((c, i) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.dataset.label = String(i); b.textContent = `${i}) ${c}`;
+    b.addEventListener("click", () => answer(i));
+    cands.appendChild(b);
+  });
+}
+async function answer(label) {
+  if (!current || busy) return;
+  busy = true;
+  try {
+    const [status, d] = await call("/api/answer", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({query_id: current.query_id, label: label})});
+    if (status === 200) {
+      if (d.recorded) { answered += 1; $("answered").textContent = String(answered); }
+      $("message").textContent = d.recorded ? "" : "already answered; not charged again.";
+    } else {
+      $("message").textContent = d.error || `HTTP ${status}`;
+    }
+    await next();
+  } finally { busy = false; }
+}
+document.addEventListener("keydown", (e) => {
+  if (current && /^[0-9]$/.test(e.key) && +e.key < current.candidates.length) answer(+e.key);
+});
+next();
+</script></body></html>"""
+
+

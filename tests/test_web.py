@@ -1,0 +1,373 @@
+"""The annotation web app: a real uvicorn server on loopback, real HTTP, and a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+from budgetsft.exceptions import ConfigError  # noqa: E402
+from budgetsft.ledger import Ledger, LedgerError  # noqa: E402
+from budgetsft.oracles import WebOracle  # noqa: E402
+from budgetsft.session import Session  # noqa: E402
+from budgetsft.web import COOKIE, create_app  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WINDOW = {"env": {"name": "synthetic", "d": 5, "K": 3, "rounds": 200},
+          "gate": {"name": "llf", "beta": 0.2, "window": 20}, "seed": 0}
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a thread on a free loopback port (the socket is bound before it starts)."""
+
+    def __init__(self, app) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        self._sock.close()
+
+
+def make_session(path: Path, config: dict = WINDOW, annotators: dict[str, float] | None = None) -> dict[str, str]:
+    """A session waiting for its first window of labels, and the annotators' tokens."""
+    session = Session.create(path, config)
+    assert session.play(WebOracle()).status == "waiting"
+    tokens = {name: session.ledger.add_annotator(name, cost).token
+              for name, cost in (annotators or {"alice": 1.0, "bob": 1.0}).items()}
+    session.close()
+    return tokens
+
+
+@contextmanager
+def served(path: Path, **kwargs):
+    with LiveServer(create_app(path, **kwargs)) as live:
+        yield live
+
+
+def client(live: LiveServer, token: str | None = None) -> httpx.Client:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=live.url, headers=headers, timeout=30)
+
+
+def ledger_state(path: Path) -> tuple[float, int]:
+    with Ledger.open(path) as led:
+        return led.spent(), len(led.answers())
+
+
+@pytest.fixture
+def session_file(tmp_path) -> tuple[Path, dict[str, str]]:
+    path = tmp_path / "session.db"
+    return path, make_session(path)
+
+
+def test_requests_without_a_valid_token_are_refused(session_file):
+    path, tokens = session_file
+    with served(path) as live:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {tokens['alice']}"},
+                        {"Authorization": "Bearer"}):
+            with httpx.Client(base_url=live.url, headers=headers) as c:
+                for method, url in (("GET", "/api/next"), ("GET", "/api/status"), ("POST", "/api/answer")):
+                    r = c.request(method, url, json={"query_id": 1, "label": 0})
+                    assert r.status_code == 401, (headers, url)
+                    assert r.json()["error"]
+        with httpx.Client(base_url=live.url, cookies={COOKIE: "forged"}) as c:
+            assert c.get("/api/next").status_code == 401
+            page = c.get("/")
+            assert page.status_code == 401 and "unknown token" in page.text
+    assert ledger_state(path) == (0.0, 0)
+
+
+def test_an_item_leased_to_another_annotator_is_refused(session_file):
+    path, tokens = session_file
+    with served(path) as live, client(live, tokens["alice"]) as alice, client(live, tokens["bob"]) as bob:
+        item = alice.get("/api/next").json()
+        assert set(item) >= {"query_id", "round", "prompt", "candidates", "latency", "lease_expires_in", "budget"}
+        assert item["budget"] == {"spent": 0.0, "remaining": 40.0, "total": 40.0, "unit": "labels"}
+        r = bob.post("/api/answer", json={"query_id": item["query_id"], "label": 0})
+        assert r.status_code == 403
+        assert r.json()["error"] == f"item {item['query_id']} is leased to another annotator."
+        assert ledger_state(path) == (0.0, 0)
+        assert bob.get("/api/next").json()["query_id"] != item["query_id"]
+        assert alice.post("/api/answer", json={"query_id": item["query_id"], "label": 1}).json()["recorded"]
+    with Ledger.open(path) as led:
+        assert [(a.query_id, a.annotator, a.label) for a in led.answers()] == [(item["query_id"], "alice", 1)]
+
+
+def test_pending_items_come_largest_latency_first(session_file):
+    path, tokens = session_file
+    with Ledger.open(path) as led:
+        expected = [q.id for q in led.pending()]
+    got = []
+    with served(path, driver=False) as live, client(live, tokens["alice"]) as alice:
+        for _ in range(5):
+            item = alice.get("/api/next").json()
+            assert alice.get("/api/next").json()["query_id"] == item["query_id"]  # asking again renews the lease
+            got.append(item["query_id"])
+            assert alice.post("/api/answer", json={"query_id": item["query_id"], "label": 0}).json()["recorded"]
+    assert got == expected[:5]
+
+
+def test_an_expired_lease_passes_to_the_next_annotator(session_file):
+    path, tokens = session_file
+    with served(path, lease_ttl=0.3, driver=False) as live, client(live, tokens["alice"]) as alice, \
+            client(live, tokens["bob"]) as bob:
+        first = alice.get("/api/next").json()["query_id"]
+        assert bob.get("/api/next").json()["query_id"] != first
+        time.sleep(0.4)  # both leases lapse; bob, asking first, gets the top item
+        assert bob.get("/api/next").json()["query_id"] == first
+        r = alice.post("/api/answer", json={"query_id": first, "label": 0})
+        assert r.status_code == 403 and "leased to another annotator" in r.json()["error"]
+        assert bob.post("/api/answer", json={"query_id": first, "label": 2}).json()["recorded"]
+    assert ledger_state(path) == (1.0, 1)
+
+
+MALFORMED = [
+    ({"query_id": 10_000, "label": 0}, 404, "unknown item 10000."),
+    ({"query_id": None, "label": 0}, 400, "'query_id' must be an int"),
+    ({"query_id": "1", "label": 0}, 400, "'query_id' must be an int"),
+    ({"label": 0}, 400, "'query_id' must be an int"),
+    ({"query_id": "ITEM", "label": 3}, 422, "label must be an int in [0, 2]. Got 3."),
+    ({"query_id": "ITEM", "label": -1}, 422, "label must be an int in [0, 2]. Got -1."),
+    ({"query_id": "ITEM", "label": 1.0}, 422, "label must be an int in [0, 2]. Got 1.0."),
+    ({"query_id": "ITEM", "label": True}, 422, "label must be an int in [0, 2]. Got True."),
+    ({"query_id": "ITEM", "label": "1"}, 422, "label must be an int in [0, 2]. Got '1'."),
+    ({"query_id": "ITEM"}, 400, "'label' is missing."),
+    ([1, 2], 400, "the body must be a JSON object"),
+    (b"{not json", 400, "the body must be a JSON object"),
+    (b"", 400, "the body must be a JSON object"),
+    (b"\xff\xfe", 400, "the body must be a JSON object"),
+    (b'{"query_id": 1, "label": 0, "pad": "' + b"x" * (1 << 20) + b'"}', 413, "request body too large"),
+    (b"x" * 20_000, 413, "request body too large: at most 16384 bytes."),
+]
+
+
+def test_malformed_answers_are_refused_and_charge_nothing(session_file):
+    path, tokens = session_file
+    with served(path) as live, client(live, tokens["alice"]) as alice:
+        qid = alice.get("/api/next").json()["query_id"]
+        for body, status, message in MALFORMED:
+            if isinstance(body, dict) and body.get("query_id") == "ITEM":
+                body = {**body, "query_id": qid}
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            r = alice.post("/api/answer", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (body[:40] if isinstance(body, bytes) else body, r.text)
+            assert message in r.json()["error"]
+            assert ledger_state(path) == (0.0, 0)
+        # The body cap does not rely on Content-Length: a chunked upload is counted as it arrives.
+        r = alice.post("/api/answer", content=iter([b'{"query_id": 1, "pad": "', b"y" * 40_000, b'"}']))
+        assert r.status_code == 413
+        assert ledger_state(path) == (0.0, 0)
+        # After all that, the item is still alice's to answer.
+        assert alice.post("/api/answer", json={"query_id": qid, "label": 2}).json()["recorded"] is True
+    assert ledger_state(path) == (1.0, 1)
+
+
+def test_a_double_submitted_answer_is_recorded_once(session_file):
+    path, tokens = session_file
+    with served(path) as live, client(live, tokens["alice"]) as alice, client(live, tokens["bob"]) as bob:
+        qid = alice.get("/api/next").json()["query_id"]
+        first = alice.post("/api/answer", json={"query_id": qid, "label": 1})
+        again = alice.post("/api/answer", json={"query_id": qid, "label": 1})
+        late = bob.post("/api/answer", json={"query_id": qid, "label": 0})
+        assert first.json()["recorded"] is True
+        assert again.status_code == 200 and again.json() | {"budget": None} == {
+            "recorded": False, "duplicate": True, "query_id": qid, "budget": None}
+        assert late.json()["duplicate"] is True
+        assert again.json()["budget"]["spent"] == 1.0
+    with Ledger.open(path) as led:
+        assert led.spent() == 1.0
+        assert [(a.query_id, a.label, a.annotator) for a in led.answers()] == [(qid, 1, "alice")]
+
+
+def test_concurrent_annotators_never_hold_the_same_item(tmp_path):
+    path = tmp_path / "s.db"
+    names = [f"ann{i}" for i in range(4)]
+    tokens = make_session(path, annotators=dict.fromkeys(names, 1.0))
+    received: dict[str, list[int]] = {n: [] for n in names}
+    errors: list[str] = []
+    with served(path) as live:
+        # All at once: four simultaneous first requests get four different items.
+        barrier = threading.Barrier(len(names))
+        first: dict[str, int] = {}
+
+        def grab(name):
+            with client(live, tokens[name]) as c:
+                barrier.wait()
+                first[name] = c.get("/api/next").json()["query_id"]
+
+        threads = [threading.Thread(target=grab, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(first.values())) == len(names)
+
+        def work(name):
+            with client(live, tokens[name]) as c:
+                done, deadline = 0, time.monotonic() + 30
+                while done < 8 and time.monotonic() < deadline:
+                    item = c.get("/api/next").json()
+                    if item.get("item", True) is None:
+                        time.sleep(0.02)  # the driver is making the next window pending
+                        continue
+                    received[name].append(item["query_id"])
+                    r = c.post("/api/answer", json={"query_id": item["query_id"], "label": 0})
+                    if r.status_code != 200 or not r.json()["recorded"]:
+                        errors.append(f"{name}: {r.status_code} {r.text}")
+                    done += 1
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    seen = [q for n in names for q in received[n]]
+    assert len(seen) == 4 * 8 and len(set(seen)) == len(seen)  # no item was handed to two annotators
+    with Ledger.open(path) as led:
+        by_query = {a.query_id: a.annotator for a in led.answers()}
+        assert len(by_query) == len(seen) and led.spent() == len(seen)
+    for name in names:
+        assert all(by_query[q] == name for q in received[name])
+
+
+def test_annotators_are_charged_their_own_price_in_cost_units(tmp_path):
+    path = tmp_path / "s.db"
+    config = {**WINDOW, "env": {**WINDOW["env"], "rounds": 100},
+              "gate": {"name": "llf", "beta": 0.2, "window": 20, "unit": "cost"}}
+    tokens = make_session(path, config, {"expert": 2.0, "crowd": 0.5})
+    with Ledger.open(path) as led:
+        assert (led.budget_total, led.budget_unit) == (20.0, "cost")
+    refused = set()
+    with served(path) as live, client(live, tokens["expert"]) as expert, client(live, tokens["crowd"]) as crowd:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and refused != {"expert", "crowd"}:
+            progressed = False
+            for name, c in (("expert", expert), ("crowd", crowd)):
+                r = c.get("/api/next")
+                if r.status_code == 409:
+                    assert "budget exhausted" in r.json()["error"]
+                    refused.add(name)
+                    continue
+                item = r.json()
+                if item.get("item", True) is None:
+                    if item["reason"] == "session finished":
+                        refused = {"expert", "crowd"}
+                    continue
+                a = c.post("/api/answer", json={"query_id": item["query_id"], "label": 0})
+                assert a.status_code == 200, a.text
+                assert a.json()["budget"]["spent"] <= 20.0
+                progressed = True
+            if not progressed:
+                time.sleep(0.02)
+        status = expert.get("/api/status").json()
+    assert refused == {"expert", "crowd"}
+    by = status["by_annotator"]
+    assert by["expert"]["spent"] == 2.0 * by["expert"]["labels"] and by["expert"]["labels"] >= 1
+    assert by["crowd"]["spent"] == 0.5 * by["crowd"]["labels"] and by["crowd"]["labels"] >= 1
+    with Ledger.open(path) as led:
+        assert led.spent() == by["expert"]["spent"] + by["crowd"]["spent"] == status["budget"]["spent"]
+        assert led.spent() <= led.budget_total
+        assert led.remaining() < 0.5 or led.status == "finished"
+
+
+def test_the_driver_plays_on_once_the_answers_are_in(session_file):
+    path, tokens = session_file
+    with Ledger.open(path) as led:
+        first_window = {q.id for q in led.pending()}
+    with served(path) as live, client(live, tokens["alice"]) as alice:
+        for _ in first_window:
+            item = alice.get("/api/next").json()
+            assert item["query_id"] in first_window
+            assert alice.post("/api/answer", json={"query_id": item["query_id"], "label": 0}).json()["recorded"]
+        deadline = time.monotonic() + 20
+        while (item := alice.get("/api/next").json()).get("item", True) is None:
+            assert item["reason"] == "waiting for the session" and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert item["query_id"] not in first_window
+        status = alice.get("/api/status").json()
+    assert status["rounds_played"] >= 20 and status["driver"]["error"] is None
+    assert status["labels_bought"] == len(first_window) and status["by_annotator"]["alice"]["labels"] == 20
+
+
+def test_create_app_checks_its_arguments(tmp_path):
+    with pytest.raises(LedgerError, match="no such session file"):
+        create_app(tmp_path / "missing.db")
+    path = tmp_path / "s.db"
+    make_session(path)
+    with pytest.raises(ConfigError, match="The 'lease_ttl' parameter of create_app must be a float in"):
+        create_app(path, lease_ttl=0)
+
+
+def _chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"headless Chromium not installed at {CHROMIUM} "
+                    "(CI installs Debian's `chromium`)")
+def test_an_annotator_answers_three_items_in_chromium(session_file):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    path, tokens = session_file
+    with served(path) as live, sync_api.sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(live.url + "/")
+            page.fill("#token", "not-a-token")
+            page.click("#login")
+            assert "unknown token" in page.text_content("#message")
+            page.fill("#token", tokens["alice"])
+            page.click("#login")
+            page.wait_for_selector("#candidates button")
+            assert page.text_content("#who") == "alice"
+            assert "remaining 40" in page.text_content("#budget")
+            answered = []
+            for n in range(1, 4):
+                qid = page.get_attribute("#item", "data-query-id")
+                answered.append(int(qid))
+                page.click(f"#candidates button[data-label='{n % 3}']")
+                # Locator waits, not wait_for_function: the page's CSP (rightly) forbids evaluating strings.
+                expect(page.locator("#answered")).to_have_text(str(n))
+                expect(page.locator("#item")).not_to_have_attribute("data-query-id", qid)
+            expect(page.locator("#budget")).to_contain_text("spent 3 of 40 labels · remaining 37")
+            shot = os.environ.get("BUDGETSFT_SCREENSHOT")
+            if shot:  # BUDGETSFT_SCREENSHOT=docs/annotate.png pytest tests/test_web.py -k chromium
+                page.set_viewport_size({"width": 900, "height": 640})
+                page.screenshot(path=shot, full_page=True)
+            cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        finally:
+            browser.close()
+    with Ledger.open(path) as led:
+        got = sorted((a.query_id, a.label) for a in led.answers() if a.annotator == "alice")
+        assert led.labels_by_annotator() == {"alice": {"labels": 3, "spent": 3.0}}
+    assert got == sorted(zip(answered, [1, 2, 0], strict=True))
+
