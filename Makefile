@@ -26,8 +26,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration"
 
+# budgetsft vs VW / river / modAL, regret scaling and throughput -> benchmarks/RESULTS.md + figures (~30 min)
 bench: $(STAMP)
-	$(PY) benchmarks/learner_throughput.py
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
