@@ -397,3 +397,13 @@ def test_real_data_session_resumes_to_the_run(tmp_path):
     rows = sess.export_labels()
     assert len(rows) == ref.summary["labels_bought"]
     assert all(r["prompt"] and len(r["candidates"]) == 5 and 0 <= r["answer"] < 5 for r in rows)
+
+
+def test_one_player_per_session_file(tmp_path):
+    path = tmp_path / "p.db"
+    Session.create(path, _cfg({"name": "llf", "beta": 0.1})).close()
+    first, second = Session.open(path), Session.open(path)
+    with first._player_lock():
+        with pytest.raises(LedgerError, match="another process is playing this session \\(pid"):
+            second.play(DatasetOracle())
+    assert second.play(DatasetOracle()).status == "finished"

@@ -20,10 +20,13 @@ included).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import itertools
+import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,6 +206,30 @@ class Session:
         """
         if self.finished:
             return PlayOutcome("finished", self.horizon())
+        with self._player_lock():
+            return self._play_locked(oracle, progress, stop_at)
+
+    @contextmanager
+    def _player_lock(self):
+        """One player per session file at a time (an OS lock: a killed player releases it at once)."""
+        lock_path = self.ledger.path.with_name(self.ledger.path.name + ".lock")
+        fh = open(lock_path, "a+")  # noqa: SIM115 - held for the whole play
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise LedgerError(f"{self.ledger.path}: another process is playing this session "
+                                  f"({fh.read().strip() or 'pid unknown'}); wait for it or stop it first.") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            fh.close()
+
+    def _play_locked(self, oracle, progress, stop_at) -> PlayOutcome:
         t0 = time.perf_counter()
         try:
             with threadpool_limits(limits=1, user_api="blas"):
