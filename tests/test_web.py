@@ -312,7 +312,10 @@ def test_the_driver_plays_on_once_the_answers_are_in(session_file):
             assert item["reason"] == "waiting for the session" and time.monotonic() < deadline
             time.sleep(0.05)
         assert item["query_id"] not in first_window
-        status = alice.get("/api/status").json()
+        # The next window's queries are written just before its checkpoint: wait for the driver to settle.
+        while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     assert status["rounds_played"] >= 20 and status["driver"]["error"] is None
     assert status["labels_bought"] == len(first_window) and status["by_annotator"]["alice"]["labels"] == 20
 

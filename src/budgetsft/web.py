@@ -43,6 +43,7 @@ import logging
 import math
 import secrets
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -143,6 +144,13 @@ class SessionDriver:
         if self._stop.is_set():
             raise _Interrupted(t)
 
+    def _wait_for_answers(self, session) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # cleared before looking, so an answer arriving meanwhile is not missed
+            if not session.ledger.pending():
+                return
+            self._wake.wait(self.poll)
+
     def _run(self) -> None:
         from budgetsft.oracles import WebOracle
         from budgetsft.session import Session
@@ -151,19 +159,22 @@ class SessionDriver:
         try:
             session = Session.open(self.path)
             oracle = WebOracle()
+            # A session already waiting on pending queries has nothing to play until they are answered.
+            waiting = session.ledger.status == "waiting" and bool(session.ledger.pending())
             while not self._stop.is_set():
-                self.state = "playing"
-                outcome = session.play(oracle, progress=self._check_stop)
-                self.plays += 1
-                if outcome.status != "waiting":  # finished, or stopped by someone else
-                    self.state = outcome.status
-                    return
+                if not waiting:
+                    self.state = "playing"
+                    t0 = time.perf_counter()
+                    outcome = session.play(oracle, progress=self._check_stop)
+                    self.plays += 1
+                    logger.debug("played to round %d in %.3f s: %s, %d pending", outcome.position,
+                                 time.perf_counter() - t0, outcome.status, outcome.pending)
+                    if outcome.status != "waiting":  # finished, or stopped by someone else
+                        self.state = outcome.status
+                        return
                 self.state = "waiting"
-                while not self._stop.is_set():
-                    self._wake.clear()  # cleared before looking, so an answer arriving meanwhile is not missed
-                    if not session.ledger.pending():
-                        break
-                    self._wake.wait(self.poll)
+                self._wait_for_answers(session)
+                waiting = False
             self.state = "stopped"
         except _Interrupted:
             self.state = "stopped"
@@ -210,15 +221,24 @@ class _Annotate:
                 self._session.close()
                 self._session = None
 
+    def _describer(self):
+        # Called with self._lock held: one Session, used only to describe rounds.
+        if self._session is None:
+            from budgetsft.session import Session
+
+            self._session = Session.open(self.path)
+        return self._session
+
+    def warm(self) -> None:
+        """Regenerate the session's stream now rather than on the first request."""
+        with self._lock:
+            self._describer().stream()
+
     def item(self, round: int) -> dict:
         """Prompt and candidates of a round (the stream is regenerated once, then cached)."""
         with self._lock:
             if round not in self._items:
-                if self._session is None:
-                    from budgetsft.session import Session
-
-                    self._session = Session.open(self.path)
-                self._items[round] = self._session.describe(round)
+                self._items[round] = self._describer().describe(round)
             return self._items[round]
 
     # ---------------------------------------------------------------- requests
@@ -246,12 +266,13 @@ class _Annotate:
 
     def next_item(self, ann: Annotator) -> dict:
         led = self.ledger()
+        pending = len(led.pending())
         try:
-            q = led.lease_next(ann, self.lease_ttl)
+            # With nothing pending, a read answers: no write transaction to contend with the driver's.
+            q = led.lease_next(ann, self.lease_ttl) if pending else None
         except BudgetExhaustedError as exc:
             raise _Refusal(409, f"budget exhausted: {exc}") from None
         if q is None:
-            pending = len(led.pending())
             if pending:
                 reason = "every pending item is leased to another annotator"
             elif led.status == "finished":
@@ -265,7 +286,7 @@ class _Annotate:
         item = self.item(q.round)
         return {"query_id": q.id, "round": q.round, "id": item["id"], "prompt": item["prompt"],
                 "candidates": list(item["candidates"]), "latency": _finite(q.latency),
-                "lease_expires_in": self.lease_ttl, "pending": len(led.pending()), "budget": self.budget(led),
+                "lease_expires_in": self.lease_ttl, "pending": pending, "budget": self.budget(led),
                 "annotator": ann.name, "cost": ann.cost}
 
     def answer(self, ann: Annotator, query_id: int, label) -> dict:
@@ -414,6 +435,8 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
 
     @asynccontextmanager
     async def lifespan(app):
+        # Regenerate the stream once before serving, so that the first requests do not queue behind it.
+        await run_in_threadpool(state.warm)
         if state.driver is not None:
             state.driver.start()
         try:
