@@ -316,7 +316,7 @@ def test_the_driver_plays_on_once_the_answers_are_in(session_file):
         while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    assert status["rounds_played"] >= 20 and status["driver"]["error"] is None
+    assert status["rounds_played"] >= 20 and status["horizon"] == 200 and status["driver"]["error"] is None
     assert status["labels_bought"] == len(first_window) and status["by_annotator"]["alice"]["labels"] == 20
 
 

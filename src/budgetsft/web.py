@@ -30,9 +30,9 @@ charges nothing.
 
 Examples
 --------
->>> from budgetsft.web import create_app
+>>> from budgetsft.web import create_app, serve
 >>> app = create_app("session.db")            # doctest: +SKIP
->>> serve("session.db", port=8000)              # doctest: +SKIP
+>>> serve("session.db", port=8000)            # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -234,6 +234,10 @@ class _Annotate:
         with self._lock:
             self._describer().stream()
 
+    def horizon(self) -> int:
+        with self._lock:
+            return self._describer().horizon()
+
     def item(self, round: int) -> dict:
         """Prompt and candidates of a round (the stream is regenerated once, then cached)."""
         with self._lock:
@@ -323,6 +327,7 @@ class _Annotate:
             "path": str(self.path),
             "status": led.status,
             "rounds_played": records,
+            "horizon": self.horizon(),
             "labels_bought": len(answers),
             "pending": len(led.pending()),
             "budget": self.budget(led),
