@@ -320,6 +320,31 @@ def test_the_driver_plays_on_once_the_answers_are_in(session_file):
     assert status["labels_bought"] == len(first_window) and status["by_annotator"]["alice"]["labels"] == 20
 
 
+def test_the_driver_waits_while_another_process_plays_the_session(session_file):
+    path, tokens = session_file
+    app = create_app(path)
+    app.state.annotate.driver.busy_retry = 0.1
+    other = Session.open(path)
+    with LiveServer(app) as live, client(live, tokens["alice"]) as alice:
+        with other._player_lock():  # as `budgetsft resume` would hold it
+            while (item := alice.get("/api/next").json()).get("item", True) is not None:
+                assert alice.post("/api/answer", json={"query_id": item["query_id"], "label": 0}).json()["recorded"]
+            deadline = time.monotonic() + 10
+            while (status := alice.get("/api/status").json())["driver"]["state"] != "blocked":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert "another process is playing" in status["driver"]["error"]
+            assert alice.get("/api/next").json()["reason"] == "waiting for the session"
+        while alice.get("/api/next").json().get("item", True) is None:  # released: the game goes on
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status["driver"]["error"] is None
+    other.close()
+
+
 def test_create_app_checks_its_arguments(tmp_path):
     with pytest.raises(LedgerError, match="no such session file"):
         create_app(tmp_path / "missing.db")

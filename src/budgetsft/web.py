@@ -108,11 +108,14 @@ class SessionDriver:
         The session file.
     poll : float, default=0.2
         Seconds between checks of the pending queries while waiting (an answer wakes it sooner).
+    busy_retry : float, default=2.0
+        Seconds before trying again when another process is playing the session.
     """
 
-    def __init__(self, path: str | Path, poll: float = 0.2) -> None:
+    def __init__(self, path: str | Path, poll: float = 0.2, busy_retry: float = 2.0) -> None:
         self.path = Path(path)
         self.poll = poll
+        self.busy_retry = busy_retry
         self.state = "idle"
         self.error: str | None = None
         self.plays = 0
@@ -165,7 +168,16 @@ class SessionDriver:
                 if not waiting:
                     self.state = "playing"
                     t0 = time.perf_counter()
-                    outcome = session.play(oracle, progress=self._check_stop)
+                    try:
+                        outcome = session.play(oracle, progress=self._check_stop)
+                    except LedgerError as exc:
+                        if "another process is playing" not in str(exc):
+                            raise
+                        # `budgetsft resume` (or another annotate) holds the session: try again shortly.
+                        self.state, self.error = "blocked", str(exc)
+                        self._stop.wait(self.busy_retry)
+                        continue
+                    self.error = None
                     self.plays += 1
                     logger.debug("played to round %d in %.3f s: %s, %d pending", outcome.position,
                                  time.perf_counter() - t0, outcome.status, outcome.pending)
