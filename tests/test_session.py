@@ -407,3 +407,18 @@ def test_one_player_per_session_file(tmp_path):
         with pytest.raises(LedgerError, match="another process is playing this session \\(pid"):
             second.play(DatasetOracle())
     assert second.play(DatasetOracle()).status == "finished"
+
+
+def test_items_no_annotator_can_afford_are_skipped_not_left_pending(tmp_path):
+    sess = Session.create(tmp_path / "u.db", _cfg({"name": "llf", "beta": 0.05, "window": 100, "unit": "cost"}),
+                          oracle={"name": "web"})
+    assert sess.play(FileOracle(tmp_path / "q.jsonl")).status == "waiting"
+    led = sess.ledger
+    assert led.skip_unaffordable() == 0  # no annotators yet: nothing decided
+    pricey = led.add_annotator("pricey", cost=led.budget_total + 1.0)
+    with pytest.raises(BudgetExhaustedError, match="cannot pay annotator 'pricey'"):
+        led.lease_next(pricey)
+    n = len(led.pending())
+    assert n and led.skip_unaffordable() == n and not led.pending()
+    assert led.spent() == 0
+    assert sess.play(FileOracle(tmp_path / "q.jsonl")).status in ("waiting", "finished")

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from budgetsft.exceptions import BudgetsftError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Budget-aware adaptation of language models.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Budget-aware adaptation of language models.")
 err = Console(stderr=True, soft_wrap=True)
 # Tables are wide: give them room when stdout is a pipe or a file (CI logs, `| tee`).
 out = Console() if sys.stdout.isatty() else Console(width=200)
@@ -119,10 +120,12 @@ def run(
     features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
+                                                    "failing.")] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
+                                                               "here.")] = None,
     records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
     session: Annotated[Path | None, typer.Option(help="Play as a resumable session stored in this SQLite "
                                                       "ledger (see `budgetsft resume`, `budgetsft session`).")] = None,
@@ -177,7 +180,8 @@ def _report_run(cfg: dict, records, summary: dict, as_json: bool, out_dir: Path 
             try:
                 frame.to_parquet(out_dir / "records.parquet", index=False)
             except ImportError as exc:
-                raise BudgetsftError("Writing Parquet needs pyarrow: pip install pyarrow (or use --format csv).") from exc
+                raise BudgetsftError("Writing Parquet needs pyarrow: pip install pyarrow "
+                                     "(or use --format csv).") from exc
         else:
             frame.to_csv(out_dir / "records.csv", index=False)
         (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
@@ -241,7 +245,8 @@ def resume(
     annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
     cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
+                                                               "here.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints.")] = 100,
 ) -> None:
     """Continue an interrupted session (even after kill -9): same records as an uninterrupted run."""
@@ -366,11 +371,13 @@ def sweep(
     rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
     learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
     radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
-    data: Annotated[str | None, typer.Option(help="Real data set instead of --env (see `budgetsft data list`).")] = None,
+    data: Annotated[str | None, typer.Option(help="Real data set instead of --env "
+                                                 "(see `budgetsft data list`).")] = None,
     features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
+                                                    "failing.")] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
@@ -600,7 +607,8 @@ def data_list() -> None:
 def data_show(
     name: Annotated[str, typer.Argument(help="Data set name, hf:NAME[:CONFIG], or a .jsonl file.")],
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of failing.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
+                                                    "failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Counts, label balance and two examples of a data set."""

@@ -109,7 +109,8 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def _construct(registry: dict[str, Callable], section: str, spec: dict, extra: dict | None = None, where: str = "config"):
+def _construct(registry: dict[str, Callable], section: str, spec: dict, extra: dict | None = None,
+               where: str = "config"):
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"{where}: section '{section}' must be a mapping with a 'name'. Got {spec!r}.")
     name = spec["name"]

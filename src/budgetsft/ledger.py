@@ -286,11 +286,19 @@ class Ledger:
     # ---------------------------------------------------------------- queries and answers
     def add_query(self, round: int, example_id: str | None, latency: float, cost: float) -> Query:
         """Record that the gate queried ``round`` (idempotent: a replayed query returns the stored row)."""
-        lat = float(latency) if math.isfinite(latency) else (1e308 if latency > 0 else -1e308)
-        with self.transaction() as c:
-            c.execute("INSERT OR IGNORE INTO queries (round, example_id, latency, cost, created) "
-                      "VALUES (?, ?, ?, ?, ?)", (int(round), example_id, lat, float(cost), time.time()))
-        return self.query_for_round(round)
+        return self.add_queries([(round, example_id, latency, cost)])[int(round)]
+
+    def add_queries(self, items: Sequence[tuple[int, str | None, float, float]]) -> dict[int, Query]:
+        """Record several queries ``(round, example_id, latency, cost)`` in one transaction; rows by round."""
+        rows = []
+        for rnd, example_id, latency, cost in items:
+            lat = float(latency) if math.isfinite(latency) else (1e308 if latency > 0 else -1e308)
+            rows.append((int(rnd), example_id, lat, float(cost), time.time()))
+        if rows and any(self.query_for_round(r[0]) is None for r in rows):
+            with self.transaction() as c:
+                c.executemany("INSERT OR IGNORE INTO queries (round, example_id, latency, cost, created) "
+                              "VALUES (?, ?, ?, ?, ?)", rows)
+        return {r[0]: self.query_for_round(r[0]) for r in rows}
 
     def _query(self, row) -> Query | None:
         return None if row is None else Query(*row)
@@ -443,6 +451,29 @@ class Ledger:
                 c.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (qid, annotator.name, repr(annotator.cost),
                                                                       now + ttl))
         return self.query(qid)
+
+    def skip_unaffordable(self) -> int:
+        """Skip the pending, unleased queries that no annotator can be paid for any more; returns how many.
+
+        In a cost-unit budget an annotator's rate may exceed what is left; the
+        items nobody can afford would otherwise stay pending for good. Nothing
+        is charged for a skipped query and its round counts as unqueried.
+        """
+        prices = [self._price(a.cost) for a in self.annotators()]
+        if not prices:
+            return 0
+        now = time.time()
+        with self.transaction() as c:
+            left = _exact(self.budget_total) - self._spent_exact(c) - self._reserved(c)
+            if left >= min(prices):
+                return 0
+            ids = [r[0] for r in c.execute(
+                "SELECT q.id FROM queries q LEFT JOIN leases l ON l.query_id = q.id AND l.expires > ? "
+                "WHERE q.status = 'pending' AND l.query_id IS NULL", (now,))]
+            for qid in ids:
+                c.execute("UPDATE queries SET status = 'skipped' WHERE id = ?", (qid,))
+                self.log("skip", {"query_id": qid, "annotator": None, "reason": "no annotator can be paid"}, c)
+        return len(ids)
 
     def lease_holder(self, query_id: int) -> str | None:
         row = self._conn.execute("SELECT annotator FROM leases WHERE query_id = ? AND expires > ?",

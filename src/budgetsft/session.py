@@ -39,7 +39,7 @@ from budgetsft.exceptions import ConfigError
 from budgetsft.game import _check_round, _resolve, commit
 from budgetsft.ledger import Ledger, LedgerError, Query
 
-__all__ = ["Session", "PlayOutcome", "StopSession", "describe_round"]
+__all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "describe_round"]
 
 CHECKPOINT_EVERY = 100
 
@@ -62,6 +62,10 @@ class PlayOutcome:
     status: str
     position: int
     pending: int = 0
+
+
+class SessionBusyError(LedgerError):
+    """Another process holds the session's player lock (``budgetsft resume`` or ``annotate`` is playing it)."""
 
 
 class StopSession(Exception):
@@ -219,7 +223,7 @@ class Session:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
-                raise LedgerError(f"{self.ledger.path}: another process is playing this session "
+                raise SessionBusyError(f"{self.ledger.path}: another process is playing this session "
                                   f"({fh.read().strip() or 'pid unknown'}); wait for it or stop it first.") from None
             fh.seek(0)
             fh.truncate()
@@ -305,10 +309,10 @@ class Session:
         if not chosen:
             return {}
         ledger = self.ledger
-        queries: dict[int, Query] = {}
-        for i in chosen:
-            rnd, _, info = group[i]
-            queries[i] = ledger.query_for_round(info.t) or ledger.add_query(info.t, rnd.id, info.latency, info.cost)
+        # One transaction for the group's new queries (a window's worth are pending at once).
+        stored = ledger.add_queries([(group[i][2].t, group[i][0].id, group[i][2].latency, group[i][2].cost)
+                                     for i in chosen])
+        queries: dict[int, Query] = {i: stored[group[i][2].t] for i in chosen}
         missing = [queries[i] for i in chosen if queries[i].status == "pending"]
         if missing:
             if gate_before is not None:

@@ -152,11 +152,14 @@ class SessionDriver:
             self._wake.clear()  # cleared before looking, so an answer arriving meanwhile is not missed
             if not session.ledger.pending():
                 return
+            # Items that no annotator can be paid for any more would wait for ever: skip them (no charge).
+            if session.ledger.skip_unaffordable():
+                continue
             self._wake.wait(self.poll)
 
     def _run(self) -> None:
         from budgetsft.oracles import WebOracle
-        from budgetsft.session import Session
+        from budgetsft.session import Session, SessionBusyError
 
         session = None
         try:
@@ -170,9 +173,7 @@ class SessionDriver:
                     t0 = time.perf_counter()
                     try:
                         outcome = session.play(oracle, progress=self._check_stop)
-                    except LedgerError as exc:
-                        if "another process is playing" not in str(exc):
-                            raise
+                    except SessionBusyError as exc:
                         # `budgetsft resume` (or another annotate) holds the session: try again shortly.
                         self.state, self.error = "blocked", str(exc)
                         self._stop.wait(self.busy_retry)
