@@ -422,3 +422,22 @@ def test_items_no_annotator_can_afford_are_skipped_not_left_pending(tmp_path):
     assert n and led.skip_unaffordable() == n and not led.pending()
     assert led.spent() == 0
     assert sess.play(FileOracle(tmp_path / "q.jsonl")).status in ("waiting", "finished")
+
+
+def test_cli_annotate_adds_annotators_and_refuses_to_serve_without_any(tmp_path):
+    db = tmp_path / "w.db"
+    subprocess.run(_cli("run", "--rounds", "200", "--gate", "llf", "--beta", "0.1", "--window", "50",
+                        "--session", str(db), "--oracle", "web"), check=True, capture_output=True, text=True)
+    res = subprocess.run(_cli("annotate", str(db)), capture_output=True, text=True)
+    assert res.returncode == 2 and "no annotators yet" in res.stderr and "--add-annotator" in res.stderr
+    res = subprocess.run(_cli("annotate", str(db), "--add-annotator", "expert", "--cost", "2.5"), capture_output=True,
+                         text=True, check=True)
+    token = res.stdout.strip().rsplit("token: ", 1)[1]
+    led = Ledger.open(db)
+    ann = led.annotator_by_token(token)
+    assert ann is not None and ann.name == "expert" and ann.cost == 2.5
+    res = subprocess.run(_cli("annotate", str(db), "--add-annotator", "expert"), capture_output=True, text=True)
+    assert res.returncode == 2 and "already exists" in res.stderr
+    res = subprocess.run(_cli("annotate", str(db), "--add-annotator", "x", "--cost", "-1"), capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "'cost' of annotator 'x' must be a finite number > 0" in res.stderr
