@@ -26,11 +26,11 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from budgetsft.base import Record
+from budgetsft.base import RECORD_FIELDS, Record
 from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigError
 
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "Query", "Answer", "Annotator", "record_to_json",
@@ -114,7 +114,7 @@ class Annotator:
 
 def record_to_json(rec: Record) -> str:
     # json writes floats with repr(), which round-trips exactly; NaN is kept as NaN.
-    return json.dumps(asdict(rec))
+    return json.dumps({name: getattr(rec, name) for name in RECORD_FIELDS})
 
 
 def record_from_json(text: str) -> Record:
@@ -169,6 +169,7 @@ class Ledger:
                 "budget_unit": budget_unit,
                 "oracle": json.dumps(oracle or {"name": "dataset"}, sort_keys=True),
                 "status": "created",
+                "spent": "0",
                 "created": repr(time.time()),
             }
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
@@ -260,11 +261,12 @@ class Ledger:
 
     # ---------------------------------------------------------------- money
     def _spent_exact(self, conn: sqlite3.Connection) -> Fraction:
-        unit = self.budget_unit
-        rows = conn.execute("SELECT cost FROM answers").fetchall()
-        if unit == "labels":
-            return Fraction(len(rows))
-        return sum((_exact(c) for (c,) in rows), Fraction(0))
+        # A running exact total (a fraction "p/q"), updated in the transaction of every charge and refund.
+        return Fraction(conn.execute("SELECT value FROM meta WHERE key = 'spent'").fetchone()[0])
+
+    def _add_spent(self, conn: sqlite3.Connection, amount: Fraction) -> None:
+        total = self._spent_exact(conn) + amount
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'spent'", (str(total),))
 
     def _price(self, cost) -> Fraction:
         return Fraction(1) if self.budget_unit == "labels" else _exact(cost)
@@ -360,7 +362,8 @@ class Ledger:
                     f"{self.path}: an answer of cost {float(price)} would exceed the budget "
                     f"({float(spent)} of {float(total)} {self.budget_unit} spent, {float(reserved)} reserved).")
             c.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?)",
-                      (int(query_id), int(label), annotator, str(cost), time.time()))
+                      (int(query_id), int(label), annotator, repr(float(cost)), time.time()))
+            self._add_spent(c, price)
             c.execute("UPDATE queries SET status = 'answered' WHERE id = ?", (int(query_id),))
             c.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
         return True
@@ -380,6 +383,7 @@ class Ledger:
             if row is None:
                 raise LedgerError(f"{self.path}: query {query_id} has no answer to undo.")
             c.execute("DELETE FROM answers WHERE query_id = ?", (int(query_id),))
+            self._add_spent(c, -self._price(row[2]))
             c.execute("UPDATE queries SET status = 'pending' WHERE id = ?", (int(query_id),))
             self.log("undo", {"query_id": int(query_id), "label": row[0], "annotator": row[1], "cost": row[2]}, c)
 
