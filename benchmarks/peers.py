@@ -195,73 +195,39 @@ def run_vw_active(st: Setting, mellowness: float) -> dict:
     return {"labels": labels, "mistakes": float(mistakes), "acc": hits / len(st.test)}
 
 
-_BIAS_INDEX: dict[str, int] = {}
-
-
-def _bias_index(args: str, K: int) -> int:
-    """Index of the '|b bias' weight of class 1 (classes follow at +1..K-1), found by training a probe."""
-    if args not in _BIAS_INDEX:
-        vw = _vw(args)
-        for y in range(K):
-            ex = vw.parse(" ".join(f"{k + 1}:{0 if k == y else 1}" for k in range(K)) + " |b bias:1")
-            vw.learn(ex)
-            vw.finish_example(ex)
-        nz = [i for i in range(vw.num_weights()) if vw.get_weight(i, 0) != 0.0]
-        vw.finish()
-        _BIAS_INDEX[args] = min(i for i in nz if i not in _constant_indices(args, K))
-    return _BIAS_INDEX[args]
-
-
-def _constant_indices(args: str, K: int) -> set[int]:
-    vw = _vw(args)
-    for y in range(K):
-        ex = vw.parse(" ".join(f"{k + 1}:{0 if k == y else 1}" for k in range(K)) + " |x")
-        vw.learn(ex)
-        vw.finish_example(ex)
-    nz = {i for i in range(vw.num_weights()) if vw.get_weight(i, 0) != 0.0}
-    vw.finish()
-    return nz
-
-
 def run_vw_cs_active(st: Setting, beta: float) -> dict:
     """VW --cs_active with --max_labels B.
 
-    VW's cap counts cost queries (one per class), and stops at B·K of them, so more
-    than B examples can be bought. Bought examples are counted from the per-class
-    bias weight (a queried class always updates it). Once the cap is reached VW's
-    cs_active stops predicting; the saved model is then reloaded test-only and
-    predicts the rest of the stream and the test set.
+    VW's cap counts cost queries (one per class) and stops at B·K of them, so more
+    than B examples can be bought. Queries are read from VW's own per-class debug log
+    (``--csa_debug``: ``ql=true`` for a queried class); an example is bought when any
+    class is queried. Once the cap is reached cs_active returns before predicting
+    (it logs nothing more); the saved model is then reloaded test-only and predicts
+    the rest of the stream and the test set.
     """
+    import vowpalwabbit
+
     K, B = st.K, st.budget(beta)
-    common = f"--cs_active {K} --simulation --adax --random_seed {st.seed + 1}"
-    args = f"{common} --max_labels {B}"
-    bias = _bias_index(common, K)
-    vw = _vw(args)
-    lines = ["|b bias:1 |x " + _fmt(v) for v in st.X_train]
-    labels = mistakes = class_queries = 0
-    prev = [0.0] * K
+    vw = vowpalwabbit.Workspace(f"--cs_active {K} --simulation --adax --csa_debug --max_labels {B} "
+                                f"--random_seed {st.seed + 1}", enable_logging=True)  # logs to a buffer, not stderr
+    lines = ["|x " + _fmt(v) for v in st.X_train]
+    labels = mistakes = 0
+    seen = 0
     frozen = None
     for y, line in zip(st.y_train, lines, strict=True):
-        model = frozen or vw
-        pred = int(model.predict(line)[0]) - 1
-        if pred < 0 and frozen is None:  # VW's cap was reached (class 0 = no prediction): freeze
-            frozen = _reload(vw)
-            pred = int(frozen.predict(line)[0]) - 1
+        pred = int((frozen or vw).predict(line)[0]) - 1
         mistakes += int(pred != y)
         if frozen is not None:
             continue
-        ex = vw.parse(" ".join(f"{k + 1}:{0 if k == y else 1}" for k in range(K)) + " " + line)
-        vw.learn(ex)
-        vw.finish_example(ex)
-        now = [vw.get_weight(bias + k, 0) for k in range(K)]
-        changed = sum(int(a != b) for a, b in zip(now, prev, strict=True))
-        prev = now
-        class_queries += changed
-        labels += int(changed > 0)
-        if class_queries >= B * K:
+        vw.learn(" ".join(f"{k + 1}:{0 if k == y else 1}" for k in range(K)) + " " + line)
+        log = vw.get_log()
+        new = [ln for ln in log[seen:] if " ql=" in ln]
+        seen = len(log)
+        labels += int(any(" ql=true" in ln for ln in new))
+        if not new:  # VW's --max_labels cap: the reduction returned without a look at the classes
             frozen = _reload(vw)
     model = frozen or _reload(vw)
-    test = ["|b bias:1 |x " + _fmt(v) for v in st.X_test]
+    test = ["|x " + _fmt(v) for v in st.X_test]
     hits = sum(int(int(model.predict(line)[0]) - 1 == y) for y, line in zip(st.y_test, test, strict=True))
     return {"labels": labels, "mistakes": float(mistakes), "acc": hits / len(st.test)}
 

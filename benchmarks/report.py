@@ -162,8 +162,8 @@ def results_md(peers_out: dict, scaling: dict, thr: dict, *, commands: list[str]
           "* **vw-cs_active**: `--cs_active K --simulation --adax --max_labels B` (the hard-cap variant) on the "
           "per-example vector, cost 0 for the gold and 1 for the others. VW counts `--max_labels` in cost "
           "queries (one per class) and stops at B·K of them, so it can buy more than B examples; bought examples "
-          "are counted from VW's per-class bias weights. Once VW's cap is reached cs_active stops predicting; "
-          "the harness then reloads the saved model test-only to predict the rest.",
+          "are read from VW's per-class query log (`--csa_debug`, `ql=true`). Once VW's cap is reached "
+          "cs_active stops predicting; the harness then reloads the saved model test-only to predict the rest.",
           "* **river-entropy**: `river.active.EntropySampler(SoftmaxRegression(SGD(1/E‖x‖²)))` on the "
           "per-example vector, discount tuned like the mellowness; no hard cap. EntropySampler never asks while "
           "its classifier knows fewer than two classes (zero entropy), so the harness buys those first labels.",
