@@ -127,6 +127,16 @@ def figures(out_dir: Path, peers_out: dict, scaling: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- markdown
+def _prose(doc: str, start: int, stop: int | None) -> str:
+    """Paragraphs ``start:stop`` of a module docstring, as markdown (bullets kept on their own lines)."""
+    paras = doc.split("\n\n")[start:stop]
+    out = []
+    for p in paras:
+        items = [ln.strip() for ln in p.replace("\n  ", " ").splitlines()]
+        out.append("\n".join(items).replace("``", "`"))
+    return "\n\n".join(out)
+
+
 def results_md(peers_out: dict, scaling: dict, thr: dict, *, commands: list[str], fig_names: list[str],
                minutes: float, timing: bool = True) -> str:
     peers = _load("peers")
@@ -188,10 +198,10 @@ def results_md(peers_out: dict, scaling: dict, thr: dict, *, commands: list[str]
               f"T = {f['T']} train rounds, {f['n_test']} test rounds, K = {f['K']}, d = {f['d']}; "
               f"peers' vector: {f['vector']}." + (f" {res['seconds']:.0f} s." if timing else ""), "",
               peers.markdown_table(res, betas, timing=timing), "", "Tuned: " + peers.knobs_line(res) + ".", ""]
-    L += ["## Regret scaling", "", "`benchmarks/regret_scaling.py`: " + rs.__doc__.split("\n\n")[2].strip()
-          .replace("\n", " "), "", rs.markdown(scaling), ""]
+    L += ["## Regret scaling", "", "`benchmarks/regret_scaling.py`. " + _prose(rs.__doc__, 3, 4), "",
+          rs.markdown(scaling), ""]
     if timing:
-        L += ["## Throughput", "", pt.__doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "",
+        L += ["## Throughput", "", "`benchmarks/peer_throughput.py`. " + _prose(pt.__doc__, 3, None), "",
               pt.markdown(thr["rows"]), "",
               "VW's update is O(d) per example; budgetsft's ridge keeps a full d × d inverse covariance, O(d²) per "
               "round, which is what buys its confidence widths.", ""]
