@@ -491,9 +491,10 @@ class Ledger:
             c.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)",
                           [(r.round, record_to_json(r)) for r in records])
             c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (int(position), state, time.time()))
-            # Keep the two latest checkpoints: the newest to resume from, one before it to undo into.
+            # Keep the newest few: the last to resume from, earlier ones to undo into. (Any checkpoint is a
+            # correct place to replay from, the start included; older ones only make an undo replay shorter.)
             c.execute("DELETE FROM checkpoints WHERE position NOT IN "
-                      "(SELECT position FROM checkpoints ORDER BY position DESC LIMIT 2)")
+                      "(SELECT position FROM checkpoints ORDER BY position DESC LIMIT 4)")
 
     def checkpoints(self) -> list[int]:
         return [r[0] for r in self._conn.execute("SELECT position FROM checkpoints ORDER BY position")]
