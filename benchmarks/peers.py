@@ -67,10 +67,19 @@ SETTINGS = [*SYNTHETIC, *REAL]
 BETAS = [0.05, 0.1, 0.2]
 EXTRA_RANDOM = [0.3, 0.5]  # random's curve is extended to read off label savings
 BSFT = ["llf", "llf-window", "random", "first", "margin", "bbq", "full"]
+# budgetsft again on `block` features (SPEC §6): e(x) in the block of each label, i.e. one linear model per
+# class over e(x), the hypothesis class the multiclass peers use; only on settings with a fixed label set.
+BSFT_BLOCK = ["llf-block", "random-block", "full-block"]
+BLOCK_SETTINGS = {"bbc-news"}
 PEERS = ["vw-active", "vw-cs_active", "river-entropy", "modal-pool"]
-METHODS = BSFT + PEERS
+METHODS = BSFT + BSFT_BLOCK + PEERS
 HARD_CAP = {"llf": True, "llf-window": True, "random": True, "first": True, "margin": True, "bbq": True,
-            "full": True, "vw-active": False, "vw-cs_active": False, "river-entropy": False, "modal-pool": True}
+            "full": True, "llf-block": True, "random-block": True, "full-block": True,
+            "vw-active": False, "vw-cs_active": False, "river-entropy": False, "modal-pool": True}
+
+
+def is_full(method: str) -> bool:
+    return method in ("full", "full-block")
 WINDOW = 50
 RADIUS = 1.0
 TUNE_STEPS = 10
@@ -93,6 +102,8 @@ class Setting:
     base: dict
     vector: str
     lines: dict = field(default_factory=dict)  # VW text of each candidate row, cached per round
+    block_train: list[Round] | None = None  # the same rounds on `block` features (BLOCK_SETTINGS only)
+    block_test: list[Round] | None = None
 
     def budget(self, beta: float) -> int:
         return len(self.train) if beta >= 1 else int(math.floor(beta * len(self.train) + 1e-9))
@@ -141,18 +152,28 @@ def load_setting(name: str, seed: int, *, rounds: int | None = None, max_example
         base = {"learner": {"name": "ridge", "lam": 1.0, "radius": RADIUS}, "regret_lp": False}
         Xtr, Xte = recover_ex(train), recover_ex(test)
         vector = f"e(x) recovered from φ (h = {Xtr.shape[1]})"
+        if name in BLOCK_SETTINGS:
+            b = load_streams(name, "block", seed=seed, max_examples=max_examples, progress=False)
+            block_train, block_test = (b.train[:rounds] if rounds else b.train), b.test
+            assert [r.id for r in block_train] == [r.id for r in train], "block and encoder streams differ"
     K = int(np.asarray(train[0].features).shape[0])
     ytr = np.array([r.gold for r in train])
     yte = np.array([r.gold for r in test])
-    return Setting(name, seed, train, test, K, Xtr, Xte, ytr, yte, base, vector)
+    st = Setting(name, seed, train, test, K, Xtr, Xte, ytr, yte, base, vector)
+    if name in REAL and name in BLOCK_SETTINGS:
+        st.block_train, st.block_test = block_train, block_test
+    return st
 
 
 # --------------------------------------------------------------------------- budgetsft
 def run_bsft(st: Setting, method: str, beta: float) -> dict:
+    block = method.endswith("-block")
+    method = method.removesuffix("-block")
     gate = {"name": "llf", "window": WINDOW} if method == "llf-window" else {"name": method}
     b = 1.0 if method == "full" else beta
     cfg = merge(st.base, {"gate": {**gate, "beta": b}, "seed": st.seed})
-    s = run(cfg, stream=st.train, test=st.test).summary
+    train, test = (st.block_train, st.block_test) if block else (st.train, st.test)
+    s = run(cfg, stream=train, test=test).summary
     return {"labels": int(s["labels_bought"]), "mistakes": float(s["mistakes"]), "acc": float(s["test_accuracy"])}
 
 
@@ -328,7 +349,7 @@ def tune(fn, st: Setting, target: int, lo: float, hi: float, increasing: bool, s
 
 # --------------------------------------------------------------------------- one setting
 def cell(st: Setting, method: str, beta: float, knobs: dict) -> dict:
-    if method in BSFT:
+    if method in BSFT or method in BSFT_BLOCK:
         return run_bsft(st, method, beta)
     if method == "vw-active":
         return run_vw_active(st, knobs[("vw-active", beta)])
@@ -380,12 +401,14 @@ def bench_setting(name: str, seeds: Sequence[int], betas: Sequence[float], metho
                     m, got = tune(run_river, st, B, 0.01, 1e4, increasing=False)
                     knobs[("river-entropy", beta)], tuned[("river-entropy", beta)] = m, got
         for method in methods:
-            bs = [1.0] if method == "full" else list(betas) + (EXTRA_RANDOM if method == "random" else [])
+            if method in BSFT_BLOCK and st.block_train is None:
+                continue
+            bs = [1.0] if is_full(method) else list(betas) + (EXTRA_RANDOM if method == "random" else [])
             for beta in bs:
                 res = timed(st, method, beta, knobs)
                 rows.append({"setting": name, "method": method, "beta": beta, "seed": seed,
                              "budget": st.budget(beta), **res})
-                if memory and seed == seeds[0] and (beta == 0.1 or method == "full"):
+                if memory and seed == seeds[0] and (beta == 0.1 or is_full(method)):
                     mem[method] = peak_mib(st, method, beta, knobs)
         log(f"  {name} seed {seed} done")
     return {"setting": name, "rows": rows, "knobs": knobs, "tuned": tuned, "facts": facts, "memory": mem}
@@ -417,7 +440,7 @@ def summary_rows(res: dict, betas: Sequence[float]) -> list[dict]:
     out = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
-        for beta in ([1.0] if method == "full" else betas):
+        for beta in ([1.0] if is_full(method) else betas):
             sel = [r for r in rows if r["method"] == method and r["beta"] == beta]
             if not sel:
                 continue
@@ -430,7 +453,7 @@ def summary_rows(res: dict, betas: Sequence[float]) -> list[dict]:
                 "labels_max": int(max(labels)), "over_budget": int(max(labels)) > B,
                 "hard_cap": HARD_CAP[method], "mistakes": m, "mistakes_sd": msd, "acc": a, "acc_sd": asd,
                 "seconds": float(np.mean([r["seconds"] for r in sel])),
-                "peak_mib": res["memory"].get(method, math.nan) if (beta == 0.1 or method == "full") else math.nan,
+                "peak_mib": res["memory"].get(method, math.nan) if (beta == 0.1 or is_full(method)) else math.nan,
             })
     return out
 
@@ -468,17 +491,23 @@ def targets(results: dict[str, dict], betas: Sequence[float]) -> list[dict]:
     out = []
     if "bbc-news" in results and 0.1 in betas:
         rows = {(s["method"], s["beta"]): s for s in summary_rows(results["bbc-news"], betas)}
-        llf = rows.get(("llf", 0.1))
-        if llf:
+        for name, features in (("llf", "encoder"), ("llf-block", "block")):
+            llf = rows.get((name, 0.1))
+            if not llf:
+                continue
             for peer in ("vw-active", "vw-cs_active", "river-entropy"):
                 p = rows.get((peer, 0.1))
                 if p is None:
                     continue
                 ok = llf["mistakes"] < p["mistakes"]
-                out.append({"target": f"bbc-news β=0.1: LLF online mistakes < {peer}",
-                            "measured": f"LLF {llf['mistakes']:.1f} ({llf['labels']:.0f} labels) vs {peer} "
-                                        f"{p['mistakes']:.1f} ({p['labels']:.0f} labels)",
-                            "ok": ok, "by": f"{p['mistakes'] - llf['mistakes']:+.1f} mistakes in LLF's favour"})
+                sd = max(llf["mistakes_sd"], p["mistakes_sd"])
+                out.append({"target": f"bbc-news β=0.1: LLF ({features} features) online mistakes < {peer}",
+                            "measured": f"{name} {llf['mistakes']:.1f} ± {llf['mistakes_sd']:.1f} "
+                                        f"({llf['labels']:.0f} labels) vs {peer} {p['mistakes']:.1f} ± "
+                                        f"{p['mistakes_sd']:.1f} ({p['labels']:.0f} labels)",
+                            "ok": ok, "by": f"{p['mistakes'] - llf['mistakes']:+.1f} mistakes in LLF's favour"
+                                            + (" (within one seed sd)" if abs(p["mistakes"] - llf["mistakes"]) < sd
+                                               else "")})
     if "low-noise" in results and 0.1 in betas:
         res = results["low-noise"]
         rows = {(s["method"], s["beta"]): s for s in summary_rows(res, betas)}

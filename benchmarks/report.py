@@ -77,10 +77,10 @@ def figures(out_dir: Path, peers_out: dict, scaling: dict) -> list[str]:
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items(), strict=True):
-        rows = peers.summary_rows(res, sorted({r["beta"] for r in res["rows"] if r["method"] != "full"}))
+        rows = peers.summary_rows(res, sorted({r["beta"] for r in res["rows"] if not peers.is_full(r["method"])}))
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["labels"], r["acc"]) for r in rows if r["method"] == method)
-            style = "o-" if method in peers.BSFT else "s--"
+            style = "o-" if method in peers.BSFT or method in peers.BSFT_BLOCK else "s--"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=method, markersize=4)
         ax.set_xscale("log")
         ax.set_title(f"{name} (T = {res['facts']['T']})")
@@ -164,6 +164,10 @@ def results_md(peers_out: dict, scaling: dict, thr: dict, *, commands: list[str]
           "* **budgetsft**: ridge learner (λ = 1, ρ = 1) on φ(x, a); gates `llf` (stream), `llf-window` "
           f"(window mode, W = {peers.WINDOW}), `random`, `first`, `margin`, `bbq`, and `full` (β = 1). "
           "Every gate holds B as a hard cap.",
+          "* **budgetsft on block features** (`llf-block`, `random-block`, `full-block`; bbc-news only): the same "
+          "rounds featurised with `block` (SPEC §6): e(x) and a bias in the block of each label, so the ridge "
+          "head is one linear model per class over e(x), the hypothesis class of the multiclass peers below "
+          f"(d = K·(h + 1) = {5 * 385} on bbc-news). Same learner, radius and budgets as above.",
           "* **vw-active**: Vowpal Wabbit `--active --simulation --mellowness m --random_seed s` on the "
           "candidate-features formulation (one binary example (φ(x, a), ±1) per candidate; prediction = argmax "
           "of VW's scores; a round counts as one bought label when VW queries any of its candidates). "

@@ -52,6 +52,9 @@ def test_one_row_per_method_and_budget(tiny):
     res = tiny["results"]["low-noise"]
     got = {(r["method"], r["beta"]) for r in res["rows"]}
     for m in peers.METHODS:
+        if m in peers.BSFT_BLOCK:  # block features only on settings with a fixed label set (bbc-news)
+            assert not any(r["method"] == m for r in res["rows"])
+            continue
         if m == "full":
             assert (m, 1.0) in got
         else:
