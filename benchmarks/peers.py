@@ -506,7 +506,7 @@ def targets(results: dict[str, dict], betas: Sequence[float]) -> list[dict]:
                                         f"({llf['labels']:.0f} labels) vs {peer} {p['mistakes']:.1f} ± "
                                         f"{p['mistakes_sd']:.1f} ({p['labels']:.0f} labels)",
                             "ok": ok, "by": f"{p['mistakes'] - llf['mistakes']:+.1f} mistakes in LLF's favour"
-                                            + (" (within one seed sd)" if abs(p["mistakes"] - llf["mistakes"]) < sd
+                                            + ("; within one seed sd" if abs(p["mistakes"] - llf["mistakes"]) < sd
                                                else "")})
     if "low-noise" in results and 0.1 in betas:
         res = results["low-noise"]
