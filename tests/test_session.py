@@ -217,6 +217,14 @@ def test_bad_answer_file_is_reported_by_line_and_charges_nothing(tmp_path):
     assert f"{bad}:4: 'label' must be an int in [0, 3]. Got 9" in msg
     assert f"{bad}:5: 'cost' must be a number > 0" in msg
     assert sess.ledger.spent() == 0 and not sess.ledger.answers()
+    # An answer to a skipped query is refused too, before anything is written.
+    q2 = sess.ledger.pending()[1]
+    sess.ledger.skip(q2.id, "someone")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"query_id": q.id, "label": 1}) + "\n" + json.dumps({"query_id": q2.id, "label": 0}))
+    with pytest.raises(DataError, match=f"{mixed}:2: query {q2.id} was skipped"):
+        import_answers(sess.ledger, mixed)
+    assert sess.ledger.spent() == 0 and not sess.ledger.answers()
 
 
 def test_cli_file_oracle_round_trip(tmp_path):

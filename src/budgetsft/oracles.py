@@ -122,6 +122,9 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
             if q is None:
                 errors.append(f"{path}:{n}: unknown 'query_id' {qid!r}")
                 continue
+            if q.status == "skipped":
+                errors.append(f"{path}:{n}: query {qid} was skipped; it takes no answer")
+                continue
             K = _n_candidates_of(ledger, q)
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < K:
                 errors.append(f"{path}:{n}: 'label' must be an int in [0, {K - 1}]. Got {label!r}")
