@@ -81,11 +81,11 @@ def paired_batches(batches, feat_fn, bare_fn, repeats: int) -> tuple[float, floa
     for r in range(repeats):
         for j, b in enumerate(batches):
             if (r + j) % 2:
-                feat[r, j] = _timed(lambda: feat_fn(b))
-                bare[r, j] = _timed(lambda: bare_fn(b))
+                feat[r, j] = _timed(lambda b=b: feat_fn(b))
+                bare[r, j] = _timed(lambda b=b: bare_fn(b))
             else:
-                bare[r, j] = _timed(lambda: bare_fn(b))
-                feat[r, j] = _timed(lambda: feat_fn(b))
+                bare[r, j] = _timed(lambda b=b: bare_fn(b))
+                feat[r, j] = _timed(lambda b=b: feat_fn(b))
     return float(feat.min(0).sum()), float(bare.min(0).sum())
 
 

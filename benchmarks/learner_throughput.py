@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = all(v[0] for v in agree.values())
     print("4. agreement, first 200 rounds at d = 64 (predictions and queries)")
-    for beta, (same, qa, qn, ndiff) in agree.items():
+    for beta, (_same, qa, qn, ndiff) in agree.items():
         print(f"   beta = {beta:<4}: budgetsft queried {qa}, naive queried {qn},"
               f" rounds differing {ndiff}")
     print(f"   agree: {'yes' if ok else 'no'}")

@@ -64,7 +64,8 @@ def test_sweep_json_last_line_is_deterministic():
 
 def test_config_file_and_overrides(tmp_path):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("env: {name: drifting, d: 5, rounds: 150}\nlearner: {name: logistic}\ngate: {name: bbq, beta: 0.2}\n")
+    cfg.write_text("env: {name: drifting, d: 5, rounds: 150}\nlearner: {name: logistic}\n"
+                   "gate: {name: bbq, beta: 0.2}\n")
     summary = json.loads(cli("run", "--config", str(cfg), "--seed", "3", "--json").stdout.strip().splitlines()[-1])
     assert summary["gate"] == "bbq" and summary["learner"] == "logistic" and summary["rounds"] == 150
     assert summary["budget"] == 30

@@ -135,7 +135,8 @@ def test_feature_dimension_change_is_an_error():
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"gate": {"name": "llf", "beta": 1.5}}, "The 'beta' parameter of Budget must be a float in \\(0, 1\\]. Got 1.5."),
+        ({"gate": {"name": "llf", "beta": 1.5}},
+         "The 'beta' parameter of Budget must be a float in \\(0, 1\\]. Got 1.5."),
         ({"gate": {"name": "llf", "beta": 0.0}}, "'beta'"),
         ({"gate": {"name": "nope", "beta": 0.1}}, "unknown gate 'nope'"),
         ({"learner": {"name": "svm"}}, "unknown learner 'svm'"),
