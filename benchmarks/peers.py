@@ -534,7 +534,7 @@ def parse(argv: list[str] | None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--betas", default=",".join(str(b) for b in BETAS))
     ap.add_argument("--rounds", type=int, default=None, help="shorten every stream to this many rounds")
-    ap.add_argument("--sarcasm-examples", type=int, default=6000,
+    ap.add_argument("--sarcasm-examples", type=int, default=0,
                     help="seeded subset of sarcasm (train 80%%, test 20%%); 0 = all 28k")
     ap.add_argument("--n-test", type=int, default=2000, help="held-out rounds of the synthetic settings")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
