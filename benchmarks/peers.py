@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from label_efficiency import labels_to_reach  # a sibling script: this folder is on sys.path
 from threadpoolctl import threadpool_limits
 
 from budgetsft.base import Round
@@ -420,18 +421,6 @@ def _agg(rows: list[dict], method: str, beta: float, key: str) -> tuple[float, f
     if len(v) == 0 or np.all(np.isnan(v)):
         return math.nan, math.nan
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def labels_to_reach(target: float, labels: Sequence[float], acc: Sequence[float]) -> float:
-    """Smallest label count where the linearly interpolated accuracy curve reaches ``target``."""
-    order = np.argsort(labels)
-    x, y = np.asarray(labels, dtype=float)[order], np.asarray(acc, dtype=float)[order]
-    if y[0] >= target:
-        return float(x[0])
-    for i in range(1, len(x)):
-        if y[i] >= target:
-            return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / max(y[i] - y[i - 1], 1e-12))
-    return math.inf
 
 
 def summary_rows(res: dict, betas: Sequence[float]) -> list[dict]:

@@ -6,7 +6,7 @@ and modAL included, so that `make bench` cannot silently rot.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -21,13 +21,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """A benchmark script as a module (benchmarks/ is not a package; the scripts import their siblings)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
 
 
 TINY = ["--settings", "low-noise", "--seeds", "0", "--betas", "0.1", "--rounds", "300", "--n-test", "200"]
