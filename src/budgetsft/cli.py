@@ -191,14 +191,20 @@ def _report_run(cfg: dict, records, summary: dict, as_json: bool, out_dir: Path 
     if as_json:
         print(json.dumps(_clean(summary)))
         return
-    table = Table(title=f"budgetsft run — {_setting(cfg)}, {summary['learner']} learner, seed {summary['seed']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in SUMMARY_KEYS:
-        table.add_row(key, _fmt(summary.get(key)))
-    out.print(table)
+    out.print(_kv_table(f"budgetsft run — {_setting(cfg)}, {summary['learner']} learner, seed {summary['seed']}",
+                        summary, SUMMARY_KEYS, "metric"))
     if out_dir is not None:
         out.print(f"wrote {out_dir}/records.{records_format}, summary.json, regret.png")
+
+
+def _kv_table(title: str, values: dict, keys, first: str) -> Table:
+    """A two-column table of ``keys`` and their formatted ``values``."""
+    table = Table(title=title)
+    table.add_column(first)
+    table.add_column("value", justify="right")
+    for key in keys:
+        table.add_row(key, _fmt(values.get(key)))
+    return table
 
 
 def _oracle_of(spec: dict):
@@ -210,9 +216,9 @@ def _oracle_of(spec: dict):
 def _play_session(sess, oracle_spec: dict | None, as_json: bool, out_dir: Path | None = None,
                   records_format: str = "csv") -> None:
     """Play a session until it finishes, waits for answers, or is stopped; report accordingly."""
-    oracle = _oracle_of(oracle_spec or sess.ledger.oracle)
-    quiet = as_json or oracle_spec is not None and oracle_spec.get("name") == "terminal" or \
-        sess.ledger.oracle.get("name") == "terminal"
+    spec = oracle_spec or sess.ledger.oracle
+    oracle = _oracle_of(spec)
+    quiet = as_json or spec.get("name") == "terminal"  # a progress bar would draw over the annotator's prompt
     outcome = _with_progress(lambda cb: sess.play(oracle, progress=cb), total=sess.horizon(),
                              what=f"session {sess.ledger.path.name}", quiet=quiet)
     if outcome.status == "finished":
@@ -277,13 +283,9 @@ def session_show(
     if as_json:
         print(json.dumps(_clean(report)))
         return
-    table = Table(title=f"session {path} — {report['status']}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    for key in ("rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought", "pending",
-                "mistakes", "hinge_loss", "pseudo_regret"):
-        table.add_row(key, _fmt(report[key]))
-    out.print(table)
+    out.print(_kv_table(f"session {path} — {report['status']}", report,
+                        ("rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought",
+                         "pending", "mistakes", "hinge_loss", "pseudo_regret"), ""))
     if report["by_annotator"]:
         who = Table(title="labels by annotator")
         for col in ("annotator", "labels", "spent"):

@@ -104,6 +104,8 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such answers file.")
+    session = Session(ledger)  # to count each queried round's candidates (its stream is built on first use)
+    n_candidates: dict[int, int] = {}
     parsed, errors = [], []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
@@ -125,7 +127,9 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
             if q.status == "skipped":
                 errors.append(f"{path}:{n}: query {qid} was skipped; it takes no answer")
                 continue
-            K = _n_candidates_of(ledger, q)
+            if q.round not in n_candidates:
+                n_candidates[q.round] = len(session.describe(q.round)["candidates"])
+            K = n_candidates[q.round]
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < K:
                 errors.append(f"{path}:{n}: 'label' must be an int in [0, {K - 1}]. Got {label!r}")
                 continue
@@ -147,17 +151,6 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
         else:
             duplicates += 1
     return {"added": added, "duplicates": duplicates, "pending": len(ledger.pending())}
-
-
-def _n_candidates_of(ledger: Ledger, q: Query) -> int:
-    cache = getattr(ledger, "_k_cache", None)
-    if cache is None:
-        cache = ledger._k_cache = {}
-    if q.round not in cache:
-        from budgetsft.session import Session
-
-        cache[q.round] = len(Session(ledger).describe(q.round)["candidates"])
-    return cache[q.round]
 
 
 class TerminalOracle:

@@ -39,7 +39,7 @@ from budgetsft.exceptions import ConfigError
 from budgetsft.game import _check_round, _resolve, commit
 from budgetsft.ledger import Ledger, LedgerError, Query
 
-__all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "describe_round"]
+__all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError"]
 
 CHECKPOINT_EVERY = 100
 
@@ -81,15 +81,20 @@ class StopSession(Exception):
         self.undo_round = undo_round
 
 
-def describe_round(stream_info, rnd: Round, t: int) -> dict:
-    """What an annotator sees for round ``t``: the prompt and the numbered candidates."""
-    examples = stream_info
-    if examples is not None:
-        ex = examples[t - 1]
-        return {"id": ex.id, "prompt": ex.prompt, "candidates": list(ex.candidates)}
-    K = rnd.n_candidates
-    return {"id": rnd.id or f"round-{t}", "prompt": f"Synthetic round {t}: which candidate is correct?",
-            "candidates": [f"candidate {a}" for a in range(K)]}
+@dataclass
+class _Streams:
+    """The rounds a session plays, its held-out rounds, and the examples behind the rounds (real data)."""
+
+    rounds: Sequence[Round]
+    test: Sequence[Round] | None
+    examples: list | None
+
+    @classmethod
+    def of(cls, cfg: dict) -> _Streams:
+        from budgetsft.experiment import stream_of
+
+        rounds, test, real = stream_of(cfg)
+        return cls(rounds, test, None if real is None else list(real.dataset.train))
 
 
 class Session:
@@ -102,14 +107,12 @@ class Session:
         Rounds between checkpoints when no one has to be waited for.
     """
 
-    def __init__(self, ledger: Ledger, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    def __init__(self, ledger: Ledger, checkpoint_every: int = CHECKPOINT_EVERY,
+                 streams: _Streams | None = None) -> None:
         self.ledger = ledger
         self.config = ledger.config
         self.checkpoint_every = int(checkpoint_every)
-        self._stream: Sequence[Round] | None = None
-        self._test: Sequence[Round] | None = None
-        self._examples = None
-        self._env = None
+        self._streams = streams  # regenerated from the config on first use
 
     # ---------------------------------------------------------------- creating and opening
     @classmethod
@@ -125,16 +128,10 @@ class Session:
             raise ConfigError("sessions cannot resume the 'adversarial' environment: its contexts depend on the "
                               "learner's live state, which a replayed stream cannot reproduce. Use `run` without "
                               "--session.")
-        probe = cls.__new__(cls)
-        probe.config = cfg
-        probe._stream = probe._test = probe._examples = probe._env = None
-        stream = probe.stream()
-        budget = budget_for(cfg, stream)
+        streams = _Streams.of(cfg)
+        budget = budget_for(cfg, streams.rounds)
         ledger = Ledger.create(path, cfg, budget_total=budget.total, budget_unit=budget.unit, oracle=oracle)
-        session = cls(ledger, checkpoint_every)
-        session._stream, session._test, session._examples, session._env = (probe._stream, probe._test,
-                                                                            probe._examples, probe._env)
-        return session
+        return cls(ledger, checkpoint_every, streams)
 
     @classmethod
     def open(cls, path, checkpoint_every: int = CHECKPOINT_EVERY) -> Session:
@@ -144,30 +141,27 @@ class Session:
         self.ledger.close()
 
     # ---------------------------------------------------------------- the stream
+    def _loaded(self) -> _Streams:
+        if self._streams is None:
+            self._streams = _Streams.of(self.config)
+        return self._streams
+
     def stream(self) -> Sequence[Round]:
         """The rounds of the session, regenerated from its config (deterministic in the seed)."""
-        if self._stream is None:
-            from budgetsft.experiment import stream_of
-
-            stream, test, real = stream_of(self.config)
-            self._stream, self._test = stream, test
-            if real is not None:
-                self._examples = list(real.dataset.train)
-            else:
-                self._env = stream
-        return self._stream
+        return self._loaded().rounds
 
     def test_rounds(self) -> Sequence[Round] | None:
-        self.stream()
-        return self._test
+        return self._loaded().test
 
     def describe(self, t: int) -> dict:
-        """Prompt and candidates of round ``t`` (1-based), for annotators."""
-        stream = self.stream()
-        if self._examples is not None:
-            return describe_round(self._examples, stream[t - 1], t)
-        rnd = next(itertools.islice(iter(stream), t - 1, None))
-        return describe_round(None, rnd, t)
+        """What an annotator sees for round ``t`` (1-based): the prompt and the numbered candidates."""
+        streams = self._loaded()
+        if streams.examples is not None:
+            ex = streams.examples[t - 1]
+            return {"id": ex.id, "prompt": ex.prompt, "candidates": list(ex.candidates)}
+        rnd = next(itertools.islice(iter(streams.rounds), t - 1, None))
+        return {"id": rnd.id or f"round-{t}", "prompt": f"Synthetic round {t}: which candidate is correct?",
+                "candidates": [f"candidate {a}" for a in range(rnd.n_candidates)]}
 
     def horizon(self) -> int:
         return len(self.stream())
