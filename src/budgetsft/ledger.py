@@ -286,12 +286,11 @@ class Ledger:
         return out
 
     # ---------------------------------------------------------------- queries and answers
-    def add_query(self, round: int, example_id: str | None, latency: float, cost: float) -> Query:
-        """Record that the gate queried ``round`` (idempotent: a replayed query returns the stored row)."""
-        return self.add_queries([(round, example_id, latency, cost)])[int(round)]
-
     def add_queries(self, items: Sequence[tuple[int, str | None, float, float]]) -> dict[int, Query]:
-        """Record several queries ``(round, example_id, latency, cost)`` in one transaction; rows by round."""
+        """Record the gate's queries ``(round, example_id, latency, cost)`` in one transaction; rows by round.
+
+        Idempotent: a replayed query returns the row already stored.
+        """
         rows = []
         for rnd, example_id, latency, cost in items:
             lat = float(latency) if math.isfinite(latency) else (1e308 if latency > 0 else -1e308)
