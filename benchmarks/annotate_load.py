@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/annotate_load.py                  # 8 annotators, 400 answers
     .venv/bin/python benchmarks/annotate_load.py --quick          # 4 annotators, 100 answers
+    .venv/bin/python benchmarks/annotate_load.py --quick --kill 4 # ... with 4 kill -9s of the server
 
 A synthetic session in window mode (many queries pending at once, cost units,
 annotators at 1.0 and 0.5 per label) is served by ``budgetsft.web.serve`` in a
@@ -16,6 +17,12 @@ the ledger after the server has shut down: every answer acknowledged with
 lost), no query was acknowledged twice, the ledger holds exactly the
 acknowledged answers (nothing duplicated), and the money spent equals the sum
 of the annotators' prices for their answers. Exits 1 if any check fails.
+
+With ``--kill N`` the server is killed with SIGKILL N times at random moments
+and restarted on the same port; annotators reconnect and resend what they had
+in flight. An answer whose acknowledgement was lost with the server comes back
+as a duplicate on the resend, which acknowledges it; the same checks must
+hold: acknowledged answers = ledger rows, spent = the sum of the prices.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import http.client
 import json
 import math
+import random
 import signal
 import socket
 import subprocess
@@ -71,16 +79,29 @@ class Annotator(threading.Thread):
 
     def _call(self, conn: http.client.HTTPConnection, method: str, url: str, body: dict | None = None
               ) -> tuple[int, dict, float]:
+        """One request; after a dropped connection (a killed server) reconnect and send it again."""
         headers = {"Authorization": f"Bearer {self.token}"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        t0 = time.perf_counter()
-        conn.request(method, url, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = json.loads(resp.read())
-        return resp.status, payload, (time.perf_counter() - t0) * 1e3
+        self.resent = False
+        deadline = time.monotonic() + 120
+        while True:
+            t0 = time.perf_counter()
+            try:
+                conn.request(method, url, body=data, headers=headers)
+                resp = conn.getresponse()
+                payload = json.loads(resp.read())
+                if resp.status == 503:  # the ledger is busy (a restart is replaying): try again shortly
+                    raise ConnectionError("503")
+                return resp.status, payload, (time.perf_counter() - t0) * 1e3
+            except (OSError, http.client.HTTPException, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                conn.close()
+                self.resent = True
+                time.sleep(0.1)
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -103,6 +124,8 @@ class Annotator(threading.Thread):
                 label = qid % len(item["candidates"])
                 status, ans, ms = self._call(conn, "POST", "/api/answer", {"query_id": qid, "label": label})
                 self.answer_ms.append(ms)
+                if status == 200 and self.resent and ans.get("duplicate"):
+                    ans["recorded"] = True  # committed before the server died: this duplicate is our acknowledgement
                 if status != 200 or ans.get("recorded") is not True:
                     self.errors.append(f"answer {qid}: {status} {ans}")
                     continue
@@ -173,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annotators", type=int, default=8, help="concurrent scripted annotators (default 8)")
     ap.add_argument("--answers", type=int, default=400, help="answers to give in all (default 400)")
     ap.add_argument("--quick", action="store_true", help="4 annotators, 100 answers")
+    ap.add_argument("--kill", type=int, default=0, help="kill -9 the server this many times (restarting it)")
     args = ap.parse_args(argv)
     if args.quick:
         args.annotators, args.answers = 4, 100
@@ -186,6 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for w in workers:
             w.start()
+        kills = 0
+        rng = random.Random(0)
+        while kills < args.kill and any(w.is_alive() for w in workers):
+            time.sleep(rng.uniform(0.1, 0.6))
+            if not any(w.is_alive() for w in workers):
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = start_server(path, port)
         for w in workers:
             w.join()
         wall = time.perf_counter() - t0
@@ -213,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     waiting = sum(w.waiting for w in workers)
 
     print(f"annotate load: {args.annotators} annotators × HTTP/1.1 keep-alive on loopback, {args.answers} answers, "
-          f"server (uvicorn, 1 worker) in a subprocess; synthetic d=5 K=3, LLF window 128, costs {COSTS}")
+          f"server (uvicorn, 1 worker) in a subprocess; synthetic d=5 K=3, LLF window 128, costs {COSTS}"
+          + (f"; server killed with SIGKILL {kills} time(s)" if args.kill else ""))
     print(f"{'request':<18}{'count':>7}{'p50 ms':>9}{'p99 ms':>9}")
     for name, xs in (("GET /api/next", next_ms), ("POST /api/answer", answer_ms)):
         print(f"{name:<18}{len(xs):>7}{percentile(xs, 50):>9.2f}{percentile(xs, 99):>9.2f}")

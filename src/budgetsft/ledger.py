@@ -14,13 +14,26 @@ Rules the ledger enforces, whatever its callers do:
 - the money spent never exceeds the budget: the check and the insert happen in
   one ``BEGIN IMMEDIATE`` transaction, with leases reserving their cost;
 - the schema is versioned: an older file is migrated in place, a newer one is
-  refused with a message naming the file.
+  refused with a message naming the file;
+- the file is checked when opened: its tables, its settings, and the money
+  spent against the sum of its answers; any fault is a :class:`LedgerError`
+  naming the file, never a raw SQLite traceback;
+- tokens are stored as SHA-256 hashes and the file is created readable by its
+  owner only (0600);
+- every acknowledged answer is counted twice: in the file and in a small
+  ``<file>-acks`` companion, so a ledger that lost acknowledged answers (its
+  ``-wal`` file deleted after a crash, or an older copy restored) is refused
+  on open instead of buying those labels again.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
 import json
 import math
+import os
 import secrets
 import sqlite3
 import time
@@ -33,21 +46,36 @@ from pathlib import Path
 from budgetsft.base import RECORD_FIELDS, Record
 from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigError
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "Query", "Answer", "Annotator", "record_to_json",
-           "record_from_json"]
+__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
+           "Annotator", "record_to_json", "record_from_json", "hash_token"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Migrations from version v to v + 1, applied in order by Ledger.open (none yet: v1 is the first).
-MIGRATIONS: dict[int, Sequence[str]] = {}
+# Migrations from version v to v + 1, applied in order by Ledger.open.
+MIGRATIONS: dict[int, Sequence[str]] = {
+    # v2: tokens hashed, annotators revocable, example digests on queries, an answer counter, and checkpoints
+    # stored as data. The v1 checkpoints were pickles: they are dropped unread, with the records after them,
+    # and the session replays from its start reusing every answer (nothing is asked or paid again).
+    1: [
+        "ALTER TABLE annotators RENAME COLUMN token TO token_hash",
+        "UPDATE annotators SET token_hash = bsft_token_hash(token_hash)",
+        "ALTER TABLE annotators ADD COLUMN revoked REAL",
+        "ALTER TABLE queries ADD COLUMN example_digest TEXT",
+        "DELETE FROM checkpoints",
+        "DELETE FROM records",
+        "UPDATE meta SET value = 'stopped' WHERE key = 'status' AND value IN ('finished', 'playing', 'waiting')",
+        "INSERT OR REPLACE INTO meta SELECT 'acks', CAST(COUNT(*) AS TEXT) FROM answers",
+    ],
+}
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE annotators (
     name TEXT PRIMARY KEY,
-    token TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE,
     cost TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    revoked REAL
 );
 CREATE TABLE queries (
     id INTEGER PRIMARY KEY,
@@ -56,7 +84,8 @@ CREATE TABLE queries (
     latency REAL NOT NULL,
     cost REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'answered', 'skipped')),
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    example_digest TEXT
 );
 CREATE TABLE answers (
     query_id INTEGER PRIMARY KEY REFERENCES queries(id),
@@ -77,9 +106,22 @@ CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, detail TEXT NOT
 CREATE INDEX queries_status ON queries(status, latency);
 """
 
+# Tables every ledger holds, and the values its meta rows may take.
+_TABLES = ("meta", "annotators", "queries", "answers", "leases", "records", "checkpoints", "events")
+_STATUSES = ("created", "playing", "waiting", "stopped", "finished")
+_MAX_ID = 2**63  # SQLite integers are signed 64-bit
+
 
 class LedgerError(BudgetsftError):
     """A ledger file is missing, corrupt, of an unknown schema, or was asked something inconsistent."""
+
+
+class LedgerBusyError(LedgerError):
+    """Another connection held the ledger's write lock for longer than the busy timeout."""
+
+
+class LedgerReadOnlyError(LedgerError):
+    """The ledger file (or its folder) cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +134,7 @@ class Query:
     latency: float
     cost: float
     status: str
+    example_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,9 +150,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Annotator:
+    """An annotator: ``token`` is known only when the annotator was just created (the ledger keeps a hash)."""
+
     name: str
-    token: str
+    token: str | None
     cost: float
+    created: float | None = None
+    revoked: float | None = None
+
+
+def hash_token(token: str) -> str:
+    """What the ledger stores of a token: ``"sha256:" + hex digest`` of its UTF-8 bytes."""
+    return "sha256:" + hashlib.sha256(str(token).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def record_to_json(rec: Record) -> str:
@@ -126,84 +178,278 @@ def _exact(x) -> Fraction:
     return Fraction(float(x))
 
 
+def _valid_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and -_MAX_ID <= x < _MAX_ID
+
+
+def _check_cost(cost, query_id) -> float:
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost) or cost < 0:
+        raise LedgerError(f"query {query_id}: 'cost' must be a finite number >= 0. Got {cost!r}.")
+    return float(cost)
+
+
+def _fault(path: Path, timeout: float, exc: sqlite3.Error) -> LedgerError:
+    """A clear error naming the file for an SQLite failure (never a raw traceback)."""
+    msg = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
+        return LedgerBusyError(f"{path}: the ledger is busy: another process held its write lock for more than "
+                               f"{timeout:g} s ({msg}); try again shortly.")
+    if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+        return LedgerReadOnlyError(f"{path}: the ledger cannot be written ({msg}); check the permissions of the "
+                                   f"file and of its folder {path.parent}.")
+    return LedgerError(f"{path}: the ledger file is damaged or not a budgetsft ledger ({type(exc).__name__}: {msg}).")
+
+
+def _translated(method):
+    """Turn SQLite errors raised by a Ledger method into LedgerError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _fault(self.path, self.timeout, exc) from exc
+
+    return wrapper
+
+
 class Ledger:
     """An open session ledger (one SQLite connection; open one Ledger per thread).
 
     Use :meth:`create` for a new file and :meth:`open` for an existing one.
+
+    Parameters
+    ----------
+    path : str or Path
+    conn : sqlite3.Connection
+    timeout : float, default=30.0
+        Seconds a write waits for another writer's lock before :class:`LedgerBusyError`.
     """
 
-    def __init__(self, path: str | Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: str | Path, conn: sqlite3.Connection, timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.timeout = float(timeout)
         self._conn = conn
+        self._unit: str | None = None
 
     # ---------------------------------------------------------------- opening
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    def _connect(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.create_function("bsft_token_hash", 1, hash_token, deterministic=True)
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a committed label survives power loss, not only kill -9
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
         return conn
+
+    @property
+    def acks_path(self) -> Path:
+        """The companion file counting acknowledged answers (beside the resolved ledger path)."""
+        return Path(os.path.realpath(self.path) + "-acks")
 
     @classmethod
     def create(cls, path: str | Path, config: dict, *, budget_total: float, budget_unit: str,
-               oracle: dict | None = None) -> Ledger:
-        """Create a new ledger file for a session; refuses to overwrite an existing file."""
+               oracle: dict | None = None, timeout: float = 30.0) -> Ledger:
+        """Create a new ledger file (mode 0600) for a session; refuses to overwrite an existing file."""
         path = Path(path)
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise LedgerError(f"{path}: a session file already exists; resume it with `budgetsft resume {path}` "
                               f"or choose another path.")
         if not path.parent.is_dir():
             raise LedgerError(f"{path}: folder {path.parent} does not exist.")
-        conn = cls._connect(path)
-        ledger = cls(path, conn)
-        with ledger.transaction():
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            meta = {
-                "schema_version": str(SCHEMA_VERSION),
-                "config": json.dumps(config, sort_keys=True),
-                "budget_total": repr(float(budget_total)),
-                "budget_unit": budget_unit,
-                "oracle": json.dumps(oracle or {"name": "dataset"}, sort_keys=True),
-                "status": "created",
-                "spent": "0",
-                "created": repr(time.time()),
-            }
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+        try:  # created by us, empty, owner-only: tokens, labels and money are nobody else's business
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise LedgerError(f"{path}: cannot create the session file ({exc}).") from exc
+        conn = cls._connect(path, timeout)
+        ledger = cls(path, conn, timeout)
+        try:
+            with ledger.transaction():
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                meta = {
+                    "schema_version": str(SCHEMA_VERSION),
+                    "config": json.dumps(config, sort_keys=True),
+                    "budget_total": repr(float(budget_total)),
+                    "budget_unit": budget_unit,
+                    "oracle": json.dumps(oracle or {"name": "dataset"}, sort_keys=True),
+                    "status": "created",
+                    "spent": "0",
+                    "acks": "0",
+                    "ledger_id": secrets.token_hex(8),
+                    "created": repr(time.time()),
+                }
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _fault(path, timeout, exc) from exc
+        ledger._write_acks(0, force=True)  # a stale companion of an earlier file at this path is replaced
         return ledger
 
     @classmethod
-    def open(cls, path: str | Path) -> Ledger:
-        """Open an existing ledger, migrating an older schema; a newer one is refused."""
+    def open(cls, path: str | Path, *, timeout: float = 30.0) -> Ledger:
+        """Open an existing ledger, migrating an older schema and checking the file; a newer one is refused."""
         path = Path(path)
         if not path.is_file():
             raise LedgerError(f"{path}: no such session file.")
+        conn = None
         try:
-            conn = cls._connect(path)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: not a budgetsft session ledger ({exc}).") from exc
+            conn = cls._connect(path, timeout)
+            ledger = cls(path, conn, timeout)
+            ledger._open_checks()
+            return ledger
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and "file is not a database" in str(exc):
+                raise LedgerError(f"{path}: not a budgetsft session ledger ({exc}).") from exc
+            raise _fault(path, timeout, exc) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def _open_checks(self) -> None:
+        path, conn = self.path, self._conn
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            raise LedgerError(f"{path}: not a budgetsft session ledger (no meta table).")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             raise LedgerError(f"{path}: not a budgetsft session ledger (no schema version).")
-        version = int(row[0])
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise LedgerError(f"{path}: the ledger's 'schema_version' must be an integer. Got {row[0]!r}.") from None
         if version > SCHEMA_VERSION:
-            conn.close()
             raise LedgerError(f"{path}: ledger schema version {version} is newer than this budgetsft "
                               f"understands ({SCHEMA_VERSION}); upgrade budgetsft.")
-        ledger = cls(path, conn)
+        if version < 1:
+            raise LedgerError(f"{path}: ledger schema version {version} is not one budgetsft ever wrote.")
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            raise LedgerError(f"{path}: the ledger has no {', '.join(missing)} table(s): the file is damaged.")
+        check = conn.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise LedgerError(f"{path}: the ledger file is damaged (SQLite integrity check: {check and check[0]}).")
         while version < SCHEMA_VERSION:
             steps = MIGRATIONS.get(version)
             if steps is None:
                 raise LedgerError(f"{path}: no migration from ledger schema version {version}.")
-            with ledger.transaction():
+            with self.transaction():
                 for stmt in steps:
                     conn.execute(stmt)
+                if version == 1:
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('ledger_id', ?)", (secrets.token_hex(8),))
                 version += 1
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
-        return ledger
+        self._check_meta()
+        self._check_books()
+        self._check_acks()
+
+    def _check_meta(self) -> None:
+        path = self.path
+        meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        for key in ("config", "budget_total", "budget_unit", "oracle", "status", "spent"):
+            if key not in meta:
+                raise LedgerError(f"{path}: the ledger has no {key!r} setting: the file is damaged.")
+
+        def bad(key: str, what: str) -> LedgerError:
+            return LedgerError(f"{path}: the ledger's {key!r} must be {what}. Got {meta[key]!r}.")
+
+        for key in ("config", "oracle"):
+            try:
+                value = json.loads(meta[key])
+            except (TypeError, ValueError, RecursionError):
+                raise bad(key, "a JSON object") from None
+            if not isinstance(value, dict):
+                raise bad(key, "a JSON object")
+        try:
+            total = float(meta["budget_total"])
+        except (TypeError, ValueError):
+            raise bad("budget_total", "a finite number >= 0") from None
+        if not (math.isfinite(total) and total >= 0):
+            raise bad("budget_total", "a finite number >= 0")
+        if meta["budget_unit"] not in ("labels", "cost"):
+            raise bad("budget_unit", "'labels' or 'cost'")
+        if meta["status"] not in _STATUSES:
+            raise bad("status", "one of " + ", ".join(_STATUSES))
+        for key in ("spent", "acks"):
+            if key in meta:
+                try:
+                    value = Fraction(meta[key])
+                except (TypeError, ValueError, ZeroDivisionError):
+                    raise bad(key, "a number") from None
+                if value < 0 or (key == "acks" and value.denominator != 1):
+                    raise bad(key, "a number >= 0" if key == "spent" else "a whole number >= 0")
+        self._unit = meta["budget_unit"]
+
+    def _check_books(self) -> None:
+        """The running total must equal the sum of the answers' prices (a flipped byte is not silent)."""
+        spent = self._spent_exact(self._conn)
+        total = Fraction(0)
+        for qid, cost in self._conn.execute("SELECT query_id, cost FROM answers"):
+            try:
+                total += self._price(cost)
+            except (TypeError, ValueError, OverflowError):
+                raise LedgerError(f"{self.path}: answer to query {qid} has an unreadable cost {cost!r}: the file "
+                                  f"is damaged.") from None
+        if spent != total:
+            raise LedgerError(f"{self.path}: the ledger's 'spent' ({float(spent):g} {self.budget_unit}) differs "
+                              f"from the sum of its answers' prices ({float(total):g}): the file was altered or "
+                              f"is damaged; refusing to go on.")
+        if total > _exact(self.budget_total):
+            raise LedgerError(f"{self.path}: the answers cost {float(total):g} {self.budget_unit}, more than the "
+                              f"budget {self.budget_total:g}: the file was altered.")
+
+    def _read_acks(self) -> tuple[str, int] | None:
+        try:
+            text = self.acks_path.read_text().split()
+        except OSError:
+            return None
+        if len(text) != 2 or not text[1].isdigit():
+            return None
+        return text[0], int(text[1])
+
+    def _check_acks(self) -> None:
+        """The file must hold every answer it acknowledged (counted in ``<file>-acks`` after each commit)."""
+        side = self._read_acks()
+        mine = int(self.meta("acks", "0"))
+        if side is not None and side[0] == self.meta("ledger_id") and side[1] > mine:
+            lost = side[1] - mine
+            raise LedgerError(
+                f"{self.path}: {lost} acknowledged answer(s) are missing: this file holds {mine} of the {side[1]} "
+                f"answers it acknowledged (was its -wal file deleted after a crash, or an older copy restored?). "
+                f"Nothing will be bought again silently. Restore the missing -wal file; to go on without those "
+                f"answers (their labels would be bought again), delete {self.acks_path}.")
+        if side is None or side[0] != self.meta("ledger_id"):
+            self._write_acks(mine, force=True)
+
+    def _write_acks(self, n: int, force: bool = False) -> None:
+        """Raise the companion counter to ``n`` (best effort: a read-only folder skips it)."""
+        ledger_id = self.meta("ledger_id")
+        try:
+            fd = os.open(self.acks_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return
+        with os.fdopen(fd, "r+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            text = fh.read().split()
+            current = int(text[1]) if len(text) == 2 and text[0] == ledger_id and text[1].isdigit() else -1
+            if force or n > current:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{ledger_id} {n}\n")
+                fh.flush()
+
+    def check_writable(self) -> None:
+        """Raise :class:`LedgerReadOnlyError` if the file or its folder cannot be written (before any work)."""
+        for target, what in ((self.path, "file"), (self.path.parent, "folder")):
+            if not os.access(target, os.W_OK):
+                raise LedgerReadOnlyError(f"{self.path}: the ledger {what} {target} is read-only; a session needs "
+                                          f"to write its answers and checkpoints there.")
 
     def close(self) -> None:
         self._conn.close()
@@ -221,7 +467,10 @@ class Ledger:
         try:
             yield self._conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the error that got us here is the one to report
             raise
         self._conn.execute("COMMIT")
 
@@ -249,7 +498,9 @@ class Ledger:
 
     @property
     def budget_unit(self) -> str:
-        return self.meta("budget_unit")
+        if self._unit is None:
+            self._unit = self.meta("budget_unit")
+        return self._unit
 
     @property
     def status(self) -> str:
@@ -269,7 +520,17 @@ class Ledger:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'spent'", (str(total),))
 
     def _price(self, cost) -> Fraction:
+        """What a label at an annotator's price ``cost`` charges the budget.
+
+        One rule everywhere: under a budget of labels every label costs 1
+        whatever the price (which is recorded, not charged); under a budget of
+        cost units it costs its price.
+        """
         return Fraction(1) if self.budget_unit == "labels" else _exact(cost)
+
+    def price(self, cost: float) -> float:
+        """What a label at price ``cost`` charges this ledger's budget (1 under a budget of labels)."""
+        return float(self._price(cost))
 
     def spent(self) -> float:
         return float(self._spent_exact(self._conn))
@@ -286,37 +547,50 @@ class Ledger:
         return out
 
     # ---------------------------------------------------------------- queries and answers
-    def add_queries(self, items: Sequence[tuple[int, str | None, float, float]]) -> dict[int, Query]:
-        """Record the gate's queries ``(round, example_id, latency, cost)`` in one transaction; rows by round.
+    def add_queries(self, items: Sequence[tuple]) -> dict[int, Query]:
+        """Record the gate's queries ``(round, example_id, latency, cost[, example_digest])``; rows by round.
 
-        Idempotent: a replayed query returns the row already stored.
+        One transaction; idempotent: a replayed query returns the row already stored.
         """
         rows = []
-        for rnd, example_id, latency, cost in items:
+        for item in items:
+            rnd, example_id, latency, cost = item[:4]
+            digest = item[4] if len(item) > 4 else None
             lat = float(latency) if math.isfinite(latency) else (1e308 if latency > 0 else -1e308)
-            rows.append((int(rnd), example_id, lat, float(cost), time.time()))
+            rows.append((int(rnd), example_id, lat, float(cost), time.time(), digest))
         if rows and any(self.query_for_round(r[0]) is None for r in rows):
             with self.transaction() as c:
-                c.executemany("INSERT OR IGNORE INTO queries (round, example_id, latency, cost, created) "
-                              "VALUES (?, ?, ?, ?, ?)", rows)
+                c.executemany("INSERT OR IGNORE INTO queries (round, example_id, latency, cost, created, "
+                              "example_digest) VALUES (?, ?, ?, ?, ?, ?)", rows)
         return {r[0]: self.query_for_round(r[0]) for r in rows}
+
+    _QUERY_COLUMNS = "id, round, example_id, latency, cost, status, example_digest"
 
     def _query(self, row) -> Query | None:
         return None if row is None else Query(*row)
 
     def query_for_round(self, round: int) -> Query | None:
+        if not _valid_id(round):
+            return None
         return self._query(self._conn.execute(
-            "SELECT id, round, example_id, latency, cost, status FROM queries WHERE round = ?", (int(round),)
-        ).fetchone())
+            f"SELECT {self._QUERY_COLUMNS} FROM queries WHERE round = ?", (int(round),)).fetchone())
 
     def query(self, query_id: int) -> Query | None:
+        """The query of id ``query_id``; None for an unknown id (or one no query can have)."""
+        if not _valid_id(query_id):
+            return None
         return self._query(self._conn.execute(
-            "SELECT id, round, example_id, latency, cost, status FROM queries WHERE id = ?", (int(query_id),)
-        ).fetchone())
+            f"SELECT {self._QUERY_COLUMNS} FROM queries WHERE id = ?", (int(query_id),)).fetchone())
+
+    def queries(self, statuses: Sequence[str] = ("pending", "answered", "skipped")) -> list[Query]:
+        marks = ", ".join("?" * len(statuses))
+        rows = self._conn.execute(f"SELECT {self._QUERY_COLUMNS} FROM queries WHERE status IN ({marks}) "
+                                  f"ORDER BY round", tuple(statuses)).fetchall()
+        return [Query(*r) for r in rows]
 
     def pending(self) -> list[Query]:
         """Unanswered queries, largest latency first (ties: earliest round)."""
-        rows = self._conn.execute("SELECT id, round, example_id, latency, cost, status FROM queries "
+        rows = self._conn.execute(f"SELECT {self._QUERY_COLUMNS} FROM queries "
                                   "WHERE status = 'pending' ORDER BY latency DESC, round").fetchall()
         return [Query(*r) for r in rows]
 
@@ -331,41 +605,74 @@ class Ledger:
                                   "JOIN queries q ON q.id = a.query_id ORDER BY q.round").fetchall()
         return [Answer(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
 
+    def _record(self, c: sqlite3.Connection, query_id, label, annotator: str, cost,
+                n_candidates: int | None) -> bool:
+        """Check and charge one answer inside the caller's transaction; False for a duplicate."""
+        row = c.execute("SELECT status, round FROM queries WHERE id = ?", (int(query_id),)).fetchone() \
+            if _valid_id(query_id) else None
+        if row is None:
+            raise LedgerError(f"{self.path}: no query with id {query_id}.")
+        if row[0] == "answered":
+            self.log("duplicate_answer", {"query_id": int(query_id), "annotator": annotator, "label": label}, c)
+            return False
+        if row[0] == "skipped":
+            raise LedgerError(f"{self.path}: query {query_id} (round {row[1]}) was skipped; it takes no answer.")
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0 or (
+                n_candidates is not None and label >= n_candidates):
+            hi = f" in [0, {n_candidates - 1}]" if n_candidates is not None else " >= 0"
+            raise LedgerError(f"query {query_id}: 'label' must be an int{hi}. Got {label!r}.")
+        if not isinstance(annotator, str) or not annotator:
+            raise LedgerError(f"query {query_id}: 'annotator' must be a non-empty string. Got {annotator!r}.")
+        cost = _check_cost(cost, query_id)
+        price = self._price(cost)
+        reserved = self._reserved(c, exclude_query=int(query_id))
+        total = _exact(self.budget_total)
+        spent = self._spent_exact(c)
+        if spent + reserved + price > total:
+            raise BudgetExhaustedError(
+                f"{self.path}: an answer of cost {float(price)} would exceed the budget "
+                f"({float(spent)} of {float(total)} {self.budget_unit} spent, {float(reserved)} reserved).")
+        c.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?)",
+                  (int(query_id), int(label), annotator, repr(cost), time.time()))
+        self._add_spent(c, price)
+        c.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'acks'")
+        c.execute("UPDATE queries SET status = 'answered' WHERE id = ?", (int(query_id),))
+        c.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
+        return True
+
     def record_answer(self, query_id: int, label: int, annotator: str, cost: float, *,
                       n_candidates: int | None = None) -> bool:
         """Commit an answer and charge it; returns False (charging nothing) if the query was already answered.
 
-        Raises :class:`LedgerError` for an unknown or skipped query or a label
-        out of range, and :class:`BudgetExhaustedError` if the charge does not
-        fit the budget (counting other annotators' live leases as reserved).
+        Raises :class:`LedgerError` for an unknown or skipped query, a label
+        out of range or a cost that is not a finite number >= 0, and
+        :class:`BudgetExhaustedError` if the charge does not fit the budget
+        (counting other annotators' live leases as reserved).
         """
         with self.transaction() as c:
-            row = c.execute("SELECT status, round FROM queries WHERE id = ?", (int(query_id),)).fetchone()
-            if row is None:
-                raise LedgerError(f"{self.path}: no query with id {query_id}.")
-            if row[0] == "answered":
-                self.log("duplicate_answer", {"query_id": int(query_id), "annotator": annotator, "label": label}, c)
-                return False
-            if row[0] == "skipped":
-                raise LedgerError(f"{self.path}: query {query_id} (round {row[1]}) was skipped; it takes no answer.")
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0 or (
-                    n_candidates is not None and label >= n_candidates):
-                hi = f" in [0, {n_candidates - 1}]" if n_candidates is not None else " >= 0"
-                raise LedgerError(f"query {query_id}: 'label' must be an int{hi}. Got {label!r}.")
-            price = self._price(cost)
-            reserved = self._reserved(c, exclude_query=int(query_id))
-            total = _exact(self.budget_total)
-            spent = self._spent_exact(c)
-            if spent + reserved + price > total:
-                raise BudgetExhaustedError(
-                    f"{self.path}: an answer of cost {float(price)} would exceed the budget "
-                    f"({float(spent)} of {float(total)} {self.budget_unit} spent, {float(reserved)} reserved).")
-            c.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?)",
-                      (int(query_id), int(label), annotator, repr(float(cost)), time.time()))
-            self._add_spent(c, price)
-            c.execute("UPDATE queries SET status = 'answered' WHERE id = ?", (int(query_id),))
-            c.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
-        return True
+            recorded = self._record(c, query_id, label, annotator, cost, n_candidates)
+            acks = int(self.meta("acks", "0")) if recorded else None
+        if acks is not None:
+            self._write_acks(acks)
+        return recorded
+
+    def record_answers(self, items: Sequence[tuple]) -> tuple[int, int]:
+        """Commit answers ``(query_id, label, annotator, cost, n_candidates)`` all or none: one transaction.
+
+        Returns ``(added, duplicates)``. If any answer is refused (budget,
+        unknown or skipped query, bad label or cost) nothing is charged.
+        """
+        added = duplicates = 0
+        with self.transaction() as c:
+            for query_id, label, annotator, cost, n_candidates in items:
+                if self._record(c, query_id, label, annotator, cost, n_candidates):
+                    added += 1
+                else:
+                    duplicates += 1
+            acks = int(self.meta("acks", "0"))
+        if added:
+            self._write_acks(acks)
+        return added, duplicates
 
     def skip(self, query_id: int, annotator: str) -> None:
         """Mark a pending query skipped: it is never charged and the round counts as unqueried."""
@@ -388,28 +695,54 @@ class Ledger:
 
     # ---------------------------------------------------------------- annotators and leases
     def add_annotator(self, name: str, cost: float = 1.0, token: str | None = None) -> Annotator:
+        """Create an annotator (or re-create a revoked one) with a fresh token; only its hash is stored.
+
+        The returned :class:`Annotator` is the only place the token is ever shown.
+        """
         if not name or not isinstance(name, str):
             raise ConfigError(f"An annotator needs a non-empty name. Got {name!r}.")
-        if not (isinstance(cost, int | float) and math.isfinite(cost) and cost > 0):
+        if isinstance(cost, bool) or not (isinstance(cost, int | float) and math.isfinite(cost) and cost > 0):
             raise ConfigError(f"The 'cost' of annotator {name!r} must be a finite number > 0. Got {cost!r}.")
         token = token or secrets.token_urlsafe(24)
+        now = time.time()
         with self.transaction() as c:
-            if c.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone():
+            row = c.execute("SELECT revoked FROM annotators WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
                 raise ConfigError(f"{self.path}: annotator {name!r} already exists.")
-            c.execute("INSERT INTO annotators VALUES (?, ?, ?, ?)", (name, token, repr(float(cost)), time.time()))
-        return Annotator(name, token, float(cost))
+            c.execute("INSERT OR REPLACE INTO annotators (name, token_hash, cost, created, revoked) "
+                      "VALUES (?, ?, ?, ?, NULL)", (name, hash_token(token), repr(float(cost)), now))
+            self.log("add_annotator", {"name": name, "cost": float(cost)}, c)
+        return Annotator(name, token, float(cost), now)
 
-    def annotators(self) -> list[Annotator]:
-        rows = self._conn.execute("SELECT name, token, cost FROM annotators ORDER BY name").fetchall()
-        return [Annotator(n, t, float(c)) for n, t, c in rows]
+    def revoke_annotator(self, name: str) -> None:
+        """Revoke an annotator's token at once (their answers stay; their lease is dropped)."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE annotators SET revoked = ? WHERE name = ? AND revoked IS NULL",
+                            (time.time(), name))
+            if cur.rowcount == 0:
+                known = c.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone()
+                raise ConfigError(f"{self.path}: annotator {name!r} " + ("is already revoked." if known else
+                                  "does not exist."))
+            c.execute("DELETE FROM leases WHERE annotator = ?", (name,))
+            self.log("revoke_annotator", {"name": name}, c)
+
+    def annotators(self, include_revoked: bool = False) -> list[Annotator]:
+        """The annotators (tokens are not known: only their hashes are stored)."""
+        where = "" if include_revoked else " WHERE revoked IS NULL"
+        rows = self._conn.execute(f"SELECT name, cost, created, revoked FROM annotators{where} "
+                                  "ORDER BY name").fetchall()
+        return [Annotator(n, None, float(c), created, revoked) for n, c, created, revoked in rows]
 
     def annotator_by_token(self, token: str | None) -> Annotator | None:
-        if not token:
+        """The live annotator holding ``token`` (any string: it is hashed first), or None."""
+        if not token or not isinstance(token, str):
             return None
-        for a in self.annotators():  # compare in constant time, token by token
-            if secrets.compare_digest(a.token, token):
-                return a
-        return None
+        digest = hash_token(token)
+        row = self._conn.execute("SELECT name, token_hash, cost, created FROM annotators WHERE token_hash = ? "
+                                 "AND revoked IS NULL", (digest,)).fetchone()
+        if row is None or not secrets.compare_digest(row[1], digest):
+            return None
+        return Annotator(row[0], None, float(row[2]), row[3])
 
     def _reserved(self, conn: sqlite3.Connection, exclude_query: int | None = None,
                   exclude_annotator: str | None = None) -> Fraction:
@@ -500,10 +833,10 @@ class Ledger:
 
     def load_checkpoint(self, position: int | None = None) -> tuple[int, bytes] | None:
         if position is None:
-            row = self._conn.execute("SELECT position, state FROM checkpoints ORDER BY position DESC "
+            row = self._conn.execute("SELECT position, CAST(state AS BLOB) FROM checkpoints ORDER BY position DESC "
                                      "LIMIT 1").fetchone()
         else:
-            row = self._conn.execute("SELECT position, state FROM checkpoints WHERE position = ?",
+            row = self._conn.execute("SELECT position, CAST(state AS BLOB) FROM checkpoints WHERE position = ?",
                                      (int(position),)).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
@@ -518,3 +851,10 @@ class Ledger:
 
     def n_records(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+
+# Every public method turns SQLite's errors into LedgerError naming the file (never a raw traceback).
+for _name, _member in list(vars(Ledger).items()):
+    if callable(_member) and not _name.startswith("_") and _name not in ("create", "open", "transaction"):
+        setattr(Ledger, _name, _translated(_member))
+del _name, _member

@@ -20,16 +20,29 @@ web         annotators on ``budgetsft annotate``'s page or JSON API  yes
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Protocol, TextIO
 
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
-from budgetsft.ledger import Ledger, Query
+from budgetsft.ledger import Ledger, LedgerError, Query
 from budgetsft.session import Session, StopSession
 
 __all__ = ["Oracle", "DatasetOracle", "FileOracle", "TerminalOracle", "WebOracle", "make_oracle", "ORACLES",
-           "import_answers"]
+           "import_answers", "MAX_ANSWER_LINE"]
+
+# An answer line is a few dozen bytes; anything this long is not one.
+MAX_ANSWER_LINE = 64 * 1024
+
+
+def _check_price(owner: str, cost) -> float:
+    """An annotator's price per label: a finite number > 0 (checked where it enters)."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost) or cost <= 0:
+        raise ConfigError(f"The 'cost' parameter of {owner} must be a finite number > 0. Got {cost!r}.")
+    return float(cost)
 
 
 class Oracle(Protocol):
@@ -76,10 +89,21 @@ class FileOracle:
     name = "file"
 
     def __init__(self, path: str | Path | None = None) -> None:
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"The 'path' parameter of FileOracle must be a path. Got {path!r}.")
         self.path = None if path is None else Path(path)
 
     def queries_path(self, session: Session) -> Path:
-        return self.path or session.ledger.path.with_suffix(".queries.jsonl")
+        """Where the queries go: inside the session's folder (a stored spec cannot point anywhere else)."""
+        folder = Path(os.path.realpath(session.ledger.path)).parent
+        if self.path is None:
+            return session.ledger.path.with_suffix(".queries.jsonl")
+        path = self.path if self.path.is_absolute() else session.ledger.path.parent / self.path
+        real = Path(os.path.realpath(path))
+        if real.parent != folder and folder not in real.parents:
+            raise LedgerError(f"{session.ledger.path}: the file oracle's queries path {self.path} is outside the "
+                              f"session's folder {folder}; move it there (or beneath it).")
+        return real
 
     def request(self, session: Session, queries: list[Query], context: dict) -> None:
         path = self.queries_path(session)
@@ -88,18 +112,26 @@ class FileOracle:
             item = session.describe(q.round)
             lines.append(json.dumps({"query_id": q.id, "round": q.round, "id": item["id"], "prompt": item["prompt"],
                                      "candidates": item["candidates"], "latency": q.latency}))
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        # A fresh temporary file (never an existing path or link), then an atomic rename over the target.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in lines))
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str = "file",
                    default_cost: float = 1.0) -> dict:
     """Import answers from JSONL into the ledger; every bad line is reported as ``file:line: reason``.
 
-    Lines are checked first and nothing is written if any is bad, so a
-    half-imported file never charges anything. An answer to a query that
-    already has one is counted as a duplicate and not charged again.
+    Lines are checked first and nothing is written if any is bad; the answers
+    are then committed in one transaction, all or none (an import that does
+    not fit the budget charges nothing). An answer to a query that already
+    has one is counted as a duplicate and not charged again.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,14 +139,25 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
     session = Session(ledger)  # to count each queried round's candidates (its stream is built on first use)
     n_candidates: dict[int, int] = {}
     parsed, errors = [], []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if len(raw) > MAX_ANSWER_LINE:
+                errors.append(f"{path}:{n}: line of {len(raw)} bytes, longer than the limit of {MAX_ANSWER_LINE}")
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(f"{path}:{n}: not valid UTF-8 ({exc.reason})")
+                continue
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 errors.append(f"{path}:{n}: not valid JSON ({exc.msg})")
+                continue
+            except (ValueError, RecursionError) as exc:  # a 5,000-digit number, or nesting too deep
+                errors.append(f"{path}:{n}: not usable JSON ({type(exc).__name__}: {str(exc)[:80]})")
                 continue
             if not isinstance(obj, dict):
                 errors.append(f"{path}:{n}: an answer must be an object with 'query_id' and 'label'")
@@ -138,18 +181,17 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
             if not isinstance(annotator, str) or not annotator:
                 errors.append(f"{path}:{n}: 'annotator' must be a non-empty string")
                 continue
-            if isinstance(cost, bool) or not isinstance(cost, int | float) or not cost > 0:
-                errors.append(f"{path}:{n}: 'cost' must be a number > 0. Got {cost!r}")
+            if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost) or not cost > 0:
+                errors.append(f"{path}:{n}: 'cost' must be a number > 0, finite. Got {cost!r}")
                 continue
-            parsed.append((q, label, annotator, float(cost), K))
+            parsed.append((q.id, label, annotator, float(cost), K))
     if errors:
         raise DataError("\n".join(errors))
-    added = duplicates = 0
-    for q, label, annotator, cost, K in parsed:
-        if ledger.record_answer(q.id, label, annotator, cost, n_candidates=K):
-            added += 1
-        else:
-            duplicates += 1
+    try:
+        added, duplicates = ledger.record_answers(parsed)
+    except BudgetExhaustedError as exc:
+        raise BudgetExhaustedError(f"{path}: nothing imported: the {len(parsed)} answer(s) would not all fit "
+                                   f"the budget ({exc})") from None
     return {"added": added, "duplicates": duplicates, "pending": len(ledger.pending())}
 
 
@@ -165,8 +207,11 @@ class TerminalOracle:
 
     def __init__(self, annotator: str = "terminal", cost: float = 1.0, stdin: TextIO | None = None,
                  stdout: TextIO | None = None) -> None:
+        if not isinstance(annotator, str) or not annotator:
+            raise ConfigError(f"The 'annotator' parameter of TerminalOracle must be a non-empty string. "
+                              f"Got {annotator!r}.")
         self.annotator = annotator
-        self.cost = float(cost)
+        self.cost = _check_price("TerminalOracle", cost)
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self._last: Query | None = None  # the last query this oracle answered
@@ -232,12 +277,20 @@ class TerminalOracle:
 ORACLES = {"dataset": DatasetOracle, "file": FileOracle, "terminal": TerminalOracle, "web": WebOracle}
 
 
+# What a stored oracle spec may set: nothing else (a session file is data from someone else).
+_SPEC_KEYS = {"dataset": (), "file": ("path",), "terminal": ("annotator", "cost"), "web": ()}
+
+
 def make_oracle(spec: dict | str | None) -> Oracle:
     """An oracle from its stored spec (``{"name": "file", "path": ...}``) or name."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {"name": "dataset"})
     name = spec.pop("name", "dataset")
-    if name not in ORACLES:
+    if not isinstance(name, str) or name not in ORACLES:
         raise ConfigError(f"unknown oracle {name!r}; valid: {', '.join(sorted(ORACLES))}.")
+    unknown = sorted(set(spec) - set(_SPEC_KEYS[name]))
+    if unknown:
+        raise ConfigError(f"oracle {name!r} takes no {', '.join(map(repr, unknown))}; valid: "
+                          f"{', '.join(_SPEC_KEYS[name]) or '(none)'}.")
     try:
         return ORACLES[name](**spec)
     except TypeError as exc:

@@ -8,6 +8,12 @@ has to wait for people) the records played so far and the game state (learner,
 gate, follower, budget with their random generators, and the stream position)
 are checkpointed in the same file.
 
+Checkpoints are data, never pickles: numpy arrays in an ``.npz`` plus a JSON
+tree (:func:`encode_state`), so opening someone else's session file cannot run
+their code. A session over a data file records a fingerprint of the data, its
+split and the feature settings; reopening it on changed data is refused (see
+:meth:`Session.open`'s ``rebind``).
+
 Resuming loads the newest checkpoint, regenerates the stream up to its
 position, and plays on. Rounds after the checkpoint are replayed: the game is
 deterministic, so the gate queries the same rounds again, and the answers the
@@ -19,19 +25,28 @@ included).
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import fcntl
+import hashlib
+import importlib
+import io
 import itertools
+import json
+import math
 import os
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from budgetsft._validation import check_int
 from budgetsft.base import QueryInfo, Record, Round
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
@@ -39,14 +54,285 @@ from budgetsft.exceptions import ConfigError
 from budgetsft.game import _check_round, _resolve, commit
 from budgetsft.ledger import Ledger, LedgerError, Query
 
-__all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError"]
+__all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
+           "encode_state", "decode_state", "example_digest"]
 
 CHECKPOINT_EVERY = 100
 
 
+# ---------------------------------------------------------------- checkpoints as data (never pickles)
+_STATE_MAGIC = b"BSFTSTATE1\n"
+# Packages whose plain classes a checkpoint may rebuild (plus the modules of every registered component).
+_STATE_PACKAGES = ("budgetsft.base", "budgetsft.budget", "budgetsft.learners", "budgetsft.gates",
+                   "budgetsft.followers")
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+_WHAT = ("numpy arrays and scalars, int, float, bool, str, None, lists, tuples, dicts, sets, deques, Fractions, "
+         "numpy Generators and plain budgetsft objects")
+
+
+class CheckpointError(LedgerError):
+    """Game state that cannot be stored as data, or a stored checkpoint that is not valid state."""
+
+
+def _state_modules() -> set[str]:
+    from budgetsft.config import FOLLOWERS, GATES, LEARNERS
+
+    return {c.__module__ for reg in (LEARNERS, GATES, FOLLOWERS) for c in reg.values() if isinstance(c, type)}
+
+
+def _allowed_module(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in _STATE_PACKAGES) or module in _state_modules()
+
+
+def _plain_class(cls: type) -> bool:
+    """A class whose instances are rebuilt with ``cls.__new__(cls)`` and their ``__dict__`` alone."""
+    return (isinstance(cls, type) and _allowed_module(cls.__module__) and "<locals>" not in cls.__qualname__
+            and cls.__new__ is object.__new__ and not issubclass(cls, BaseException))
+
+
+class _Encoder:
+    """Game state -> (JSON tree, arrays). Shared objects stay shared (``$id``/``$ref``)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self._ids: dict[int, int] = {}
+        self._alive: list = []  # keeps every memoised object alive, so that no id() is reused meanwhile
+
+    def _memo(self, obj) -> tuple[int, dict | None]:
+        key = id(obj)
+        if key in self._ids:
+            return self._ids[key], {"$ref": self._ids[key]}
+        n = len(self._ids)
+        self._ids[key] = n
+        self._alive.append(obj)
+        return n, None
+
+    def _array(self, arr: np.ndarray, where: str) -> str:
+        if arr.dtype.hasobject:
+            raise CheckpointError(f"cannot checkpoint {where}: a numpy array of Python objects (dtype object); "
+                                  f"checkpoints hold {_WHAT}.")
+        name = f"a{len(self.arrays)}"
+        self.arrays[name] = arr
+        return name
+
+    def encode(self, obj, where: str):
+        kind = type(obj)
+        if obj is None or kind in (bool, int, str):
+            return obj
+        if kind is float:
+            return obj if math.isfinite(obj) else {"$float": repr(obj)}
+        if isinstance(obj, np.generic):
+            return {"$scalar": self._array(np.asarray(obj), where)}
+        if kind is Fraction:
+            return {"$fraction": str(obj)}
+        if kind is tuple:
+            return {"$tuple": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if kind is frozenset:
+            return {"$frozenset": [self.encode(v, f"{where}{{}}") for v in obj]}
+        if kind is np.dtype or isinstance(obj, np.dtype):
+            if obj.hasobject or obj.fields is not None:
+                raise CheckpointError(f"cannot checkpoint {where}: numpy dtype {obj} is not a plain dtype.")
+            return {"$dtype": obj.str}
+        n, ref = self._memo(obj)
+        if ref is not None:
+            return ref
+        if isinstance(obj, np.ndarray):
+            return {"$array": self._array(obj, where), "$id": n}
+        if kind is list:
+            return {"$list": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)], "$id": n}
+        if kind is set:
+            return {"$set": [self.encode(v, f"{where}{{}}") for v in obj], "$id": n}
+        if kind is collections.deque:
+            return {"$deque": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)], "maxlen": obj.maxlen,
+                    "$id": n}
+        if kind is dict:
+            if all(type(k) is str for k in obj):
+                return {"$dict": {k: self.encode(v, f"{where}[{k!r}]") for k, v in obj.items()}, "$id": n}
+            return {"$items": [[self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
+                               for k, v in obj.items()], "$id": n}
+        if kind is np.random.Generator:
+            bit = type(obj.bit_generator).__name__
+            if bit not in _BIT_GENERATORS:
+                raise CheckpointError(f"cannot checkpoint {where}: a numpy Generator over {bit}.")
+            return {"$generator": bit, "state": self.encode(obj.bit_generator.state, f"{where}.state"), "$id": n}
+        if _plain_class(kind) and hasattr(obj, "__dict__") and not hasattr(kind, "__slots__"):
+            return {"$obj": f"{kind.__module__}:{kind.__qualname__}",
+                    "attrs": {k: self.encode(v, f"{where}.{k}") for k, v in vars(obj).items()}, "$id": n}
+        raise CheckpointError(f"cannot checkpoint {where}: a {kind.__module__}.{kind.__qualname__} is not state "
+                              f"data; checkpoints hold {_WHAT}.")
+
+
+class _Decoder:
+    """(JSON tree, arrays) -> game state, refusing anything but the encoder's own node kinds."""
+
+    _TAGS = ("$float", "$scalar", "$fraction", "$tuple", "$frozenset", "$dtype", "$ref", "$array", "$list", "$set",
+             "$deque", "$dict", "$items", "$generator", "$obj")
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self._objs: dict[int, object] = {}
+
+    def _bad(self, where: str, what: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {what}")
+
+    def _take(self, name, where: str) -> np.ndarray:
+        if type(name) is not str or name not in self.arrays:
+            raise self._bad(where, f"refers to a missing array {name!r}")
+        return self.arrays[name]
+
+    def _register(self, node: dict, obj, where: str):
+        n = node.get("$id")
+        if type(n) is not int or n in self._objs:
+            raise self._bad(where, f"bad object id {n!r}")
+        self._objs[n] = obj
+        return obj
+
+    def _items(self, node: dict, tag: str, where: str) -> list:
+        items = node[tag]
+        if type(items) is not list:
+            raise self._bad(where, f"{tag} must hold a list")
+        return [self.decode(v, f"{where}[{i}]") for i, v in enumerate(items)]
+
+    def decode(self, node, where: str):
+        if node is None or type(node) in (bool, int, str):
+            return node
+        if type(node) is float:
+            return node
+        if type(node) is not dict:
+            raise self._bad(where, f"unexpected {type(node).__name__} node")
+        tags = [k for k in node if k in self._TAGS]
+        if len(tags) != 1:
+            raise self._bad(where, f"a node must have exactly one kind; got keys {sorted(node)[:5]}")
+        tag = tags[0]
+        if tag == "$float":
+            if node[tag] not in ("nan", "inf", "-inf"):
+                raise self._bad(where, f"bad float {node[tag]!r}")
+            return float(node[tag])
+        if tag == "$scalar":
+            arr = self._take(node[tag], where)
+            if arr.shape != ():
+                raise self._bad(where, "a numpy scalar must be a 0-d array")
+            return arr[()]
+        if tag == "$fraction":
+            try:
+                return Fraction(node[tag])
+            except (TypeError, ValueError, ZeroDivisionError):
+                raise self._bad(where, f"bad fraction {node[tag]!r}") from None
+        if tag == "$tuple":
+            return tuple(self._items(node, tag, where))
+        if tag == "$frozenset":
+            return frozenset(self._items(node, tag, where))
+        if tag == "$dtype":
+            try:
+                return np.dtype(str(node[tag]))
+            except TypeError:
+                raise self._bad(where, f"bad dtype {node[tag]!r}") from None
+        if tag == "$ref":
+            n = node[tag]
+            if type(n) is not int or n not in self._objs:
+                raise self._bad(where, f"reference to an unknown object {n!r}")
+            return self._objs[n]
+        if tag == "$array":
+            return self._register(node, self._take(node[tag], where), where)
+        if tag == "$list":
+            out: list = self._register(node, [], where)
+            out.extend(self._items(node, tag, where))
+            return out
+        if tag == "$set":
+            return self._register(node, set(self._items(node, tag, where)), where)
+        if tag == "$deque":
+            maxlen = node.get("maxlen")
+            if maxlen is not None and (type(maxlen) is not int or maxlen < 0):
+                raise self._bad(where, f"bad deque maxlen {maxlen!r}")
+            dq: collections.deque = self._register(node, collections.deque(maxlen=maxlen), where)
+            dq.extend(self._items(node, tag, where))
+            return dq
+        if tag == "$dict":
+            if type(node[tag]) is not dict:
+                raise self._bad(where, "$dict must hold an object")
+            d: dict = self._register(node, {}, where)
+            for k, v in node[tag].items():
+                d[k] = self.decode(v, f"{where}[{k!r}]")
+            return d
+        if tag == "$items":
+            d = self._register(node, {}, where)
+            for pair in node[tag] if type(node[tag]) is list else [None]:
+                if type(pair) is not list or len(pair) != 2:
+                    raise self._bad(where, "$items must hold [key, value] pairs")
+                d[self.decode(pair[0], f"{where} key")] = self.decode(pair[1], f"{where} value")
+            return d
+        if tag == "$generator":
+            bit = node[tag]
+            if bit not in _BIT_GENERATORS:
+                raise self._bad(where, f"unknown bit generator {bit!r}")
+            bg = getattr(np.random, bit)()
+            gen = self._register(node, np.random.Generator(bg), where)
+            try:
+                bg.state = self.decode(node.get("state"), f"{where}.state")
+            except (TypeError, ValueError, KeyError) as exc:
+                raise self._bad(where, f"bad {bit} state ({exc})") from None
+            return gen
+        # "$obj": a plain budgetsft object, rebuilt without running any of its code.
+        name = node[tag]
+        module, _, qualname = name.partition(":") if type(name) is str else ("", "", "")
+        if not module or not _allowed_module(module):
+            raise self._bad(where, f"class {name!r} is not one a checkpoint may hold")
+        try:
+            cls = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError):
+            raise self._bad(where, f"unknown class {name!r}") from None
+        if not _plain_class(cls):
+            raise self._bad(where, f"class {name!r} is not one a checkpoint may hold")
+        attrs = node.get("attrs")
+        if type(attrs) is not dict:
+            raise self._bad(where, "an object needs its attributes")
+        obj = self._register(node, cls.__new__(cls), where)
+        obj.__dict__.update({k: self.decode(v, f"{where}.{k}") for k, v in attrs.items()})
+        return obj
+
+
+def encode_state(obj) -> bytes:
+    """Serialise game state as data: an ``.npz`` of its arrays plus a JSON tree (no pickle anywhere).
+
+    Walks ``obj`` and the ``__dict__`` of every plain budgetsft object in it;
+    anything else is refused with :class:`CheckpointError` naming the
+    attribute. :func:`decode_state` rebuilds it bit for bit.
+    """
+    enc = _Encoder()
+    tree = enc.encode(obj, "state")
+    payload = json.dumps(tree, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, __state__=np.frombuffer(payload, dtype=np.uint8), **enc.arrays)
+    return _STATE_MAGIC + buf.getvalue()
+
+
+def decode_state(blob: bytes, where: str = "checkpoint"):
+    """Rebuild what :func:`encode_state` stored; anything else is a :class:`CheckpointError` naming ``where``."""
+    if not isinstance(blob, bytes | bytearray) or not bytes(blob[:len(_STATE_MAGIC)]) == _STATE_MAGIC:
+        raise CheckpointError(f"{where}: not a budgetsft checkpoint (corrupt bytes, or a pickle, which budgetsft "
+                              f"never loads).")
+    try:
+        with np.load(io.BytesIO(bytes(blob[len(_STATE_MAGIC):])), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        raw = arrays.pop("__state__")
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError("bad state payload")
+        tree = json.loads(raw.tobytes().decode("utf-8"))
+    except Exception as exc:  # any failure to read the container means the blob is corrupt  # noqa: BLE001
+        raise CheckpointError(f"{where}: corrupt checkpoint ({type(exc).__name__}: {exc}).") from None
+    try:
+        return _Decoder(arrays).decode(tree, "state")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}: corrupt checkpoint: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: corrupt checkpoint: nested too deeply.") from None
+
+
 @dataclass
 class _GameState:
-    """What a checkpoint restores (pickled into the ledger)."""
+    """What a checkpoint restores (stored as data with :func:`encode_state`)."""
 
     position: int
     learner: object
@@ -66,6 +352,37 @@ class PlayOutcome:
 
 class SessionBusyError(LedgerError):
     """Another process holds the session's player lock (``budgetsft resume`` or ``annotate`` is playing it)."""
+
+
+class DataChangedError(LedgerError):
+    """The data behind a session is not the data it started on (its fingerprint differs)."""
+
+
+def example_digest(ex) -> str:
+    """sha256 of everything of an example that a label depends on: id, prompt, candidates, answer, cost."""
+    blob = json.dumps([ex.id, ex.prompt, list(ex.candidates), ex.answer, ex.cost], ensure_ascii=True)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def _data_path(cfg: dict) -> str | None:
+    """The data file of a config (a ``.jsonl`` path), or None for built-in data sets and synthetic streams."""
+    data = cfg.get("data")
+    name = data if isinstance(data, str) else (data or {}).get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or name.startswith("hf:"):
+        return None
+    from budgetsft.data.builtin import _REGISTRY
+
+    if name in _REGISTRY:
+        return None
+    p = Path(name).expanduser()
+    return name if name.endswith(".jsonl") or p.is_file() else None
+
+
+def _with_data_path(cfg: dict, path: str) -> dict:
+    cfg = copy.deepcopy(cfg)
+    data = cfg["data"]
+    cfg["data"] = {**(data if isinstance(data, dict) else {}), "name": path}
+    return cfg
 
 
 class StopSession(Exception):
@@ -88,13 +405,28 @@ class _Streams:
     rounds: Sequence[Round]
     test: Sequence[Round] | None
     examples: list | None
+    real: object = None
 
     @classmethod
     def of(cls, cfg: dict) -> _Streams:
         from budgetsft.experiment import stream_of
 
         rounds, test, real = stream_of(cfg)
-        return cls(rounds, test, None if real is None else list(real.dataset.train))
+        return cls(rounds, test, None if real is None else list(real.dataset.train), real)
+
+    def fingerprint(self, cfg: dict) -> str | None:
+        """A content fingerprint of the data, its split and the feature settings (None for synthetic streams)."""
+        if self.real is None:
+            return None
+        ds = self.real.dataset
+        h = hashlib.sha256()
+        for tag, examples in ((b"train", ds.train), (b"test", ds.test)):
+            for ex in examples:
+                h.update(tag + example_digest(ex).encode("ascii"))
+        feats = cfg.get("features") or {"name": "auto"}
+        feats = {"name": feats} if isinstance(feats, str) else {k: v for k, v in feats.items() if k != "device"}
+        return json.dumps({"examples": h.hexdigest(), "n_train": len(ds.train), "n_test": len(ds.test),
+                           "features": feats, "dim": int(self.real.dim)}, sort_keys=True)
 
 
 class Session:
@@ -105,13 +437,19 @@ class Session:
     ledger : Ledger
     checkpoint_every : int, default=100
         Rounds between checkpoints when no one has to be waited for.
+    rebind : bool, default=False
+        Accept data that changed since the session started, after checking
+        that every paid (or pending) example is still at its round, unchanged;
+        the new fingerprint is then stored. Without it a changed source is a
+        :class:`DataChangedError`.
     """
 
     def __init__(self, ledger: Ledger, checkpoint_every: int = CHECKPOINT_EVERY,
-                 streams: _Streams | None = None) -> None:
+                 streams: _Streams | None = None, rebind: bool = False) -> None:
         self.ledger = ledger
         self.config = ledger.config
-        self.checkpoint_every = int(checkpoint_every)
+        self.checkpoint_every = check_int("Session", "checkpoint_every", checkpoint_every, low=1)
+        self.rebind = bool(rebind)
         self._streams = streams  # regenerated from the config on first use
 
     # ---------------------------------------------------------------- creating and opening
@@ -128,23 +466,109 @@ class Session:
             raise ConfigError("sessions cannot resume the 'adversarial' environment: its contexts depend on the "
                               "learner's live state, which a replayed stream cannot reproduce. Use `run` without "
                               "--session.")
+        check_int("Session", "checkpoint_every", checkpoint_every, low=1)
+        data_file = _data_path(cfg)
+        relpath = None
+        if data_file is not None:  # stored absolute (resume from any folder), and relative to the session's folder
+            resolved = Path(data_file).expanduser().resolve()
+            cfg = _with_data_path(cfg, str(resolved))
+            relpath = os.path.relpath(resolved, Path(path).parent.resolve())
         streams = _Streams.of(cfg)
         budget = budget_for(cfg, streams.rounds)
         ledger = Ledger.create(path, cfg, budget_total=budget.total, budget_unit=budget.unit, oracle=oracle)
+        fingerprint = streams.fingerprint(cfg)
+        if fingerprint is not None:
+            ledger.set_meta("data_fingerprint", fingerprint)
+        if relpath is not None:
+            ledger.set_meta("data_relpath", relpath)
         return cls(ledger, checkpoint_every, streams)
 
     @classmethod
-    def open(cls, path, checkpoint_every: int = CHECKPOINT_EVERY) -> Session:
-        return cls(Ledger.open(path), checkpoint_every)
+    def open(cls, path, checkpoint_every: int = CHECKPOINT_EVERY, *, rebind: bool = False,
+             timeout: float = 30.0) -> Session:
+        """Open a session file; its stored config is checked (a bad one is a LedgerError naming the file)."""
+        check_int("Session", "checkpoint_every", checkpoint_every, low=1)
+        ledger = Ledger.open(path, timeout=timeout)
+        try:
+            validate_config(ledger.config, where=f"{path} (stored config)")
+            return cls(ledger, checkpoint_every, rebind=rebind)
+        except ConfigError as exc:
+            ledger.close()
+            raise LedgerError(f"{path}: the session's stored config is invalid: {exc}") from None
+        except BaseException:
+            ledger.close()
+            raise
 
     def close(self) -> None:
         self.ledger.close()
 
     # ---------------------------------------------------------------- the stream
+    def _source_config(self) -> dict:
+        """The config with its data file found: where it was, or beside the session file if both moved."""
+        cfg = self.config
+        data_file = _data_path(cfg)
+        if data_file is None and cfg.get("data"):
+            name = cfg["data"] if isinstance(cfg["data"], str) else cfg["data"].get("name")
+            data_file = name if isinstance(name, str) and name.endswith(".jsonl") else None
+        if data_file is not None and not Path(data_file).is_file():
+            rel = self.ledger.meta("data_relpath")
+            moved = self.ledger.path.parent / rel if rel else None
+            if moved is not None and moved.is_file():
+                return _with_data_path(cfg, str(moved.resolve()))
+            raise LedgerError(f"{self.ledger.path}: the session's data file {data_file} is missing"
+                              + (f" (also looked for {moved})" if moved is not None else "") + ".")
+        return cfg
+
     def _loaded(self) -> _Streams:
         if self._streams is None:
-            self._streams = _Streams.of(self.config)
+            streams = _Streams.of(self._source_config())
+            self._check_source(streams)
+            self._streams = streams
         return self._streams
+
+    def _check_source(self, streams: _Streams) -> None:
+        """Refuse data that is not the data the session started on (unless ``rebind`` and the paid rows hold)."""
+        now = streams.fingerprint(self.config)
+        stored = self.ledger.meta("data_fingerprint")
+        if now is None or now == stored:
+            return
+        path = self.ledger.path
+        if stored is None:
+            what = "it predates data fingerprints"
+        else:
+            old, new = json.loads(stored), json.loads(now)
+            diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                     if k != "examples" and old.get(k) != new.get(k)]
+            what = "; ".join(diffs) if diffs else "the examples' content or order changed"
+        if not self.rebind:
+            raise DataChangedError(
+                f"{path}: the data behind this session is not the data it started on ({what}). Its paid labels "
+                f"would land on other examples. Restore the original data, or pass --rebind to check that every "
+                f"paid example is still at its round, unchanged, and go on with this data.")
+        examples = streams.examples or []
+        problems = []
+        for q in self.ledger.queries(("answered", "pending")):
+            if q.round > len(examples):
+                problems.append(f"round {q.round} ({q.example_id!r}): gone, the stream now has {len(examples)} "
+                                f"rounds")
+                continue
+            ex = examples[q.round - 1]
+            if q.example_id is not None and ex.id != q.example_id:
+                problems.append(f"round {q.round}: was example {q.example_id!r}, now {ex.id!r}")
+            elif q.example_digest is not None and example_digest(ex) != q.example_digest:
+                problems.append(f"round {q.round}: example {ex.id!r} changed")
+        if problems:
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DataChangedError(f"{path}: cannot rebind to the changed data: {len(problems)} paid or pending "
+                                   f"example(s) moved or changed:\n  " + "\n  ".join(problems[:20]) + more)
+        with self.ledger.transaction() as c:
+            c.execute("INSERT INTO meta VALUES ('data_fingerprint', ?) ON CONFLICT(key) DO UPDATE SET "
+                      "value = excluded.value", (now,))
+            self.ledger.log("rebind", {"from": stored, "to": now}, c)
+
+    def check_source(self) -> None:
+        """Load the stream now, refusing changed data (a CLI calls it before doing anything else)."""
+        self._loaded()
 
     def stream(self) -> Sequence[Round]:
         """The rounds of the session, regenerated from its config (deterministic in the seed)."""
@@ -179,15 +603,31 @@ class Session:
         if saved is None:
             return self._fresh_state()
         pos, blob = saved
-        state = pickle.loads(blob)
-        if state.position != pos:
-            raise LedgerError(f"{self.ledger.path}: checkpoint at {pos} holds position {state.position}.")
-        return state
+        where = f"{self.ledger.path}: checkpoint at round {pos}"
+        state = decode_state(blob, where)
+        from budgetsft.config import FOLLOWERS, GATES, LEARNERS
 
-    def _checkpoint(self, state: _GameState, buffered: list[Record], gate_override: bytes | None = None) -> None:
+        if type(state) is not dict or set(state) != {"position", "learner", "gate", "follower", "budget"}:
+            raise CheckpointError(f"{where}: corrupt checkpoint: not a game state.")
+        follower = self.config.get("follower", {"name": "best_response"})
+        for key, registry, spec in (("learner", LEARNERS, self.config["learner"]), ("gate", GATES, self.config["gate"]),
+                                    ("follower", FOLLOWERS, follower)):
+            cls = registry.get(spec.get("name"))
+            if cls is None or type(state[key]) is not cls:
+                raise CheckpointError(f"{where}: corrupt checkpoint: its {key} is a {type(state[key]).__name__}, "
+                                      f"not the config's {spec.get('name')!r}.")
+        if type(state["budget"]) is not Budget:
+            raise CheckpointError(f"{where}: corrupt checkpoint: its budget is not a Budget.")
+        if state["position"] != pos:
+            raise CheckpointError(f"{where}: holds position {state['position']!r}.")
+        return _GameState(**state)
+
+    def _checkpoint(self, state: _GameState, buffered: list[Record], gate_override: object | None = None) -> None:
         if gate_override is not None:
-            state = dataclasses.replace(state, gate=pickle.loads(gate_override))
-        self.ledger.save_checkpoint(state.position, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), buffered)
+            state = dataclasses.replace(state, gate=gate_override)
+        blob = encode_state({"position": state.position, "learner": state.learner, "gate": state.gate,
+                             "follower": state.follower, "budget": state.budget})
+        self.ledger.save_checkpoint(state.position, blob, buffered)
         buffered.clear()
 
     @property
@@ -204,14 +644,19 @@ class Session:
         """
         if self.finished:
             return PlayOutcome("finished", self.horizon())
+        self.ledger.check_writable()
         with self._player_lock():
             return self._play_locked(oracle, progress, stop_at)
 
     @contextmanager
     def _player_lock(self):
-        """One player per session file at a time (an OS lock: a killed player releases it at once)."""
-        lock_path = self.ledger.path.with_name(self.ledger.path.name + ".lock")
-        fh = open(lock_path, "a+")  # noqa: SIM115 - held for the whole play
+        """One player per session file at a time (an OS lock: a killed player releases it at once).
+
+        The lock sits beside the resolved file, so a symlink to the session is the same session.
+        """
+        lock_path = Path(os.path.realpath(self.ledger.path) + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fh = os.fdopen(fd, "r+")  # held for the whole play
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,7 +711,7 @@ class Session:
             group.append((rnd, X, commit(learner, X, t, horizon, cost)))
             if window > 1 and len(group) < window and t < horizon:
                 continue
-            gate_before = pickle.dumps(gate, protocol=pickle.HIGHEST_PROTOCOL) if careful else None
+            gate_before = copy.deepcopy(gate) if careful else None
             if window == 1:
                 chosen = {0} if gate.ask(group[0][2], budget) else set()
             else:
@@ -298,13 +743,15 @@ class Session:
         return PlayOutcome("finished", state.position)
 
     def _labels(self, group, chosen: list[int], oracle, state: _GameState, start: int, gate_before,
-                buffered: list[Record]) -> dict[int, tuple[int, float]] | None:
+                buffered: list[Record]) -> dict[int, tuple[int, float | None]] | None:
         """Labels of the chosen rounds of a group, from the ledger or the oracle; None to wait."""
         if not chosen:
             return {}
         ledger = self.ledger
         # One transaction for the group's new queries (a window's worth are pending at once).
-        stored = ledger.add_queries([(group[i][2].t, group[i][0].id, group[i][2].latency, group[i][2].cost)
+        examples = self._loaded().examples
+        stored = ledger.add_queries([(group[i][2].t, group[i][0].id, group[i][2].latency, group[i][2].cost,
+                                      None if examples is None else example_digest(examples[group[i][2].t - 1]))
                                      for i in chosen])
         queries: dict[int, Query] = {i: stored[group[i][2].t] for i in chosen}
         missing = [queries[i] for i in chosen if queries[i].status == "pending"]
@@ -324,7 +771,9 @@ class Session:
             if ans is None:
                 waiting = True
                 continue
-            out[i] = (int(ans.label), float(ans.cost))
+            # One rule with the ledger: a label budget charges 1 per label whatever the annotator's price (the
+            # record keeps the round's nominal cost, as `run` does); a cost budget charges the price paid.
+            out[i] = (int(ans.label), None if ledger.budget_unit == "labels" else float(ans.cost))
         if waiting:
             if gate_before is None:
                 raise LedgerError(f"oracle {type(oracle).__name__} claims to answer at once but left "
@@ -379,6 +828,7 @@ class Session:
 
     def export_labels(self) -> list[dict]:
         """The bought labelled set, one canonical example per answer (SPEC §8 JSONL lines)."""
+        self._loaded()  # changed data is refused even when nothing was bought yet
         out = []
         for ans in self.ledger.answers():
             item = self.describe(ans.round)

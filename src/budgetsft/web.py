@@ -28,6 +28,14 @@ The API takes the token as ``Authorization: Bearer <token>``; the page uses
 the cookie the login form sets. Every refusal is JSON ``{"error": "..."}`` and
 charges nothing.
 
+Cross-origin requests are refused: ``POST /api/answer`` takes only
+``Content-Type: application/json`` (415 otherwise), and a request
+authenticated by the cookie must come from the server's own origin (its
+``Origin``, or ``Sec-Fetch-Site: same-origin``, must match; 403 otherwise), so
+a page on another port of the same host cannot answer as the logged-in
+annotator. A ledger that is busy (another writer held its lock past
+``busy_timeout``) or read-only gives 503 with a message, never a bare 500.
+
 Examples
 --------
 >>> from budgetsft.web import create_app, serve
@@ -49,8 +57,8 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from budgetsft._validation import check_float, check_int
-from budgetsft.exceptions import BudgetExhaustedError
-from budgetsft.ledger import Annotator, Ledger, LedgerError
+from budgetsft.exceptions import BudgetExhaustedError, ConfigError
+from budgetsft.ledger import Annotator, Ledger, LedgerBusyError, LedgerError, LedgerReadOnlyError
 
 try:
     from starlette.applications import Starlette
@@ -164,6 +172,7 @@ class SessionDriver:
         session = None
         try:
             session = Session.open(self.path)
+            session.ledger.check_writable()  # a read-only ledger is an error to show, not a session "waiting"
             oracle = WebOracle()
             # A session already waiting on pending queries has nothing to play until they are answered.
             waiting = session.ledger.status == "waiting" and bool(session.ledger.pending())
@@ -203,8 +212,10 @@ class SessionDriver:
 class _Annotate:
     """The app's state: where the ledger is, one connection per worker thread, and the items' text."""
 
-    def __init__(self, path: Path, lease_ttl: float, max_body: int, driver: SessionDriver | None) -> None:
+    def __init__(self, path: Path, lease_ttl: float, max_body: int, driver: SessionDriver | None,
+                 busy_timeout: float = 30.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self.lease_ttl = lease_ttl
         self.max_body = max_body
         self.driver = driver
@@ -219,7 +230,7 @@ class _Annotate:
         """This thread's connection (SQLite connections are not shared between threads)."""
         led = getattr(self._local, "ledger", None)
         if led is None:
-            led = Ledger.open(self.path)
+            led = Ledger.open(self.path, timeout=self.busy_timeout)
             self._local.ledger = led
             with self._lock:
                 self._ledgers.append(led)
@@ -269,6 +280,8 @@ class _Annotate:
             token = value.strip()
         else:
             token = request.cookies.get(COOKIE)
+            if token:  # the browser attaches the cookie to any same-site request: it must be our own page's
+                _check_origin(request, strict=request.method != "GET")
         if not token:
             raise _Refusal(401, "a token is required: send 'Authorization: Bearer <token>' or log in on the page "
                                 "(tokens come from `budgetsft annotate FILE --add-annotator NAME`).")
@@ -323,6 +336,8 @@ class _Annotate:
             recorded = led.record_answer(query_id, label, ann.name, ann.cost, n_candidates=K)
         except BudgetExhaustedError as exc:
             raise _Refusal(409, f"budget exhausted: {exc}") from None
+        except (LedgerBusyError, LedgerReadOnlyError) as exc:
+            raise _unavailable(exc) from None
         except LedgerError as exc:  # skipped meanwhile
             raise _Refusal(409, str(exc)) from None
         if recorded and self.driver is not None:
@@ -350,6 +365,35 @@ class _Annotate:
         })
 
 
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+
+
+def _check_origin(request: Request, strict: bool) -> None:
+    """Refuse a browser request sent by another origin (another port of the same host is another origin).
+
+    ``strict`` (state-changing requests): the browser must say where the
+    request comes from, with ``Origin`` or ``Sec-Fetch-Site``.
+    """
+    origin = request.headers.get("origin")
+    site = request.headers.get("sec-fetch-site")
+    if origin is not None and origin.lower() != _own_origin(request):
+        raise _Refusal(403, f"cross-origin request refused: Origin {origin!r} is not this server "
+                            f"({_own_origin(request)}).")
+    if site is not None and site not in ("same-origin", "none"):
+        raise _Refusal(403, f"cross-origin request refused (Sec-Fetch-Site: {site}).")
+    if strict and origin is None and site is None:
+        raise _Refusal(403, "a request authenticated by the cookie must carry an Origin header; scripts send "
+                            "'Authorization: Bearer <token>' instead.")
+
+
+def _unavailable(exc: LedgerError) -> _Refusal:
+    """503 for a ledger that is busy or read-only (the client may retry), 500 with the message otherwise."""
+    if isinstance(exc, LedgerBusyError | LedgerReadOnlyError):
+        return _Refusal(503, f"the ledger is unavailable: {exc}")
+    return _Refusal(500, f"the ledger failed: {exc}")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes whatever Content-Length claims."""
     declared = request.headers.get("content-length")
@@ -369,11 +413,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _error(refusal: _Refusal) -> JSONResponse:
-    return JSONResponse({"error": refusal.message}, status_code=refusal.status)
+    headers = {"Retry-After": "2"} if refusal.status == 503 else None
+    return JSONResponse({"error": refusal.message}, status_code=refusal.status, headers=headers)
 
 
-def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16384, driver: bool = True
-               ) -> Starlette:
+def _guarded(exc: Exception) -> JSONResponse:
+    """Any failure as a JSON answer with a message (never a traceback to the client)."""
+    if isinstance(exc, _Refusal):
+        return _error(exc)
+    if isinstance(exc, LedgerError):
+        return _error(_unavailable(exc))
+    logger.exception("request failed")
+    return _error(_Refusal(500, f"internal error ({type(exc).__name__}); see the server's log."))
+
+
+def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16384, driver: bool = True,
+               busy_timeout: float = 30.0) -> Starlette:
     """The annotation app for the session file ``path`` (a Starlette ASGI app).
 
     Parameters
@@ -387,18 +442,22 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
     driver : bool, default=True
         Play the session in a background thread while the app runs, so that
         answers unblock the game and it makes the next queries pending.
+    busy_timeout : float, default=30.0
+        Seconds a request waits for another writer's lock on the ledger
+        before it is answered 503.
     """
     lease_ttl = check_float("create_app", "lease_ttl", lease_ttl, low=0.0, low_open=True)
     max_body = check_int("create_app", "max_body", max_body, low=64)
+    busy_timeout = check_float("create_app", "busy_timeout", busy_timeout, low=0.0, low_open=True)
     path = Path(path)
     Ledger.open(path).close()  # a missing or foreign file fails here, with the ledger's message
-    state = _Annotate(path, lease_ttl, max_body, SessionDriver(path) if driver else None)
+    state = _Annotate(path, lease_ttl, max_body, SessionDriver(path) if driver else None, busy_timeout)
 
     async def api(request: Request, fn) -> Response:
         try:  # one trip to a worker thread: authenticate, then work, on that thread's connection
             return JSONResponse(await run_in_threadpool(lambda: fn(state.annotator(request))))
-        except _Refusal as refusal:
-            return _error(refusal)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered as JSON with a message
+            return _guarded(exc)
 
     async def api_next(request: Request) -> Response:
         return await api(request, state.next_item)
@@ -407,9 +466,13 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
         try:
             ann = await run_in_threadpool(state.annotator, request)
             body = await _read_body(request, state.max_body)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise _Refusal(415, f"the body must be sent as 'Content-Type: application/json'. Got "
+                                    f"{ctype or 'none'!r}.")
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.') from None
             if not isinstance(obj, dict):
                 raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.')
@@ -419,8 +482,8 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
             if "label" not in obj:
                 raise _Refusal(400, "'label' is missing.")
             return JSONResponse(await run_in_threadpool(state.answer, ann, qid, obj["label"]))
-        except _Refusal as refusal:
-            return _error(refusal)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered as JSON with a message
+            return _guarded(exc)
 
     async def api_status(request: Request) -> Response:
         return await api(request, lambda ann: state.status())
@@ -431,15 +494,22 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
         except _Refusal as refusal:
             error = refusal.message if request.cookies.get(COOKIE) else None
             return _html(_LOGIN, 200 if error is None else 401, error=error or "")
+        except LedgerError as exc:
+            refusal = _unavailable(exc)
+            return _html(_LOGIN, refusal.status, error=refusal.message)
         return _html(_PAGE, file=path.name, name=ann.name, cost=f"{ann.cost:g}")
 
     async def login(request: Request) -> Response:
         try:
+            _check_origin(request, strict=False)
             body = await _read_body(request, state.max_body)
+            token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+            ann = await run_in_threadpool(lambda: state.ledger().annotator_by_token(token))
         except _Refusal as refusal:
             return _html(_LOGIN, refusal.status, error=refusal.message)
-        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
-        ann = await run_in_threadpool(lambda: state.ledger().annotator_by_token(token))
+        except LedgerError as exc:
+            refusal = _unavailable(exc)
+            return _html(_LOGIN, refusal.status, error=refusal.message)
         if ann is None:
             return _html(_LOGIN, 401, error="unknown token.")
         resp = RedirectResponse("/", status_code=303)
@@ -447,6 +517,10 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
         return resp
 
     async def logout(request: Request) -> Response:
+        try:
+            _check_origin(request, strict=False)
+        except _Refusal as refusal:
+            return _html(_LOGIN, refusal.status, error=refusal.message)
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return resp
@@ -477,12 +551,15 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, lease_ttl: float = 300.0,
-          log_level: str = "warning", max_body: int = 16384) -> None:
+          log_level: str = "warning", max_body: int = 16384, busy_timeout: float = 30.0) -> None:
     """Serve :func:`create_app` with uvicorn until interrupted (binds to loopback unless told otherwise)."""
     import uvicorn
 
-    uvicorn.run(create_app(path, lease_ttl=lease_ttl, max_body=max_body), host=host, port=port,
-                log_level=log_level)
+    port = check_int("serve", "port", port, low=1)
+    if port > 65535:
+        raise ConfigError(f"The 'port' parameter of serve must be an int in [1, 65535]. Got {port!r}.")
+    uvicorn.run(create_app(path, lease_ttl=lease_ttl, max_body=max_body, busy_timeout=busy_timeout), host=host,
+                port=port, log_level=log_level)
 
 
 # -------------------------------------------------------------------- the page

@@ -6,7 +6,9 @@ One example a line::
 
 ``answer`` may be missing (or null) for unlabelled pools; ``cost`` is optional. Extra
 keys are ignored. Every invalid line is reported as ``"{file}:{line}: {reason}"``;
-nothing is silently dropped.
+nothing is silently dropped. A line longer than :data:`MAX_LINE_BYTES` is refused
+unread, as are numbers of thousands of digits, nesting too deep for the parser,
+and text that is not valid Unicode (a lone surrogate such as ``"\ud800"``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from budgetsft.data.schema import Example
 from budgetsft.exceptions import DataError
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "JsonlProblem",
     "JsonlReport",
     "load_jsonl",
@@ -31,6 +34,20 @@ __all__ = [
     "validate_record",
     "write_jsonl",
 ]
+
+
+# One example is a prompt and a few candidates: a line of 1 MiB is already far more than any data set
+# needs, and a 10 MB line costs minutes and gigabytes to featurise.
+MAX_LINE_BYTES = 1 << 20
+
+
+def _unicode_problem(name: str, text: str) -> str | None:
+    """A reason if ``text`` holds a lone surrogate (valid JSON, but not text any model can read)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{name} holds a lone surrogate {text[exc.start]!r} at character {exc.start}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -129,12 +146,18 @@ def validate_record(record: Any) -> tuple[Example | None, list[str]]:
         reasons.append("'id' must be a non-empty string")
     else:
         ex_id = str(raw_id)
+        bad_text = _unicode_problem("'id'", ex_id)
+        if bad_text:
+            reasons.append(bad_text)
+            ex_id = None
 
     prompt = record.get("prompt")
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         reasons.append("missing or empty 'prompt'")
     elif not isinstance(prompt, str):
         reasons.append(f"'prompt' must be a string, got {_type_name(prompt)}")
+    elif _unicode_problem("'prompt'", prompt):
+        reasons.append(_unicode_problem("'prompt'", prompt))  # type: ignore[arg-type]
 
     cands = record.get("candidates")
     cands_ok = False
@@ -156,6 +179,10 @@ def validate_record(record: Any) -> tuple[Example | None, list[str]]:
             f"'candidates'[{i}] is empty"
             for i, c in enumerate(cands)
             if isinstance(c, str) and not c.strip()
+        ]
+        bad += [
+            p for i, c in enumerate(cands)
+            if isinstance(c, str) and (p := _unicode_problem(f"'candidates'[{i}]", c))
         ]
         reasons += bad
         cands_ok = not bad
@@ -194,7 +221,7 @@ def validate_record(record: Any) -> tuple[Example | None, list[str]]:
     )
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> JsonlReport:
+def read_jsonl(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> JsonlReport:
     """Read a canonical JSONL file, collecting every problem instead of raising.
 
     Blank lines are skipped. Lines are numbered from 1 as in an editor.
@@ -202,6 +229,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> JsonlReport:
     Parameters
     ----------
     path : str or path-like
+    max_line_bytes : int, default=MAX_LINE_BYTES
+        A longer line is a problem ("line of N bytes, longer than the limit"), not parsed.
 
     Returns
     -------
@@ -242,6 +271,11 @@ def read_jsonl(path: str | os.PathLike[str]) -> JsonlReport:
     for lineno, bline in enumerate(raw.split(b"\n"), start=1):
         if lineno == 1 and bline.startswith(b"\xef\xbb\xbf"):
             bline = bline[3:]  # UTF-8 byte-order mark
+        if len(bline) > max_line_bytes:
+            n_lines += 1
+            problems.append(JsonlProblem(name, lineno, f"line of {len(bline)} bytes, longer than the limit of "
+                                                       f"{max_line_bytes} bytes (budgetsft.data.jsonl.MAX_LINE_BYTES)"))
+            continue
         try:
             text = bline.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -257,6 +291,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> JsonlReport:
             problems.append(
                 JsonlProblem(name, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
             )
+            continue
+        except ValueError as exc:  # e.g. an integer of thousands of digits
+            problems.append(JsonlProblem(name, lineno, f"unusable JSON ({str(exc)[:120]})"))
+            continue
+        except RecursionError:
+            problems.append(JsonlProblem(name, lineno, "unusable JSON (nested too deeply)"))
             continue
         example, reasons = validate_record(record)
         # Duplicate ids are checked on every line whose id is usable, valid or not,

@@ -15,8 +15,18 @@ name and a hash of its :meth:`settings` (model, pooling, max_length, dtype, ...)
 
 A bad entry (unreadable, wrong magic or checksum, wrong shape, NaN/inf) is
 reported with a warning, recomputed and rewritten; it never crashes a run.
+An entry that cannot be rewritten (a directory in its place, a read-only
+folder) is warned about and left out of the cache; the run goes on.
 Every write goes to a temporary file in the same folder and is moved into
 place with ``os.replace``, so a killed process leaves whole entries or none.
+
+What the cache protects against, and what not: the checksum detects
+accidental damage (a truncated or flipped file, a crash mid-write, a disk
+error). It is not a signature: anyone who can write the cache folder can
+replace an entry by other features with a matching checksum, and the run will
+use them. Keep the cache (``$BUDGETSFT_CACHE``, ``~/.cache/budgetsft``) in a
+folder only you can write, as you would a virtual environment, or pass
+``use_cache=False`` when its contents cannot be trusted.
 
 This module imports neither torch nor transformers.
 """
@@ -157,7 +167,13 @@ class FeatureCache:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr, dtype=np.float64), allow_pickle=False)
         payload = buf.getvalue()
-        _atomic_write(self.path(key), MAGIC + hashlib.sha256(payload).digest() + payload)
+        path = self.path(key)
+        try:
+            _atomic_write(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+        except OSError as exc:  # e.g. a directory where the entry goes: keep the features, skip caching them
+            msg = f"features: cannot write cache entry {path} ({exc}); the features are used but not cached"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            logger.warning(msg)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,291 @@
+"""Issue 13, Medium: imports are one transaction, exports never clobber, costs are checked where they
+enter, one price rule, lost acknowledged answers are detected, tokens are hashed and revocable."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
+from budgetsft.experiment import run
+from budgetsft.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from budgetsft.oracles import DatasetOracle, FileOracle, TerminalOracle, WebOracle, import_answers
+from budgetsft.session import Session
+
+SYN = {"env": {"name": "synthetic", "d": 5, "K": 3, "rounds": 200}, "test_rounds": 0, "seed": 1}
+
+
+def _cfg(**gate) -> dict:
+    return {**SYN, "gate": {"name": "llf", **gate}}
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from budgetsft.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "budgetsft", *args], capture_output=True, text=True, timeout=300)
+
+
+# ---------------------------------------------------------------- 4. an import is all or nothing
+
+
+def test_an_import_over_the_budget_charges_nothing(tmp_path):
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.3, window=100, unit="cost"), oracle={"name": "file"})
+    assert sess.play(FileOracle()).status == "waiting"
+    led = sess.ledger
+    pending = led.pending()
+    total = led.budget_total
+    price = 3.0
+    assert len(pending) * price > total  # the issue's case: more answers than the budget left
+    answers = tmp_path / "a.jsonl"
+    answers.write_text("".join(json.dumps({"query_id": q.id, "label": 0, "cost": price}) + "\n" for q in pending))
+    with pytest.raises(BudgetExhaustedError, match=f"{answers}: nothing imported"):
+        import_answers(led, answers)
+    assert led.spent() == 0 and led.answers() == [] and len(led.pending()) == len(pending)
+    sess.close()
+    res = _invoke("session", "import", str(path), str(answers))
+    assert isinstance(res.exception, BudgetExhaustedError)
+    with Ledger.open(path) as led:
+        assert led.spent() == 0 and led.answers() == []
+        # What fits is imported whole.
+        fits = int(total // price)
+        answers.write_text("".join(json.dumps({"query_id": q.id, "label": 1, "cost": price}) + "\n"
+                                   for q in pending[:fits]))
+        assert import_answers(led, answers)["added"] == fits
+        assert led.spent() == fits * price
+
+
+# ---------------------------------------------------------------- 5. export never writes over a ledger
+
+
+def test_export_refuses_the_ledger_and_existing_files(tmp_path):
+    path = tmp_path / "f.db"
+    sess = Session.create(path, _cfg(beta=0.1))
+    assert sess.play(DatasetOracle()).status == "finished"
+    n = len(sess.ledger.answers())
+    sess.close()
+    before = path.read_bytes()
+    for dest in (path, tmp_path / "." / "f.db"):
+        res = _invoke("session", "export", str(path), str(dest))
+        assert isinstance(res.exception, ConfigError) and "that is the session ledger" in str(res.exception)
+        res = _invoke("session", "export", str(path), str(dest), "--force")
+        assert isinstance(res.exception, ConfigError)
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    assert isinstance(_invoke("session", "export", str(link), str(path), "--force").exception, ConfigError)
+    assert path.read_bytes() == before
+    with Ledger.open(path) as led:
+        assert len(led.answers()) == n
+    out = tmp_path / "out.jsonl"
+    out.write_text("keep me\n")
+    res = _invoke("session", "export", str(path), str(out))
+    assert isinstance(res.exception, ConfigError) and "file exists; pass --force" in str(res.exception)
+    assert out.read_text() == "keep me\n"
+    assert _invoke("session", "export", str(path), str(out), "--force").exit_code == 0
+    assert len(out.read_text().splitlines()) == n
+    # (Item 14) a missing folder is a clear error, not FileNotFoundError.
+    res = _invoke("session", "export", str(path), str(tmp_path / "nope" / "o.jsonl"))
+    assert isinstance(res.exception, ConfigError) and "does not exist" in str(res.exception)
+
+
+# ---------------------------------------------------------------- 6. costs are checked where they enter
+
+
+@pytest.mark.parametrize("cost", ["-1", "nan", "inf", "0"])
+def test_a_terminal_price_that_is_not_a_positive_number_is_refused(tmp_path, cost):
+    db = tmp_path / "t.db"
+    res = _invoke("run", "--rounds", "50", "--session", str(db), "--oracle", "terminal", "--cost", cost)
+    assert isinstance(res.exception, ConfigError), res.output
+    assert "The 'cost' parameter of TerminalOracle must be a finite number > 0" in str(res.exception)
+    assert not db.exists()
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        TerminalOracle(cost=float(cost))
+
+
+def test_the_ledger_refuses_bad_costs_and_resume_still_works(tmp_path):
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    q = sess.ledger.pending()[0]
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(LedgerError, match="'cost' must be a finite number >= 0"):
+            sess.ledger.record_answer(q.id, 0, "x", bad, n_candidates=3)
+    assert sess.ledger.spent() == 0
+    ans = tmp_path / "a.jsonl"
+    ans.write_text(f'{{"query_id": {q.id}, "label": 0, "cost": 1e999}}\n')
+    with pytest.raises(DataError, match="'cost' must be a number > 0, finite. Got inf"):
+        import_answers(sess.ledger, ans)
+    res = _invoke("resume", str(path), "--oracle", "terminal", "--cost", "-1")
+    assert isinstance(res.exception, ConfigError)
+    sess.close()
+    assert Session.open(path).play(DatasetOracle()).status == "finished"
+
+
+# ---------------------------------------------------------------- 7. one price rule under a label budget
+
+
+def test_an_annotator_price_under_a_label_budget_is_recorded_not_charged(tmp_path):
+    path = tmp_path / "s.db"
+    cfg = _cfg(beta=0.1, window=40)
+    sess = Session.create(path, cfg, oracle={"name": "web"})
+    res = _invoke("annotate", str(path), "--add-annotator", "expert", "--cost", "2.0")
+    assert res.exit_code == 0, res.output
+    assert "budget counts labels (20)" in res.output and "recorded, not charged" in res.output
+    while (outcome := sess.play(WebOracle())).status == "waiting":
+        for q in sess.ledger.pending():
+            assert sess.ledger.record_answer(q.id, 0, "expert", 2.0, n_candidates=3)
+    assert outcome.status == "finished"
+    led = sess.ledger
+    summary = sess.summary()
+    assert led.spent() == summary["spent"] == summary["labels_bought"] <= led.budget_total == 20
+    assert all(r.cost == 1.0 for r in sess.records() if r.queried)
+    assert led.labels_by_annotator()["expert"]["spent"] == summary["labels_bought"]
+    assert [a.cost for a in led.answers()] == [2.0] * summary["labels_bought"]  # the price, on record
+    report = sess.progress_report()
+    assert report["spent"] <= report["budget"]
+    sess.close()
+
+
+# ---------------------------------------------------------------- 8. acknowledged answers lost with the -wal file
+
+
+_ANSWER_THEN_DIE = """
+import os, signal, sys
+from budgetsft.ledger import Ledger
+led = Ledger.open(sys.argv[1])
+for q in led.pending()[:5]:
+    assert led.record_answer(q.id, 0, "ann", 1.0, n_candidates=3)
+    print("ack", q.id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_answers_lost_with_a_deleted_wal_file_are_detected(tmp_path):
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    sess.close()
+    proc = subprocess.run([sys.executable, "-c", _ANSWER_THEN_DIE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9 and proc.stdout.count("ack") == 5
+    wal = Path(str(path) + "-wal")
+    assert wal.exists()
+    wal.unlink()
+    Path(str(path) + "-shm").unlink(missing_ok=True)
+    with pytest.raises(LedgerError, match=r"5 acknowledged answer\(s\) are missing.*-wal.*Nothing will be bought "
+                                          r"again silently"):
+        Ledger.open(path)
+    res = _cli("resume", str(path))
+    assert res.returncode == 2 and "acknowledged answer(s) are missing" in res.stderr
+    # The way out is explicit: delete the companion counter (the message names it).
+    Path(str(path) + "-acks").unlink()
+    with Ledger.open(path) as led:
+        assert led.answers() == []
+
+
+def test_a_clean_kill_keeps_every_acknowledged_answer(tmp_path):
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    sess.close()
+    proc = subprocess.run([sys.executable, "-c", _ANSWER_THEN_DIE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9
+    with Ledger.open(path) as led:  # the -wal file is there: nothing lost, nothing reported
+        assert len(led.answers()) == 5 and led.spent() == 5
+
+
+# ---------------------------------------------------------------- 9. tokens hashed, 0600, revocable
+
+
+def test_tokens_are_hashed_files_are_private_and_tokens_revocable(tmp_path):
+    from test_web import client, served
+
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    sess.close()
+    res = _invoke("annotate", str(path), "--add-annotator", "alice")
+    token = res.output.split("token: ", 1)[1].split()[0]
+    bob = _invoke("annotate", str(path), "--add-annotator", "bob").output.split("token: ", 1)[1].split()[0]
+    for f in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm"), Path(str(path) + "-acks")):
+        if f.exists():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    raw = b"".join(Path(str(path) + s).read_bytes() for s in ("", "-wal") if Path(str(path) + s).exists())
+    assert token.encode() not in raw and bob.encode() not in raw
+    con = sqlite3.connect(path)
+    stored = [r[0] for r in con.execute("SELECT token_hash FROM annotators")]
+    con.close()
+    assert all(h.startswith("sha256:") for h in stored) and token not in stored
+    listing = _invoke("annotate", str(path), "--list")
+    assert listing.exit_code == 0 and "alice" in listing.output and "active" in listing.output
+    assert token not in listing.output
+    with served(path, driver=False) as live, client(live, token) as c:
+        qid = c.get("/api/next").json()["query_id"]
+        assert _invoke("annotate", str(path), "--revoke", "alice").exit_code == 0
+        r = c.post("/api/answer", json={"query_id": qid, "label": 0})
+        assert r.status_code == 401 and r.json()["error"] == "unknown token."
+        with client(live, bob) as b:
+            assert b.get("/api/next").json()["query_id"] == qid  # the revoked annotator's lease is freed
+    assert "revoked" in _invoke("annotate", str(path), "--list").output
+    res = _invoke("annotate", str(path), "--revoke", "alice")
+    assert isinstance(res.exception, ConfigError) and "already revoked" in str(res.exception)
+    with Ledger.open(path) as led:
+        assert led.spent() == 0
+        new = led.add_annotator("alice")  # a revoked name can be given a fresh token
+        assert led.annotator_by_token(new.token).name == "alice" and led.annotator_by_token(token) is None
+
+
+def test_a_version_1_ledger_is_migrated_tokens_hashed_and_pickles_dropped(tmp_path):
+    cfg = _cfg(beta=0.1, window=20)
+    ref = run(cfg)
+    path = tmp_path / "v1.db"
+    sess = Session.create(path, cfg, checkpoint_every=30)
+    assert sess.play(DatasetOracle(), stop_at=90).status == "stopped"
+    sess.close()
+    # Write the file back as version 1 wrote it: plaintext tokens, pickled checkpoints, no counters.
+    con = sqlite3.connect(path)
+    con.executescript("""
+        ALTER TABLE annotators RENAME COLUMN token_hash TO token;
+        ALTER TABLE annotators DROP COLUMN revoked;
+        ALTER TABLE queries DROP COLUMN example_digest;
+        INSERT INTO annotators VALUES ('old', 'plain-token-v1', '1.0', 0);
+        DELETE FROM meta WHERE key IN ('acks', 'ledger_id');
+        UPDATE meta SET value = '1' WHERE key = 'schema_version';
+    """)
+    con.execute("UPDATE checkpoints SET state = ?", (pickle.dumps({"position": 0}),))
+    con.commit()
+    con.close()
+    Path(str(path) + "-acks").unlink()
+    with Ledger.open(path) as led:
+        assert led.meta("schema_version") == str(SCHEMA_VERSION)
+        assert led.annotator_by_token("plain-token-v1").name == "old"
+        assert led.checkpoints() == [] and led.n_records() == 0 and led.status == "stopped"
+        assert len(led.answers()) > 0
+    sess = Session.open(path)
+    assert sess.play(DatasetOracle()).status == "finished"
+    assert sess.records() == ref.records  # replayed from the start, every stored answer reused
+    sess.close()
+
+
+def test_ledgers_are_created_owner_only_whatever_the_umask(tmp_path):
+    old = os.umask(0o000)
+    try:
+        Session.create(tmp_path / "u.db", _cfg(beta=0.1)).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "u.db").stat().st_mode) == 0o600
