@@ -26,17 +26,37 @@ Methods (all see the same :class:`~budgetsft.base.Round` streams and test rounds
   tuned on seed 0 to buy ≈ B labels; no hard cap;
 * ``modal-pool``: modAL ``ActiveLearner`` with ``uncertainty_sampling`` in 10
   batches around scikit-learn's ``LogisticRegression`` on the train split as a pool,
-  exactly B labels; no online mistakes (pool-based).
+  exactly B labels; no online mistakes (pool-based);
+* ``skal-pal``, ``skal-varunc``, ``skal-split``: scikit-activeml's stream strategies
+  ``StreamProbabilisticAL`` (budget manager ``BalancedIncrementalQuantileFilter``),
+  ``VariableUncertainty`` (``VariableUncertaintyBudgetManager``) and ``Split``
+  (``SplitBudgetManager``), each manager built with ``budget=β``, around the classifier
+  of scikit-activeml's stream tutorial, ``ParzenWindowClassifier`` (RBF kernel, the
+  library's "mean" bandwidth), on the per-example vector. Prequential: predict, count
+  the mistake, ``query``, ``update`` the strategy, refit the classifier on every bought
+  label (all of them: the tutorial's sliding window of 1,000 rounds is for drift). The
+  budget managers only hold β as a windowed rate (uncapped, they bought up to 10 % more
+  than B on the 5,000-round low-noise stream), so the harness holds B as a hard cap:
+  once B labels are bought it turns further queries down, and tells the strategy's
+  ``update`` that nothing was queried.
 
 The per-example vector of the multiclass peers: for the synthetic streams the K
 candidate rows flattened (K·d); for the encoder streams e(x), recovered exactly from
 φ(x, a) = [√h·e(x)⊙e(a), e(a), 1] (the candidate set is fixed, so e(x) is what
 φ adds per example; coordinate j is read from the candidate of largest |e(a)_j|).
 
+Every method returns the indices of the rounds it bought. The ``refit`` column is one
+downstream trainer for every bought set: :func:`budgetsft.refit.refit_accuracy`, a
+conditional-logit head refit on exactly the bought rounds (C by cross-validation on
+them alone) and scored on the test rounds. It always refits on budgetsft's rounds of
+the setting, on ``block`` features where the setting has them (bbc-news) whatever
+features the method itself used, so that label sets are compared, not learners.
+
 Columns: labels bought (mean and max over seeds), whether the method holds B as a
 hard cap, online mistakes (prediction before the label, every round), held-out
-accuracy, wall seconds (mean per run) and peak memory (tracemalloc peak of one run at
-β = 0.1, seed 0: Python heap including numpy buffers; it does not see VW's C++ heap).
+accuracy of the method's own model, refit accuracy, wall seconds (mean per run; the
+refit is not timed) and peak memory (tracemalloc peak of one run at β = 0.1, seed 0:
+Python heap including numpy buffers; it does not see VW's C++ heap).
 """
 
 from __future__ import annotations
@@ -49,6 +69,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +81,7 @@ from threadpoolctl import threadpool_limits
 from budgetsft.base import Round
 from budgetsft.config import load_config, merge
 from budgetsft.experiment import run
+from budgetsft.refit import refit_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"low-noise": "configs/synthetic_low_noise.yaml", "noisy": "configs/synthetic_noisy.yaml"}
@@ -72,11 +94,14 @@ BSFT = ["llf", "llf-window", "random", "first", "margin", "bbq", "full"]
 # class over e(x), the hypothesis class the multiclass peers use; only on settings with a fixed label set.
 BSFT_BLOCK = ["llf-block", "random-block", "full-block"]
 BLOCK_SETTINGS = {"bbc-news"}
-PEERS = ["vw-active", "vw-cs_active", "river-entropy", "modal-pool"]
+SKAL = ["skal-pal", "skal-varunc", "skal-split"]  # scikit-activeml stream strategies
+PEERS = ["vw-active", "vw-cs_active", "river-entropy", "modal-pool", *SKAL]
 METHODS = BSFT + BSFT_BLOCK + PEERS
+# skal-*: the cap is the harness's (their budget managers hold β only as a windowed rate), see run_skal
 HARD_CAP = {"llf": True, "llf-window": True, "random": True, "first": True, "margin": True, "bbq": True,
             "full": True, "llf-block": True, "random-block": True, "full-block": True,
-            "vw-active": False, "vw-cs_active": False, "river-entropy": False, "modal-pool": True}
+            "vw-active": False, "vw-cs_active": False, "river-entropy": False, "modal-pool": True,
+            "skal-pal": True, "skal-varunc": True, "skal-split": True}
 
 
 def is_full(method: str) -> bool:
@@ -108,6 +133,12 @@ class Setting:
 
     def budget(self, beta: float) -> int:
         return len(self.train) if beta >= 1 else int(math.floor(beta * len(self.train) + 1e-9))
+
+    def refit_rounds(self) -> tuple[list[Round], list[Round]]:
+        """Train and test rounds that every method's bought set is refit on (``block`` where there are)."""
+        if self.block_train is not None:
+            return self.block_train, self.block_test
+        return self.train, self.test
 
 
 def recover_ex(rounds: Sequence[Round]) -> np.ndarray:
@@ -157,6 +188,7 @@ def load_setting(name: str, seed: int, *, rounds: int | None = None, max_example
             b = load_streams(name, "block", seed=seed, max_examples=max_examples, progress=False)
             block_train, block_test = (b.train[:rounds] if rounds else b.train), b.test
             assert [r.id for r in block_train] == [r.id for r in train], "block and encoder streams differ"
+            assert [r.id for r in block_test] == [r.id for r in test], "block and encoder test splits differ"
     K = int(np.asarray(train[0].features).shape[0])
     ytr = np.array([r.gold for r in train])
     yte = np.array([r.gold for r in test])
@@ -174,8 +206,12 @@ def run_bsft(st: Setting, method: str, beta: float) -> dict:
     b = 1.0 if method == "full" else beta
     cfg = merge(st.base, {"gate": {**gate, "beta": b}, "seed": st.seed})
     train, test = (st.block_train, st.block_test) if block else (st.train, st.test)
-    s = run(cfg, stream=train, test=test).summary
-    return {"labels": int(s["labels_bought"]), "mistakes": float(s["mistakes"]), "acc": float(s["test_accuracy"])}
+    res = run(cfg, stream=train, test=test)
+    s = res.summary
+    assert len(res.rounds) == len(train), "the game did not play the whole stream"
+    bought = [i for i, rec in enumerate(res.records) if rec.queried]
+    return {"labels": int(s["labels_bought"]), "mistakes": float(s["mistakes"]), "acc": float(s["test_accuracy"]),
+            "bought": bought}
 
 
 # --------------------------------------------------------------------------- Vowpal Wabbit
@@ -200,8 +236,9 @@ def run_vw_active(st: Setting, mellowness: float) -> dict:
     """VW --active --simulation on binary candidate examples; a round is bought if any candidate is queried."""
     vw = _vw(f"--active --simulation --mellowness {mellowness:.6g} --random_seed {st.seed + 1}")
     lines = _cand_lines(st, st.train, "train")
-    labels = mistakes = 0
-    for r, cand in zip(st.train, lines, strict=True):
+    bought_rounds: list[int] = []
+    mistakes = 0
+    for t, (r, cand) in enumerate(zip(st.train, lines, strict=True)):
         scores = [vw.predict(c) for c in cand]
         mistakes += int(int(np.argmax(scores)) != r.gold)
         bought = False
@@ -210,11 +247,13 @@ def run_vw_active(st: Setting, mellowness: float) -> dict:
             vw.learn(ex)
             bought |= ex.get_simplelabel_label() < 1e30  # VW marks an unqueried example's label FLT_MAX
             vw.finish_example(ex)
-        labels += int(bought)
+        if bought:
+            bought_rounds.append(t)
     test = _cand_lines(st, st.test, "test")
     hits = sum(int(np.argmax([vw.predict(c) for c in cand]) == r.gold) for r, cand in zip(st.test, test, strict=True))
     vw.finish()
-    return {"labels": labels, "mistakes": float(mistakes), "acc": hits / len(st.test)}
+    return {"labels": len(bought_rounds), "mistakes": float(mistakes), "acc": hits / len(st.test),
+            "bought": bought_rounds}
 
 
 def run_vw_cs_active(st: Setting, beta: float) -> dict:
@@ -233,10 +272,11 @@ def run_vw_cs_active(st: Setting, beta: float) -> dict:
     vw = vowpalwabbit.Workspace(f"--cs_active {K} --simulation --adax --csa_debug --max_labels {B} "
                                 f"--random_seed {st.seed + 1}", enable_logging=True)  # logs to a buffer, not stderr
     lines = ["|x " + _fmt(v) for v in st.X_train]
-    labels = mistakes = 0
+    bought: list[int] = []
+    mistakes = 0
     seen = 0
     frozen = None
-    for y, line in zip(st.y_train, lines, strict=True):
+    for t, (y, line) in enumerate(zip(st.y_train, lines, strict=True)):
         pred = int((frozen or vw).predict(line)[0]) - 1
         mistakes += int(pred != y)
         if frozen is not None:
@@ -245,13 +285,14 @@ def run_vw_cs_active(st: Setting, beta: float) -> dict:
         log = vw.get_log()
         new = [ln for ln in log[seen:] if " ql=" in ln]
         seen = len(log)
-        labels += int(any(" ql=true" in ln for ln in new))
+        if any(" ql=true" in ln for ln in new):
+            bought.append(t)
         if not new:  # VW's --max_labels cap: the reduction returned without a look at the classes
             frozen = _reload(vw)
     model = frozen or _reload(vw)
     test = ["|x " + _fmt(v) for v in st.X_test]
     hits = sum(int(int(model.predict(line)[0]) - 1 == y) for y, line in zip(st.y_test, test, strict=True))
-    return {"labels": labels, "mistakes": float(mistakes), "acc": hits / len(st.test)}
+    return {"labels": len(bought), "mistakes": float(mistakes), "acc": hits / len(st.test), "bought": bought}
 
 
 def _reload(vw):
@@ -275,20 +316,21 @@ def run_river(st: Setting, discount: float) -> dict:
     lr = 1.0 / float(np.mean(np.sum(st.X_train**2, axis=1)))
     clf = linear_model.SoftmaxRegression(optimizer=optim.SGD(lr))
     model = active.EntropySampler(clf, discount_factor=discount, seed=st.seed + 1)
-    labels = mistakes = 0
-    for x, y in zip(st.X_train, st.y_train, strict=True):
+    bought: list[int] = []
+    mistakes = 0
+    for t, (x, y) in enumerate(zip(st.X_train, st.y_train, strict=True)):
         xd = dict(enumerate(x.tolist()))
         proba, ask = model.predict_proba_one(xd)
         pred = max(proba, key=proba.get) if proba else -1
         mistakes += int(pred != y)
         if ask or len(proba) < 2:
             model.learn_one(xd, int(y))
-            labels += 1
+            bought.append(t)
     hits = 0
     for x, y in zip(st.X_test, st.y_test, strict=True):
         proba = model.classifier.predict_proba_one(dict(enumerate(x.tolist())))
         hits += int(bool(proba) and max(proba, key=proba.get) == y)
-    return {"labels": labels, "mistakes": float(mistakes), "acc": hits / len(st.test)}
+    return {"labels": len(bought), "mistakes": float(mistakes), "acc": hits / len(st.test), "bought": bought}
 
 
 # --------------------------------------------------------------------------- modAL (pool-based)
@@ -326,7 +368,90 @@ def run_modal(st: Setting, beta: float, batches: int = 10) -> dict:
         pool = np.setdiff1d(pool, picked)
         labels += n
     acc = float(np.mean(learner.predict(st.X_test) == st.y_test))
-    return {"labels": labels, "mistakes": math.nan, "acc": acc}
+    return {"labels": labels, "mistakes": math.nan, "acc": acc, "bought": sorted(int(i) for i in labelled)}
+
+
+# --------------------------------------------------------------------------- scikit-activeml (stream)
+def _skal_strategy(method: str, beta: float, seed: int):
+    """The scikit-activeml strategy of ``method`` with its own budget manager, built with ``budget=beta``."""
+    from skactiveml.stream import Split, StreamProbabilisticAL, VariableUncertainty
+    from skactiveml.stream.budgetmanager import (
+        BalancedIncrementalQuantileFilter,
+        SplitBudgetManager,
+        VariableUncertaintyBudgetManager,
+    )
+
+    if method == "skal-pal":  # Kottke et al. 2015: McPAL utility, BIQF budget manager
+        return StreamProbabilisticAL(budget_manager=BalancedIncrementalQuantileFilter(budget=beta),
+                                     random_state=seed)
+    if method == "skal-varunc":  # Zliobaite et al. 2014: variable uncertainty threshold
+        return VariableUncertainty(budget_manager=VariableUncertaintyBudgetManager(budget=beta), random_state=seed)
+    if method == "skal-split":  # Zliobaite et al. 2014: variable uncertainty mixed with random queries
+        return Split(budget_manager=SplitBudgetManager(budget=beta, random_state=seed), random_state=seed)
+    raise ValueError(method)
+
+
+def run_skal(st: Setting, method: str, beta: float, max_chunk: int = 256) -> dict:
+    """A scikit-activeml stream strategy around ``ParzenWindowClassifier``, prequential, B as a hard cap.
+
+    The classifier is the one of scikit-activeml's stream tutorial, a Parzen window
+    (RBF kernel, bandwidth by the library's ``gamma="mean"`` rule on the bought rows),
+    refit on all bought labels after each purchase (it only stores them: the refit is
+    cheap). ``StreamProbabilisticAL`` reads its class-frequency estimates
+    (``predict_freq``), the Žliobaitė strategies its probabilities. Each round:
+    predict (argmax of ``predict_proba``, lowest index on ties, the game's rule), count
+    the mistake, ``query``, then ``update`` the strategy with what was bought
+    (``StreamProbabilisticAL``'s manager also takes the round's utility). The harness
+    turns a query down once B labels are bought (``refused`` counts them).
+
+    The rounds are handed to ``query`` a chunk at a time, which is the same protocol as
+    one at a time, only faster (the library's validation dominates a one-row call): the
+    classifier does not change before the next purchase, and the budget managers'
+    ``query`` walks a batch with the state that ``update`` would leave after each
+    candidate. The chunk is cut after its first query (the classifier changes there),
+    and the rounds up to it go to ``update`` one by one (``VariableUncertaintyBudgetManager``'s
+    batch ``update`` is not its sequential one). The chunk doubles after a chunk without a
+    query and halves after one, up to ``max_chunk``; ``max_chunk=1`` is the round-by-round
+    loop (a test checks that both buy the same rounds).
+    """
+    from skactiveml.classifier import ParzenWindowClassifier
+
+    B = st.budget(beta)
+    seed = st.seed + 1
+    qs = _skal_strategy(method, beta, seed)
+    classes = np.arange(st.K)
+
+    def fit(idx: list[int]):
+        clf = ParzenWindowClassifier(metric="rbf", metric_dict={"gamma": "mean"}, classes=classes,
+                                     missing_label=-1, random_state=seed)
+        with warnings.catch_warnings():  # the bandwidth rule warns on fewer than 2 distinct rows
+            warnings.simplefilter("ignore")
+            return clf.fit(st.X_train[idx], st.y_train[idx])
+
+    bought: list[int] = []
+    clf = fit(bought)  # no labels yet: uniform probabilities
+    mistakes = refused = 0
+    T = len(st.y_train)
+    t, chunk = 0, 1
+    while t < T:
+        X = st.X_train[t:t + chunk]
+        proba = clf.predict_proba(X)
+        queried, utilities = qs.query(candidates=X, clf=clf, return_utilities=True)
+        n = int(queried[0]) + 1 if len(queried) else len(X)  # rounds t .. t+n-1 see this classifier
+        buy = len(queried) > 0 and len(bought) < B
+        refused += int(len(queried) > 0 and not buy)
+        mistakes += int(np.sum(np.argmax(proba[:n], axis=1) != st.y_train[t:t + n]))
+        for j in range(n):
+            extra = {"utilities": utilities[j:j + 1]} if method == "skal-pal" else None
+            qs.update(candidates=X[j:j + 1], queried_indices=[0] if buy and j == n - 1 else [],
+                      budget_manager_param_dict=extra)
+        if buy:
+            bought.append(t + n - 1)
+            clf = fit(bought)
+        t += n
+        chunk = max(1, chunk // 2) if len(queried) else min(max_chunk, 2 * chunk)
+    acc = float(np.mean(np.argmax(clf.predict_proba(st.X_test), axis=1) == st.y_test))
+    return {"labels": len(bought), "mistakes": float(mistakes), "acc": acc, "bought": bought, "refused": refused}
 
 
 # --------------------------------------------------------------------------- tuning
@@ -360,6 +485,8 @@ def cell(st: Setting, method: str, beta: float, knobs: dict) -> dict:
         return run_river(st, knobs[("river-entropy", beta)])
     if method == "modal-pool":
         return run_modal(st, beta)
+    if method in SKAL:
+        return run_skal(st, method, beta)
     raise ValueError(method)
 
 
@@ -390,8 +517,12 @@ def bench_setting(name: str, seeds: Sequence[int], betas: Sequence[float], metho
     mem: dict = {}
     for seed in seeds:
         st = load_setting(name, seed, rounds=rounds, max_examples=max_examples, n_test=n_test)
+        rtrain, rtest = st.refit_rounds()
+        refits: dict[tuple[int, ...], float] = {}  # same bought set, same refit (full and full-block, first and bbq)
         facts = {"T": len(st.train), "n_test": len(st.test), "K": st.K,
-                 "d": int(np.asarray(st.train[0].features).shape[1]), "vector": st.vector}
+                 "d": int(np.asarray(st.train[0].features).shape[1]), "vector": st.vector,
+                 "refit_d": int(np.asarray(rtrain[0].features).shape[1]),
+                 "refit_features": "block" if st.block_train is not None else "the setting's"}
         if seed == seeds[0]:
             for beta in betas:
                 B = st.budget(beta)
@@ -407,6 +538,12 @@ def bench_setting(name: str, seeds: Sequence[int], betas: Sequence[float], metho
             bs = [1.0] if is_full(method) else list(betas) + (EXTRA_RANDOM if method == "random" else [])
             for beta in bs:
                 res = timed(st, method, beta, knobs)
+                t0 = time.perf_counter()
+                key = tuple(res["bought"])
+                if key not in refits:
+                    refits[key] = refit_accuracy([rtrain[i] for i in key], rtest, seed=seed)
+                res["refit"] = refits[key]
+                res["refit_seconds"] = time.perf_counter() - t0  # 0 when the same set was refit before
                 rows.append({"setting": name, "method": method, "beta": beta, "seed": seed,
                              "budget": st.budget(beta), **res})
                 if memory and seed == seeds[0] and (beta == 0.1 or is_full(method)):
@@ -437,10 +574,12 @@ def summary_rows(res: dict, betas: Sequence[float]) -> list[dict]:
             B = sel[0]["budget"]
             m, msd = _agg(rows, method, beta, "mistakes")
             a, asd = _agg(rows, method, beta, "acc")
+            f, fsd = _agg(rows, method, beta, "refit")
             out.append({
                 "method": method, "beta": beta, "budget": B, "labels": float(np.mean(labels)),
                 "labels_max": int(max(labels)), "over_budget": int(max(labels)) > B,
                 "hard_cap": HARD_CAP[method], "mistakes": m, "mistakes_sd": msd, "acc": a, "acc_sd": asd,
+                "refit": f, "refit_sd": fsd,
                 "seconds": float(np.mean([r["seconds"] for r in sel])),
                 "peak_mib": res["memory"].get(method, math.nan) if (beta == 0.1 or is_full(method)) else math.nan,
             })
@@ -449,8 +588,8 @@ def summary_rows(res: dict, betas: Sequence[float]) -> list[dict]:
 
 def markdown_table(res: dict, betas: Sequence[float], timing: bool = True) -> str:
     """The setting's table; ``timing=False`` drops the wall-time and memory columns (for determinism checks)."""
-    head = "| method | β | B | labels bought (mean / max) | hard cap? | online mistakes | held-out acc. |"
-    sep = "|---|---:|---:|---:|---|---:|---:|"
+    head = "| method | β | B | labels bought (mean / max) | hard cap? | online mistakes | held-out acc. | refit acc. |"
+    sep = "|---|---:|---:|---:|---|---:|---:|---:|"
     if timing:
         head += " wall s | peak MiB |"
         sep += "---:|---:|"
@@ -459,7 +598,7 @@ def markdown_table(res: dict, betas: Sequence[float], timing: bool = True) -> st
         cap = "yes" if s["hard_cap"] else ("**no: over B**" if s["over_budget"] else "no (soft)")
         mis = "n/a (pool)" if math.isnan(s["mistakes"]) else f"{s['mistakes']:.1f} ± {s['mistakes_sd']:.1f}"
         line = (f"| {s['method']} | {s['beta']:g} | {s['budget']} | {s['labels']:.1f} / {s['labels_max']} | {cap} "
-                f"| {mis} | {s['acc']:.4f} ± {s['acc_sd']:.4f} |")
+                f"| {mis} | {s['acc']:.4f} ± {s['acc_sd']:.4f} | {s['refit']:.4f} ± {s['refit_sd']:.4f} |")
         if timing:
             mem = "" if math.isnan(s["peak_mib"]) else f"{s['peak_mib']:.1f}"
             line += f" {s['seconds']:.2f} | {mem} |"
@@ -472,6 +611,16 @@ def knobs_line(res: dict) -> str:
     for (peer, beta), v in sorted(res["knobs"].items()):
         parts.append(f"{peer} β={beta:g}: {'mellowness' if peer == 'vw-active' else 'discount'} {v:.4g} "
                      f"(seed 0 bought {res['tuned'][(peer, beta)]})")
+    return "; ".join(parts)
+
+
+def cap_line(res: dict) -> str:
+    """Queries the harness turned down once B was bought (the methods whose cap is the harness's)."""
+    parts = []
+    for method in SKAL:
+        for beta in sorted({r["beta"] for r in res["rows"] if r["method"] == method}):
+            n = [r["refused"] for r in res["rows"] if r["method"] == method and r["beta"] == beta]
+            parts.append(f"{method} β={beta:g}: {np.mean(n):.1f}")
     return "; ".join(parts)
 
 
@@ -560,9 +709,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name, res in out["results"].items():
         f = res["facts"]
         print(f"\n## {name}: T = {f['T']} train rounds, {f['n_test']} test, K = {f['K']}, d = {f['d']}, "
-              f"peers' vector: {f['vector']}; {res['seconds']:.0f} s")
+              f"peers' vector: {f['vector']}; refit on {f['refit_features']} features (d = {f['refit_d']}); "
+              f"{res['seconds']:.0f} s")
         print(markdown_table(res, out["betas"]))
         print("tuned: " + knobs_line(res))
+        if any(r["method"] in SKAL for r in res["rows"]):
+            print("queries refused at B (mean over seeds): " + cap_line(res))
     print()
     for t in targets(out["results"], out["betas"]):
         print(f"target: {t['target']}: {t['measured']} -> {'PASS' if t['ok'] else 'MISS'} ({t['by']})")

@@ -1,7 +1,7 @@
 """The benchmark harness (benchmarks/peers.py, regret_scaling.py, peer_throughput.py, report.py) runs end to end.
 
-A tiny synthetic setting (1 seed, a few hundred rounds) through every method, real VW, river
-and modAL included, so that `make bench` cannot silently rot.
+A tiny synthetic setting (1 seed, a few hundred rounds) through every method, real VW, river,
+modAL and scikit-activeml included, so that `make bench` cannot silently rot.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("vowpalwabbit")
 pytest.importorskip("river")
 pytest.importorskip("modAL")
+pytest.importorskip("skactiveml")
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -27,7 +28,9 @@ def _load(name: str):
     return importlib.import_module(name)
 
 
-TINY = ["--settings", "low-noise", "--seeds", "0", "--betas", "0.1", "--rounds", "300", "--n-test", "200"]
+# --no-memory: the tracemalloc pass triples the run time; test_peak_memory covers it on a shorter stream
+TINY = ["--settings", "low-noise", "--seeds", "0", "--betas", "0.1", "--rounds", "300", "--n-test", "200",
+        "--no-memory"]
 
 
 def _run_peers(extra=()):
@@ -41,7 +44,7 @@ def tiny():
 
 
 def _strip_timing(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "refit_seconds")} for r in rows]
 
 
 def test_one_row_per_method_and_budget(tiny):
@@ -73,6 +76,9 @@ def test_hard_capped_methods_hold_the_budget(tiny):
             assert r["labels"] == r["budget"] and math.isnan(r["mistakes"])
         else:
             assert 0 <= r["mistakes"] <= 300
+        # the bought rounds are what the labels count: distinct stream indices, in stream order
+        assert len(r["bought"]) == r["labels"], r["method"]
+        assert r["bought"] == sorted(set(r["bought"])) and all(0 <= i < 300 for i in r["bought"]), r["method"]
     full = next(r for r in rows if r["method"] == "full")
     assert full["labels"] == 300
     # a learner that saw every label beats chance (K = 5) on held-out rounds
@@ -80,12 +86,42 @@ def test_hard_capped_methods_hold_the_budget(tiny):
 
 
 def test_peers_actually_learn_and_buy(tiny):
+    peers = _load("peers")
     rows = {r["method"]: r for r in tiny["results"]["low-noise"]["rows"] if r["beta"] in (0.1, 1.0)}
     for m in ("vw-active", "vw-cs_active", "river-entropy"):
         assert rows[m]["labels"] > 0, m
+    # scikit-activeml's managers aim at β·T: they spend the whole budget, and want more than B
+    # (the harness turns the surplus down: that is what its hard cap does)
+    for m in peers.SKAL:
+        assert 0.9 * rows[m]["budget"] <= rows[m]["labels"] <= rows[m]["budget"], m
+    assert rows["skal-varunc"]["refused"] > 0 and rows["skal-split"]["refused"] > 0
     # the tuned knobs bring the soft-budget peers into the budget's neighbourhood
     tuned = tiny["results"]["low-noise"]["tuned"]
     assert 0 < tuned[("vw-active", 0.1)] <= 3 * 30
+
+
+def test_skal_chunked_queries_are_the_round_by_round_loop():
+    """run_skal hands ``query`` chunks of rounds; that must buy, predict and refuse exactly as one round at a time."""
+    peers = _load("peers")
+    st = peers.load_setting("noisy", 1, rounds=300, n_test=100)
+    for m in peers.SKAL:
+        for beta in (0.05, 0.2):
+            one = peers.run_skal(st, m, beta, max_chunk=1)
+            assert peers.run_skal(st, m, beta) == one, (m, beta)
+            assert 0.9 * st.budget(beta) <= one["labels"] <= st.budget(beta), (m, beta)
+
+
+def test_refit_scores_every_bought_set(tiny):
+    """One downstream trainer: every method's bought set, refit, is well above chance (K = 5) on low noise."""
+    rows = tiny["results"]["low-noise"]["rows"]
+    scored = [r for r in rows if r["labels"] >= 10]  # a gate that bought almost nothing is another test's concern
+    assert {r["method"] for r in scored} >= {"random", "full", "vw-cs_active", "modal-pool", "skal-pal"}
+    for r in scored:
+        assert r["refit"] > 0.2 + 0.25, (r["method"], r["labels"], r["refit"])
+    full = next(r for r in rows if r["method"] == "full")
+    # all 300 rounds refit: near the Bayes accuracy of the low-noise stream, and the best of every bought set
+    assert full["refit"] > 0.9
+    assert full["refit"] >= max(r["refit"] for r in rows) - 0.02
 
 
 def test_same_seed_same_tables(tiny):
@@ -94,6 +130,15 @@ def test_same_seed_same_tables(tiny):
     a, b = tiny["results"]["low-noise"], again["results"]["low-noise"]
     assert _strip_timing(a["rows"]) == _strip_timing(b["rows"])
     assert peers.markdown_table(a, [0.1], timing=False) == peers.markdown_table(b, [0.1], timing=False)
+
+
+def test_peak_memory():
+    peers = _load("peers")
+    res = peers.bench_setting("low-noise", [0], [0.1], ["random", "skal-split"], rounds=100, n_test=50,
+                              log=lambda m: None)
+    assert set(res["memory"]) == {"random", "skal-split"}
+    assert all(0 < v < 100 for v in res["memory"].values()), res["memory"]
+    assert "| skal-split | 0.1 | 10 |" in peers.markdown_table(res, [0.1])
 
 
 def test_recover_ex_is_exact():
@@ -154,8 +199,10 @@ def test_report_writes_results_markdown(tmp_path, tiny):
     path.write_text(md)
     text = path.read_text()
     assert "## Targets" in text and "full-feedback regret slope vs T" in text
-    for m in ("llf", "llf-window", "vw-active", "vw-cs_active", "river-entropy", "modal-pool"):
+    for m in ("llf", "llf-window", "vw-active", "vw-cs_active", "river-entropy", "modal-pool",
+              "skal-pal", "skal-varunc", "skal-split"):
         assert f"| {m} |" in text
+    assert "| held-out acc. | refit acc. |" in text and "Queries the harness turned down at B" in text
     assert "n/a (pool)" in text and "figures/accuracy_vs_labels.png" in text
     # without timing columns the report is a function of the seeds only
     a = report.results_md(tiny, scaling, thr, commands=[], fig_names=[], minutes=0.0, timing=False)

@@ -25,13 +25,16 @@ from budgetsft.gates import (
     RandomGate,
     select_pool,
 )
-from budgetsft.learners import LogisticLearner, OGDLearner, RidgeLearner
+from budgetsft.learners import AROWLearner, LogisticLearner, OGDLearner, RidgeLearner
 
 GATE_FACTORIES = {
     "llf": lambda: LLFGate(),
     "llf-window": lambda: LLFGate(window=7),
-    "llf-paced": lambda: LLFGate(pacing=True),
-    "llf-window-paced": lambda: LLFGate(window=5, pacing=True, tau=-0.5),
+    "llf-fixed": lambda: LLFGate(threshold="fixed"),
+    "llf-paced": lambda: LLFGate(threshold="fixed", pacing=True),
+    "llf-window-paced": lambda: LLFGate(threshold="fixed", window=5, pacing=True, tau=-0.5),
+    "llf-late": lambda: LLFGate(require_late=True, memory=20),
+    "llf-window-late": lambda: LLFGate(window=6, require_late=True),
     "full": FullGate,
     "random": lambda: RandomGate(seed=3),
     "first": FirstGate,
@@ -39,7 +42,8 @@ GATE_FACTORIES = {
     "bbq": lambda: BBQGate(kappa=0.3),
     "cgz": lambda: CGZGate(b=2.0, seed=5),
 }
-LEARNERS = {"ridge": lambda: RidgeLearner(radius=1.0), "logistic": LogisticLearner, "ogd": OGDLearner}
+LEARNERS = {"ridge": lambda: RidgeLearner(radius=1.0), "logistic": LogisticLearner, "ogd": OGDLearner,
+            "arow": AROWLearner, "ridge-auto": lambda: RidgeLearner(radius="auto")}
 
 
 class SpyBudget(Budget):
@@ -127,7 +131,7 @@ def test_budget_raises_before_spending_when_a_gate_overreaches():
 
 def test_llf_window_queries_the_largest_latencies_first():
     stream = random_stream(40, 5, 4, 11)
-    recs = list(play(stream, RidgeLearner(radius=2.0), LLFGate(window=40), Budget(5.0)))
+    recs = list(play(stream, RidgeLearner(radius=2.0), LLFGate(threshold="fixed", window=40), Budget(5.0)))
     lat = np.array([r.latency for r in recs])
     q = np.array([r.queried for r in recs])
     assert q.sum() == 5
@@ -137,7 +141,7 @@ def test_llf_window_queries_the_largest_latencies_first():
 
 def test_llf_stream_skips_certain_rounds():
     stream = random_stream(200, 3, 3, 1)
-    recs = list(play(stream, RidgeLearner(radius=0.05), LLFGate(), Budget(200.0)))
+    recs = list(play(stream, RidgeLearner(radius=0.05), LLFGate(threshold="fixed"), Budget(200.0)))
     for r in recs:
         assert r.queried == (r.latency > 0)
 
@@ -145,18 +149,21 @@ def test_llf_stream_skips_certain_rounds():
 def test_llf_pacing_keeps_spending_under_the_front_loaded_schedule():
     T, B = 400, 40
     stream = random_stream(T, 4, 4, 2)
-    gate = LLFGate(pacing=True, pacing_power=0.5)
+    gate = LLFGate(threshold="fixed", pacing=True, pacing_power=0.5)
     recs = list(play(stream, RidgeLearner(radius=5.0), gate, Budget(float(B))))
     spent = np.cumsum([r.queried for r in recs])
     t = np.arange(1, T + 1)
     assert np.all(spent <= B * np.sqrt(t / T) + 1e-9)
     assert spent[-1] >= 0.9 * B  # still spends (nearly) all of it by the horizon
-    unpaced = list(play(random_stream(T, 4, 4, 2), RidgeLearner(radius=5.0), LLFGate(), Budget(float(B))))
+    unpaced = list(play(random_stream(T, 4, 4, 2), RidgeLearner(radius=5.0), LLFGate(threshold="fixed"),
+                        Budget(float(B))))
     # without pacing a huge radius makes every round late: it degenerates into `first`
     assert [r.queried for r in unpaced][:B] == [True] * B
 
 
-@pytest.mark.parametrize("bad", [dict(tau=float("nan")), dict(window=0), dict(pacing_power=0.0), dict(pacing="yes")])
+@pytest.mark.parametrize("bad", [dict(tau=float("nan")), dict(window=0), dict(pacing_power=0.0), dict(pacing="yes"),
+                                 dict(threshold="quantile"), dict(memory=0), dict(require_late=1),
+                                 dict(horizon=0)])
 def test_llf_rejects_bad_parameters(bad):
     info_stream = random_stream(2, 2, 2, 0)
     with pytest.raises(ConfigError, match="LLFGate"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from budgetsft import _math
-from budgetsft.learners import LogisticLearner, RidgeLearner
+from budgetsft.learners import AROWLearner, LogisticLearner, RidgeLearner
 
 
 @pytest.mark.parametrize("d", [1, 3, 17])
@@ -35,12 +35,12 @@ def test_inplace_update_writes_into_the_same_buffer():
     assert P[0, 1] != 0.0
 
 
-@pytest.mark.parametrize("cls", [RidgeLearner, LogisticLearner])
+@pytest.mark.parametrize("cls", [RidgeLearner, LogisticLearner, AROWLearner])
 def test_learner_state_matches_naive_after_many_updates(cls):
     """P, log det and widths of the learner equal the naive λI + Σ w z zᵀ recomputed from scratch."""
     rng = np.random.default_rng(0)
     d, K, lam = 8, 4, 0.7
-    learner = cls(lam=lam, radius=1.3)
+    learner = cls(lam=lam, radius=1.3, update="hardest")
     V = lam * np.eye(d)
     for _ in range(60):
         X = rng.standard_normal((K, d))
@@ -50,6 +50,9 @@ def test_learner_state_matches_naive_after_many_updates(cls):
             m = float(z @ learner.coef_) if hasattr(learner, "coef_") else 0.0
             p = 1 / (1 + np.exp(-m))
             w = max(p * (1 - p), learner.w_min)
+        elif cls is AROWLearner:  # weight 1/r, only on hinge violations
+            m = float(z @ learner.coef_) if hasattr(learner, "coef_") else 0.0
+            w = 1.0 / learner.r if m < 1.0 else 0.0
         else:
             w = 1.0
         learner.learn_one(X, int(gold), int(alt))

@@ -317,7 +317,8 @@ def test_the_driver_plays_on_once_the_answers_are_in(session_file):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert status["rounds_played"] >= 20 and status["horizon"] == 200 and status["driver"]["error"] is None
-    assert status["labels_bought"] == len(first_window) and status["by_annotator"]["alice"]["labels"] == 20
+    n = len(first_window)
+    assert n > 0 and status["labels_bought"] == n and status["by_annotator"]["alice"]["labels"] == n
 
 
 def test_the_driver_waits_while_another_process_plays_the_session(session_file):

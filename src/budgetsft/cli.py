@@ -55,6 +55,8 @@ def _floats(text: str, name: str) -> list[float]:
         raise ConfigError(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
 
 
+FEATURES_HELP = "Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal."
+
 def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -76,7 +78,7 @@ def _base_config(config: Path | None, env: str | None, rounds: int | None, learn
             cfg["data"] = {"name": cfg["data"]}
         if isinstance(cfg.get("features"), str):
             cfg["features"] = {"name": cfg["features"]}
-        cfg.setdefault("features", {"name": "encoder"})
+        cfg.setdefault("features", {"name": "auto"})
         if features is not None and features != cfg["features"].get("name"):
             cfg["features"] = {"name": features}
         if device is not None:
@@ -117,7 +119,7 @@ def run(
     window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode).")] = None,
     data: Annotated[str | None, typer.Option(help="Real data set (bbc-news, medmcqa, logiqa, sarcasm, "
                                                  "hf:NAME[:CONFIG], or a .jsonl file) instead of --env.")] = None,
-    features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
@@ -254,6 +256,8 @@ def resume(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
                                                                "here.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints.")] = 100,
+    rebind: Annotated[bool, typer.Option(help="The data file changed: go on with it if every paid example is "
+                                              "still at its round, unchanged.")] = False,
 ) -> None:
     """Continue an interrupted session (even after kill -9): same records as an uninterrupted run."""
     from budgetsft.session import Session
@@ -263,7 +267,9 @@ def resume(
         spec = {"name": oracle}
         if oracle == "terminal":
             spec.update(annotator=annotator, cost=cost)
-    sess = Session.open(path, checkpoint_every=checkpoint_every)
+        _oracle_of(spec)  # a bad oracle or price fails before anything is played
+    sess = Session.open(path, checkpoint_every=checkpoint_every, rebind=rebind)
+    sess.check_source()
     _play_session(sess, spec, as_json, out_dir)
 
 
@@ -299,13 +305,40 @@ def session_show(
 def session_export(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
     dest: Annotated[Path, typer.Argument(help="Output JSONL: the bought labelled set, canonical schema.")],
+    force: Annotated[bool, typer.Option(help="Overwrite DEST if it exists (never the ledger itself).")] = False,
+    rebind: Annotated[bool, typer.Option(help="The data file changed: export if every paid example is still "
+                                              "at its round, unchanged.")] = False,
 ) -> None:
     """Write the labelled examples the session bought (with annotator and cost) as JSONL."""
+    import os
+    import tempfile
+
     from budgetsft.session import Session
 
-    rows = Session.open(path).export_labels()
-    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    out.print(f"wrote {len(rows)} labelled examples to {dest}")
+    real_dest = Path(os.path.realpath(dest))
+    if real_dest == Path(os.path.realpath(path)) or any(
+            real_dest == Path(os.path.realpath(str(path) + suffix)) for suffix in ("-wal", "-shm", "-acks", ".lock")):
+        raise ConfigError(f"{dest}: that is the session ledger {path} (or one of its files); choose another "
+                          f"output file.")
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest}: file exists; pass --force to overwrite it.")
+    if dest.exists() and not dest.is_file():
+        raise ConfigError(f"{dest}: not a regular file.")
+    if not dest.parent.is_dir():
+        raise ConfigError(f"{dest}: folder {dest.parent} does not exist.")
+    sess = Session.open(path, rebind=rebind)
+    rows = sess.export_labels()
+    sess.close()
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:  # written whole, then renamed into place: a failure never leaves half a file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    out.print(f"wrote {len(rows)} labelled examples to {dest}", markup=False, highlight=False)
 
 
 @session_app.command("import")
@@ -313,11 +346,12 @@ def session_import(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
     answers: Annotated[Path, typer.Argument(help='JSONL answers: {"query_id": 3, "label": 1, "annotator": "a"}.')],
 ) -> None:
-    """Import answers to pending queries (file oracle); nothing is charged if any line is bad."""
+    """Import answers to pending queries (file oracle): all or nothing, nothing is charged if any is refused."""
     from budgetsft.ledger import Ledger
     from budgetsft.oracles import import_answers
 
-    res = import_answers(Ledger.open(path), answers)
+    with Ledger.open(path) as led:
+        res = import_answers(led, answers)
     out.print(f"imported {res['added']} answer(s), {res['duplicates']} duplicate(s) ignored, "
               f"{res['pending']} still pending", markup=False)
 
@@ -329,23 +363,64 @@ def annotate(
     host: Annotated[str, typer.Option(help="Interface to bind (loopback unless told otherwise).")] = "127.0.0.1",
     add_annotator: Annotated[str | None, typer.Option(help="Create an annotator, print its token, and exit.")] = None,
     cost: Annotated[float, typer.Option(help="With --add-annotator: the annotator's price per label.")] = 1.0,
+    revoke: Annotated[str | None, typer.Option(help="Revoke this annotator's token at once, and exit.")] = None,
+    list_annotators: Annotated[bool, typer.Option("--list", help="List the annotators (tokens are stored "
+                                                                 "hashed: they cannot be shown), and exit.")] = False,
     lease_ttl: Annotated[float, typer.Option(help="Seconds an item stays reserved for the annotator "
                                                   "who fetched it.")] = 300.0,
+    rebind: Annotated[bool, typer.Option(help="The data file changed: serve it if every paid example is still "
+                                              "at its round, unchanged.")] = False,
 ) -> None:
     """Serve the session's pending queries to annotators in the browser and over a JSON API."""
     from budgetsft.ledger import Ledger
 
     if add_annotator is not None:
-        ann = Ledger.open(path).add_annotator(add_annotator, cost)
+        with Ledger.open(path) as led:
+            ann = led.add_annotator(add_annotator, cost)
+            unit, total = led.budget_unit, led.budget_total
         out.print(f"annotator {ann.name} (cost {ann.cost:g} per label), token: {ann.token}", markup=False,
                   highlight=False)
+        # Notes go to stderr: the token stays the last line of stdout, for scripts.
+        if unit == "labels":
+            err.print(f"note: this session's budget counts labels ({total:g}): every label uses 1 of them "
+                      f"whatever the annotator's price; the price {ann.cost:g} is recorded, not charged. Prices "
+                      f"are charged only under a cost budget (gate unit: cost).", markup=False, highlight=False)
+        else:
+            err.print(f"note: this session's budget counts cost units ({total:g}): each label by {ann.name} "
+                      f"charges {ann.cost:g} of them.", markup=False, highlight=False)
+        err.print("the token is shown only now (the ledger keeps a hash); revoke it with "
+                  f"`budgetsft annotate {path} --revoke {ann.name}`.", markup=False, highlight=False)
         return
-    led = Ledger.open(path)
-    anns = led.annotators()
-    if not anns:
-        raise ConfigError(f"{path}: no annotators yet; add one with `budgetsft annotate {path} "
-                          f"--add-annotator NAME --cost 1.0`.")
-    led.close()
+    if revoke is not None:
+        with Ledger.open(path) as led:
+            led.revoke_annotator(revoke)
+        out.print(f"annotator {revoke}: token revoked", markup=False, highlight=False)
+        return
+    if list_annotators:
+        with Ledger.open(path) as led:
+            anns, by = led.annotators(include_revoked=True), led.labels_by_annotator()
+        table = Table(title=f"annotators of {path}")
+        for col in ("annotator", "cost", "labels", "spent", "status"):
+            table.add_column(col, justify="left" if col in ("annotator", "status") else "right")
+        for a in anns:
+            row = by.get(a.name, {"labels": 0, "spent": 0.0})
+            table.add_row(a.name, f"{a.cost:g}", str(row["labels"]), _fmt(row["spent"]),
+                          "revoked" if a.revoked is not None else "active")
+        out.print(table)
+        return
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"'--port' must be an int in [1, 65535]. Got {port}.")
+    from budgetsft.session import Session
+
+    sess = Session.open(path, rebind=rebind)
+    try:
+        anns = sess.ledger.annotators()
+        if not anns:
+            raise ConfigError(f"{path}: no annotators yet; add one with `budgetsft annotate {path} "
+                              f"--add-annotator NAME --cost 1.0`.")
+        sess.check_source()  # changed data is refused here, before anyone is served
+    finally:
+        sess.close()
     from budgetsft.web import serve
 
     out.print(f"serving {path} on http://{host}:{port}/ for {len(anns)} annotator(s): "
@@ -375,7 +450,7 @@ def sweep(
     radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
     data: Annotated[str | None, typer.Option(help="Real data set instead of --env "
                                                  "(see `budgetsft data list`).")] = None,
-    features: Annotated[str | None, typer.Option(help="Featuriser for --data: encoder, causal, block.")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "

@@ -27,7 +27,7 @@ from budgetsft.envs import AdversarialContextEnv, DriftingEnv, LinearSoftmaxEnv
 from budgetsft.exceptions import ConfigError
 from budgetsft.followers import BestResponseFollower, RandomFollower
 from budgetsft.gates import BBQGate, CGZGate, FirstGate, FullGate, LLFGate, MarginGate, RandomGate
-from budgetsft.learners import LogisticLearner, OGDLearner, RidgeLearner
+from budgetsft.learners import AROWLearner, LogisticLearner, OGDLearner, RidgeLearner
 
 __all__ = [
     "LEARNERS",
@@ -41,7 +41,12 @@ __all__ = [
     "validate_config",
 ]
 
-LEARNERS: dict[str, Callable] = {"ridge": RidgeLearner, "logistic": LogisticLearner, "ogd": OGDLearner}
+LEARNERS: dict[str, Callable] = {
+    "logistic": LogisticLearner,
+    "arow": AROWLearner,
+    "ridge": RidgeLearner,
+    "ogd": OGDLearner,
+}
 GATES: dict[str, Callable] = {
     "llf": LLFGate,
     "full": FullGate,
@@ -57,6 +62,8 @@ ENVS: dict[str, Callable] = {
     "drifting": DriftingEnv,
     "adversarial": AdversarialContextEnv,
 }
+# Featurisers of a `data` run; "auto" is block on a fixed label set, else encoder (realdata.resolve_features).
+FEATURES = ("auto", "block", "causal", "encoder")
 # Keys of the gate section that configure the budget, not the gate object.
 BUDGET_KEYS = ("beta", "budget", "unit")
 # Components that own a random generator receive a seed derived from the run seed.
@@ -64,21 +71,31 @@ SEEDED_OFFSET = {"gate": 1, "follower": 2}
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "env": {"name": "synthetic", "d": 20, "K": 5, "rounds": 5000, "temperature": 0.05, "theta_norm": 1.0},
-    "learner": {"name": "ridge"},
+    "learner": {"name": "logistic"},
     "gate": {"name": "llf", "beta": 0.1},
     "follower": {"name": "best_response"},
     "seed": 0,
     "comparator_S": 10.0,
     "regret_lp": True,
     "test_rounds": 2000,
+    "refit": True,
 }
 
 TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress"}
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Deep-merge ``override`` into a copy of ``base``; a new ``name`` replaces the section."""
+    """Deep-merge ``override`` into a copy of ``base``; a new ``name`` replaces the section.
+
+    The two ways of giving a budget exclude each other: an override that sets
+    ``budget`` drops the ``beta`` it inherits, and one that sets ``beta`` drops
+    an inherited ``budget`` (so ``gate: {name: llf, budget: 5}`` over the
+    default β works; both in the same mapping is still an error).
+    """
     out = copy.deepcopy(base)
+    for one, other in (("budget", "beta"), ("beta", "budget")):
+        if one in override and other not in override:
+            out.pop(other, None)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             if "name" in value and value["name"] != out[key].get("name"):
@@ -150,6 +167,13 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     """Build every component and run its parameter checks, before any round is played."""
     from budgetsft.budget import Budget
 
+    # Issue 13: values that would crash building the components (the seed is multiplied, the rounds counted).
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{where}: 'seed' must be an int in [0, 2**32). Got {seed!r}.")
+    env_rounds = (cfg.get("env") or {}).get("rounds") if not cfg.get("data") else None
+    if isinstance(env_rounds, int) and not isinstance(env_rounds, bool) and env_rounds > 10**9:
+        raise ConfigError(f"{where}: 'env.rounds' must be an int in [1, 10**9]. Got {env_rounds!r}.")
     objs = build(cfg, where)
     for key in ("env", "learner", "gate", "follower"):
         obj = objs.get(key)
@@ -167,7 +191,17 @@ def validate_config(cfg: dict, where: str = "config") -> None:
         data = cfg["data"]
         if not (isinstance(data, str) or (isinstance(data, dict) and "name" in data)):
             raise ConfigError(f"{where}: 'data' must be a data set name or a mapping with a 'name'. Got {data!r}.")
-        feats = cfg.get("features") or {"name": "encoder"}
-        kind = feats if isinstance(feats, str) else feats.get("name", "encoder")
-        if kind not in ("encoder", "causal", "block"):
-            raise ConfigError(f"{where}: unknown features {kind!r}; valid: block, causal, encoder.")
+        feats = cfg.get("features") or {"name": "auto"}
+        kind = feats if isinstance(feats, str) else feats.get("name", "auto")
+        if kind not in FEATURES:
+            raise ConfigError(f"{where}: unknown features {kind!r}; valid: {', '.join(FEATURES)}.")
+    # Issue 13: run settings are checked here too, with the parameter named.
+    test_rounds = cfg.get("test_rounds", 0)
+    if isinstance(test_rounds, bool) or not isinstance(test_rounds, int) or test_rounds < 0:
+        raise ConfigError(f"{where}: 'test_rounds' must be an int >= 0. Got {test_rounds!r}.")
+    for key in ("regret_lp", "progress", "refit"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false. Got {cfg[key]!r}.")
+    s_norm = cfg.get("comparator_S", 10.0)
+    if isinstance(s_norm, bool) or not isinstance(s_norm, int | float) or not (s_norm > 0 and s_norm < float("inf")):
+        raise ConfigError(f"{where}: 'comparator_S' must be a finite number > 0. Got {s_norm!r}.")

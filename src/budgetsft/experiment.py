@@ -14,10 +14,11 @@ from budgetsft.base import Record, Round
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.game import play
+from budgetsft.refit import refit_accuracy
 from budgetsft.regret import summarize
 
 __all__ = ["RunResult", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells", "held_out_accuracy",
-           "SUMMARY_KEYS", "aggregate"]
+           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -35,6 +36,7 @@ SUMMARY_KEYS = (
     "pseudo_regret_queried",
     "pseudo_regret_unqueried",
     "test_accuracy",
+    "refit_accuracy",
     "seconds",
 )
 
@@ -57,6 +59,15 @@ def held_out_accuracy(learner, rounds: Sequence[Round]) -> float:
         return math.nan
     hits = sum(int(np.argmax(learner.score_many(np.asarray(r.features, dtype=np.float64))) == r.gold) for r in rounds)
     return hits / len(rounds)
+
+
+def bought_refit_accuracy(cfg: dict, records: Sequence[Record], played: Sequence[Round],
+                          test: Sequence[Round] | None) -> float:
+    """Held-out accuracy of the head refit on exactly the bought rounds (``budgetsft.refit``; NaN if off)."""
+    if not cfg.get("refit", True) or not test:
+        return math.nan
+    bought = [rnd for rec, rnd in zip(records, played, strict=True) if rec.queried]
+    return refit_accuracy(bought, test, seed=int(cfg.get("seed", 0)))
 
 
 def budget_for(cfg: dict, stream: Sequence[Round] | object) -> Budget:
@@ -135,6 +146,7 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
         learner=cfg["learner"]["name"],
         seed=cfg.get("seed", 0),
         test_accuracy=held_out_accuracy(learner, test) if test is not None else math.nan,
+        refit_accuracy=bought_refit_accuracy(cfg, records, played, test),
         seconds=seconds,
     )
     return summary
@@ -156,11 +168,11 @@ def _real_streams(cfg: dict):
     from budgetsft.realdata import load_streams
 
     data = dict(cfg["data"]) if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
-    feats = dict(cfg.get("features") or {"name": "encoder"})
+    feats = dict(cfg.get("features") or {"name": "auto"})
     if isinstance(cfg.get("features"), str):
         feats = {"name": cfg["features"]}
     name = data.pop("name")
-    kind = feats.pop("name", "encoder")
+    kind = feats.pop("name", "auto")
     device = feats.pop("device", "auto")
     return load_streams(name, kind, seed=int(cfg.get("seed", 0)), device=device, feature_options=feats,
                         progress=bool(cfg.get("progress", False)), **data)

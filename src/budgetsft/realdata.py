@@ -13,7 +13,7 @@ from budgetsft.base import Round
 from budgetsft.data import Dataset, Example, load_dataset
 from budgetsft.exceptions import DataError
 
-__all__ = ["RealStreams", "load_streams", "to_rounds"]
+__all__ = ["RealStreams", "load_streams", "resolve_features", "to_rounds"]
 
 
 @dataclass
@@ -40,9 +40,22 @@ def to_rounds(examples: list[Example], features) -> list[Round]:
     return rounds
 
 
+def resolve_features(features: str, ds: Dataset) -> str:
+    """``"auto"``: ``block`` for a data set with a fixed label set, else ``encoder``.
+
+    On a fixed label set, block features give the head one weight vector per label
+    over e(x) (the multiclass peers' hypothesis class); measured on bbc-news they beat
+    the joint encoder features at every budget (``benchmarks/RESULTS.md``). Per-item
+    candidates have no label blocks, so they get the joint encoder features.
+    """
+    if features == "auto":
+        return "block" if ds.labels is not None else "encoder"
+    return features
+
+
 def load_streams(
     data: str,
-    features: str = "encoder",
+    features: str = "auto",
     *,
     seed: int = 0,
     test_fraction: float = 0.2,
@@ -54,6 +67,9 @@ def load_streams(
     skip_invalid: bool = False,
 ) -> RealStreams:
     """Load data set ``data``, featurise train and test (reusing the disk cache), return rounds.
+
+    ``features="auto"`` (the default) picks the featuriser for the data set
+    (:func:`resolve_features`); ``RealStreams.featurizer`` says which was used.
 
     The split (and so the order of the stream) is seeded by ``seed``;
     features are cached per text, so every seed after the first one hits the
@@ -67,6 +83,7 @@ def load_streams(
     if progress and ds.meta.get("n_skipped"):
         print(f"data {data}: {ds.meta['n_skipped']} source item(s) skipped (see `budgetsft data show`)",
               file=sys.stderr)
+    features = resolve_features(features, ds)
     opts = dict(feature_options or {})
     opts.setdefault("device", resolve_device(device))
     if features == "block":

@@ -20,14 +20,18 @@ class RidgeLearner(CovarianceMixin):
     ----------
     lam : float, default=1.0
         Ridge regulariser λ > 0.
-    radius : float or "theory", default=1.0
-        Confidence radius ρ. ``"theory"`` uses the OFUL radius
+    radius : float, "auto" or "theory", default="auto"
+        Confidence radius ρ. ``"auto"`` estimates it from the bought labels:
+        ρ_t = σ̂_t sqrt(2 log(1/δ)) with σ̂_t the RMS of the prequential residuals
+        (:meth:`current_radius`). ``"theory"`` uses the OFUL radius
         σ sqrt(2 log(det(V)^{1/2} det(λI)^{-1/2} / δ)) + sqrt(λ) S, which is
-        conservative (see SPEC §4); the default fixed radius was chosen on the
-        shipped synthetic settings (``benchmarks/radius_sensitivity.py``).
+        conservative: it makes nearly every round late. A float fixes ρ
+        (``benchmarks/radius_sensitivity.py`` shows how LLF moves with it).
     sigma, delta, S : float
         Noise level, confidence and norm bound of the theory radius.
-    update : {"hardest", "all"}, default="hardest"
+    update : {"hardest", "violated", "all"}, default="hardest"
+        Which wrong candidates a bought label teaches (see
+        :class:`~budgetsft.learners.LogisticLearner`).
         Update on the follower's alternative only, or on every wrong candidate.
     d : int, optional
         Feature dimension; inferred from the first round when omitted.
@@ -45,7 +49,7 @@ class RidgeLearner(CovarianceMixin):
     def __init__(
         self,
         lam: float = 1.0,
-        radius: RadiusSpec = 1.0,
+        radius: RadiusSpec = "auto",
         sigma: float = 0.5,
         delta: float = 0.1,
         S: float = 1.0,
@@ -73,15 +77,17 @@ class RidgeLearner(CovarianceMixin):
         X = self._ensure(np.asarray(X, dtype=np.float64))
         self._check_pair(X, gold, alternative)
         W = self._XP(X)
-        for a in self._pairs(X, gold, alternative):
+        pairs = self._pairs(X, gold, alternative)
+        for a in pairs:
             z = X[gold] - X[a]
             u = W[gold] - W[a]  # P z, reused from the width step
             c = 1.0 + float(z @ u)
+            self._observe_residual(1.0 - float(z @ self.coef_))
             # Recursive least squares: θ' = P'(b + z) = θ + P z (1 - zᵀθ) / (1 + zᵀ P z),
             # O(d) instead of a third pass over P.
             self.coef_ = self.coef_ + u * ((1.0 - float(z @ self.coef_)) / c)
             self._rank_one(z, u)
             self.b_ += z
             self.n_updates_ += 1
-            if self.update == "all":
+            if len(pairs) > 1:
                 W = self._rank_one_W(W, z, u)
