@@ -7,11 +7,13 @@ Usage::
     python benchmarks/peers.py --settings bbc-news --seeds 0,1,2
 
 Settings: the low-noise and the noisy synthetic streams (``configs/synthetic_*.yaml``),
-``bbc-news`` and ``sarcasm`` with ``encoder`` features. Budgets β ∈ {0.05, 0.1, 0.2}.
+``bbc-news`` and ``sarcasm`` with the features a user gets by default (``auto``: ``block`` on
+these fixed label sets). Budgets β ∈ {0.05, 0.1, 0.2}.
 
 Methods (all see the same :class:`~budgetsft.base.Round` streams and test rounds):
 
-* budgetsft: ridge learner (λ = 1, ρ = 1) with the gates ``llf`` (stream mode),
+* budgetsft at its defaults (logistic learner, data-driven radius, budget-calibrated LLF;
+  the synthetic settings take the learner of their config file) with the gates ``llf`` (stream mode),
   ``llf-window`` (window mode, W = 50), ``random``, ``first``, ``margin``, ``bbq``
   and ``full`` (β = 1);
 * ``vw-active``: Vowpal Wabbit ``--active --simulation`` on the candidate-features
@@ -85,7 +87,7 @@ from budgetsft.refit import refit_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"low-noise": "configs/synthetic_low_noise.yaml", "noisy": "configs/synthetic_noisy.yaml"}
-REAL = {"bbc-news": "encoder", "sarcasm": "encoder"}
+REAL = {"bbc-news": "auto", "sarcasm": "auto"}  # the user's default: `block` on a fixed label set
 SETTINGS = [*SYNTHETIC, *REAL]
 BETAS = [0.05, 0.1, 0.2]
 EXTRA_RANDOM = [0.3, 0.5]  # random's curve is extended to read off label savings
@@ -93,7 +95,7 @@ BSFT = ["llf", "llf-window", "random", "first", "margin", "bbq", "full"]
 # budgetsft again on `block` features (SPEC §6): e(x) in the block of each label, i.e. one linear model per
 # class over e(x), the hypothesis class the multiclass peers use; only on settings with a fixed label set.
 BSFT_BLOCK = ["llf-block", "random-block", "full-block"]
-BLOCK_SETTINGS = {"bbc-news"}
+BLOCK_SETTINGS: set[str] = set()  # the default features are already `block` on bbc-news and sarcasm
 SKAL = ["skal-pal", "skal-varunc", "skal-split"]  # scikit-activeml stream strategies
 PEERS = ["vw-active", "vw-cs_active", "river-entropy", "modal-pool", *SKAL]
 METHODS = BSFT + BSFT_BLOCK + PEERS
@@ -107,7 +109,6 @@ HARD_CAP = {"llf": True, "llf-window": True, "random": True, "first": True, "mar
 def is_full(method: str) -> bool:
     return method in ("full", "full-block")
 WINDOW = 50
-RADIUS = 1.0
 TUNE_STEPS = 10
 
 
@@ -139,6 +140,18 @@ class Setting:
         if self.block_train is not None:
             return self.block_train, self.block_test
         return self.train, self.test
+
+
+def ex_from_block(rounds: Sequence[Round]) -> np.ndarray:
+    """e(x) of each round from block features (candidate 0's row holds [e(x), 1] in its label's block)."""
+    X0 = np.asarray(rounds[0].features)
+    L = X0.shape[0]
+    h = X0.shape[1] // L - 1
+    out = np.empty((len(rounds), h))
+    for t, r in enumerate(rounds):
+        blocks = np.asarray(r.features[0], dtype=np.float64).reshape(-1, h + 1)
+        out[t] = blocks[int(np.argmax(blocks[:, h]))][:h]  # the block whose bias is 1
+    return out
 
 
 def recover_ex(rounds: Sequence[Round]) -> np.ndarray:
@@ -181,9 +194,13 @@ def load_setting(name: str, seed: int, *, rounds: int | None = None, max_example
         train, test = s.train, s.test
         if rounds:
             train = train[:rounds]
-        base = {"learner": {"name": "ridge", "lam": 1.0, "radius": RADIUS}, "regret_lp": False}
-        Xtr, Xte = recover_ex(train), recover_ex(test)
-        vector = f"e(x) recovered from φ (h = {Xtr.shape[1]})"
+        base = {"regret_lp": False}  # budgetsft's defaults: the learner, radius and gate a user gets
+        if s.featurizer == "block":
+            Xtr, Xte = ex_from_block(train), ex_from_block(test)
+            vector = f"e(x) read off the block features (h = {Xtr.shape[1]})"
+        else:
+            Xtr, Xte = recover_ex(train), recover_ex(test)
+            vector = f"e(x) recovered from φ (h = {Xtr.shape[1]})"
         if name in BLOCK_SETTINGS:
             b = load_streams(name, "block", seed=seed, max_examples=max_examples, progress=False)
             block_train, block_test = (b.train[:rounds] if rounds else b.train), b.test
@@ -624,28 +641,72 @@ def cap_line(res: dict) -> str:
     return "; ".join(parts)
 
 
+ONLINE_PEERS = ("vw-cs_active", "river-entropy", *SKAL)  # peers that predict before each label (online mistakes)
+REFIT_PEERS = ("vw-cs_active", "river-entropy", "modal-pool", *SKAL)
+
+
+def overlap(res: dict, a: str, b: str, beta: float) -> float:
+    """Mean over seeds of |bought(a) ∩ bought(b)| / B."""
+    vals = []
+    for seed in sorted({r["seed"] for r in res["rows"]}):
+        ra = [r for r in res["rows"] if r["method"] == a and r["beta"] == beta and r["seed"] == seed]
+        rb = [r for r in res["rows"] if r["method"] == b and r["beta"] == beta and r["seed"] == seed]
+        if ra and rb:
+            vals.append(len(set(ra[0]["bought"]) & set(rb[0]["bought"])) / max(ra[0]["budget"], 1))
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _target(text: str, measured: str, ok: bool, by: str) -> dict:
+    return {"target": text, "measured": measured, "ok": bool(ok), "by": by}
+
+
 def targets(results: dict[str, dict], betas: Sequence[float]) -> list[dict]:
-    """The issue's peer targets, each with what was measured and PASS/MISS."""
+    """The issues' targets (issue 10: LLF that chooses, at the defaults), each with what was measured."""
     out = []
-    if "bbc-news" in results and 0.1 in betas:
-        rows = {(s["method"], s["beta"]): s for s in summary_rows(results["bbc-news"], betas)}
-        for name, features in (("llf", "encoder"), ("llf-block", "block")):
-            llf = rows.get((name, 0.1))
-            if not llf:
+    for name in ("bbc-news", "sarcasm"):
+        if name not in results:
+            continue
+        res = results[name]
+        rows = {(s["method"], s["beta"]): s for s in summary_rows(res, betas)}
+        for beta in betas:
+            llf, first, rnd = rows.get(("llf", beta)), rows.get(("first", beta)), rows.get(("random", beta))
+            if not (llf and first and rnd):
                 continue
-            for peer in ("vw-active", "vw-cs_active", "river-entropy"):
-                p = rows.get((peer, 0.1))
-                if p is None:
-                    continue
-                ok = llf["mistakes"] < p["mistakes"]
+            tag = f"{name} β={beta:g}"
+            ov = overlap(res, "llf", "first", beta)
+            out.append(_target(f"{tag}: LLF's bought set overlaps first's by ≤ 0.5", f"overlap {ov:.3f}",
+                               ov <= 0.5, f"{0.5 - ov:+.3f}"))
+            lab = min(r["labels"] / r["budget"] for r in res["rows"] if r["method"] == "llf" and r["beta"] == beta)
+            out.append(_target(f"{tag}: LLF buys ≥ 0.98 B on every seed", f"min labels / B {lab:.3f}", lab >= 0.98,
+                               f"{lab - 0.98:+.3f}"))
+            ratio = llf["mistakes"] / first["mistakes"]
+            out.append(_target(f"{tag}: LLF online mistakes ≤ 0.9× first's",
+                               f"llf {llf['mistakes']:.1f} ± {llf['mistakes_sd']:.1f} vs first "
+                               f"{first['mistakes']:.1f} ± {first['mistakes_sd']:.1f} -> {ratio:.3f}×",
+                               ratio <= 0.9, f"{0.9 - ratio:+.3f}"))
+            for other, o in (("first", first), ("random", rnd)):
+                gain = 100 * (llf["refit"] - o["refit"])
+                out.append(_target(f"{tag}: LLF refit accuracy ≥ {other}'s + 1 point",
+                                   f"llf {llf['refit']:.4f} vs {other} {o['refit']:.4f} ({gain:+.2f} points)",
+                                   gain >= 1.0, f"{gain - 1.0:+.2f} points"))
+        llf = rows.get(("llf", 0.1))
+        if llf is None:
+            continue
+        for peer in REFIT_PEERS:
+            p = rows.get((peer, 0.1))
+            if p is None:
+                continue
+            over = " (over B)" if p["over_budget"] else ""
+            if peer in ONLINE_PEERS:
+                d = p["mistakes"] - llf["mistakes"]
                 sd = max(llf["mistakes_sd"], p["mistakes_sd"])
-                out.append({"target": f"bbc-news β=0.1: LLF ({features} features) online mistakes < {peer}",
-                            "measured": f"{name} {llf['mistakes']:.1f} ± {llf['mistakes_sd']:.1f} "
-                                        f"({llf['labels']:.0f} labels) vs {peer} {p['mistakes']:.1f} ± "
-                                        f"{p['mistakes_sd']:.1f} ({p['labels']:.0f} labels)",
-                            "ok": ok, "by": f"{p['mistakes'] - llf['mistakes']:+.1f} mistakes in LLF's favour"
-                                            + ("; within one seed sd" if abs(p["mistakes"] - llf["mistakes"]) < sd
-                                               else "")})
+                out.append(_target(f"{name} β=0.1: LLF online mistakes ≤ {peer}'s{over}",
+                                   f"llf {llf['mistakes']:.1f} vs {peer} {p['mistakes']:.1f} ({p['labels']:.0f} labels)",
+                                   d >= 0, f"{d:+.1f} in LLF's favour" + ("; within one seed sd" if abs(d) < sd else "")))
+            d = 100 * (llf["refit"] - p["refit"])
+            out.append(_target(f"{name} β=0.1: LLF refit accuracy ≥ {peer}'s{over}",
+                               f"llf {llf['refit']:.4f} vs {peer} {p['refit']:.4f}", d >= 0,
+                               f"{d:+.2f} points in LLF's favour"))
     if "low-noise" in results and 0.1 in betas:
         res = results["low-noise"]
         rows = {(s["method"], s["beta"]): s for s in summary_rows(res, betas)}

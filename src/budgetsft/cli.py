@@ -21,12 +21,12 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console() if sys.stdout.isatty() else Console(width=200)
 
 TABLE_KEYS = ("labels_bought", "mistakes", "pseudo_regret", "stackelberg_regret", "regret_queried",
-              "regret_unqueried", "test_accuracy")
+              "regret_unqueried", "test_accuracy", "refit_accuracy")
 # Real data has no expected rewards (no pseudo-regret); without the LP, split the hinge loss instead.
 DATA_KEYS = ("labels_bought", "mistakes", "mistakes_queried", "mistakes_unqueried", "hinge_loss",
-             "stackelberg_regret", "test_accuracy")
+             "stackelberg_regret", "test_accuracy", "refit_accuracy")
 DATA_KEYS_NO_LP = ("labels_bought", "mistakes", "mistakes_queried", "mistakes_unqueried", "hinge_loss",
-                   "hinge_loss_queried", "hinge_loss_unqueried", "test_accuracy")
+                   "hinge_loss_queried", "hinge_loss_unqueried", "test_accuracy", "refit_accuracy")
 
 
 def _table_keys(cfg: dict) -> tuple[str, ...]:
@@ -55,6 +55,18 @@ def _floats(text: str, name: str) -> list[float]:
         raise ConfigError(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
 
 
+LEARNER_HELP = "Learner: logistic (default), arow, ridge, ogd."
+RADIUS_HELP = "Confidence radius ρ of the learner: a number, auto (default: estimated from the bought labels) or theory."
+
+
+def _radius(text: str) -> float | str:
+    if text in ("auto", "theory"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"'--radius' must be a number, 'auto' or 'theory'. Got {text!r}.") from None
+
 FEATURES_HELP = "Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal."
 
 def _ints(text: str, name: str) -> list[int]:
@@ -65,7 +77,7 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def _base_config(config: Path | None, env: str | None, rounds: int | None, learner: str | None,
-                 radius: float | None, data: str | None = None, features: str | None = None,
+                 radius: str | None, data: str | None = None, features: str | None = None,
                  device: str | None = None, max_examples: int | None = None,
                  skip_invalid: bool = False) -> dict:
     from budgetsft.config import DEFAULT_CONFIG, load_config, merge
@@ -95,7 +107,7 @@ def _base_config(config: Path | None, env: str | None, rounds: int | None, learn
     if learner is not None and learner != cfg["learner"]["name"]:
         cfg["learner"] = {"name": learner}
     if radius is not None:
-        cfg["learner"]["radius"] = radius
+        cfg["learner"]["radius"] = _radius(radius)
     return cfg
 
 
@@ -114,8 +126,8 @@ def run(
     beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of rounds, in (0, 1].")] = None,
     rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
-    learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
-    radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
+    learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
+    radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
     window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode).")] = None,
     data: Annotated[str | None, typer.Option(help="Real data set (bbc-news, medmcqa, logiqa, sarcasm, "
                                                  "hf:NAME[:CONFIG], or a .jsonl file) instead of --env.")] = None,
@@ -446,8 +458,8 @@ def sweep(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     env: Annotated[str | None, typer.Option(help="Environment: synthetic, drifting, adversarial.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
-    learner: Annotated[str | None, typer.Option(help="Learner: ridge, logistic, ogd.")] = None,
-    radius: Annotated[float | None, typer.Option(help="Confidence radius ρ of the learner.")] = None,
+    learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
+    radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
     data: Annotated[str | None, typer.Option(help="Real data set instead of --env "
                                                  "(see `budgetsft data list`).")] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
@@ -580,21 +592,20 @@ def plot(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the plots.")] = Path("runs/demo"),
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    synthetic: Annotated[bool, typer.Option(help="Run the SPEC §4 synthetic sweep instead of bbc-news.")] = False,
+    synthetic: Annotated[bool, typer.Option(help="Run the synthetic sanity sweep instead of bbc-news.")] = False,
 ) -> None:
-    """The main job on the built-in default: bbc-news with encoder features, llf / random / first / full at β = 0.1."""
+    """The main job on the built-in default: bbc-news (default features), llf / random / first / full at β = 0.1."""
     from budgetsft.config import DEFAULT_CONFIG, merge
 
     if synthetic:
         cfg = merge(DEFAULT_CONFIG, {})
-        out.print("budgetsft demo: low-noise synthetic stream (SPEC §4 setting), β = 0.1")
+        out.print("budgetsft demo: low-noise synthetic stream (the sanity setting: d = 20, K = 5, T = 5000), β = 0.1")
     else:
         # The exact LP comparator takes ~40 s per run at d = 769: the demo skips it
         # (`budgetsft run --data bbc-news` computes it).
-        cfg = merge(DEFAULT_CONFIG, {"data": {"name": "bbc-news"}, "features": {"name": "encoder"},
-                                     "regret_lp": False, "progress": True})
-        out.print("budgetsft demo: bbc-news (2,127 BBC articles, 5 topics), all-MiniLM-L6-v2 features, "
-                  "label budget β = 0.1 of the train stream")
+        cfg = merge(DEFAULT_CONFIG, {"data": {"name": "bbc-news"}, "regret_lp": False, "progress": True})
+        out.print("budgetsft demo: bbc-news (2,127 BBC articles, 5 topics), all-MiniLM-L6-v2 block features "
+                  "(one linear model per topic), label budget β = 0.1 of the train stream")
     _sweep_and_report(cfg, ["llf", "random", "first", "full"], [0.1], _ints(seeds, "seeds"), False,
                       out_dir / ("pseudo_regret.png" if synthetic else "mistakes.png"), runs_dir=out_dir)
     out.print(f"wrote {out_dir}/curves.png")
@@ -631,7 +642,8 @@ def adapt(
 @app.command()
 def featurize(
     data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")],
-    features: Annotated[str, typer.Option(help="Featuriser: encoder, causal, block.")] = "encoder",
+    features: Annotated[str, typer.Option(help="Featuriser: auto (block on a fixed label set, else encoder), "
+                                                "encoder, causal, block.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set.")] = None,
     backend: Annotated[str, typer.Option(help="local (this process) or ray (parallel actors).")] = "local",
@@ -641,12 +653,14 @@ def featurize(
     """Featurise a data set into the disk cache (later runs reuse it)."""
     from budgetsft.data import load_dataset
     from budgetsft.features.models import resolve_device
+    from budgetsft.realdata import resolve_features
 
     if backend not in ("local", "ray"):
         raise ConfigError(f"'--backend' must be local or ray. Got {backend!r}.")
     ds = load_dataset(data, seed=0, max_examples=max_examples)
     examples = list(ds.train) + list(ds.test)
     options: dict = {"device": resolve_device(device)}
+    features = resolve_features(features, ds)
     if features == "block":
         if ds.labels is None:
             raise ConfigError(f"the 'block' featuriser needs a fixed label set; data set {data!r} has none.")

@@ -45,7 +45,8 @@ the confidence radius ρ. The budget stays a hard cap.
 
 Without a known horizon the schedule assumes T̂ = ``horizon`` when given,
 else T̂ = 10·B (a 10 % budget); past T̂ the rest of the budget goes to the
-rounds whose latency tops the window's quantile at the rate β̂ = B / T̂.
+rounds whose latency tops the window's quantile at the rate β̂ = B / T̂ plus the
+same catch-up term.
 
 ``threshold="fixed"`` is the plain gate of the first build: τ_t = ``tau``,
 raised to +inf while spending is ahead of the schedule when ``pacing=True``.
@@ -233,6 +234,8 @@ class LLFGate:
         """Stream mode: buy iff the latency reaches τ_t and the budget affords the label."""
         tau = self.threshold_at(info, budget)
         late = info.latency >= tau if self.calibrated else info.latency > tau
+        if self.require_late:
+            late = late and info.latency > self.tau
         return bool(late and math.isfinite(info.latency)) and budget.can_afford(info.cost)
 
     def select_many(self, infos: Sequence[QueryInfo], budget: Budget) -> list[int]:

@@ -39,9 +39,9 @@ class AROWLearner(CovarianceMixin):
         Prior noise scale, confidence and norm bound of the radius.
     update : {"violated", "hardest", "all"}, default="violated"
         Learn from the follower's alternative and every other wrong candidate
-        whose hinge is active (default), from the alternative only, or from
-        every wrong candidate (the hinge rule still skips satisfied pairs, so
-        "all" and "violated" coincide here). Up to K - 1 rank-one updates per
+        whose hinge is active before the update (default), from the alternative
+        only, or from every wrong candidate in turn (AROW's own rule then skips
+        the pairs whose margin the earlier steps already lifted to 1). Up to K - 1 rank-one updates per
         bought label: with a fixed label set it is the multiclass update of
         one linear model per class (on bbc-news at β = 0.1 it cut `first`'s
         online mistakes from 103.7 to 89).

@@ -24,7 +24,8 @@ class LogisticLearner(CovarianceMixin):
 
     Each bought pair z adds its curvature w = max(σ(m)(1 - σ(m)), w_min) to
     V = λI + Σ w z zᵀ (Sherman–Morrison on P = V⁻¹), then takes the Newton
-    step θ ← θ + η P z (1 - σ(m)) on the pair log-loss (the online Laplace
+    step θ ← θ + η P' z (1 - σ(m)) with the updated P' (P' z = P z / (1 + w zᵀPz))
+    on the pair log-loss (the online Laplace
     approximation of Bradley–Terry; Hazan, Agarwal, Kale 2007 for ONS). The
     widths use the same P as the ridge learner.
 

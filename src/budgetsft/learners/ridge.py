@@ -31,8 +31,9 @@ class RidgeLearner(CovarianceMixin):
         Noise level, confidence and norm bound of the theory radius.
     update : {"hardest", "violated", "all"}, default="hardest"
         Which wrong candidates a bought label teaches (see
-        :class:`~budgetsft.learners.LogisticLearner`).
-        Update on the follower's alternative only, or on every wrong candidate.
+        :class:`~budgetsft.learners.LogisticLearner`). Ridge keeps "hardest": it
+        regresses every taught margin onto 1, so more pairs only pull more safe
+        margins back down.
     d : int, optional
         Feature dimension; inferred from the first round when omitted.
 
