@@ -700,9 +700,10 @@ def targets(results: dict[str, dict], betas: Sequence[float]) -> list[dict]:
             if peer in ONLINE_PEERS:
                 d = p["mistakes"] - llf["mistakes"]
                 sd = max(llf["mistakes_sd"], p["mistakes_sd"])
+                note = "; within one seed sd" if abs(d) < sd else ""
                 out.append(_target(f"{name} β=0.1: LLF online mistakes ≤ {peer}'s{over}",
-                                   f"llf {llf['mistakes']:.1f} vs {peer} {p['mistakes']:.1f} ({p['labels']:.0f} labels)",
-                                   d >= 0, f"{d:+.1f} in LLF's favour" + ("; within one seed sd" if abs(d) < sd else "")))
+                                   f"llf {llf['mistakes']:.1f} vs {peer} {p['mistakes']:.1f} "
+                                   f"({p['labels']:.0f} labels)", d >= 0, f"{d:+.1f} in LLF's favour{note}"))
             d = 100 * (llf["refit"] - p["refit"])
             out.append(_target(f"{name} β=0.1: LLF refit accuracy ≥ {peer}'s{over}",
                                f"llf {llf['refit']:.4f} vs {peer} {p['refit']:.4f}", d >= 0,

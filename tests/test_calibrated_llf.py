@@ -253,7 +253,8 @@ def test_refit_head_matches_multinomial_logistic_regression_on_block_features():
         rounds.append(Round(X, int(g)))
     head = RefitHead(C=1.0).fit(rounds)
     # the same objective: C·Σ log-loss + ½‖θ‖², with the per-class bias regularised too
-    sk = LogisticRegression(C=1.0, tol=1e-10, max_iter=5000, fit_intercept=False).fit(np.hstack([E, np.ones((n, 1))]), y)
+    sk = LogisticRegression(C=1.0, tol=1e-10, max_iter=5000, fit_intercept=False)
+    sk.fit(np.hstack([E, np.ones((n, 1))]), y)
     ours = head.coef_.reshape(L, h + 1)
     # softmax is invariant to a shift shared by all classes; compare centred weights
     np.testing.assert_allclose(ours - ours.mean(0), sk.coef_ - sk.coef_.mean(0), atol=2e-3)

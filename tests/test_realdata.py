@@ -77,3 +77,15 @@ def test_cli_run_on_real_data():
     for key in ("gate", "beta", "labels_bought", "mistakes", "hinge_loss", "stackelberg_regret", "regret_queried",
                 "regret_unqueried", "seconds"):
         assert key in s
+
+
+def test_cli_sweep_on_real_data_with_the_default_features():
+    """The path `make demo` takes: a sweep table over a data set with no `features` given (auto -> block)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "budgetsft", "sweep", "--data", "bbc-news", "--gates", "llf,first", "--betas", "0.1",
+         "--seeds", "0", "--max-examples", "200"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bbc-news (block features)" in proc.stdout
+    assert "refit_accuracy" in proc.stdout

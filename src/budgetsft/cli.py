@@ -56,7 +56,7 @@ def _floats(text: str, name: str) -> list[float]:
 
 
 LEARNER_HELP = "Learner: logistic (default), arow, ridge, ogd."
-RADIUS_HELP = "Confidence radius ρ of the learner: a number, auto (default: estimated from the bought labels) or theory."
+RADIUS_HELP = "Confidence radius ρ of the learner: a number, auto (the default: from the bought labels) or theory."
 
 
 def _radius(text: str) -> float | str:
@@ -541,7 +541,15 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
 
 def _setting(cfg: dict) -> str:
     if cfg.get("data"):
-        return f"{cfg['data']['name']} ({cfg['features']['name']} features)"
+        data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
+        feats = cfg.get("features") or "auto"
+        kind = feats if isinstance(feats, str) else feats.get("name", "auto")
+        if kind == "auto":
+            from budgetsft.data import load_dataset
+            from budgetsft.realdata import resolve_features
+
+            kind = resolve_features(kind, load_dataset(data["name"], max_examples=data.get("max_examples")))
+        return f"{data['name']} ({kind} features)"
     env = cfg["env"]
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
 
