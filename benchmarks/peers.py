@@ -109,6 +109,7 @@ HARD_CAP = {"llf": True, "llf-window": True, "random": True, "first": True, "mar
 def is_full(method: str) -> bool:
     return method in ("full", "full-block")
 WINDOW = 50
+LEARNER: str | None = None  # --learner: the budgetsft learner of every budgetsft method (None: the defaults)
 TUNE_STEPS = 10
 
 
@@ -222,6 +223,8 @@ def run_bsft(st: Setting, method: str, beta: float) -> dict:
     gate = {"name": "llf", "window": WINDOW} if method == "llf-window" else {"name": method}
     b = 1.0 if method == "full" else beta
     cfg = merge(st.base, {"gate": {**gate, "beta": b}, "seed": st.seed})
+    if LEARNER:
+        cfg = merge(cfg, {"learner": {"name": LEARNER}})
     train, test = (st.block_train, st.block_test) if block else (st.train, st.test)
     res = run(cfg, stream=train, test=test)
     s = res.summary
@@ -738,6 +741,9 @@ def parse(argv: list[str] | None):
                     help="seeded subset of sarcasm (train 80%%, test 20%%); 0 = all 28k")
     ap.add_argument("--n-test", type=int, default=2000, help="held-out rounds of the synthetic settings")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    ap.add_argument("--learner", default=None,
+                    help="budgetsft learner for every budgetsft method (default: the user's default, or the "
+                         "synthetic config's)")
     ap.add_argument("--quick", action="store_true",
                     help="seed 0, β = 0.1 (and 0.05), 600 rounds, 400 test rounds, sarcasm 1000 examples")
     args = ap.parse_args(argv)
@@ -748,6 +754,8 @@ def parse(argv: list[str] | None):
 
 
 def run_all(args, log=print) -> dict:
+    global LEARNER
+    LEARNER = getattr(args, "learner", None)
     seeds = [int(s) for s in args.seeds.split(",")]
     betas = [float(b) for b in args.betas.split(",")]
     methods = [m for m in args.methods.split(",") if m]
