@@ -44,12 +44,18 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     kind = {"mistakes": "mistakes", "hinge_loss": "hinge loss"}.get(metric, "regret")
+    budgeted = []  # final label counts of the runs that bought a share of the rounds, not all of them
     for name, frame in runs.items():
         cum = cumulative(frame)
         if metric == "regret" and len(cum):
             kind = cum["regret_kind"].iloc[0]
         ax_r.plot(cum["round"], cum[metric], label=name, lw=1.6)
         ax_l.plot(cum["round"], cum["labels"], label=name, lw=1.6)
+        if len(cum) and cum["labels"].iloc[-1] < 0.5 * len(cum):
+            budgeted.append(float(cum["labels"].iloc[-1]))
+    zoom = bool(budgeted) and len(budgeted) < len(runs)
+    if zoom:  # full feedback's diagonal would squash the budgeted curves: zoom on them, and say so
+        ax_l.set_ylim(0, 1.3 * max(budgeted) + 1)
     ax_r.set_xlabel("round t")
     ax_r.set_ylabel(f"cumulative {kind}")
     ax_r.set_title(f"Cumulative {kind}")
@@ -58,7 +64,8 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
     ax_l.set_title("Labels bought")
     for ax in (ax_r, ax_l):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ax_r.legend(fontsize=8)
+    ax_l.legend(fontsize=8, title="full feedback runs off the top" if zoom else None, title_fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
