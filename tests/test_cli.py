@@ -59,7 +59,16 @@ def test_sweep_json_last_line_is_deterministic():
                                                                             ("llf", 0.1, 0)]
     assert all("seconds" not in c for c in data["cells"])
     assert {r["gate"] for r in data["table"]} == {"llf", "random", "first", "full"}
-    assert "llf" in a.stdout and "±" in a.stdout
+    assert json.loads(a.stdout) == data  # stdout holds only the JSON (pipe it to jq)
+    assert "llf" in a.stderr and "±" in a.stderr  # the table went to stderr
+    for key in ("test_accuracy", "refit_accuracy"):
+        assert all(key in c for c in data["cells"])
+
+
+def test_version():
+    from importlib.metadata import version
+
+    assert cli("--version").stdout.strip() == f"budgetsft {version('budgetsft')}"
 
 
 def test_config_file_and_overrides(tmp_path):

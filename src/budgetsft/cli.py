@@ -29,6 +29,22 @@ DATA_KEYS_NO_LP = ("labels_bought", "mistakes", "mistakes_queried", "mistakes_un
                    "hinge_loss_queried", "hinge_loss_unqueried", "test_accuracy", "refit_accuracy")
 
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"budgetsft {version('budgetsft')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Budget-aware adaptation of language models."""
+
 def _table_keys(cfg: dict) -> tuple[str, ...]:
     if not cfg.get("data"):
         return TABLE_KEYS
@@ -521,7 +537,7 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
         err.print(f"cell gate={r['gate']} β={r['beta']} seed={r['seed']} failed: {r['error']}",
                   markup=False, highlight=False)
     rows = aggregate(summaries, _table_keys(cfg))
-    _print_table(rows, cfg)
+    _print_table(rows, cfg, console=err if as_json else out)  # with --json, stdout holds only JSON
     if curves:
         from budgetsft.plots import plot_runs
 
@@ -532,7 +548,7 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
 
         metric = "mistakes" if cfg.get("data") else "pseudo_regret"
         plot_sweep(rows, metric, plot, title=f"{_setting(cfg)}: {metric.replace('_', '-')}, mean ± sd")
-        out.print(f"wrote {plot}")
+        (err if as_json else out).print(f"wrote {plot}")
     if as_json:
         cells = [{k: v for k, v in s.items() if k != "seconds"} for s in results]
         print(json.dumps(_clean({"cells": cells, "table": rows}), sort_keys=True))
@@ -554,7 +570,7 @@ def _setting(cfg: dict) -> str:
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
 
 
-def _print_table(rows: list[dict], cfg: dict) -> None:
+def _print_table(rows: list[dict], cfg: dict, console: Console | None = None) -> None:
     title = (f"{_setting(cfg)}, learner={cfg['learner']['name']} — "
              f"mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
     table = Table(title=title)
@@ -567,7 +583,7 @@ def _print_table(rows: list[dict], cfg: dict) -> None:
             m, s = r[k], r[f"{k}_sd"]
             cells.append("—" if math.isnan(m) else (f"{m:.3f} ± {s:.3f}" if abs(m) <= 1 else f"{m:.1f} ± {s:.1f}"))
         table.add_row(*cells)
-    out.print(table)
+    (console or out).print(table)
 
 
 @app.command()
