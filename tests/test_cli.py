@@ -89,6 +89,10 @@ def test_config_file_and_overrides(tmp_path):
         (("sweep", "--betas", "0.1,x"), "'betas' must be a comma-separated list of numbers"),
         (("run", "--env", "synthetic", "--rounds", "0"), "The 'rounds' parameter of LinearSoftmaxEnv"),
         (("plot", "missing.csv"), "records file not found"),
+        (("run", "--data", "bbc-news", "--rounds", "50"), "'--rounds' does not apply with a data set"),
+        (("sweep", "--data", "bbc-news", "--env", "drifting", "--rounds", "5"),
+         "'--env' and '--rounds' do not apply with a data set"),
+        (("run", "--rounds", "50", "--oracle", "file"), "'--oracle' needs '--session FILE'"),
         (("run", "--config", "nowhere.yaml"), "Config file not found"),
     ],
 )

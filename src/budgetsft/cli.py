@@ -99,6 +99,11 @@ def _base_config(config: Path | None, env: str | None, rounds: int | None, learn
     from budgetsft.config import DEFAULT_CONFIG, load_config, merge
 
     cfg = load_config(config) if config else merge(DEFAULT_CONFIG, {})
+    if (data is not None or cfg.get("data")) and (env is not None or rounds is not None):
+        given = " and ".join(f"'--{k}'" for k, v in (("env", env), ("rounds", rounds)) if v is not None)
+        verb = "do" if env is not None and rounds is not None else "does"
+        raise ConfigError(f"{given} {verb} not apply with a data set: its train split is the stream. Drop "
+                          f"{given}, or drop '--data' to play a synthetic environment.")
     if data is not None:
         cfg["data"] = {"name": data}
     if cfg.get("data"):
@@ -159,8 +164,8 @@ def run(
     records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
     session: Annotated[Path | None, typer.Option(help="Play as a resumable session stored in this SQLite "
                                                       "ledger (see `budgetsft resume`, `budgetsft session`).")] = None,
-    oracle: Annotated[str, typer.Option(help="With --session, where labels come from: dataset, file, "
-                                             "terminal, web.")] = "dataset",
+    oracle: Annotated[str | None, typer.Option(help="With --session, where labels come from: dataset "
+                                                    "(default), file, terminal, web.")] = None,
     annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
     cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option(help="With --session, rounds between checkpoints.")] = 100,
@@ -180,10 +185,12 @@ def run(
         cfg["seed"] = seed
     if records_format not in ("csv", "parquet"):
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
+    if oracle is not None and session is None:
+        raise ConfigError("'--oracle' needs '--session FILE': only a session asks an oracle for labels.")
     if session is not None:
         from budgetsft.session import Session
 
-        spec = {"name": oracle}
+        spec = {"name": oracle or "dataset"}
         if oracle == "terminal":
             spec.update(annotator=annotator, cost=cost)
         _oracle_of(spec)  # an unknown oracle fails before the file is created
