@@ -9,7 +9,7 @@ LLF spends the budget on the rounds of largest latency first, as
 Roughgarden's Largest-Latency-First spends a Stackelberg leader's controlled
 share of traffic on the links of largest latency first. Three modes:
 
-* stream (``window=1``): query iff latency_t > τ_t and the budget affords it;
+* stream (``window=1``): query iff latency_t reaches τ_t and the budget affords it;
 * window (``window=W > 1``): predictions are committed on arrival; at the end
   of each window the rounds are queried largest latency first, as many as the
   schedule allows (ties: earlier round first);
@@ -27,9 +27,10 @@ that the budget goes to the rounds of largest latency over the horizon:
   prototype);
 * the round is bought iff its latency is at least the (1 - q_t) quantile of
   the last m latencies (m = ``memory``, T/16 by default), with
-  q_t = A(t) - A(t-1) + (A(t) - spent) / m (in labels per round): the schedule's rate plus a correction that
-  repays a deficit, or works off a surplus, over the next m rounds (over
-  the rounds left, when fewer remain, so the budget is spent by T).
+  q_t = A(t) - A(t-1) + (A(t) - spent) / m (in labels per round): the
+  schedule's rate plus a correction that repays a deficit, or works off a
+  surplus, over the next m rounds (over the rounds left, when fewer remain,
+  so the budget is spent by T).
 
 This is the mechanics of the stream budget managers of scikit-activeml:
 an incremental quantile filter over a sliding window of utilities (Kottke,
@@ -51,8 +52,15 @@ same catch-up term.
 ``threshold="fixed"`` is the plain gate of the first build: τ_t = ``tau``,
 raised to +inf while spending is ahead of the schedule when ``pacing=True``.
 On real streams nearly every early round is late under it, so it buys the
-first B rounds (SPEC §9).
+first B rounds (their bought sets overlapped `first`'s by 0.87–1.00 on four
+real data sets).
+
+The schedule's default p = 0.3 and the memory T/16 were chosen on the
+low-noise synthetic stream, bbc-news and sarcasm together, and hold across
+radii (``benchmarks/radius_sensitivity.py``); a drifting stream wants a
+flatter schedule (p = 0.5, ``configs/drifting_paced.yaml``).
 """
+
 from __future__ import annotations
 
 import copy
