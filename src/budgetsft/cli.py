@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -562,16 +563,22 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     return rows
 
 
+@functools.lru_cache(maxsize=8)
+def _auto_features(name: str, max_examples: int | None) -> str:
+    """The featuriser ``auto`` picks for a data set (loaded once per process, for titles)."""
+    from budgetsft.data import load_dataset
+    from budgetsft.realdata import resolve_features
+
+    return resolve_features("auto", load_dataset(name, max_examples=max_examples))
+
+
 def _setting(cfg: dict) -> str:
     if cfg.get("data"):
         data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
         feats = cfg.get("features") or "auto"
         kind = feats if isinstance(feats, str) else feats.get("name", "auto")
         if kind == "auto":
-            from budgetsft.data import load_dataset
-            from budgetsft.realdata import resolve_features
-
-            kind = resolve_features(kind, load_dataset(data["name"], max_examples=data.get("max_examples")))
+            kind = _auto_features(data["name"], data.get("max_examples"))
         return f"{data['name']} ({kind} features)"
     env = cfg["env"]
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
