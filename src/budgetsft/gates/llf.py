@@ -197,11 +197,9 @@ class LLFGate:
 
     def allowance(self, t: int, horizon: int | None, budget: Budget) -> float:
         """Most that may have been spent by the end of round t (inf for an unpaced fixed gate)."""
-        if self.calibrated:
-            return self.schedule(t, horizon, budget)
-        if not self.pacing or horizon is None:
+        if not self.calibrated and (not self.pacing or horizon is None):
             return math.inf
-        return budget.total * min(1.0, (t / horizon) ** self.pacing_power)
+        return self.schedule(t, horizon, budget)
 
     def query_rate(self, t: int, horizon: int | None, budget: Budget) -> float:
         """q_t: the share of rounds the calibrated gate should buy now, in [0, 1]."""
