@@ -160,6 +160,15 @@ class CovarianceMixin:
         self._cache_key = (id(self._cache_X), self._version)
         return W
 
+    def _pair_step(self, W: np.ndarray, z: np.ndarray, u: np.ndarray, step: float, weight: float,
+                   refresh: bool) -> np.ndarray:
+        """θ += step·u, P ← (V + w z zᵀ)⁻¹, one more update counted; W = X P kept current when
+        ``refresh`` (more pairs of the same round follow). The shared tail of every learner's pair update."""
+        self.coef_ = self.coef_ + u * step
+        self._rank_one(z, u, weight=weight)
+        self.n_updates_ += 1
+        return self._rank_one_W(W, z, u, weight=weight) if refresh else W
+
     def _rank_one(self, z: np.ndarray, Pz: np.ndarray | None, weight: float = 1.0) -> None:
         self.logdet_ratio_ += _math.sherman_morrison_inplace(self.P_, z, Pz, weight)
         self._version += 1

@@ -104,9 +104,5 @@ class AROWLearner(CovarianceMixin):
                 continue
             u = W[gold] - W[a]  # P z, reused from the width step
             denom = 1.0 + w * float(z @ u)
-            self.coef_ = self.coef_ + u * ((1.0 - m) * w / denom)
-            self._rank_one(z, u, weight=w)
+            W = self._pair_step(W, z, u, (1.0 - m) * w / denom, w, len(pairs) > 1)
             self.b_ += z
-            self.n_updates_ += 1
-            if len(pairs) > 1:
-                W = self._rank_one_W(W, z, u, weight=w)

@@ -113,9 +113,5 @@ class LogisticLearner(CovarianceMixin):
             w = max(p * (1.0 - p), self.w_min)
             denom = 1.0 + w * float(z @ u)
             # P' z = u / (1 + w zᵀu) by Sherman–Morrison; Newton step on -log σ(m).
-            self.coef_ = self.coef_ + (self.eta * (1.0 - p) / denom) * u
-            self._rank_one(z, u, weight=w)
+            W = self._pair_step(W, z, u, self.eta * (1.0 - p) / denom, w, len(pairs) > 1)
             self.b_ += (1.0 - p) * z
-            self.n_updates_ += 1
-            if len(pairs) > 1:
-                W = self._rank_one_W(W, z, u, weight=w)

@@ -83,12 +83,9 @@ class RidgeLearner(CovarianceMixin):
             z = X[gold] - X[a]
             u = W[gold] - W[a]  # P z, reused from the width step
             c = 1.0 + float(z @ u)
-            self._observe_residual(1.0 - float(z @ self.coef_))
+            residual = 1.0 - float(z @ self.coef_)
+            self._observe_residual(residual)
             # Recursive least squares: θ' = P'(b + z) = θ + P z (1 - zᵀθ) / (1 + zᵀ P z),
             # O(d) instead of a third pass over P.
-            self.coef_ = self.coef_ + u * ((1.0 - float(z @ self.coef_)) / c)
-            self._rank_one(z, u)
+            W = self._pair_step(W, z, u, residual / c, 1.0, len(pairs) > 1)
             self.b_ += z
-            self.n_updates_ += 1
-            if len(pairs) > 1:
-                W = self._rank_one_W(W, z, u)
