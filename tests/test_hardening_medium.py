@@ -174,14 +174,21 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_answers_lost_with_a_deleted_wal_file_are_detected(tmp_path):
-    path = tmp_path / "s.db"
+def _answer_five_then_sigkill(path: Path) -> subprocess.CompletedProcess:
+    """A web session waiting for answers; a child process acknowledges 5 of them, then dies by SIGKILL."""
     sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
     assert sess.play(WebOracle()).status == "waiting"
     sess.close()
     proc = subprocess.run([sys.executable, "-c", _ANSWER_THEN_DIE, str(path)], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == -9 and proc.stdout.count("ack") == 5
+    assert proc.returncode == -9
+    return proc
+
+
+def test_answers_lost_with_a_deleted_wal_file_are_detected(tmp_path):
+    path = tmp_path / "s.db"
+    proc = _answer_five_then_sigkill(path)
+    assert proc.stdout.count("ack") == 5
     wal = Path(str(path) + "-wal")
     assert wal.exists()
     wal.unlink()
@@ -199,12 +206,7 @@ def test_answers_lost_with_a_deleted_wal_file_are_detected(tmp_path):
 
 def test_a_clean_kill_keeps_every_acknowledged_answer(tmp_path):
     path = tmp_path / "s.db"
-    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
-    assert sess.play(WebOracle()).status == "waiting"
-    sess.close()
-    proc = subprocess.run([sys.executable, "-c", _ANSWER_THEN_DIE, str(path)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == -9
+    _answer_five_then_sigkill(path)
     with Ledger.open(path) as led:  # the -wal file is there: nothing lost, nothing reported
         assert len(led.answers()) == 5 and led.spent() == 5
 
