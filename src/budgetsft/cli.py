@@ -72,7 +72,7 @@ def _floats(text: str, name: str) -> list[float]:
         raise ConfigError(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
 
 
-LEARNER_HELP = "Learner: logistic (default), arow, ridge, ogd."
+LEARNER_HELP = "Learner: logistic (default), arow, ridge, ogd, sketch (rank-64 Frequent Directions, O(m d))."
 RADIUS_HELP = "Confidence radius ρ of the learner: a number, auto (the default: from the bought labels) or theory."
 
 
@@ -85,6 +85,19 @@ def _radius(text: str) -> float | str:
         raise ConfigError(f"'--radius' must be a number, 'auto' or 'theory'. Got {text!r}.") from None
 
 FEATURES_HELP = "Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal."
+MODEL_HELP = ("Model of the featuriser: a local directory (save_pretrained) or a Hugging Face id org/name; "
+              "default: the packaged one (smollm2-135m-instruct for causal, all-minilm-l6-v2 otherwise).")
+
+
+def _set_model(cfg: dict, model: str | None) -> None:
+    """Put '--model' into the features section of a config that plays a data set."""
+    if model is None:
+        return
+    if not cfg.get("data"):
+        raise ConfigError("'--model' needs '--data' (or a config with a data section): only a real data set is "
+                          "featurised by a model; a synthetic environment draws its own features.")
+    cfg["features"]["model"] = model
+
 
 def _ints(text: str, name: str) -> list[int]:
     try:
@@ -154,6 +167,7 @@ def run(
     data: Annotated[str | None, typer.Option(help="Real data set (bbc-news, medmcqa, logiqa, sarcasm, "
                                                  "hf:NAME[:CONFIG], or a .jsonl file) instead of --env.")] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
@@ -175,6 +189,7 @@ def run(
     from budgetsft.experiment import run as run_game
 
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
+    _set_model(cfg, model)
     cfg["progress"] = not as_json
     if gate is not None and gate != cfg["gate"]["name"]:
         cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
@@ -487,6 +502,7 @@ def sweep(
     data: Annotated[str | None, typer.Option(help="Real data set instead of --env "
                                                  "(see `budgetsft data list`).")] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
@@ -508,6 +524,7 @@ def sweep(
     if backend not in ("local", "ray"):
         raise ConfigError(f"'--backend' must be local or ray. Got {backend!r}.")
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
+    _set_model(cfg, model)
     _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot,
                       ray={"address": address, "num_cpus": num_cpus} if backend == "ray" else None)
 
@@ -658,6 +675,9 @@ def adapt(
     beta: Annotated[float, typer.Option(help="Label budget as a fraction of the train split.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of split, gates and training.")] = 0,
     features: Annotated[str, typer.Option(help="Features the gate's scoring head uses.")] = "causal",
+    model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal): "
+                                            "smollm2-135m-instruct (packaged), a local directory or a Hugging Face "
+                                            "id org/name.")] = "smollm2-135m-instruct",
     mode: Annotated[str, typer.Option(help="stream (one pass) or pool (batched LLF selection).")] = "stream",
     max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set (CPU budgets).")] = None,
     max_test: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of the test split.")] = None,
@@ -670,7 +690,7 @@ def adapt(
     """Buy labels with a gate, fine-tune LoRA adapters on them, compare with random, first-B and all labels."""
     from budgetsft.adapt.pipeline import run_adapt
 
-    report = run_adapt(data, out_dir, gate=gate, beta=beta, seed=seed, features=features, mode=mode,
+    report = run_adapt(data, out_dir, gate=gate, beta=beta, seed=seed, features=features, model=model, mode=mode,
                        max_examples=max_examples, max_test=max_test, max_steps=max_steps, lr=lr, lora_r=lora_r,
                        batch_size=batch_size, device=device)
     out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
@@ -682,6 +702,7 @@ def featurize(
     data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")],
     features: Annotated[str, typer.Option(help="Featuriser: auto (block on a fixed label set, else encoder), "
                                                 "encoder, causal, block.")] = "auto",
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set.")] = None,
     backend: Annotated[str, typer.Option(help="local (this process) or ray (parallel actors).")] = "local",
@@ -698,6 +719,8 @@ def featurize(
     ds = load_dataset(data, seed=0, max_examples=max_examples)
     examples = list(ds.train) + list(ds.test)
     options: dict = {"device": resolve_device(device)}
+    if model is not None:
+        options["model_name"] = model
     features = resolve_features(features, ds)
     if features == "block":
         if ds.labels is None:

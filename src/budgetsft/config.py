@@ -27,7 +27,7 @@ from budgetsft.envs import AdversarialContextEnv, DriftingEnv, LinearSoftmaxEnv
 from budgetsft.exceptions import ConfigError
 from budgetsft.followers import BestResponseFollower, RandomFollower
 from budgetsft.gates import BBQGate, CGZGate, FirstGate, FullGate, LLFGate, MarginGate, RandomGate
-from budgetsft.learners import AROWLearner, LogisticLearner, OGDLearner, RidgeLearner
+from budgetsft.learners import AROWLearner, LogisticLearner, OGDLearner, RidgeLearner, SketchLearner
 
 __all__ = [
     "LEARNERS",
@@ -46,6 +46,7 @@ LEARNERS: dict[str, Callable] = {
     "arow": AROWLearner,
     "ridge": RidgeLearner,
     "ogd": OGDLearner,
+    "sketch": SketchLearner,
 }
 GATES: dict[str, Callable] = {
     "llf": LLFGate,
@@ -76,12 +77,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "follower": {"name": "best_response"},
     "seed": 0,
     "comparator_S": 10.0,
-    "regret_lp": True,
+    "comparator": "exact",
     "test_rounds": 2000,
     "refit": True,
 }
 
-TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress"}
+# `regret_lp: false` is how older configs (and session ledgers) say `comparator: none`.
+TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress", "regret_lp"}
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -202,6 +204,8 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     for key in ("regret_lp", "progress", "refit"):
         if key in cfg and not isinstance(cfg[key], bool):
             raise ConfigError(f"{where}: '{key}' must be true or false. Got {cfg[key]!r}.")
+    if cfg.get("comparator", "exact") not in ("exact", "approx", "none"):
+        raise ConfigError(f"{where}: 'comparator' must be exact, approx or none. Got {cfg['comparator']!r}.")
     s_norm = cfg.get("comparator_S", 10.0)
     if isinstance(s_norm, bool) or not isinstance(s_norm, int | float) or not (s_norm > 0 and s_norm < float("inf")):
         raise ConfigError(f"{where}: 'comparator_S' must be a finite number > 0. Got {s_norm!r}.")

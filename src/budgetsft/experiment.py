@@ -18,7 +18,7 @@ from budgetsft.refit import refit_accuracy
 from budgetsft.regret import summarize
 
 __all__ = ["RunResult", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells", "held_out_accuracy",
-           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy"]
+           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy", "comparator_method"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -33,6 +33,7 @@ SUMMARY_KEYS = (
     "stackelberg_regret",
     "regret_queried",
     "regret_unqueried",
+    "comparator",
     "pseudo_regret_queried",
     "pseudo_regret_unqueried",
     "test_accuracy",
@@ -133,11 +134,13 @@ def run(
 def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], budget: Budget, learner,
                 test: Sequence[Round] | None, seconds: float) -> dict:
     """The summary of a played game (``run`` and resumed sessions print the same one)."""
-    # The exact LP comparator costs seconds at d in the hundreds; `regret_lp: false` skips it.
-    summary = summarize(records, played if cfg.get("regret_lp", True) else None,
-                        S=float(cfg.get("comparator_S", 10.0)))
-    for key in ("stackelberg_regret", "regret_queried", "regret_unqueried", "comparator_loss"):
+    # The comparator depends on the played rounds only: solved once per stream (content-keyed cache).
+    method = comparator_method(cfg)
+    summary = summarize(records, played if method != "none" else None, S=float(cfg.get("comparator_S", 10.0)),
+                        comparator=method if method != "none" else "exact", progress=bool(cfg.get("progress")))
+    for key in ("stackelberg_regret", "regret_queried", "regret_unqueried", "comparator_loss", "comparator_lower"):
         summary.setdefault(key, math.nan)
+    summary.setdefault("comparator", "none")
     summary.update(
         gate=cfg["gate"]["name"],
         beta=cfg["gate"].get("beta"),
@@ -150,6 +153,13 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
         seconds=seconds,
     )
     return summary
+
+
+def comparator_method(cfg: dict) -> str:
+    """The config's comparator: ``comparator`` (exact, approx, none); ``regret_lp: false`` (older configs) is none."""
+    if cfg.get("regret_lp", True) is False:
+        return "none"
+    return str(cfg.get("comparator", "exact"))
 
 
 def stream_of(cfg: dict, env=None) -> tuple[Sequence[Round], Sequence[Round] | None, object]:

@@ -86,6 +86,8 @@ def load_streams(
               file=sys.stderr)
     features = resolve_features(features, ds)
     opts = dict(feature_options or {})
+    if isinstance(opts.get("model"), str):  # a config's `features: {model: ./my-llama}` names the model
+        opts["model_name"] = opts.pop("model")
     opts.setdefault("device", resolve_device(device))
     if features == "block":
         if ds.labels is None:

@@ -2,7 +2,8 @@
 
 * :func:`to_frame` — records as a DataFrame (the analysis API);
 * :func:`comparator_loss` — min_{||θ||_∞ <= S} Σ_t ℓ_t(θ), the best fixed θ in
-  hindsight for the Stackelberg hinge, solved exactly as a linear program;
+  hindsight for the Stackelberg hinge, solved exactly as a linear program
+  (:mod:`budgetsft.comparator` caches it per stream);
 * :func:`summarize` — cumulative hinge loss, mistakes, pseudo-regret, labels,
   Stackelberg regret, each split into queried and unqueried rounds;
 * :func:`loglog_slope` — fitted exponent of regret vs T (or vs B).
@@ -16,11 +17,10 @@ from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.optimize import linprog
 
 from budgetsft.base import RECORD_FIELDS, Record, Round
-from budgetsft.exceptions import BudgetsftError, DataError
+from budgetsft.comparator import hinge_per_round, pair_matrix, solve
+from budgetsft.exceptions import DataError
 
 __all__ = ["to_frame", "comparator_loss", "summarize", "loglog_slope", "hinge_losses", "cumulative"]
 
@@ -32,33 +32,23 @@ def to_frame(records: Sequence[Record]) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in records], columns=list(RECORD_FIELDS))
 
 
-def _pair_matrix(rounds: Sequence[Round]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack z_{t,a} = φ(y*_t) - φ(a) for every wrong a, with the round index of each row."""
-    blocks, owner = [], []
-    for t, r in enumerate(rounds):
-        X = np.asarray(r.features, dtype=np.float64)
-        wrong = [a for a in range(X.shape[0]) if a != r.gold]
-        blocks.append(X[r.gold] - X[wrong])
-        owner.extend([t] * len(wrong))
-    return np.vstack(blocks), np.asarray(owner)
-
-
 def hinge_losses(theta: np.ndarray, rounds: Sequence[Round]) -> np.ndarray:
     """ℓ_t(θ) = max_{a != y*} (1 - ⟨θ, φ(y*) - φ(a)⟩)_+ for every round, shape (T,)."""
-    Z, owner = _pair_matrix(rounds)
-    per_pair = np.maximum(0.0, 1.0 - Z @ theta)
-    out = np.zeros(len(rounds))
-    np.maximum.at(out, owner, per_pair)
-    return out
+    if not rounds:
+        return np.zeros(0)
+    Z, owner = pair_matrix(rounds)
+    return hinge_per_round(Z, owner, np.asarray(theta, dtype=np.float64), len(rounds))
 
 
 def comparator_loss(rounds: Sequence[Round], S: float = 10.0) -> tuple[float, np.ndarray, np.ndarray]:
-    """Exact min_{||θ||_∞ <= S} Σ_t ℓ_t(θ) by linear programming (HiGHS).
+    """Exact min_{||θ||_∞ <= S} Σ_t ℓ_t(θ) by linear programming (HiGHS), uncached.
 
     LP: minimise Σ ξ_t over (θ, ξ) subject to ξ_t >= 1 - ⟨θ, z_{t,a}⟩ for all
     t and a != y*_t, ξ >= 0, -S <= θ_j <= S. The L∞ ball keeps the problem a
     linear program (an L2 ball would make it a cone program); it contains the
     L2 ball of radius S, so the comparator is at least as strong as the L2 one.
+    :func:`budgetsft.comparator.solve` is the cached version (and offers a
+    first-order approximation for large streams).
 
     Returns
     -------
@@ -68,21 +58,8 @@ def comparator_loss(rounds: Sequence[Round], S: float = 10.0) -> tuple[float, np
     per_round : ndarray of shape (T,)
         ℓ_t(θ*), so sums can be split by any subset of rounds.
     """
-    if not rounds:
-        return 0.0, np.zeros(0), np.zeros(0)
-    Z, owner = _pair_matrix(rounds)
-    m, d = Z.shape
-    T = len(rounds)
-    # rows: -Z θ - ξ_owner <= -1
-    A = sparse.hstack([sparse.csr_matrix(-Z), sparse.csr_matrix((-np.ones(m), (np.arange(m), owner)), shape=(m, T))])
-    c = np.concatenate([np.zeros(d), np.ones(T)])
-    bounds = [(-S, S)] * d + [(0, None)] * T
-    res = linprog(c, A_ub=A.tocsr(), b_ub=-np.ones(m), bounds=bounds, method="highs")
-    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
-        raise BudgetsftError(f"The comparator LP failed: {res.message}")
-    theta = np.clip(res.x[:d], -S, S)
-    per_round = hinge_losses(theta, rounds)
-    return float(per_round.sum()), theta, per_round
+    c = solve(rounds, S=S, method="exact", cache=False)
+    return c.loss, c.theta, c.per_round
 
 
 def summarize(
@@ -90,6 +67,9 @@ def summarize(
     rounds: Sequence[Round] | None = None,
     *,
     S: float = 10.0,
+    comparator: str = "exact",
+    cache: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Summary of one run (SPEC §5), with every sum split into queried and unqueried rounds.
 
@@ -98,7 +78,12 @@ def summarize(
     ``rounds``), ``comparator_loss``, ``regret_queried`` / ``regret_unqueried``
     (the Stackelberg regret split; they add up to ``stackelberg_regret``), and
     ``*_queried`` / ``*_unqueried`` splits of hinge loss, mistakes and
-    pseudo-regret.
+    pseudo-regret. With ``rounds``, also ``comparator`` (the method) and
+    ``comparator_lower``: for ``comparator="approx"`` the comparator loss is an
+    upper bound and ``comparator_lower`` a lower bound on the exact one, so the
+    Stackelberg regret is a lower bound, off by at most their difference
+    (:mod:`budgetsft.comparator`). ``cache`` and ``progress`` are passed to
+    :func:`budgetsft.comparator.solve`.
     """
     if rounds is not None and len(rounds) != len(records):
         raise DataError(f"summarize needs one round per record; got {len(rounds)} rounds and {len(records)} records.")
@@ -118,9 +103,12 @@ def summarize(
         out[f"{name}_queried"] = float(arr[q].sum())
         out[f"{name}_unqueried"] = float(arr[~q].sum())
     if rounds is not None:
-        comp, _, per_round = comparator_loss(rounds, S=S)
-        out["comparator_loss"] = comp
-        out["stackelberg_regret"] = float(hinge.sum() - comp)
+        c = solve(rounds, S=S, method=comparator, cache=cache, progress=progress)
+        per_round = c.per_round
+        out["comparator"] = c.method
+        out["comparator_loss"] = c.loss
+        out["comparator_lower"] = c.lower
+        out["stackelberg_regret"] = float(hinge.sum() - c.loss)
         out["regret_queried"] = float(hinge[q].sum() - per_round[q].sum())
         out["regret_unqueried"] = float(hinge[~q].sum() - per_round[~q].sum())
     return out

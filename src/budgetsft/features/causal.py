@@ -1,7 +1,9 @@
 """Joint causal-LM features (SPEC §6, "joint").
 
-The causal LM (SmolLM2-135M-Instruct by default) reads prompt and candidate
-together, and for each candidate a we keep
+The causal LM (SmolLM2-135M-Instruct by default; any causal LM by
+``model_name``: a local directory or a Hugging Face id, loaded with
+``AutoModelForCausalLM``) reads prompt and candidate together, and for each
+candidate a we keep
 
 * the mean of the last hidden state (after the final norm) over the
   candidate's tokens (h = 576 columns; ``pooling="last"`` keeps the final
@@ -10,19 +12,20 @@ together, and for each candidate a we keep
   (1/n) Σ_j log p(a_j | x, a_<j),
 * a bias column 1.0,
 
-so d = h + 2 = 578.
+so d = h + 2 (578 for SmolLM2-135M).
 
 Prompt format
 -------------
-``prompt_format="chat"`` (the default when the tokenizer has a chat template,
-as SmolLM2-Instruct does): the tokenizer's chat template with the prompt as
+``prompt_format="chat"`` (what ``"auto"`` picks when the tokenizer has a chat
+template, as SmolLM2-Instruct does): the tokenizer's chat template with the prompt as
 the user message, then the assistant header; the candidate is the assistant
 reply **followed by the end-of-turn token** (``<|im_end|>`` for SmolLM2). The
 end-of-turn token belongs to the candidate span, so the log-probability also
 says whether the reply ends there ("Paris" versus "Paris is ..."), and an
-empty candidate still has one token. ``prompt_format="plain"``:
-``"Question: {prompt}\\nAnswer:"`` followed by ``" " + candidate`` and the EOS
-token when the tokenizer has one.
+empty candidate still has one token. ``prompt_format="plain"`` (what
+``"auto"`` picks for a tokenizer without a chat template, e.g. a base model):
+BOS when the tokenizer has one, ``"Question: {prompt}\\nAnswer:"``, then
+``" " + candidate`` and the EOS token when the tokenizer has one.
 
 The prompt part is tokenised once per example and each candidate separately,
 and the ids are concatenated, so the candidate span is exact. Sequences longer
@@ -40,6 +43,7 @@ vocabulary at every position).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -133,9 +137,12 @@ class CausalFeaturizer:
 
     Parameters
     ----------
-    model_name : str, default="smollm2-135m-instruct"
-        A packaged causal LM, loaded lazily with
-        :func:`budgetsft.features.models.load_causal_lm`.
+    model_name : str or path-like, default="smollm2-135m-instruct"
+        A packaged causal LM (short name), a local model directory or a
+        Hugging Face model id, loaded lazily with
+        :func:`budgetsft.features.models.load_causal_lm`. Its identity in
+        :meth:`settings` is the short name, the hub commit or a hash of the
+        directory's files (:func:`~budgetsft.features.models.model_identity`).
     model, tokenizer : optional
         An already-loaded transformers causal LM and its tokenizer (both or
         none), e.g. a fine-tuned model or a tiny test model. Its identity in
@@ -162,7 +169,8 @@ class CausalFeaturizer:
     name : str
         ``"causal"``.
     dim : int
-        h + 2 (578 for SmolLM2-135M). Column h is the mean log-prob, column h+1 the bias.
+        h + 2 (578 for SmolLM2-135M), h the model's hidden size. Column h is
+        the mean log-prob, column h+1 the bias.
 
     Examples
     --------
@@ -191,6 +199,11 @@ class CausalFeaturizer:
         cache_dir: Any = None,
     ) -> None:
         owner = type(self).__name__
+        if isinstance(model, str | os.PathLike):
+            raise ConfigError(
+                f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
+                f"name, directory or hub id as 'model_name'. Got {model!r}."
+            )
         if (model is None) != (tokenizer is None):
             raise ConfigError(
                 f"The 'model' and 'tokenizer' parameters of {owner} must be given together."
@@ -264,24 +277,25 @@ class CausalFeaturizer:
 
     @property
     def dim(self) -> int:
-        """h + 2, read from the model config (no weights are loaded for a packaged model)."""
+        """h + 2, read from the model config (no weights are loaded)."""
         if self.model is not None:
             return int(self.model.config.hidden_size) + 2
-        import json
+        from budgetsft.features.models import model_hidden_size
 
-        from budgetsft.features.models import causal_lm_path
-
-        path = causal_lm_path(self.model_name, cache_dir=self.cache_dir) / "config.json"
-        with open(path) as fh:
-            return int(json.load(fh)["hidden_size"]) + 2
+        return model_hidden_size(self.model_name, "causal", cache_dir=self.cache_dir) + 2
 
     def settings(self) -> dict:
         """Model identity, prompt format, truncation, pooling and compute dtype.
 
-        Loads the tokenizer but not the weights of a packaged model, so a fully
-        cached :func:`~budgetsft.features.featurize` run never loads the LM.
+        Loads the tokenizer but not the weights of a model given by name, so a
+        fully cached :func:`~budgetsft.features.featurize` run never loads the LM.
         """
+        from budgetsft.features.models import model_identity
+
         self._ensure_setup()
+        identity = None if self._injected else model_identity(
+            self.model_name, "causal", cache_dir=self.cache_dir
+        )
         if self._injected:
             from budgetsft.features.models import model_fingerprint, weights_version
 
@@ -292,7 +306,7 @@ class CausalFeaturizer:
                 self._weights_version = version
         fmt = self.format_
         return {
-            "model": self._fingerprint if self._injected else self.model_name,
+            "model": self._fingerprint if self._injected else identity,
             "prompt_format": fmt.kind,
             "format_ids": [list(fmt.prefix), list(fmt.suffix), list(fmt.terminator)],
             "max_length": self.max_length,

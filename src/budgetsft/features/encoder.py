@@ -2,6 +2,10 @@
 
 φ(x, a) = concat(√h · e(x) ⊙ e(a), e(a), [1]) where e(·) is the L2-normalised,
 mean-pooled sentence embedding of all-MiniLM-L6-v2 (h = 384), so d = 2·384 + 1 = 769.
+Any other model named by ``model_name`` (a local directory or a Hugging Face
+id, loaded with ``AutoModel``) gives d = 2h + 1 with its own hidden size h:
+BERT-like encoders, or a decoder-only model read the same way (mean over
+its last hidden states).
 The Hadamard block lets a linear head score prompt/candidate agreement
 feature by feature (its sum is √h times the cosine similarity), e(a) a
 per-candidate prior, and the last column a bias.
@@ -21,7 +25,7 @@ repeat across thousands of examples, so the encoder sees each string once
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,9 +45,10 @@ class SentenceEncoder:
 
     Parameters
     ----------
-    model_name : str, default="all-minilm-l6-v2"
-        A packaged encoder (see :mod:`budgetsft.features.models`). Ignored for
-        loading when ``model`` is given, but kept as a label.
+    model_name : str or path-like, default="all-minilm-l6-v2"
+        A packaged encoder (short name), a local model directory or a Hugging
+        Face model id (see :func:`budgetsft.features.models.resolve_model`).
+        Ignored for loading when ``model`` is given, but kept as a label.
     model, tokenizer : optional
         An already-loaded transformers encoder and its tokenizer (both or none).
     device : {"auto", "cpu", "cuda"}, default="cpu"
@@ -75,6 +80,11 @@ class SentenceEncoder:
         memo_size: int = 200_000,
     ) -> None:
         owner = type(self).__name__
+        if isinstance(model, str | os.PathLike):
+            raise ConfigError(
+                f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
+                f"name, directory or hub id as 'model_name'. Got {model!r}."
+            )
         if (model is None) != (tokenizer is None):
             raise ConfigError(
                 f"The 'model' and 'tokenizer' parameters of {owner} must be given together."
@@ -123,14 +133,16 @@ class SentenceEncoder:
         """Embedding size h (384 for all-MiniLM-L6-v2), read without loading weights."""
         if self.model is not None:
             return int(self.model.config.hidden_size)
-        from budgetsft.features.models import encoder_path
+        from budgetsft.features.models import model_hidden_size
 
-        with open(encoder_path(self.model_name) / "config.json") as fh:
-            return int(json.load(fh)["hidden_size"])
+        return model_hidden_size(self.model_name, "encoder")
 
     def settings(self) -> dict:
-        """Everything that changes the embeddings (no weights are loaded for a packaged model)."""
+        """Everything that changes the embeddings (no weights are loaded for a model given by name)."""
+        from budgetsft.features.models import model_identity
+
         self._ensure_setup()
+        identity = None if self._injected else model_identity(self.model_name, "encoder")
         if self._injected:
             from budgetsft.features.models import model_fingerprint, weights_version
 
@@ -140,7 +152,7 @@ class SentenceEncoder:
                 self._fingerprint = model_fingerprint(self.model)
                 self._weights_version = version
         return {
-            "model": self._fingerprint if self._injected else self.model_name,
+            "model": self._fingerprint if self._injected else identity,
             "pooling": "mean",
             "normalize": "l2",
             "max_length": self.max_length,
@@ -254,7 +266,8 @@ class EncoderFeaturizer:
 
     Parameters
     ----------
-    model_name : str, default="all-minilm-l6-v2"
+    model_name : str or path-like, default="all-minilm-l6-v2"
+        A packaged encoder, a local model directory or a Hugging Face model id.
     model, tokenizer : optional
         An already-loaded transformers encoder and tokenizer (both or none).
     device : {"auto", "cpu", "cuda"}, default="cpu"
@@ -269,7 +282,7 @@ class EncoderFeaturizer:
     name : str
         ``"encoder"``.
     dim : int
-        2h + 1 (769 for all-MiniLM-L6-v2).
+        2h + 1 (769 for all-MiniLM-L6-v2), h the encoder's hidden size.
 
     Examples
     --------

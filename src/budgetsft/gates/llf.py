@@ -70,11 +70,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from budgetsft import _math
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
-from budgetsft.exceptions import ConfigError
+from budgetsft.exceptions import ConfigError, DataError
 
 __all__ = ["LLFGate", "select_pool", "latency_of"]
 
@@ -275,9 +274,163 @@ class LLFGate:
         return sorted(chosen)
 
 
+# Working memory of one chunk of items in the pool pass: their candidates as float64 (the pair
+# block Y and Y P take about as much again). 8 MiB holds ~550 items at K = 5, d = 384: blocks
+# that large keep the (pairs, d) x (d, d) products at full BLAS speed.
+_POOL_CHUNK_BYTES = 1 << 23
+_REFRESH_BLOCK = 32  # items whose latency is brought up to date at once, doubled while needed
+
+
+def _stack_pool(pool) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """The pool as one (N, d) array of candidates, N = Σ K_i, with item offsets.
+
+    Returns ``(X, starts, K)``: item i's candidates are ``X[starts[i]:starts[i + 1]]``; ``K`` is
+    the common number of candidates, or None when it varies. X keeps the pool's float32 or
+    float64 dtype; an (n, K, d) array is used as it is (a view, no copy).
+    """
+    if isinstance(pool, np.ndarray) and pool.ndim == 3:
+        n, K, d = pool.shape
+        if K < 1:
+            raise DataError(f"Pool items must have at least one candidate; got a pool of shape {pool.shape}.")
+        X = pool if pool.dtype in (np.float32, np.float64) else pool.astype(np.float64)
+        return X.reshape(n * K, d), np.arange(n + 1, dtype=np.int64) * K, K
+    items = [np.asarray(x) for x in pool]
+    d = items[0].shape[-1] if items[0].ndim == 2 else -1
+    for i, x in enumerate(items):
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != d or d < 1:
+            raise DataError(
+                f"Pool item {i} must be an array of shape (K_i, d) with K_i >= 1 and d = {max(d, 1)} "
+                f"as item 0; got shape {x.shape}."
+            )
+    sizes = np.fromiter((x.shape[0] for x in items), dtype=np.int64, count=len(items))
+    dtype = np.float32 if all(x.dtype == np.float32 for x in items) else np.float64
+    starts = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    K = int(sizes[0]) if (sizes == sizes[0]).all() else None
+    return np.concatenate(items, axis=0, dtype=dtype), starts, K
+
+
+def _pool_metric(learner) -> Callable[[np.ndarray], np.ndarray]:
+    """Y ↦ Y P for rows Y of shape (m, d), with the learner's current P."""
+    if hasattr(learner, "P_"):
+        P = learner.P_
+        return lambda Y: Y @ P
+    if hasattr(learner, "apply_P"):
+        return learner.apply_P
+    raise ConfigError(
+        f"{type(learner).__name__} keeps no confidence ellipsoid: pool mode needs a covariance learner "
+        "(one with P_ or apply_P, such as RidgeLearner or LogisticLearner) to measure and condition widths."
+    )
+
+
+def _item_max(values: np.ndarray, pair_start: np.ndarray, K: int | None) -> np.ndarray:
+    """Per-item max of per-pair ``values`` (pairs of item i at pair_start[i]:pair_start[i + 1]); -inf
+    for an item without pairs. Uniform K: one reshape, (items, K - 1).max(axis=1)."""
+    n = len(pair_start) - 1
+    if K is not None:
+        return values.reshape(n, K - 1).max(axis=1) if K > 1 else np.full(n, -np.inf)
+    out = np.full(n, -np.inf)
+    has = pair_start[1:] > pair_start[:-1]
+    if has.any():  # reduceat over the non-empty segments only: an empty one would read its neighbour
+        out[has] = np.maximum.reduceat(values, pair_start[:-1][has] - pair_start[0])
+    return out
+
+
+class _PoolPairs:
+    """One batch's pairs (ŷ_i, a), a != ŷ_i, of every pool item under the committed θ and P.
+
+    Per pair (m = N - n of them, in item order, then candidate order): the candidate rows
+    ``pred``/``cand`` of ŷ_i and a, the score gap s(ŷ_i) - s(a) and the squared width
+    ||φ(ŷ_i) - φ(a)||²_P, conditioned on the picks of the batch so far up to the item's ``stamp``.
+    """
+
+    def __init__(self, learner, X: np.ndarray, starts: np.ndarray, K: int | None) -> None:
+        n = len(starts) - 1
+        sizes = np.diff(starts)
+        self.K = K
+        self.pair_start = starts - np.arange(n + 1)  # item i has K_i - 1 pairs
+        m = int(self.pair_start[-1])
+        self.pred = np.empty(m, dtype=np.int64)
+        self.cand = np.empty(m, dtype=np.int64)
+        self.gap = np.empty(m)
+        self.nsq = np.empty(m)
+        self.metric = metric = _pool_metric(learner)
+        k_max = int(sizes.max())
+        step = max(1, _POOL_CHUNK_BYTES // (k_max * X.shape[1] * 8))  # items per chunk
+        self.block_cap = max(_REFRESH_BLOCK, step)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            r0, r1 = int(starts[a]), int(starts[b])
+            p0, p1 = int(self.pair_start[a]), int(self.pair_start[b])
+            Xc = X[r0:r1].astype(np.float64, copy=False)
+            s = learner.score_many(Xc)
+            local = starts[a:b + 1] - r0
+            if K is not None:
+                best = s.reshape(b - a, K).argmax(axis=1)  # lowest index on ties, as _math.argmax_lowest
+            else:
+                padded = np.full((b - a, k_max), -np.inf)  # padding sorts after every real candidate
+                owner = np.repeat(np.arange(b - a), sizes[a:b])
+                padded[owner, np.arange(r1 - r0) - local[owner]] = s
+                best = padded.argmax(axis=1)
+            pred_row = local[:-1] + best
+            is_pred = np.zeros(r1 - r0, dtype=bool)
+            is_pred[pred_row] = True
+            cand = np.flatnonzero(~is_pred)
+            pred = np.repeat(pred_row, sizes[a:b] - 1)
+            self.pred[p0:p1], self.cand[p0:p1] = pred + r0, cand + r0
+            self.gap[p0:p1] = s[pred] - s[cand]
+            if K is not None:  # y = φ(ŷ) - φ(a) by broadcasting, (items, K - 1, d)
+                Y = (Xc[pred_row][:, None, :] - Xc[cand].reshape(b - a, K - 1, -1)).reshape(p1 - p0, -1)
+            else:
+                Y = Xc[pred] - Xc[cand]
+            self.nsq[p0:p1] = np.einsum("md,md->m", metric(Y), Y)
+        self.stamp = np.zeros(n, dtype=np.int64)
+
+    def latency(self, rho: float, items: np.ndarray | None = None) -> np.ndarray:
+        """max over the pairs of each item of ρ ||y||_P - gap at the item's stamp."""
+        if items is None:
+            lat = rho * np.sqrt(np.maximum(self.nsq, 0.0)) - self.gap
+            return _item_max(lat, self.pair_start, self.K)
+        rows, seg = self._rows(items)
+        lat = rho * np.sqrt(np.maximum(self.nsq[rows], 0.0)) - self.gap[rows]
+        return _item_max(lat, seg, self.K)
+
+    def _rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pair indices of ``items`` and their segment offsets."""
+        lo, hi = self.pair_start[items], self.pair_start[items + 1]
+        seg = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum(hi - lo, out=seg[1:])
+        return np.repeat(lo - seg[:-1], hi - lo) + np.arange(seg[-1]), seg
+
+    def runner_up(self, X: np.ndarray, i: int) -> np.ndarray:
+        """z = φ(ŷ_i) - φ(runner-up): the pair of item i with the smallest gap (first on ties)."""
+        lo, hi = int(self.pair_start[i]), int(self.pair_start[i + 1])
+        r = lo + int(np.argmin(self.gap[lo:hi]))
+        return np.subtract(X[self.pred[r]], X[self.cand[r]], dtype=np.float64)
+
+    def condition(self, X: np.ndarray, items: np.ndarray, U: np.ndarray, c: np.ndarray) -> None:
+        """Bring the squared widths of ``items`` up to date with the picks so far.
+
+        U (j, d) holds u_k = P_k z_k, c the scalars 1 + z_kᵀ u_k, with P_{k+1} = P_k - u_k u_kᵀ / c_k:
+        ||y||²_{P_j} = ||y||²_P - Σ_k (yᵀu_k)² / c_k, taken over the picks k the item has not seen yet,
+        in order (the same subtractions as conditioning every pair after every pick).
+        """
+        j = len(c)
+        rows, seg = self._rows(items)
+        seen = np.repeat(self.stamp[items], np.diff(seg))  # picks each pair has already seen
+        k0 = int(seen.min())
+        Y = np.subtract(X[self.pred[rows]], X[self.cand[rows]], dtype=np.float64)
+        proj = Y @ U[k0:j].T
+        nsq = self.nsq[rows]
+        for k in range(k0, j):
+            nsq = nsq - np.where(seen <= k, proj[:, k - k0] ** 2 / c[k], 0.0)
+        self.nsq[rows] = nsq
+        self.stamp[items] = j
+
+
 def select_pool(
     learner,
-    pool: Sequence[np.ndarray],
+    pool: Sequence[np.ndarray] | np.ndarray,
     budget: Budget,
     label_fn: Callable[[int], int],
     *,
@@ -292,23 +445,54 @@ def select_pool(
 
     Repeatedly: score the whole pool with the current learner; pick the
     ``batch_size`` latest examples one at a time, and after each pick condition
-    a copy of P on the pick's pair feature z = φ(ŷ) - φ(runner-up) (no label
-    needed), so a batch does not spend labels on near duplicates; then buy the
-    batch's labels through ``label_fn``, update the learner, and repeat until
-    the budget is spent or the pool is empty.
+    the batch's view of P on the pick's pair feature z = φ(ŷ) - φ(runner-up)
+    (no label needed; the learner is not touched), so a batch does not spend
+    labels on near duplicates; then buy the batch's labels through
+    ``label_fn``, update the learner, and repeat until the budget is spent or
+    the pool is empty.
 
-    Conditioning uses ||y||²_{P'} = ||y||²_P - (yᵀPz)² / (1 + zᵀPz) for every
-    pool pair y, so a pick costs one (n·(K-1), d) product, not a re-scoring.
+    Conditioning on the picks z_0, ..., z_{j-1} of a batch is kept as vectors
+    u_k = P_k z_k and scalars c_k = 1 + z_kᵀ u_k, P_{k+1} = P_k - u_k u_kᵀ / c_k
+    (Gram–Schmidt in the P metric): ||y||²_{P_j} = ||y||²_P - Σ_k (yᵀ u_k)² / c_k.
+    Widths, hence latencies, only fall as picks accumulate, so an item's
+    latency from an earlier pick bounds its current one: a pick brings up to
+    date only the items whose stale latency still tops every current one
+    (lazy greedy). The pick is exact: the item of largest latency, lowest index
+    on ties, as when every pair is conditioned after every pick.
+
+    Cost and memory, for n items of K candidates (N = nK rows) in d dimensions
+    and m = n(K - 1) pairs:
+
+    * the pool is one (N, d) array in its own dtype (float32 halves it): an
+      (n, K, d) array is used as it is, a list of (K_i, d) arrays (K_i may
+      vary) is copied into one once;
+    * per batch, one pass over the pool in chunks of items of about 8 MiB of
+      float64 (``_POOL_CHUNK_BYTES``; Y and Y P of a chunk take as much
+      again): scores, predictions (argmax, lowest index on ties) and ||y||²_P
+      of every pair, O(N d²) time. What is kept is four length-m vectors (two
+      row indices, the gap, the squared width) and a few of length n, never
+      an (m, d) matrix: at n = 100k, K = 5, d = 384 that is about 16 MB beside a
+      730 MiB float32 pool, where the full pair matrix Y would be 1.2 GB of
+      float64 and Y P as much again;
+    * per pick, O(n) vectorised work (argmax, the affordability mask), O(d²)
+      for P z, and O(K d j) per item brought up to date (32 per round);
+    * B labels take about B / ``batch_size`` passes: a pass over 100k items
+      takes about 3 s on one core, so a larger ``batch_size`` trades some
+      selection quality for proportionally less time
+      (``benchmarks/pool_scale.py`` prints time and peak memory).
 
     Parameters
     ----------
     learner : RidgeLearner or LogisticLearner
-        Must expose ``P_`` (created on first use) besides the Learner protocol.
-    pool : sequence of ndarray of shape (K_i, d)
+        A covariance learner: it must expose ``P_`` (created on first use) or
+        ``apply_P(Y)`` (Y P for an (m, d) matrix) besides the Learner protocol.
+    pool : sequence of ndarray of shape (K_i, d), or ndarray of shape (n, K, d)
     budget : Budget
     label_fn : callable
         ``label_fn(i) -> gold index`` buys the label of pool item i.
     batch_size : int, default=8
+        Picks per pass over the pool (a pass re-scores it with the updated
+        learner).
     costs : sequence of float, optional
         Label prices (default 1 each).
     follower : Follower, optional
@@ -316,68 +500,82 @@ def select_pool(
     require_late : bool, default=False
         Stop when no remaining example has latency > ``tau`` instead of
         spending the whole budget.
+    progress : callable, optional
+        Called with the number of labels bought after each purchase.
 
     Returns
     -------
     list of int
         Pool indices bought, in purchase order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from budgetsft.learners import RidgeLearner
+    >>> pool = np.random.default_rng(0).standard_normal((50, 4, 3))
+    >>> bought = select_pool(RidgeLearner(), pool, Budget(5.0), lambda i: 0, batch_size=2)
+    >>> len(bought), len(set(bought))
+    (5, 5)
     """
     from budgetsft.followers import BestResponseFollower
 
     check_int("select_pool", "batch_size", batch_size, low=1)
     follower = follower or BestResponseFollower()
     n = len(pool)
-    costs = [1.0] * n if costs is None else list(costs)
-    available = np.ones(n, dtype=bool)
     bought: list[int] = []
     if n == 0:
         return bought
-    learner.score_many(np.asarray(pool[0], dtype=np.float64))  # lazily initialises P_
+    costs = [1.0] * n if costs is None else list(costs)
+    if len(costs) != n:
+        raise DataError(f"select_pool needs one label cost per pool item: {n} items, {len(costs)} costs.")
+    by_cost = budget.unit == "cost"
+    prices = np.array([budget.price(c) for c in costs]) if by_cost else np.ones(n)  # validates every cost
+    X, starts, K = _stack_pool(pool)
+    learner.score_many(X[: starts[1]].astype(np.float64))  # lazily initialises P_
+    _pool_metric(learner)  # a learner without a covariance fails here, before any label is bought
+    available = np.ones(n, dtype=bool)
     while available.any():
-        # score the pool with the committed θ; pairs (ŷ_i, a) for a != ŷ_i
-        pair_rows, pair_owner, pair_gap = [], [], []
-        preds = np.empty(n, dtype=int)
-        for i in np.flatnonzero(available):
-            X = np.asarray(pool[i], dtype=np.float64)
-            s = learner.score_many(X)
-            p = _math.argmax_lowest(s)
-            preds[i] = p
-            others = [a for a in range(X.shape[0]) if a != p]
-            pair_rows.append(X[p] - X[others])
-            pair_owner.extend([i] * len(others))
-            pair_gap.extend((s[p] - s[others]).tolist())
-        Y = np.vstack(pair_rows)
-        owner = np.asarray(pair_owner)
-        gap = np.asarray(pair_gap)
-        P = learner.P_
-        PY = Y @ P  # (m, d): one pass to start the batch
-        nsq = np.einsum("md,md->m", PY, Y)
+        pairs = _PoolPairs(learner, X, starts, K)
         rho = learner.current_radius() if hasattr(learner, "current_radius") else float(learner.radius)
-        batch: list[int] = []
+        key = np.where(available, pairs.latency(rho), -np.inf)  # a stale latency bounds the current one
         probe = copy.deepcopy(budget)
-        alive = np.ones(len(owner), dtype=bool)
+        batch: list[int] = []
+        U = np.empty((min(batch_size, n), X.shape[1]))  # u_k = P_k z_k of the picks so far
+        c = np.empty(len(U))
         while len(batch) < batch_size:
-            lat_pairs = np.where(alive, rho * np.sqrt(np.maximum(nsq, 0.0)) - gap, -np.inf)
-            lat = np.full(n, -np.inf)
-            np.maximum.at(lat, owner, lat_pairs)
-            affordable = np.array([available[i] and i not in batch and probe.can_afford(costs[i]) for i in range(n)])
-            lat[~affordable] = -np.inf
-            if not np.isfinite(lat).any():
+            j = len(batch)
+            block = _REFRESH_BLOCK
+            if not by_cost and not probe.can_afford(1.0):
                 break
-            pick = int(np.argmax(lat))  # lowest index on ties
-            if require_late and lat[pick] <= tau:
+            if by_cost:  # a superset of the affordable items: float(remaining) rounds at most one ulp up
+                key[prices > probe.remaining] = -np.inf
+            while True:
+                top = int(np.argmax(key))  # lowest index on ties
+                if not key[top] > -np.inf or pairs.stamp[top] == j:
+                    break
+                stale = np.where(pairs.stamp < j, key, -np.inf)
+                size = min(block, n)
+                items = np.argpartition(stale, n - size)[n - size:]
+                items = np.sort(items[stale[items] > -np.inf])
+                pairs.condition(X, items, U[:j], c[:j])
+                key[items] = pairs.latency(rho, items)
+                block = min(2 * block, pairs.block_cap)
+            if not key[top] > -np.inf:
                 break
-            probe.spend(costs[pick])
-            batch.append(pick)
-            alive &= owner != pick
+            if by_cost and not probe.can_afford(costs[top]):
+                key[top] = -np.inf
+                continue
+            if require_late and key[top] <= tau:
+                break
+            probe.spend(costs[top])
+            batch.append(top)
+            key[top] = -np.inf
             # condition on the pick's (ŷ, runner-up) pair: no label needed
-            rows = np.flatnonzero(owner == pick)
-            r = rows[int(np.argmin(gap[rows]))]
-            z, u = Y[r], PY[r]
-            c = 1.0 + float(z @ u)
-            proj = PY @ z  # yᵀ P z for every pair
-            nsq = nsq - proj**2 / c
-            PY = PY - np.outer(proj, u) / c
+            z = pairs.runner_up(X, top)
+            u = pairs.metric(z[None, :])[0]
+            for k in range(j):
+                u = u - (z @ U[k]) / c[k] * U[k]
+            U[j], c[j] = u, 1.0 + float(z @ u)
         if not batch:
             break
         for i in batch:
@@ -387,9 +585,9 @@ def select_pool(
             budget.spend(costs[i])
             bought.append(i)
             available[i] = False
-            X = np.asarray(pool[i], dtype=np.float64)
-            s = learner.score_many(X)
-            learner.learn_one(X, gold, follower.respond(s, gold))
+            Xi = np.asarray(pool[i], dtype=np.float64)
+            s = learner.score_many(Xi)
+            learner.learn_one(Xi, gold, follower.respond(s, gold))
             if progress is not None:
                 progress(len(bought))
     return bought

@@ -51,6 +51,10 @@ class LogisticLearner(CovarianceMixin):
         ``benchmarks/peers.py``): "all" has a steeper Stackelberg regret,
         "hardest" makes more online mistakes on bbc-news.
     d : int, optional
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of P, b and θ. ``"float32"`` halves the memory and the
+        traffic of the two passes over P per round; scores and widths agree
+        with float64 to about 1e-5 relative (``tests/test_sketch.py``).
 
     Examples
     --------
@@ -74,6 +78,7 @@ class LogisticLearner(CovarianceMixin):
         S: float = 1.0,
         update: str = "violated",
         d: int | None = None,
+        dtype: str = "float64",
     ) -> None:
         self.lam = lam
         self.radius = radius
@@ -84,6 +89,7 @@ class LogisticLearner(CovarianceMixin):
         self.S = S
         self.update = update
         self.d = d
+        self.dtype = dtype
 
     def _validate(self) -> None:
         self._check_common("LogisticLearner")
@@ -98,7 +104,7 @@ class LogisticLearner(CovarianceMixin):
     def score_many(self, X: np.ndarray) -> np.ndarray:
         """Scores ⟨θ, φ(x, a)⟩ (log-odds scale) of shape (K,)."""
         X = self._ensure(np.asarray(X, dtype=np.float64))
-        return X @ self.coef_
+        return self._scores(X)
 
     def learn_one(self, X: np.ndarray, gold: int, alternative: int) -> None:
         X = self._ensure(np.asarray(X, dtype=np.float64))

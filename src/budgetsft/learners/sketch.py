@@ -1,0 +1,393 @@
+"""The logistic learner with a Frequent Directions sketch of its covariance: O(m d) per round (issue 11).
+
+:class:`~budgetsft.learners.LogisticLearner` keeps V = λI + G, G = Σ w z zᵀ,
+as the dense inverse P = V⁻¹: O(d²) memory and O(K d²) time per round. This
+learner keeps a Frequent Directions sketch S of G instead (Liberty 2013;
+Ghashami et al. 2016, the doubling buffer of 2m rows), the scheme of the
+sketched OFUL of Kuzborskij, Cella and Cesa-Bianchi (2019, "Efficient linear
+bandits through matrix sketching") and of the sketched bandits of Chen et al.
+(2021):
+
+* state: Q of shape (r, d) with orthonormal rows and a small symmetric core M
+  of shape (r, r) with SᵀS = Qᵀ M Q, r ≤ 2m; H = (cI + M)⁻¹; α, the mass
+  shrunk away so far; θ and b as in the logistic learner;
+* a learnt pair adds the row √w z: its coordinates in Q come from the width
+  step's Q Xᵀ, its residual off span(Q) from the update's pass over Q; the
+  residuals become new orthonormal rows of Q (projected twice when
+  cancellation is large, rounding-level ones dropped), and M and H take the
+  rank-n Woodbury update;
+* when r reaches 2m: M = U diag(s²) Uᵀ, δ = s²_{m+1}, keep the top m
+  directions with s_i² - δ (Q ← U[:, :m]ᵀ Q) and α ← α + δ. O(m² d) once every
+  ≥ m rows: amortised O(m d) per row;
+* V̂ = cI + SᵀS with c = λ + κα (``shrinkage``), applied by Woodbury:
+
+      P̂ x = (x - Qᵀ (I - cH) Q x) / c,   ||x||²_P̂ = (||x||² - ||Qx||² + c (Qx)ᵀ H (Qx)) / c.
+
+  The widths need Q x only: one pass over Q per round, O(K m d). A round that
+  learns makes one more, for the pairs' P̂ z (the Newton steps) and their
+  residuals together.
+
+FD guarantees 0 ⪯ G - SᵀS ⪯ αI, hence V̂ ⪯ V + (c - λ)I ⪯ (c/λ) V for every
+``shrinkage``, and, depending on it:
+
+* ``"drop"`` (c = λ, the default): V̂ ⪯ V ⪯ V̂ + αI. The sketch underestimates
+  V, so P̂ ⪰ P: every width is at least the exact learner's on the same pairs,
+  and at most √(1 + α/λ) times it. The loss is in the shrunk (low-energy)
+  directions; directions never learnt keep 1/λ, as in the exact learner.
+* ``"add"`` (c = λ + α, FD-SOFUL of Kuzborskij et al.): V ⪯ V̂ ⪯ V + αI, so
+  P̂ ⪯ P: widths at most the exact ones and at least 1/√(1 + α/λ) of them.
+  α lifts the prior of *every* direction, including those never seen, so a
+  confidence gate takes novel directions for known ones as α grows.
+* ``"half"`` (c = λ + α/2, the robust FD of Luo, Chen, Zhang and Li 2019):
+  ||V̂ - V|| ≤ α/2, the closest of the three, bounded neither way.
+
+Before the first shrink (r < 2m throughout, e.g. whenever 2m > d) α = 0 and
+the sketch is the exact learner up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+
+from budgetsft import _math
+from budgetsft._validation import check_choice, check_float, check_int
+from budgetsft.exceptions import DataError
+from budgetsft.learners._covariance import CovarianceMixin, RadiusSpec
+from budgetsft.learners.logistic import _sigmoid
+
+__all__ = ["SketchLearner"]
+
+SHRINKAGE = {"drop": 0.0, "add": 1.0, "half": 0.5}
+# A residual direction below this fraction of the row it came from is rounding (or energy below its
+# square of the row's): dropped, which only lowers SᵀS and keeps 0 ⪯ G - SᵀS. float32 rounds at ~1e-6.
+_DROP = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
+_CHUNK = 4096  # rows of Y per block in apply_P: bounds its (rows, r) temporaries
+
+
+class SketchLearner(CovarianceMixin):
+    """Bradley–Terry pair learner (online Newton steps) with a rank-m Frequent Directions covariance.
+
+    The updates, scores and widths are those of
+    :class:`~budgetsft.learners.LogisticLearner` with V = λI + Σ w z zᵀ
+    replaced by the sketch V̂ = cI + SᵀS of the module docstring: O(m d)
+    memory and O(K m d) time per round instead of O(d²) and O(K d²). Widths
+    w(u, v) = ρ ||φ(u) - φ(v)||_P̂; with the default ``shrinkage="drop"`` they
+    are never below the exact learner's widths on the same pairs.
+
+    Parameters
+    ----------
+    lam, eta, w_min, sigma, delta, S, update
+        As in :class:`~budgetsft.learners.LogisticLearner`.
+    radius : float, "auto" or "theory", default="auto"
+        ``"auto"``: ρ = √(2 log(1/δ)), as the logistic learner (σ̂ = 1).
+        ``"theory"``: the OFUL radius made to hold for the sketch,
+        ρ = √(c/λ) · (σ √(log det Û - d log λ + 2 log(1/δ)) + √λ S), with
+        Û = (λ + α)I + SᵀS ⪰ V, so log det Û = Σ_i log(1 + s_i²/(λ + α))
+        + d log((λ + α)/λ) bounds the exact log det from above and
+        √(c/λ) ||x||_P̂ ≥ ||x||_P: on the same pairs these widths are at least
+        the exact learner's theory widths. With ``shrinkage="add"`` the factor
+        is √(1 + α/λ), the price of the optimistic V̂ (Kuzborskij et al.'s
+        bounds pay for the sketch through ε_m, the spectral mass it misses,
+        in the same way).
+    rank : int, default=64
+        m, the directions the sketch keeps after a shrink (it holds up to 2m
+        between shrinks). Memory: Q of (2m + 4) × d floats (grown if a round
+        brings more new directions), the (r, r) core M, H, θ and b.
+    shrinkage : {"drop", "add", "half"}, default="drop"
+        c = λ, λ + α or λ + α/2: where the shrunk mass α goes (module docstring).
+    d : int, optional
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of Q, θ and b (the small core M, H stays float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> learner = SketchLearner(rank=2)
+    >>> X = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> for _ in range(3):
+    ...     learner.learn_one(X, gold=0, alternative=1)
+    >>> int(np.argmax(learner.score_many(X)))
+    0
+    >>> learner.Q_[:learner.n_directions_].shape   # the sketch's directions
+    (2, 3)
+    """
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        radius: RadiusSpec = "auto",
+        eta: float = 1.0,
+        w_min: float = 0.05,
+        sigma: float = 0.5,
+        delta: float = 0.1,
+        S: float = 1.0,
+        update: str = "violated",
+        rank: int = 64,
+        shrinkage: str = "drop",
+        d: int | None = None,
+        dtype: str = "float64",
+    ) -> None:
+        self.lam = lam
+        self.radius = radius
+        self.eta = eta
+        self.w_min = w_min
+        self.sigma = sigma
+        self.delta = delta
+        self.S = S
+        self.update = update
+        self.rank = rank
+        self.shrinkage = shrinkage
+        self.d = d
+        self.dtype = dtype
+
+    def _validate(self) -> None:
+        self._check_common("SketchLearner")
+        check_float("SketchLearner", "eta", self.eta, low=0.0, low_open=True)
+        check_float("SketchLearner", "w_min", self.w_min, low=0.0, high=0.25, low_open=True)
+        check_int("SketchLearner", "rank", self.rank, low=1)
+        check_choice("SketchLearner", "shrinkage", self.shrinkage, tuple(SHRINKAGE))
+
+    # -- state ----------------------------------------------------------------------
+    def _init_state(self, d: int) -> None:
+        dtype = np.dtype(self.dtype)
+        self.d_ = d
+        self.Q_ = np.zeros((2 * self.rank + 4, d), dtype=dtype)  # rows [:n_directions_] orthonormal
+        self.n_directions_ = 0
+        self.M_ = np.zeros((0, 0))  # SᵀS = Qᵀ M Q
+        self.H_ = np.zeros((0, 0))  # (cI + M)⁻¹
+        self.alpha_ = 0.0
+        self.n_shrinks_ = 0
+        self.b_ = np.zeros(d, dtype=dtype)
+        self.coef_ = np.zeros(d, dtype=dtype)
+        self.n_updates_ = 0
+        self.residual_ss_ = 0.0
+        self.n_residuals_ = 0
+        self._version = 0
+        self._cache_key: tuple[int, int] | None = None
+        self._cache_X: np.ndarray | None = None
+        self._cache_G: np.ndarray | None = None
+        self._logdet_key: int | None = None
+        self._logdet = 0.0
+
+    def _ensure(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "Q_"):
+            self._validate()
+            self._init_state(self.d if self.d is not None else X.shape[1])
+        if X.ndim != 2 or X.shape[1] != self.d_:
+            raise DataError(
+                f"SketchLearner was built for d = {self.d_} features; got features of shape {X.shape}."
+            )
+        if X.dtype != self.coef_.dtype:
+            X = self._converted(X)
+        return X
+
+    def _c(self) -> float:
+        """c = λ + κα, the isotropic part of V̂."""
+        return float(self.lam) + SHRINKAGE[self.shrinkage] * self.alpha_
+
+    # -- the sketch's P̂ ----------------------------------------------------------------
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        """G = Q Xᵀ of shape (r, K), one pass over Q, cached for the update of the same round."""
+        key = (id(X), self._version)
+        if self._cache_key != key or self._cache_X is not X:
+            self._cache_key, self._cache_X = key, X
+            self._cache_G = self.Q_[: self.n_directions_] @ X.T
+        return self._cache_G
+
+    def widths_many(self, X: np.ndarray, ref: int) -> tuple[np.ndarray, np.ndarray]:
+        """Widths w(ref, a) = ρ ||φ(ref) - φ(a)||_P̂ and the squared norms, each of shape (K,)."""
+        X = self._ensure(np.asarray(X, dtype=np.float64))
+        G = self._project(X)
+        c = self._c()
+        diff = X[ref] - X
+        g = (G[:, [ref]] - G).astype(np.float64)  # Q (x_ref - x_a)
+        nsq = np.einsum("kd,kd->k", diff, diff, dtype=np.float64) - np.einsum("rk,rk->k", g, g)
+        nsq += c * np.einsum("rk,rk->k", g, self.H_ @ g)
+        nsq /= c
+        np.maximum(nsq, 0.0, out=nsq)
+        return self.current_radius() * np.sqrt(nsq), nsq
+
+    def apply_P(self, Y: np.ndarray) -> np.ndarray:
+        """Y P̂ for rows y of shape (d,) or a matrix of shape (n, d), as float64 of the same shape.
+
+        O(n m d), in blocks of rows: what pool mode needs (``||y||²_P̂ = (Y P̂)·Y``
+        and Y P̂ to condition on a pick) without a (d, d) matrix.
+        """
+        if not hasattr(self, "Q_"):
+            raise DataError("SketchLearner has no covariance yet: score or learn one round first.")
+        Y = np.asarray(Y, dtype=np.float64)
+        if Y.ndim not in (1, 2) or Y.shape[-1] != self.d_:
+            raise DataError(f"apply_P needs rows of d = {self.d_} features; got shape {Y.shape}.")
+        Y2 = Y.reshape(-1, self.d_)
+        Q = self.Q_[: self.n_directions_].astype(np.float64, copy=False)
+        c = self._c()
+        D = np.eye(self.n_directions_) - c * self.H_
+        out = np.empty_like(Y2)
+        for lo in range(0, Y2.shape[0], _CHUNK):
+            block = Y2[lo : lo + _CHUNK]
+            out[lo : lo + _CHUNK] = (block - ((block @ Q.T) @ D) @ Q) / c
+        return out.reshape(Y.shape)
+
+    def noise_scale(self) -> float:
+        """1, as :meth:`LogisticLearner.noise_scale`: P̂ is in log-odds units already."""
+        return 1.0
+
+    def current_radius(self) -> float:
+        """ρ_t: fixed, ``"auto"`` (√(2 log(1/δ))) or ``"theory"`` from the sketch (class docstring)."""
+        if self.radius != "theory":
+            return super().current_radius()
+        if not hasattr(self, "Q_"):
+            return _math.confidence_radius(0.0, sigma=self.sigma, delta=self.delta, lam=self.lam, S=self.S)
+        rho = _math.confidence_radius(self._logdet_upper(), sigma=self.sigma, delta=self.delta, lam=self.lam,
+                                      S=self.S)
+        return math.sqrt(self._c() / self.lam) * rho
+
+    def _logdet_upper(self) -> float:
+        """log det Û - d log λ with Û = (λ + α)I + SᵀS ⪰ V (one (r, r) determinant, cached per state)."""
+        if self._logdet_key != self._version:
+            top = float(self.lam) + self.alpha_
+            r = self.n_directions_
+            core = np.linalg.slogdet(np.eye(r) + self.M_ / top)[1] if r else 0.0
+            self._logdet = float(core) + self.d_ * math.log(top / self.lam)
+            self._logdet_key = self._version
+        return self._logdet
+
+    # -- learning -----------------------------------------------------------------------
+    def score_many(self, X: np.ndarray) -> np.ndarray:
+        """Scores ⟨θ, φ(x, a)⟩ (log-odds scale) of shape (K,)."""
+        X = self._ensure(np.asarray(X, dtype=np.float64))
+        return self._scores(X)
+
+    def learn_one(self, X: np.ndarray, gold: int, alternative: int) -> None:
+        """Online Newton steps of :class:`~budgetsft.learners.LogisticLearner` on the pair(s), then the sketch
+        absorbs their rows √w z."""
+        X = self._ensure(np.asarray(X, dtype=np.float64))
+        self._check_pair(X, gold, alternative)
+        G = self._project(X)
+        pairs = self._pairs(X, gold, alternative)
+        idx = np.asarray(pairs)
+        Z = X[gold] - X[idx]  # (n, d) pair features
+        QZ = (G[:, [gold]] - G[:, idx]).astype(np.float64)  # (r, n) = Q Zᵀ, from the width step
+        Q = self.Q_[: self.n_directions_]
+        c = self._c()
+        # One pass over Q for both: U = Z P̂ (rows P̂ z) and Z's residuals off span(Q).
+        back = np.concatenate([QZ - c * (self.H_ @ QZ), QZ], axis=1).T.astype(Q.dtype, copy=False) @ Q
+        n = len(pairs)
+        U = Z - back[:n]
+        U /= c
+        weights = np.empty(n)
+        for i in range(n):
+            z, u = Z[i], U[i].copy()  # P̂ z with the earlier pairs of this round applied
+            p = _sigmoid(float(z @ self.coef_))
+            w = max(p * (1.0 - p), self.w_min)
+            denom = 1.0 + w * float(z @ u)
+            # P̂' z = u / (1 + w zᵀu) (Sherman–Morrison); Newton step on -log σ(m), as LogisticLearner.
+            self.coef_ += u * (self.eta * (1.0 - p) / denom)
+            self.n_updates_ += 1
+            if i + 1 < n:  # the later pairs' P̂ z under P̂' = P̂ - w u uᵀ / denom
+                _ger_inplace(U[i + 1 :], -w / denom, U[i + 1 :] @ z, u)
+            self.b_ += (1.0 - p) * z
+            weights[i] = w
+        sqrt_w = np.sqrt(weights)
+        self._absorb(QZ * sqrt_w, (Z - back[n:]) * sqrt_w.astype(Z.dtype)[:, None])
+
+    def _absorb(self, C: np.ndarray, R: np.ndarray) -> None:
+        """Add rows y_i to the sketch from C = Q yᵢ (r, n) and R, their residuals off span(Q) (n, d);
+        shrink when it holds 2m directions."""
+        r = self.n_directions_
+        Q = self.Q_[:r]
+        r_norm = np.linalg.norm(R, axis=1)
+        y_norm = np.sqrt(r_norm**2 + np.einsum("rn,rn->n", C, C))  # ||yᵢ||² = ||Q yᵢ||² + ||residual||²
+        drop = _DROP[R.dtype]
+        again = (drop * y_norm < r_norm) & (r_norm < 0.5 * y_norm)
+        if r and again.any():  # cancellation: project those residuals once more (twice is enough)
+            extra = Q @ R[again].T
+            R[again] -= extra.T.astype(Q.dtype) @ Q
+            C[:, again] += extra
+        basis, coords = _orthonormal_rows(R, drop * float(y_norm.max()))
+        k = basis.shape[0]
+        if r + k > self.Q_.shape[0]:  # a round with more pairs than the spare rows: grow the buffer
+            grown = np.zeros((r + k, self.d_), dtype=self.Q_.dtype)
+            grown[:r] = Q
+            self.Q_ = grown
+        self.Q_[r : r + k] = basis
+        Ybar = np.vstack([C, coords]) if k else C  # (r + k, n): the rows in the basis Q
+        M, H = self.M_, self.H_
+        if k:
+            M = np.zeros((r + k, r + k))
+            M[:r, :r] = self.M_
+            H = np.zeros((r + k, r + k))
+            H[:r, :r] = self.H_
+            H[range(r, r + k), range(r, r + k)] = 1.0 / self._c()
+        M += Ybar @ Ybar.T
+        HY = H @ Ybar  # Woodbury: (cI + M + ȲȲᵀ)⁻¹ = H - HȲ (I + ȲᵀHȲ)⁻¹ ȲᵀH
+        H -= HY @ np.linalg.solve(np.eye(Ybar.shape[1]) + Ybar.T @ HY, HY.T)
+        self.M_, self.H_ = M, H
+        self.n_directions_ = r + k
+        if self.n_directions_ >= 2 * self.rank:
+            self._shrink()
+        self._version += 1
+
+    def _shrink(self) -> None:
+        """Frequent Directions: keep the top m directions of SᵀS, each shrunk by the (m+1)-th eigenvalue."""
+        m, r = self.rank, self.n_directions_
+        s2, U = np.linalg.eigh(self.M_)
+        s2, U = s2[::-1], U[:, ::-1]  # descending
+        shrink = max(float(s2[m]), 0.0)
+        kept = np.maximum(s2[:m] - shrink, 0.0)
+        self.Q_[:m] = U[:, :m].T.astype(self.Q_.dtype) @ self.Q_[:r]
+        self.Q_[m:r] = 0.0
+        self.alpha_ += shrink
+        self.n_directions_ = m
+        self.n_shrinks_ += 1
+        self.M_ = np.diag(kept)
+        self.H_ = np.diag(1.0 / (self._c() + kept))
+
+    def state_dict(self) -> dict:
+        """Learned state (copies), for checkpoints."""
+        if not hasattr(self, "Q_"):
+            return {}
+        return {
+            "Q": self.Q_[: self.n_directions_].copy(),
+            "M": self.M_.copy(),
+            "H": self.H_.copy(),
+            "alpha": self.alpha_,
+            "b": self.b_.copy(),
+            "coef": self.coef_.copy(),
+            "n_updates": self.n_updates_,
+            "n_shrinks": self.n_shrinks_,
+        }
+
+
+def _ger_inplace(A: np.ndarray, alpha: float, x: np.ndarray, y: np.ndarray) -> None:
+    """A += α x yᵀ in place for a C-ordered (K, d) A: one BLAS ``ger`` on its Fortran-ordered transpose."""
+    ger = scipy.linalg.blas.dger if A.dtype == np.float64 else scipy.linalg.blas.sger
+    out = ger(alpha, y, x, a=A.T, overwrite_a=1)
+    if not np.shares_memory(out, A):  # pragma: no cover - BLAS copied
+        A[...] = out.T
+
+
+def _orthonormal_rows(R: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """An orthonormal basis B (k, d) of the rows of R (n, d) and their coordinates C (k, n), R ≈ Cᵀ B.
+
+    From the (n, n) Gram matrix R Rᵀ = V Λ Vᵀ, B = Λ^{-1/2} Vᵀ R over the directions with √λ > ``floor``
+    (the others are dropped), then once more on B when its rows are not orthonormal to 1e3 ε (twice is
+    enough: the first pass loses orthogonality as cond(R)², at most n / ``_DROP``² here, the second
+    restores it). n ≤ K - 1 is small.
+    """
+    lam, V = np.linalg.eigh(R @ R.T)
+    keep = lam > floor * floor
+    lam, V = lam[keep], V[:, keep]
+    root = np.sqrt(lam)
+    B = (V.T.astype(R.dtype) @ R) / root[:, None].astype(R.dtype)
+    coords = root[:, None] * V.T
+    gram = B @ B.T
+    if B.shape[0] and np.abs(gram - np.eye(B.shape[0])).max() > 1e3 * np.finfo(R.dtype).eps:
+        lam2, V2 = np.linalg.eigh(gram)
+        root2 = np.sqrt(lam2)
+        B = (V2.T.astype(R.dtype) @ B) / root2[:, None].astype(R.dtype)
+        coords = (root2[:, None] * V2.T) @ coords
+    return B, coords.astype(np.float64)
