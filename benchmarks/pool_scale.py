@@ -2,8 +2,8 @@
 
 Run::
 
-    python benchmarks/pool_scale.py           # n = 100,000 (several minutes)
-    python benchmarks/pool_scale.py --quick   # n = 10,000 (about a minute)
+    python benchmarks/pool_scale.py           # n = 100,000 (about 10 minutes on one core)
+    python benchmarks/pool_scale.py --quick   # n = 10,000, comparison at n = 2,000 (about a minute)
 
 What it measures. A pool of n items, K = 5 candidates each, d = 384 float32
 features N(0, 1)/sqrt(d) (one (n, K, d) array), gold answers from a hidden
@@ -15,8 +15,9 @@ LogisticLearner (the default learner) in batches of ``batch_size``:
    quality);
 2. the implementation it replaced (``tests/_pool_reference.py``: a Python loop
    over items per batch, every pair feature Y of shape (n(K-1), d) and Y P in
-   float64) against the new one at a smaller n (5,000), side by side, with the
-   ratios and whether both bought the same items in the same order.
+   float64) against the new one at a smaller n (5,000; 2,000 with --quick),
+   side by side, with the ratios and whether both bought the same items in
+   the same order.
 
 Each run is a fresh child process, so that its peak resident memory is its
 own: ``peak RSS Δ`` is ru_maxrss at the end minus ru_maxrss once the pool is
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, help="pool size of the scale runs (overrides --quick)")
     p.add_argument("--budget", type=int, default=1000, help="labels to buy, B")
     p.add_argument("--batch-sizes", default="8,64", help="batch sizes of the scale runs, comma-separated")
-    p.add_argument("--compare-n", type=int, default=5000, help="pool size of the old-vs-new comparison")
+    p.add_argument("--compare-n", type=int, help="pool size of the old-vs-new comparison (5,000; --quick 2,000)")
     p.add_argument("--learner", choices=sorted(LEARNERS), default="logistic")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads of each run (0: leave the default)")
     p.add_argument("--child", nargs=4, metavar=("IMPL", "N", "B", "BATCH"), help=argparse.SUPPRESS)
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
           f"{os.cpu_count()} CPUs)\n")
     scale = [run_child("new", n, args.budget, b, args.learner, args.threads) for b in batches]
     print(table(scale) + "\n")
-    m = args.compare_n
+    m = args.compare_n or (2000 if args.quick else 5000)
     old = run_child("old", m, args.budget, batches[0], args.learner, args.threads)
     new = next((r for r in scale if r["n"] == m and r["batch_size"] == batches[0]), None)
     new = new or run_child("new", m, args.budget, batches[0], args.learner, args.threads)

@@ -172,6 +172,33 @@ def test_a_learner_with_apply_P_only_picks_the_same():
     assert select_pool(learner, pool, Budget(15.0), gold.__getitem__, batch_size=4) == ref
 
 
+def test_the_sketch_learner_picks_as_its_dense_covariance_would():
+    """SketchLearner has no P_, only apply_P; the old implementation, given the dense P̂ it implies,
+    buys the same items."""
+    try:
+        from budgetsft.learners import SketchLearner
+    except ImportError:  # pragma: no cover - the sketch learner is optional here
+        pytest.skip("no SketchLearner")
+
+    class Dense:
+        def __init__(self):
+            self.inner = SketchLearner(rank=4)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        @property
+        def P_(self):
+            return self.inner.apply_P(np.eye(self.inner.d_))
+
+    pool, gold = _pool(40, 6, 4, 6)
+    ref = reference_select_pool(Dense(), pool, Budget(16.0), gold.__getitem__, batch_size=4)
+    sketch = SketchLearner(rank=4)
+    assert not hasattr(sketch, "P_")
+    bought = select_pool(sketch, pool, Budget(16.0), gold.__getitem__, batch_size=4)
+    assert not hasattr(sketch, "P_") and bought == ref
+
+
 def test_pool_mode_needs_a_covariance_learner():
     pool, gold = _pool(10, 3, 3, 0)
     with pytest.raises(ConfigError, match="OGDLearner.*covariance"):

@@ -267,3 +267,25 @@ def test_float32_learner_plays_a_game():
     # the same labels bought on nearly every round: float32 moves a latency by ~1e-6
     agree = np.mean([x.queried == y.queried for x, y in zip(a.records, b.records, strict=True)])
     assert agree > 0.9
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(sketch_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_pool_mode_uses_apply_P():
+    from budgetsft.gates.llf import select_pool
+
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((200, 5, 30))
+    gold = rng.integers(5, size=200)
+    picks = {}
+    for name, learner in (("exact", LogisticLearner()), ("sketch", SketchLearner(rank=30)),
+                          ("small", SketchLearner(rank=3))):
+        budget = Budget(40.0)
+        picks[name] = select_pool(learner, pool, budget, lambda i: int(gold[i]), batch_size=8)
+        assert len(picks[name]) == len(set(picks[name])) == 40 and budget.remaining == 0.0
+    assert picks["sketch"] == picks["exact"]  # no shrink at 2m > d: the same widths, the same picks

@@ -47,9 +47,29 @@ def _root(
     """Budget-aware adaptation of language models."""
 
 def _table_keys(cfg: dict) -> tuple[str, ...]:
+    from budgetsft.experiment import comparator_method
+
     if not cfg.get("data"):
         return TABLE_KEYS
-    return DATA_KEYS if cfg.get("regret_lp", True) else DATA_KEYS_NO_LP
+    return DATA_KEYS if comparator_method(cfg) != "none" else DATA_KEYS_NO_LP
+
+
+COMPARATOR_HELP = ("Hindsight comparator of the Stackelberg regret, solved once per stream and cached: exact (LP), "
+                   "approx (first-order bracket; the regret is then a lower bound, headed '(approx, ≥)'), none, or "
+                   "auto (default: exact up to 8 M nonzeros, else approx, with a warning).")
+NO_COMPARATOR_HELP = "Skip the comparator (same as --comparator none): no Stackelberg regret, fastest."
+
+
+def _set_comparator(cfg: dict, comparator: str | None, no_comparator: bool) -> None:
+    if no_comparator and comparator not in (None, "none"):
+        raise ConfigError(f"'--no-comparator' and '--comparator {comparator}' contradict each other; give one.")
+    if no_comparator:
+        comparator = "none"
+    if comparator is not None:
+        if comparator not in ("auto", "exact", "approx", "none"):
+            raise ConfigError(f"'--comparator' must be auto, exact, approx or none. Got {comparator!r}.")
+        cfg.pop("regret_lp", None)
+        cfg["comparator"] = comparator
 
 
 def _clean(obj):
@@ -172,6 +192,8 @@ def run(
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
                                                     "failing.")] = False,
+    comparator: Annotated[str | None, typer.Option(help=COMPARATOR_HELP)] = None,
+    no_comparator: Annotated[bool, typer.Option("--no-comparator", help=NO_COMPARATOR_HELP)] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
@@ -190,6 +212,7 @@ def run(
 
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     _set_model(cfg, model)
+    _set_comparator(cfg, comparator, no_comparator)
     cfg["progress"] = not as_json
     if gate is not None and gate != cfg["gate"]["name"]:
         cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
@@ -507,6 +530,8 @@ def sweep(
     max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
                                                     "failing.")] = False,
+    comparator: Annotated[str | None, typer.Option(help=COMPARATOR_HELP)] = None,
+    no_comparator: Annotated[bool, typer.Option("--no-comparator", help=NO_COMPARATOR_HELP)] = False,
     config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
@@ -525,6 +550,7 @@ def sweep(
         raise ConfigError(f"'--backend' must be local or ray. Got {backend!r}.")
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     _set_model(cfg, model)
+    _set_comparator(cfg, comparator, no_comparator)
     _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot,
                       ray={"address": address, "num_cpus": num_cpus} if backend == "ray" else None)
 
@@ -562,7 +588,8 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
         err.print(f"cell gate={r['gate']} β={r['beta']} seed={r['seed']} failed: {r['error']}",
                   markup=False, highlight=False)
     rows = aggregate(summaries, _table_keys(cfg))
-    _print_table(rows, cfg, console=err if as_json else out)  # with --json, stdout holds only JSON
+    approx = any(s.get("comparator") == "approx" for s in summaries)
+    _print_table(rows, cfg, console=err if as_json else out, approx=approx)  # with --json, stdout holds only JSON
     if curves:
         from budgetsft.plots import plot_runs
 
@@ -601,13 +628,16 @@ def _setting(cfg: dict) -> str:
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
 
 
-def _print_table(rows: list[dict], cfg: dict, console: Console | None = None) -> None:
+def _print_table(rows: list[dict], cfg: dict, console: Console | None = None, approx: bool = False) -> None:
+    """The sweep's mean ± sd table; ``approx``: the regret columns come from the comparator's bracket (headed ≥)."""
     title = (f"{_setting(cfg)}, learner={cfg['learner']['name']} — "
              f"mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
     table = Table(title=title)
     keys = _table_keys(cfg)
     for col in ("gate", "β", "budget", *keys):
-        table.add_column(col, justify="left" if col == "gate" else "right")
+        label = f"{col} (approx, ≥)" if approx and col in ("stackelberg_regret", "regret_queried",
+                                                             "regret_unqueried") else col
+        table.add_column(label, justify="left" if col == "gate" else "right")
     for r in rows:
         cells = [r["gate"], f"{r['beta']:g}", f"{r['budget']:g}"]
         for k in keys:
@@ -656,9 +686,7 @@ def demo(
         cfg = merge(DEFAULT_CONFIG, {})
         out.print("budgetsft demo: low-noise synthetic stream (the sanity setting: d = 20, K = 5, T = 5000), β = 0.1")
     else:
-        # The exact LP comparator takes ~40 s per run at d = 769: the demo skips it
-        # (`budgetsft run --data bbc-news` computes it).
-        cfg = merge(DEFAULT_CONFIG, {"data": {"name": "bbc-news"}, "regret_lp": False, "progress": True})
+        cfg = merge(DEFAULT_CONFIG, {"data": {"name": "bbc-news"}, "progress": True})
         out.print("budgetsft demo: bbc-news (2,127 BBC articles, 5 topics), all-MiniLM-L6-v2 block features "
                   "(one linear model per topic), label budget β = 0.1 of the train stream")
     _sweep_and_report(cfg, ["llf", "random", "first", "full"], [0.1], _ints(seeds, "seeds"), False,

@@ -77,7 +77,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "follower": {"name": "best_response"},
     "seed": 0,
     "comparator_S": 10.0,
-    "comparator": "exact",
+    "comparator": "auto",
     "test_rounds": 2000,
     "refit": True,
 }
@@ -204,8 +204,8 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     for key in ("regret_lp", "progress", "refit"):
         if key in cfg and not isinstance(cfg[key], bool):
             raise ConfigError(f"{where}: '{key}' must be true or false. Got {cfg[key]!r}.")
-    if cfg.get("comparator", "exact") not in ("exact", "approx", "none"):
-        raise ConfigError(f"{where}: 'comparator' must be exact, approx or none. Got {cfg['comparator']!r}.")
+    if cfg.get("comparator", "auto") not in ("auto", "exact", "approx", "none"):
+        raise ConfigError(f"{where}: 'comparator' must be auto, exact, approx or none. Got {cfg['comparator']!r}.")
     s_norm = cfg.get("comparator_S", 10.0)
     if isinstance(s_norm, bool) or not isinstance(s_norm, int | float) or not (s_norm > 0 and s_norm < float("inf")):
         raise ConfigError(f"{where}: 'comparator_S' must be a finite number > 0. Got {s_norm!r}.")

@@ -137,7 +137,7 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
     # The comparator depends on the played rounds only: solved once per stream (content-keyed cache).
     method = comparator_method(cfg)
     summary = summarize(records, played if method != "none" else None, S=float(cfg.get("comparator_S", 10.0)),
-                        comparator=method if method != "none" else "exact", progress=bool(cfg.get("progress")))
+                        comparator=method if method != "none" else "auto", progress=bool(cfg.get("progress")))
     for key in ("stackelberg_regret", "regret_queried", "regret_unqueried", "comparator_loss", "comparator_lower"):
         summary.setdefault(key, math.nan)
     summary.setdefault("comparator", "none")
@@ -159,7 +159,7 @@ def comparator_method(cfg: dict) -> str:
     """The config's comparator: ``comparator`` (exact, approx, none); ``regret_lp: false`` (older configs) is none."""
     if cfg.get("regret_lp", True) is False:
         return "none"
-    return str(cfg.get("comparator", "exact"))
+    return str(cfg.get("comparator", "auto"))
 
 
 def stream_of(cfg: dict, env=None) -> tuple[Sequence[Round], Sequence[Round] | None, object]:
