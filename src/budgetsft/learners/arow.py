@@ -59,9 +59,9 @@ class AROWLearner(CovarianceMixin):
     >>> learner.learn_one(X, gold=1, alternative=0)
     >>> int(np.argmax(learner.score_many(X)))
     1
-    >>> learner.learn_one(X, gold=1, alternative=0)   # margin now >= 1: no update
+    >>> learner.learn_one(X, gold=1, alternative=0)   # margin 2/3 < 1: it learns again
     >>> learner.n_updates_
-    1
+    2
     """
 
     def __init__(

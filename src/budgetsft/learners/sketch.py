@@ -384,6 +384,10 @@ def _grown(A: np.ndarray, k: int, diagonal: float) -> np.ndarray:
 def _woodbury(H: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """(H⁻¹ + Y Yᵀ)⁻¹ = H - HY (I + YᵀHY)⁻¹ YᵀH, in place, for the (r, n) rows Y of a round."""
     HY = H @ Y
+    if Y.shape[1] == 1:  # one pair (the common round): Sherman–Morrison, no solve
+        h = HY[:, 0]
+        H -= np.outer(h, h) / (1.0 + float(Y[:, 0] @ h))
+        return H
     H -= HY @ np.linalg.solve(np.eye(Y.shape[1]) + Y.T @ HY, HY.T)
     return H
 
@@ -404,6 +408,11 @@ def _orthonormal_rows(R: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarr
     enough: the first pass loses orthogonality as cond(R)², at most n / ``_DROP``² here, the second
     restores it). n ≤ K - 1 is small.
     """
+    if R.shape[0] == 1:  # one pair (the common round): the normalised row, no eigendecomposition
+        norm = float(np.linalg.norm(R[0]))
+        if norm <= floor:
+            return R[:0], np.zeros((0, 1))
+        return R / R.dtype.type(norm), np.array([[norm]])
     lam, V = np.linalg.eigh(R @ R.T)
     keep = lam > floor * floor
     lam, V = lam[keep], V[:, keep]
