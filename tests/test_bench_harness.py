@@ -69,7 +69,12 @@ def test_hard_capped_methods_hold_the_budget(tiny):
     rows = tiny["results"]["low-noise"]["rows"]
     for r in rows:
         assert 0 <= r["labels"] <= 300
-        assert 0.0 <= r["acc"] <= 1.0
+        assert math.isfinite(r["acc"]), r["method"]  # every method is scored on the held-out rounds
+        if r["method"] in peers.BSFT:
+            # budgetsft's online learner, 30 labels or more, low noise: well above chance (K = 5: 0.2); measured
+            # 0.715 (llf) to 0.93 (full). The peers' online learners sit near chance (0.23-0.36); their bought
+            # sets are scored by the refit test below.
+            assert r["acc"] > 0.6, (r["method"], r["acc"])
         if peers.HARD_CAP[r["method"]]:
             assert r["labels"] <= r["budget"], r
         if r["method"] == "modal-pool":

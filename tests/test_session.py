@@ -449,3 +449,79 @@ def test_cli_annotate_adds_annotators_and_refuses_to_serve_without_any(tmp_path)
     res = subprocess.run(_cli("annotate", str(db), "--add-annotator", "x", "--cost", "-1"), capture_output=True,
                          text=True)
     assert res.returncode == 2 and "'cost' of annotator 'x' must be a finite number > 0" in res.stderr
+
+
+# ---------------------------------------------------------------- a killed player is seen as gone
+
+
+def _wait_for(predicate, what: str, deadline: float = 60.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_player_killed_with_sigkill_shows_as_interrupted(tmp_path):
+    db = tmp_path / "k.db"
+    # A terminal annotator who never answers: the player sits at its first query, status "playing", lock held.
+    proc = subprocess.Popen(_cli("run", "--rounds", "300", "--seed", "0", "--session", str(db), "--oracle",
+                                 "terminal"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        def playing() -> bool:
+            if not Path(str(db) + ".lock").exists():
+                return False
+            with Ledger.open(db) as led:
+                return led.status == "playing"
+
+        _wait_for(playing, "the player to start")
+        shown = json.loads(subprocess.run(_cli("session", "show", str(db), "--json"), capture_output=True,
+                                          text=True, check=True).stdout)
+        assert shown["status"] == "playing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    with Ledger.open(db) as led:
+        assert led.status == "playing"  # what the ledger says: a killed player cannot change it
+    shown = json.loads(subprocess.run(_cli("session", "show", str(db), "--json"), capture_output=True, text=True,
+                                      check=True).stdout)
+    assert shown["status"] == "interrupted"
+    table = subprocess.run(_cli("session", "show", str(db)), capture_output=True, text=True, check=True).stdout
+    assert "interrupted" in table and "playing" not in table
+    # Resuming it plays it to the end.
+    done = subprocess.run(_cli("resume", str(db), "--oracle", "dataset", "--json"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    sess = Session.open(db)
+    assert sess.status == "finished"
+    sess.close()
+
+
+def test_stale_lock_detection_by_pid_start_time_and_heartbeat(tmp_path):
+    import socket
+
+    from budgetsft.session import STALE_S, _player_alive, _player_id
+
+    lock = tmp_path / "s.db.lock"
+    assert not _player_alive(lock)  # no lock file: no player
+    me = _player_id(os.getpid())
+    lock.write_text(" ".join(f"{k} {v}" for k, v in me.items()))
+    assert _player_alive(lock)
+    if "start" in me:  # the same pid, started at another time: another process now
+        lock.write_text(f"pid {os.getpid()} host {socket.gethostname()} start 1")
+        assert not _player_alive(lock)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"pid {dead.pid} host {socket.gethostname()}")
+    assert not _player_alive(lock)
+    # Another host's pid cannot be asked: its heartbeat (the file's mtime) decides.
+    lock.write_text("pid 1 host some-other-host")
+    assert _player_alive(lock)
+    old = time.time() - STALE_S - 5
+    os.utime(lock, (old, old))
+    assert not _player_alive(lock)

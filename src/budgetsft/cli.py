@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from budgetsft.exceptions import BudgetsftError, ConfigError
+from budgetsft.exceptions import BudgetsftError, BudgetsftWarning, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Budget-aware adaptation of language models.")
@@ -39,12 +39,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """budgetsft's own warnings as one line on stderr (`warning: …`), not Python's two, which point into typer."""
+    if issubclass(category, BudgetsftWarning):
+        err.print(f"warning: {message}", markup=False, highlight=False)
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Budget-aware adaptation of language models."""
+    warnings.showwarning = _show_warning
+
 
 def _table_keys(cfg: dict) -> tuple[str, ...]:
     from budgetsft.experiment import comparator_method
@@ -56,7 +69,8 @@ def _table_keys(cfg: dict) -> tuple[str, ...]:
 
 COMPARATOR_HELP = ("Hindsight comparator of the Stackelberg regret, solved once per stream and cached: exact (LP), "
                    "approx (first-order bracket; the regret is then a lower bound, headed '(approx, ≥)'), none, or "
-                   "auto (default: exact up to 8 M nonzeros, else approx, with a warning).")
+                   "auto (exact up to 8 M nonzeros, else approx, with a warning). \\[default: auto, from the "
+                   "built-in config]")
 NO_COMPARATOR_HELP = "Skip the comparator (same as --comparator none): no Stackelberg regret, fastest."
 
 
@@ -92,8 +106,10 @@ def _floats(text: str, name: str) -> list[float]:
         raise ConfigError(f"'{name}' must be a comma-separated list of numbers. Got {text!r}.") from None
 
 
-LEARNER_HELP = "Learner: logistic (default), arow, ridge, ogd, sketch (rank-64 Frequent Directions, O(m d))."
-RADIUS_HELP = "Confidence radius ρ of the learner: a number, auto (the default: from the bought labels) or theory."
+LEARNER_HELP = ("Learner: logistic, arow, ridge, ogd, sketch (rank-64 Frequent Directions, O(m d)). "
+                "\\[default: logistic, from the built-in config]")
+RADIUS_HELP = ("Confidence radius ρ of the learner: a number, auto (from the bought labels) or theory. "
+               "\\[default: the learner's: auto; ogd 3.0]")
 
 
 def _radius(text: str) -> float | str:
@@ -104,9 +120,16 @@ def _radius(text: str) -> float | str:
     except ValueError:
         raise ConfigError(f"'--radius' must be a number, 'auto' or 'theory'. Got {text!r}.") from None
 
-FEATURES_HELP = "Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal."
-MODEL_HELP = ("Model of the featuriser: a local directory (save_pretrained) or a Hugging Face id org/name; "
-              "default: the packaged one (smollm2-135m-instruct for causal, all-minilm-l6-v2 otherwise).")
+FEATURES_HELP = ("Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal. "
+                 "\\[default: auto]")
+MODEL_HELP = ("Model of the featuriser: a local directory (save_pretrained) or a Hugging Face id org/name. "
+              "\\[default: the packaged one: smollm2-135m-instruct for causal, all-minilm-l6-v2 otherwise]")
+DATA_HELP = ("Real data set instead of --env: bbc-news, medmcqa, logiqa, sarcasm (see `budgetsft data list`), "
+             "hf:NAME[:CONFIG] or a .jsonl file. \\[default: none: play --env]")
+ENV_HELP = "Environment: synthetic, drifting, adversarial. \\[default: synthetic, from the built-in config]"
+ROUNDS_HELP = "Number of rounds T of the environment. \\[default: 5000, from the built-in config]"
+DEVICE_HELP = "Featuriser device: auto, cpu, cuda. \\[default: auto]"
+MAX_EXAMPLES_HELP = "Use a seeded subset of this many examples. \\[default: all]"
 
 
 def _set_model(cfg: dict, model: str | None) -> None:
@@ -176,38 +199,55 @@ def _fmt(v) -> str:
 
 @app.command()
 def run(
-    env: Annotated[str | None, typer.Option(help="Environment: synthetic, drifting, adversarial.")] = None,
-    gate: Annotated[str | None, typer.Option(help="Gate: llf, full, random, first, margin, bbq, cgz.")] = None,
-    beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of rounds, in (0, 1].")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
+    env: Annotated[str | None, typer.Option(help=ENV_HELP)] = None,
+    gate: Annotated[str | None, typer.Option(help="Gate: llf, full, random, first, margin, bbq, cgz. "
+                                                 "\\[default: llf, from the built-in config]")] = None,
+    beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of rounds, in (0, 1]. "
+                                                    "\\[default: 0.1, from the built-in config]")] = None,
+    rounds: Annotated[int | None, typer.Option(help=ROUNDS_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole run (stream, gate, follower, split). "
+                                                  "\\[default: 0, from the built-in config]")] = None,
     learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
     radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
-    window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode).")] = None,
-    data: Annotated[str | None, typer.Option(help="Real data set (bbc-news, medmcqa, logiqa, sarcasm, "
-                                                 "hf:NAME[:CONFIG], or a .jsonl file) instead of --env.")] = None,
+    window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode). \\[default: 1]")] = None,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
-    max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    max_examples: Annotated[int | None, typer.Option(help=MAX_EXAMPLES_HELP)] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
                                                     "failing.")] = False,
     comparator: Annotated[str | None, typer.Option(help=COMPARATOR_HELP)] = None,
     no_comparator: Annotated[bool, typer.Option("--no-comparator", help=NO_COMPARATOR_HELP)] = False,
-    config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config; options given here override it. "
+                                                     "\\[default: none: the built-in config]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
-                                                               "here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json, config.json and "
+                                                               "regret.png here. \\[default: none: write "
+                                                               "nothing]")] = None,
     records_format: Annotated[str, typer.Option("--format", help="Records file format: csv or parquet.")] = "csv",
     session: Annotated[Path | None, typer.Option(help="Play as a resumable session stored in this SQLite "
-                                                      "ledger (see `budgetsft resume`, `budgetsft session`).")] = None,
-    oracle: Annotated[str | None, typer.Option(help="With --session, where labels come from: dataset "
-                                                    "(default), file, terminal, web.")] = None,
+                                                      "ledger (see `budgetsft resume`, `budgetsft session`). "
+                                                      "\\[default: none: no session]")] = None,
+    oracle: Annotated[str | None, typer.Option(help="With --session, where labels come from: dataset, file, "
+                                                    "terminal, web. \\[default: dataset]")] = None,
     annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
     cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option(help="With --session, rounds between checkpoints.")] = 100,
 ) -> None:
-    """Play one budgeted game and print its summary."""
+    """Play one budgeted game and print its summary.
+
+    The defaults are the built-in config's: the synthetic sanity setting (d = 20, K = 5, T = 5000), the
+    llf gate at β = 0.1, the logistic learner, seed 0.
+
+    Examples:
+
+    budgetsft run
+    budgetsft run --gate random --beta 0.05 --seed 3 --json
+    budgetsft run --data bbc-news --out runs/bbc-llf
+    budgetsft run --config configs/drifting_paced.yaml --rounds 2000
+    budgetsft run --gate llf --beta 0.1 --session llf.db      # resumable: `budgetsft resume llf.db`
+    """
     from budgetsft.experiment import run as run_game
 
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
@@ -323,17 +363,27 @@ def _play_session(sess, oracle_spec: dict | None, as_json: bool, out_dir: Path |
 def resume(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db) to continue.")],
     oracle: Annotated[str | None, typer.Option(help="Override the session's oracle: dataset, file, terminal, "
-                                                    "web.")] = None,
+                                                    "web. \\[default: the session's own]")] = None,
     annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
     cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write records.csv, summary.json and a PNG "
-                                                               "here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Once finished, write records.csv, summary.json, "
+                                                               "config.json and regret.png here. \\[default: "
+                                                               "none]")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints.")] = 100,
     rebind: Annotated[bool, typer.Option(help="The data file changed: go on with it if every paid example is "
                                               "still at its round, unchanged.")] = False,
 ) -> None:
-    """Continue an interrupted session (even after kill -9): same records as an uninterrupted run."""
+    """Continue an interrupted session (even after kill -9): same records as an uninterrupted run.
+
+    It plays on from the newest checkpoint; answers already in the ledger are reused, never bought again.
+
+    Examples:
+
+    budgetsft resume llf.db --json
+    budgetsft resume bbc.db --oracle terminal --annotator bo --cost 2.0
+    budgetsft resume batch.db --out runs/batch       # once the file oracle's answers are imported
+    """
     from budgetsft.session import Session
 
     spec = None
@@ -356,7 +406,16 @@ def session_show(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Spend, remaining budget, labels by annotator, and the regret so far."""
+    """Status, spend, remaining budget, labels by annotator, and the regret so far.
+
+    The status is created, playing, waiting (for answers), stopped, finished, or interrupted: the ledger
+    says playing but its player is gone (killed); `budgetsft resume FILE` goes on from its last checkpoint.
+
+    Examples:
+
+    budgetsft session show llf.db
+    budgetsft session show llf.db --json | jq .status
+    """
     from budgetsft.session import Session
 
     report = Session.open(path).progress_report()
@@ -383,7 +442,13 @@ def session_export(
     rebind: Annotated[bool, typer.Option(help="The data file changed: export if every paid example is still "
                                               "at its round, unchanged.")] = False,
 ) -> None:
-    """Write the labelled examples the session bought (with annotator and cost) as JSONL."""
+    """Write the labelled examples the session bought (with annotator and cost) as JSONL.
+
+    Examples:
+
+    budgetsft session export llf.db bought.jsonl
+    budgetsft session export llf.db bought.jsonl --force     # overwrite bought.jsonl
+    """
     import os
     import tempfile
 
@@ -420,7 +485,13 @@ def session_import(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
     answers: Annotated[Path, typer.Argument(help='JSONL answers: {"query_id": 3, "label": 1, "annotator": "a"}.')],
 ) -> None:
-    """Import answers to pending queries (file oracle): all or nothing, nothing is charged if any is refused."""
+    """Import answers to pending queries (file oracle): all or nothing, nothing is charged if any is refused.
+
+    Examples:
+
+    budgetsft run --window 50 --session batch.db --oracle file    # writes batch.queries.jsonl
+    budgetsft session import batch.db answers.jsonl && budgetsft resume batch.db
+    """
     from budgetsft.ledger import Ledger
     from budgetsft.oracles import import_answers
 
@@ -445,7 +516,15 @@ def annotate(
     rebind: Annotated[bool, typer.Option(help="The data file changed: serve it if every paid example is still "
                                               "at its round, unchanged.")] = False,
 ) -> None:
-    """Serve the session's pending queries to annotators in the browser and over a JSON API."""
+    """Serve the session's pending queries to annotators in the browser and over a JSON API.
+
+    Examples:
+
+    budgetsft run --window 50 --rounds 2000 --session web.db --oracle web
+    budgetsft annotate web.db --add-annotator ana --cost 1.0    # prints ana's token
+    budgetsft annotate web.db --port 8000                       # then open http://127.0.0.1:8000/
+    budgetsft annotate web.db --list
+    """
     from budgetsft.ledger import Ledger
 
     if add_annotator is not None:
@@ -518,28 +597,42 @@ def sweep(
     gates: Annotated[str, typer.Option(help="Comma-separated gates.")] = "llf,random,first,full",
     betas: Annotated[str, typer.Option(help="Comma-separated budgets β.")] = "0.1",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    env: Annotated[str | None, typer.Option(help="Environment: synthetic, drifting, adversarial.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds T.")] = None,
+    env: Annotated[str | None, typer.Option(help=ENV_HELP)] = None,
+    rounds: Annotated[int | None, typer.Option(help=ROUNDS_HELP)] = None,
     learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
     radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
-    data: Annotated[str | None, typer.Option(help="Real data set instead of --env "
-                                                 "(see `budgetsft data list`).")] = None,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    device: Annotated[str | None, typer.Option(help="Featuriser device: auto, cpu, cuda.")] = None,
-    max_examples: Annotated[int | None, typer.Option(help="Use a seeded subset of this many examples.")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    max_examples: Annotated[int | None, typer.Option(help=MAX_EXAMPLES_HELP)] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
                                                     "failing.")] = False,
     comparator: Annotated[str | None, typer.Option(help=COMPARATOR_HELP)] = None,
     no_comparator: Annotated[bool, typer.Option("--no-comparator", help=NO_COMPARATOR_HELP)] = False,
-    config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of every cell's summary.")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret here.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config for everything but gate, β and seed. "
+                                                     "\\[default: none: the built-in config]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only one JSON object of every cell's summary on "
+                                                         "stdout (the table goes to stderr).")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret (real data: mistakes) "
+                                                   "here. \\[default: none]")] = None,
     backend: Annotated[str, typer.Option(help="local (serial, this process) or ray (one task per cell).")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local instance).")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address. \\[default: none: start a private "
+                                                     "local instance]")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance. \\[default: Ray's "
+                                                      "choice]")] = None,
 ) -> None:
-    """Run gates × β × seeds and print a table of mean ± sd (full runs once per seed at β = 1)."""
+    """Run gates × β × seeds and print a table of mean ± sd (full runs once per seed at β = 1).
+
+    Every cell of a seed plays the same stream, so a data set is featurised and the comparator solved
+    once per seed. The other options are those of `budgetsft run`.
+
+    Examples:
+
+    budgetsft sweep --gates llf,random,first,full --betas 0.05,0.1 --seeds 0,1,2 --rounds 5000
+    budgetsft sweep --data bbc-news --seeds 0,1,2 --plot runs/bbc-mistakes.png
+    budgetsft sweep --gates llf,margin,bbq --json | jq .table
+    """
     from budgetsft.config import GATES
 
     gate_list = [g.strip() for g in gates.split(",") if g.strip()]
@@ -607,23 +700,12 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     return rows
 
 
-@functools.lru_cache(maxsize=8)
-def _auto_features(name: str, max_examples: int | None) -> str:
-    """The featuriser ``auto`` picks for a data set (loaded once per process, for titles)."""
-    from budgetsft.data import load_dataset
-    from budgetsft.realdata import resolve_features
-
-    return resolve_features("auto", load_dataset(name, max_examples=max_examples))
-
-
 def _setting(cfg: dict) -> str:
     if cfg.get("data"):
+        from budgetsft.realdata import configured_features  # `auto` resolved once per process and data set
+
         data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
-        feats = cfg.get("features") or "auto"
-        kind = feats if isinstance(feats, str) else feats.get("name", "auto")
-        if kind == "auto":
-            kind = _auto_features(data["name"], data.get("max_examples"))
-        return f"{data['name']} ({kind} features)"
+        return f"{data['name']} ({configured_features(cfg)} features)"
     env = cfg["env"]
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
 
@@ -649,17 +731,32 @@ def _print_table(rows: list[dict], cfg: dict, console: Console | None = None, ap
 
 @app.command()
 def plot(
-    records: Annotated[list[Path], typer.Argument(help="Records files (CSV or Parquet) written by run --out.")],
+    records: Annotated[list[Path], typer.Argument(help="Records files (CSV or Parquet) written by run --out, or "
+                                                       "the run folders holding them.")],
     out_file: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("regret.png"),
 ) -> None:
-    """Plot cumulative regret and labels bought of one or more runs."""
+    """Plot cumulative regret and labels bought of one or more runs.
+
+    Each line is named by the gate and β of its run (read from the summary.json that `run --out` wrote beside
+    the records; else by its folder), and the title names the setting.
+
+    Examples:
+
+    budgetsft run --out runs/llf && budgetsft run --gate first --out runs/first
+    budgetsft plot runs/llf runs/first --out compare.png
+    budgetsft plot runs/llf/records.csv runs/random/records.parquet
+    """
     import pandas as pd
 
     from budgetsft.base import RECORD_FIELDS
     from budgetsft.plots import plot_runs
 
-    frames = {}
-    for path in records:
+    runs = []
+    for given in records:
+        path = given
+        if path.is_dir():  # a run folder: the records file `run --out` wrote in it
+            path = next((path / f"records.{ext}" for ext in ("csv", "parquet") if (path / f"records.{ext}").is_file()),
+                        path / "records.csv")
         if not path.is_file():
             raise ConfigError(f"records file not found: {path}")
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
@@ -667,20 +764,92 @@ def plot(
         if missing:
             raise ConfigError(f"{path}: not a records file; missing columns {missing} "
                                      f"(expected {', '.join(RECORD_FIELDS)}).")
-        name = path.parent.name if path.stem == "records" else path.stem
-        frames[name] = frame
-    plot_runs(frames, out_file)
+        runs.append((path, frame, *_saved_run(path)))
+    names, title = _plot_names(runs)
+    plot_runs(dict(zip(names, (frame for _, frame, _, _ in runs), strict=True)), out_file, title=title)
     out.print(f"wrote {out_file}")
+
+
+def _saved_run(records: Path) -> tuple[dict | None, dict | None]:
+    """The summary.json and config.json that `run --out` wrote beside a records file (None where missing)."""
+    found = []
+    for name in ("summary.json", "config.json"):
+        try:
+            found.append(json.loads((records.parent / name).read_text()) if records.stem == "records" else None)
+        except (OSError, ValueError):
+            found.append(None)
+    return found[0], found[1]
+
+
+def _plot_names(runs: list) -> tuple[list[str], str | None]:
+    """Legend names (gate and β, plus learner or seed where the runs differ in them) and a title naming the setting."""
+    folders = [path.parent.name if path.stem == "records" else path.stem for path, *_ in runs]
+    summaries = [summary or {} for _, _, summary, _ in runs]
+    differ = {key: len({s.get(key) for s in summaries}) > 1 for key in ("learner", "seed")}
+    names = []
+    for folder, s in zip(folders, summaries, strict=True):
+        if "gate" not in s:
+            names.append(folder)
+            continue
+        beta = s.get("beta")
+        name = f"{s['gate']} β={beta:g}" if isinstance(beta, int | float) else s["gate"]
+        if differ["learner"]:
+            name += f", {s.get('learner')}"
+        if differ["seed"]:
+            name += f", seed {s.get('seed')}"
+        names.append(name)
+    # Two runs of the same cell (or a folder without a summary named like a cell): say which folder is which.
+    names = [f"{n} ({f})" if names.count(n) > 1 else n for n, f in zip(names, folders, strict=True)]
+    settings = []
+    for _, _, summary, cfg in runs:
+        setting = _saved_setting(summary or {}, cfg)
+        if setting is not None and setting not in settings:
+            settings.append(setting)
+    if not settings:
+        return names, None
+    seeds = sorted({s["seed"] for s in summaries if "seed" in s})
+    title = " vs ".join(settings)
+    if seeds:
+        title += f": seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    return names, title
+
+
+def _saved_setting(summary: dict, cfg: dict | None) -> str | None:
+    """The setting a saved run played: its data set and features, or its environment."""
+    if summary.get("data") is not None:
+        return f"{summary['data']} ({summary.get('features', 'auto')} features)"
+    if cfg is not None:
+        try:
+            return _setting(cfg)
+        except (BudgetsftError, KeyError, TypeError):  # an older or hand-edited config: no title rather than a crash
+            return None
+    return None
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the plots.")] = Path("runs/demo"),
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the table's plots. \\[default: "
+                                                               "runs/demo; with --synthetic runs/demo-synthetic]")
+                       ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    synthetic: Annotated[bool, typer.Option(help="Run the synthetic sanity sweep instead of bbc-news.")] = False,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Run the synthetic sanity sweep instead of "
+                                                                "bbc-news.")] = False,
 ) -> None:
-    """The main job on the built-in default: bbc-news (default features), llf / random / first / full at β = 0.1."""
+    """The main job on the built-in default: bbc-news (default features), llf / random / first / full at β = 0.1.
+
+    Prints the table over the seeds and writes curves.png (cumulative mistakes or pseudo-regret, and labels
+    bought, first seed) and a bar chart; bbc-news is featurised once, into the cache, on the first run.
+
+    Examples:
+
+    budgetsft demo                      # bbc-news, writes runs/demo/
+    budgetsft demo --synthetic          # the synthetic sanity setting, writes runs/demo-synthetic/
+    budgetsft demo --seeds 0 --out /tmp/demo
+    """
     from budgetsft.config import DEFAULT_CONFIG, merge
+
+    if out_dir is None:  # the two demos never overwrite each other's plots
+        out_dir = Path("runs/demo-synthetic" if synthetic else "runs/demo")
 
     if synthetic:
         cfg = merge(DEFAULT_CONFIG, {})
@@ -727,17 +896,28 @@ def adapt(
 
 @app.command()
 def featurize(
-    data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")],
+    data: Annotated[str, typer.Option(help="Data set: a name (see `budgetsft data list`), hf:NAME[:CONFIG] or a "
+                                           ".jsonl file.")],
     features: Annotated[str, typer.Option(help="Featuriser: auto (block on a fixed label set, else encoder), "
                                                 "encoder, causal, block.")] = "auto",
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set. "
+                                                          "\\[default: all]")] = None,
     backend: Annotated[str, typer.Option(help="local (this process) or ray (parallel actors).")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local instance).")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address. \\[default: none: start a private "
+                                                     "local instance]")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance. \\[default: Ray's "
+                                                      "choice]")] = None,
 ) -> None:
-    """Featurise a data set into the disk cache (later runs reuse it)."""
+    """Featurise a data set (train and test) into the disk cache; later runs read it instead.
+
+    Examples:
+
+    budgetsft featurize --data bbc-news                  # the block features `run --data bbc-news` reads
+    budgetsft featurize --data logiqa --features causal --device cuda
+    budgetsft featurize --data my.jsonl --features encoder --backend ray --num-cpus 4
+    """
     from budgetsft.data import load_dataset
     from budgetsft.features.models import resolve_device
     from budgetsft.realdata import resolve_features
@@ -772,15 +952,33 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("list")
 def data_list() -> None:
-    """List the built-in data sets with their source and licence."""
+    """List the built-in data sets: task, example counts, source and licence.
+
+    The counts are those of the seed-0 split (test fraction 0.2), after dropping the source items that
+    cannot be used (`budgetsft data show NAME` gives the reasons); a data set whose source is not here yet
+    shows — and what it needs (nothing is downloaded).
+
+    Examples:
+
+    budgetsft data list
+    budgetsft data show logiqa
+    """
     from budgetsft.data import list_datasets
 
-    table = Table(title="budgetsft data sets")
-    for col in ("name", "task", "source", "licence"):
-        table.add_column(col, overflow="fold")
-    for d in list_datasets():
-        table.add_row(d["name"], d.get("task", ""), d.get("source", ""), d.get("licence", ""))
+    table = Table(title="budgetsft data sets (seed-0 split)")
+    for col in ("name", "task", "train", "test", "skipped", "source", "licence"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("train", "test", "skipped") else "left")
+    notes: dict[str, list[str]] = {}
+    for d in list_datasets(counts=True):
+        if d["missing"] is not None:
+            notes.setdefault(d["missing"].replace(f"data show {d['name']}", "data show NAME"), []).append(d["name"])
+        cells = ["—" if d[k] is None else f"{d[k]:,}" for k in ("n_train", "n_test", "n_skipped")]
+        if d["n_skipped"] is not None:
+            cells[2] += f" of {d['n_source']:,}"
+        table.add_row(d["name"], d.get("task", ""), *cells, d.get("source", ""), d.get("licence", ""))
     out.print(table)
+    for why, names in notes.items():
+        out.print(f"— {', '.join(names)}: {why}", markup=False, highlight=False)
 
 
 @data_app.command("show")
@@ -789,17 +987,33 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
     skip_invalid: Annotated[bool, typer.Option(help="Skip (and count) invalid JSONL lines instead of "
                                                     "failing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (with every skipped item "
+                                                         "and its reason).")] = False,
 ) -> None:
-    """Counts, label balance and two examples of a data set."""
+    """Counts, skipped items by reason, label balance and two examples of a data set.
+
+    Examples:
+
+    budgetsft data show logiqa
+    budgetsft data show my.jsonl --skip-invalid        # check your own file
+    budgetsft data show hf:NAME --json | jq .skip_reasons
+    """
     from budgetsft.data import describe, load_dataset
 
-    info = describe(load_dataset(name, seed=seed, skip_invalid=skip_invalid))
+    ds = load_dataset(name, seed=seed, skip_invalid=skip_invalid)
+    info = describe(ds)
     if as_json:
-        print(json.dumps(_clean(info), ensure_ascii=False))
+        print(json.dumps(_clean({**info, "skipped": ds.meta.get("skipped", [])}), ensure_ascii=False))
         return
     out.print(f"[bold]{name}[/bold]: {info['n_train']} train / {info['n_test']} test examples, "
-              f"candidates per example {info['n_candidates']}, {info.get('n_skipped', 0)} source items skipped")
+              f"candidates per example {info['n_candidates']}", highlight=False)
+    n_skipped = info.get("n_skipped", 0)
+    of = f" of {info['n_source']:,}" if info.get("n_source") is not None else ""
+    out.print(f"{n_skipped:,}{of} source items skipped{':' if n_skipped else ''}", markup=False, highlight=False)
+    for reason, count in info["skip_reasons"].items():
+        out.print(f"  {count:>6,}  {reason} (e.g. {info['skip_first'][reason]})", markup=False, highlight=False)
+    if n_skipped:
+        out.print("  (`--json` lists every skipped item with its reason)", markup=False, highlight=False)
     balance = info["label_balance"]
     table = Table(title="label balance (gold answers)")
     table.add_column("label")
@@ -818,12 +1032,18 @@ def data_show(
 
 @data_app.command("export")
 def data_export(
-    name: Annotated[str, typer.Argument(help="Data set name.")],
+    name: Annotated[str, typer.Argument(help="Data set name, hf:NAME[:CONFIG], or a .jsonl file.")],
     path: Annotated[Path, typer.Argument(help="Output JSONL file (canonical schema).")],
     split: Annotated[str, typer.Option(help="all, train or test.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
 ) -> None:
-    """Write a data set as canonical JSONL."""
+    """Write a data set as canonical JSONL (one example a line, the format `--data FILE` reads).
+
+    Examples:
+
+    budgetsft data export bbc-news bbc.jsonl
+    budgetsft data export medmcqa medmcqa-train.jsonl --split train --seed 1
+    """
     from budgetsft.data import load_dataset, write_jsonl
 
     if split not in ("all", "train", "test"):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetsftError",
+    "BudgetsftWarning",
     "BudgetExhaustedError",
     "ConfigError",
     "DataError",
+    "DataWarning",
 ]
 
 
@@ -33,3 +35,11 @@ class BudgetExhaustedError(BudgetsftError, RuntimeError):
     gate or a caller bypassing :class:`budgetsft.budget.Budget`; it is raised
     before anything is spent, so nothing already paid for is lost.
     """
+
+
+class BudgetsftWarning(UserWarning):
+    """Base class of every warning issued on purpose by budgetsft (the CLI prints each as one line)."""
+
+
+class DataWarning(BudgetsftWarning):
+    """Part of the input data was left out, as asked (``skip_invalid``): the message counts it and names some."""

@@ -152,6 +152,13 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
         refit_accuracy=bought_refit_accuracy(cfg, records, played, test),
         seconds=seconds,
     )
+    if cfg.get("data"):  # what was played: the data set and its featuriser, or the environment
+        from budgetsft.realdata import configured_features
+
+        data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
+        summary.update(data=data["name"], features=configured_features(cfg))
+    else:
+        summary["env"] = cfg["env"]["name"]
     return summary
 
 

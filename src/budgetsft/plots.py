@@ -6,6 +6,7 @@ works on machines without a display.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,26 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# Runs often coincide (first and full until first's budget is spent; llf and first early on): each line gets its
+# own dash pattern and markers at staggered rounds, drawn in order, so an earlier line shows through the gaps of
+# the dashes above it.
+_LINESTYLES = ("-", (0, (5, 2)), (0, (3, 1, 1, 1)), (0, (1, 1.2)), (0, (8, 2, 1, 2)), (0, (2, 2)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _style(i: int, n: int, n_points: int) -> dict:
+    """Line style of the i-th of n runs: colour, dashes, markers at staggered rounds, and a zorder (later on top)."""
+    every = max(1, n_points // 8)
+    return {"color": f"C{i % 10}", "linestyle": _LINESTYLES[i % len(_LINESTYLES)], "lw": 1.8,
+            "marker": _MARKERS[i % len(_MARKERS)], "markersize": 4.5, "markevery": (int(i * every / max(n, 1)), every),
+            "zorder": 2 + i}
+
+
+def _wrap(title: str, width_in: float, fontsize: float) -> str:
+    """Wrap a title to a figure ``width_in`` inches wide (a character is about 0.55 em wide)."""
+    return "\n".join(textwrap.wrap(title, width=max(20, int(width_in * 72 / (0.55 * fontsize))))) if title else title
 
 
 def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | None = None,
@@ -45,12 +66,13 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
     fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     kind = {"mistakes": "mistakes", "hinge_loss": "hinge loss"}.get(metric, "regret")
     budgeted = []  # final label counts of the runs that bought a share of the rounds, not all of them
-    for name, frame in runs.items():
+    for i, (name, frame) in enumerate(runs.items()):
         cum = cumulative(frame)
         if metric == "regret" and len(cum):
             kind = cum["regret_kind"].iloc[0]
-        ax_r.plot(cum["round"], cum[metric], label=name, lw=1.6)
-        ax_l.plot(cum["round"], cum["labels"], label=name, lw=1.6)
+        style = _style(i, len(runs), len(cum))
+        ax_r.plot(cum["round"], cum[metric], label=name, **style)
+        ax_l.plot(cum["round"], cum["labels"], label=name, **style)
         if len(cum) and cum["labels"].iloc[-1] < 0.5 * len(cum):
             budgeted.append(float(cum["labels"].iloc[-1]))
     zoom = bool(budgeted) and len(budgeted) < len(runs)
@@ -67,7 +89,7 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
     ax_r.legend(fontsize=8)
     ax_l.legend(fontsize=8, title="full feedback runs off the top" if zoom else None, title_fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_wrap(title, 11, 12), fontsize=12)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -82,13 +104,14 @@ def plot_sweep(rows: Sequence[dict], metric: str, out: str | Path, title: str | 
     labels = [f"{r['gate']}\nβ={r['beta']:g}" for r in rows]
     means = [r[metric] for r in rows]
     sds = [r.get(f"{metric}_sd", 0.0) for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
+    width = max(6.0, 1.2 * len(rows))
+    fig, ax = plt.subplots(figsize=(width, 4.2))
     ax.bar(range(len(rows)), means, yerr=sds, capsize=4, color="#4477aa")
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(axis="y", alpha=0.3)
-    if title:
-        ax.set_title(title)
+    if title:  # wrapped to the figure's width: a long setting must not run off the edges
+        ax.set_title(_wrap(title, width, 10.5), fontsize=10.5)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

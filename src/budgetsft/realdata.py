@@ -6,6 +6,7 @@ language-model stack; the numpy core stays torch-free.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from budgetsft.base import Round
 from budgetsft.data import Dataset, Example, load_dataset
 from budgetsft.exceptions import DataError
 
-__all__ = ["RealStreams", "load_streams", "resolve_features", "to_rounds"]
+__all__ = ["RealStreams", "configured_features", "load_streams", "resolve_features", "to_rounds"]
 
 
 @dataclass
@@ -52,6 +53,25 @@ def resolve_features(features: str, ds: Dataset) -> str:
     if features == "auto":
         return "block" if ds.labels is not None else "encoder"
     return features
+
+
+def configured_features(cfg: dict) -> str:
+    """The featuriser a config with a ``data`` section plays: its ``features`` name, ``auto`` resolved.
+
+    Resolving ``auto`` reads the data set (once per process and data set: the
+    result is cached), not its features.
+    """
+    data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
+    feats = cfg.get("features") or "auto"
+    kind = feats if isinstance(feats, str) else feats.get("name", "auto")
+    if kind != "auto":
+        return kind
+    return _auto_features(data["name"], data.get("max_examples"), bool(data.get("skip_invalid", False)))
+
+
+@functools.lru_cache(maxsize=8)
+def _auto_features(name: str, max_examples: int | None, skip_invalid: bool) -> str:
+    return resolve_features("auto", load_dataset(name, max_examples=max_examples, skip_invalid=skip_invalid))
 
 
 def load_streams(

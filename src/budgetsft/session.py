@@ -58,6 +58,75 @@ __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "Checkpo
            "encode_state", "decode_state", "example_digest"]
 
 CHECKPOINT_EVERY = 100
+HEARTBEAT_S = 10.0  # a player touches its lock file this often
+STALE_S = 60.0  # seen from another host, a lock file untouched this long has lost its player
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc), to tell it from a later one with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _player_id(pid: int) -> dict[str, str]:
+    import socket
+
+    me = {"pid": str(pid), "host": socket.gethostname()}
+    start = _process_start(pid)
+    if start is not None:
+        me["start"] = start
+    return me
+
+
+def _player_alive(lock_path: Path) -> bool:
+    """Whether the player named in a session's lock file still runs (see :attr:`Session.status`)."""
+    import socket
+
+    try:
+        words = lock_path.read_text().split()
+        age = time.time() - lock_path.stat().st_mtime
+    except OSError:
+        return False  # no lock file: no player ever held this copy of the session
+    owner = dict(zip(words[::2], words[1::2], strict=False))
+    if not owner.get("pid", "").isdigit():
+        return age < STALE_S
+    if owner.get("host", socket.gethostname()) != socket.gethostname():
+        return age < STALE_S  # another host's pid cannot be asked: trust its heartbeat
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    start = owner.get("start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+class _Heartbeat:
+    """Touch a file every :data:`HEARTBEAT_S` seconds from a daemon thread, until stopped."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="budgetsft-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self._path)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # ---------------------------------------------------------------- checkpoints as data (never pickles)
@@ -648,15 +717,22 @@ class Session:
         with self._player_lock():
             return self._play_locked(oracle, progress, stop_at)
 
+    @property
+    def lock_path(self) -> Path:
+        """The player's lock file: beside the resolved file, so a symlink to the session is the same session."""
+        return Path(os.path.realpath(self.ledger.path) + ".lock")
+
     @contextmanager
     def _player_lock(self):
         """One player per session file at a time (an OS lock: a killed player releases it at once).
 
-        The lock sits beside the resolved file, so a symlink to the session is the same session.
+        The file names the player (pid, host, process start) and its modification time is a heartbeat,
+        so that a player killed with ``kill -9`` is seen as gone (:meth:`status`).
         """
-        lock_path = Path(os.path.realpath(self.ledger.path) + ".lock")
+        lock_path = self.lock_path
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fh = os.fdopen(fd, "r+")  # held for the whole play
+        beating = None
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -666,11 +742,29 @@ class Session:
                                   f"({fh.read().strip() or 'pid unknown'}); wait for it or stop it first.") from None
             fh.seek(0)
             fh.truncate()
-            fh.write(f"pid {os.getpid()}")
+            me = _player_id(os.getpid())
+            fh.write(" ".join(f"{k} {v}" for k, v in me.items()))
             fh.flush()
+            beating = _Heartbeat(lock_path)
             yield
         finally:
+            if beating is not None:
+                beating.stop()
             fh.close()
+
+    @property
+    def status(self) -> str:
+        """The ledger's status, except that a session whose player is gone (killed) is ``interrupted``.
+
+        The ledger says ``playing`` from the first round played until the player saves and stops; a
+        player killed with ``kill -9`` cannot say otherwise. It is gone when its pid is not alive on this
+        host (or is another process now), or, seen from another host, when its heartbeat (the lock file's
+        modification time, touched every :data:`HEARTBEAT_S` seconds) is older than :data:`STALE_S`.
+        """
+        status = self.ledger.status
+        if status == "playing" and not _player_alive(self.lock_path):
+            return "interrupted"
+        return status
 
     def _play_locked(self, oracle, progress, stop_at) -> PlayOutcome:
         t0 = time.perf_counter()
@@ -811,7 +905,7 @@ class Session:
         regrets = [r.regret for r in records if r.regret == r.regret]
         return {
             "path": str(led.path),
-            "status": led.status,
+            "status": self.status,
             "rounds_played": len(records),
             "horizon": self.horizon(),
             "budget": led.budget_total,

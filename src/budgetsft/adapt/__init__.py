@@ -4,6 +4,16 @@ LoRA fine-tuning of a causal LM on the labels a gate bought, evaluation by
 candidate log-likelihood, and the report that compares label sets.
 Importing this package imports torch; peft is imported when first used.
 
+* :mod:`~budgetsft.adapt.pipeline`: ``budgetsft adapt`` (select, fine-tune,
+  compare over seeds; ``--labels FILE``);
+* :mod:`~budgetsft.adapt.engine`: the fast path it uses (adapters in the top
+  layers over a frozen prefix computed once, candidates packed after a shared
+  prompt);
+* :mod:`~budgetsft.adapt.lora`, :mod:`~budgetsft.adapt.evaluate`: the generic
+  path, any causal LM, a fixed number of steps;
+* :mod:`~budgetsft.adapt.stats`, :mod:`~budgetsft.adapt.report`: paired
+  bootstrap intervals and the report.
+
 Examples
 --------
 >>> from budgetsft.adapt import finetune_lora, accuracy  # doctest: +SKIP
@@ -11,6 +21,7 @@ Examples
 >>> accuracy(peft_model, tok, test)  # doctest: +SKIP
 """
 
+from budgetsft.adapt.engine import PrefixCache, encode, score_packed, train_lora
 from budgetsft.adapt.evaluate import accuracy, predict, score_candidates
 from budgetsft.adapt.lora import (
     ANSWER_TEMPLATE,
@@ -24,15 +35,19 @@ from budgetsft.adapt.lora import (
     make_batch,
     save_adapters,
 )
-from budgetsft.adapt.report import compare_adaptations, write_report
+from budgetsft.adapt.report import compare_adaptations, seed_report, write_report, write_seed_report
+from budgetsft.adapt.stats import PairedBootstrap
 
 __all__ = [
     "ANSWER_TEMPLATE",
     "IGNORE_INDEX",
     "PROMPT_TEMPLATE",
+    "PairedBootstrap",
+    "PrefixCache",
     "accuracy",
     "answer_token_logprobs",
     "compare_adaptations",
+    "encode",
     "finetune_lora",
     "format_example",
     "load_adapted",
@@ -41,5 +56,9 @@ __all__ = [
     "predict",
     "save_adapters",
     "score_candidates",
+    "score_packed",
+    "seed_report",
+    "train_lora",
     "write_report",
+    "write_seed_report",
 ]

@@ -1,36 +1,75 @@
-"""`budgetsft adapt`: select labels with a gate, fine-tune LoRA on them, compare (SPEC §7).
+"""`budgetsft adapt`: buy labels with gates, fine-tune LoRA on each set, compare with noise bars (SPEC §7).
 
-1. The train split is featurised (cached) and streamed through the game with
-   the chosen gate at budget B = ⌊βn⌋ (stream mode), or the gate picks from
-   the whole pool in batches (pool mode, :func:`budgetsft.gates.select_pool`).
-2. The same budget is spent by ``random`` and by ``first`` (first-come) on
-   the same stream, and ``all`` takes every train label.
-3. One fresh LoRA per labelled set, evaluated by candidate log-likelihood on
-   the test split, beside zero-shot (:func:`compare_adaptations`).
+For every seed:
+
+1. The train split is featurised (cached; ``features="auto"`` is what
+   ``budgetsft run`` uses: ``block`` on a fixed label set) and played through
+   the game by the gate and by each baseline at budget B = ⌊βn⌋, with
+   ``budgetsft run``'s defaults (logistic learner, data-driven radius): the
+   labels bought are exactly those ``budgetsft run --data D --gate G --beta β
+   --seed s`` buys. ``all`` takes every train label.
+2. One fresh LoRA per labelled set, the same recipe for every set
+   (:func:`budgetsft.adapt.engine.train_lora`: ``epochs`` passes over the set),
+   evaluated by candidate log-likelihood on the seed's test split, beside
+   zero-shot (:func:`budgetsft.adapt.engine.score_packed`).
+
+Then :func:`budgetsft.adapt.report.seed_report` puts every seed together: per
+method accuracy with a bootstrap 95 % interval, and paired differences
+(``llf-random``, ...) with theirs.
+
+With ``labels_file`` (a ``budgetsft session export`` JSONL or a session ledger)
+nothing is selected: that set is trained on (its own answers, e.g. a human
+annotator's) and compared with zero-shot on the test split of ``data``; test
+items that are in the file are left out of the test split.
 
 The causal LM is ``model``: the packaged SmolLM2-135M-Instruct by default, or a
 local directory or Hugging Face id (:func:`budgetsft.features.models.resolve_model`);
-with ``features="causal"`` the gate's scoring head reads the same model. The
-adapters record that name as their base (:func:`budgetsft.adapt.lora.load_adapted`).
+the adapters record that name as their base (:func:`budgetsft.adapt.lora.load_adapted`).
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import math
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from budgetsft._validation import check_choice, check_float
+from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.budget import Budget
-from budgetsft.config import GATES, LEARNERS, SEEDED_OFFSET
+from budgetsft.config import DEFAULT_CONFIG, GATES, LEARNERS, SEEDED_OFFSET, merge
 from budgetsft.data import Example
-from budgetsft.exceptions import ConfigError
+from budgetsft.exceptions import ConfigError, DataError
 
-__all__ = ["select_labels", "run_adapt"]
+__all__ = ["select_labels", "run_adapt", "read_labels", "RECIPE"]
+
+#: The LoRA recipe of every labelled set (docs/method.md, "Adaptation").
+RECIPE: dict[str, Any] = {
+    "epochs": 3,
+    "lr": 1e-3,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_layers": 6,
+    "batch_size": 8,
+    "max_prompt_tokens": 64,
+    "eval_batch_size": 32,
+}
+BASELINES = ("random", "first", "margin")
+
+
+def _gate_config(name: str, beta: float, seed: int, learner: dict | None) -> dict:
+    """The config ``budgetsft run --data D --gate name --beta beta --seed seed`` plays (selection only)."""
+    cfg = merge(DEFAULT_CONFIG, {"gate": {"name": name, "beta": beta}, "seed": seed, "test_rounds": 0,
+                                 "comparator": "none", "refit": False})
+    if learner is not None:
+        cfg["learner"] = dict(learner)
+    return cfg
 
 
 def select_labels(
@@ -43,11 +82,15 @@ def select_labels(
     learner: dict | None = None,
     baselines: tuple[str, ...] = ("random", "first"),
     batch_size: int = 8,
+    all_head: bool = True,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Labelled train sets bought by ``gate`` and by each baseline at the same budget.
+    """Labelled train sets bought by ``gate`` and by each baseline at the same budget, plus ``all``.
 
-    ``progress`` shows a tqdm bar on stderr over the labels bought in pool mode.
+    In stream mode each set is what ``budgetsft run`` buys with that gate at that
+    seed (``learner`` None: run's default learner). ``progress`` shows a tqdm bar
+    on stderr over the labels bought in pool mode. ``all_head=False`` skips the
+    full-information run that gives ``all`` its head accuracy (None then).
 
     Returns
     -------
@@ -58,22 +101,22 @@ def select_labels(
     from budgetsft.experiment import held_out_accuracy, run
 
     check_choice("select_labels", "mode", mode, ("stream", "pool"))
-    if gate not in GATES:
-        raise ConfigError(f"unknown gate {gate!r}; valid: {', '.join(sorted(GATES))}.")
+    for name in (gate, *baselines):
+        if name not in GATES:
+            raise ConfigError(f"unknown gate {name!r}; valid: {', '.join(sorted(GATES))}.")
     check_float("select_labels", "beta", beta, low=0.0, high=1.0, low_open=True)
     train, test = streams.train, streams.test
     by_id = {ex.id: ex for ex in streams.dataset.train}
-    learner = learner or {"name": "ridge"}
     out: dict[str, dict[str, Any]] = {}
     names = [gate] + [b for b in baselines if b != gate]
     for name in names:
-        cfg = {"gate": {"name": name, "beta": beta}, "learner": dict(learner), "seed": seed, "test_rounds": 0}
+        cfg = _gate_config(name, beta, seed, learner)
         if name == gate and mode == "pool":
             from tqdm.auto import tqdm
 
             from budgetsft.gates import select_pool
 
-            spec = dict(learner)
+            spec = dict(cfg["learner"])
             head = LEARNERS[spec.pop("name")](**spec)
             budget = Budget.from_beta(beta, len(train))
             with tqdm(total=int(budget.total), desc=f"{name} pool selection", unit="label",
@@ -88,11 +131,126 @@ def select_labels(
             ids = [r.id for r in res.records if r.queried]
             acc = res.summary["test_accuracy"]
         out[name] = {"examples": [by_id[i] for i in ids], "ids": ids, "head_accuracy": acc}
+    head_all = None
+    if all_head:
+        head_all = run(_gate_config("full", 1.0, seed, learner), stream=train, test=test).summary["test_accuracy"]
     out["all"] = {"examples": list(streams.dataset.train), "ids": [ex.id for ex in streams.dataset.train],
-                  "head_accuracy": run({"gate": {"name": "full", "beta": 1.0}, "learner": dict(learner),
-                                        "seed": seed, "test_rounds": 0}, stream=train, test=test
-                                       ).summary["test_accuracy"]}
+                  "head_accuracy": head_all}
     return out
+
+
+# --------------------------------------------------------------------------- --labels FILE
+
+
+def read_labels(path: str | Path) -> list[Example]:
+    """The labelled examples of a ``budgetsft session export`` JSONL file or of a session ledger (SQLite).
+
+    Raises
+    ------
+    DataError
+        A file that is neither, a JSONL file with invalid lines, or one with no labelled example.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--labels {path}: no such file.")
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head == b"SQLite format 3\x00":
+        from budgetsft.ledger import LedgerError
+        from budgetsft.session import Session
+
+        try:
+            sess = Session.open(path)
+        except LedgerError as exc:
+            raise DataError(f"--labels {path}: an SQLite file that is not a budgetsft session ledger: {exc}") from exc
+        try:
+            rows = sess.export_labels()
+        finally:
+            sess.close()
+        examples = [Example(id=str(r["id"]), prompt=r["prompt"], candidates=tuple(r["candidates"]),
+                            answer=int(r["answer"]), cost=r.get("cost")) for r in rows]
+        source = "session ledger"
+    else:
+        from budgetsft.data import read_jsonl
+
+        try:
+            report = read_jsonl(path)
+        except (DataError, UnicodeDecodeError) as exc:
+            raise DataError(f"--labels {path}: neither a session ledger (SQLite) nor a JSONL file of labelled "
+                            f"examples (`budgetsft session export`): {exc}") from exc
+        if report.problems or not report.examples:
+            first = report.problems[0] if report.problems else None
+            why = f"line {first.line}: {'; '.join(first.reasons)}" if first else "it holds no example"
+            raise DataError(f"--labels {path}: neither a session ledger (SQLite) nor a JSONL file of labelled "
+                            f"examples (`budgetsft session export`): {why}.")
+        examples = list(report.examples)
+        source = "JSONL"
+    unlabelled = [ex.id for ex in examples if ex.answer is None]
+    if unlabelled:
+        raise DataError(f"--labels {path} ({source}): {len(unlabelled)} example(s) have no answer, first "
+                        f"{unlabelled[0]!r}; a label file holds bought labels.")
+    if not examples:
+        raise DataError(f"--labels {path} ({source}): no labelled example (nothing was bought yet).")
+    return examples
+
+
+def _check_against(examples: Sequence[Example], dataset, path) -> None:
+    """Every labelled example is in the data set with the same prompt and candidates."""
+    known = {ex.id: ex for ex in [*dataset.train, *dataset.test]}
+    missing = [ex.id for ex in examples if ex.id not in known]
+    if missing:
+        raise DataError(f"--labels {path}: {len(missing)} of {len(examples)} id(s) are not in the data set "
+                        f"{dataset.name!r}, first {missing[:3]}; pass the --data the labels were bought on.")
+    for ex in examples:
+        ref = known[ex.id]
+        if ex.prompt != ref.prompt or tuple(ex.candidates) != tuple(ref.candidates):
+            raise DataError(f"--labels {path}: example {ex.id!r} differs from the data set {dataset.name!r} "
+                            "(prompt or candidates); the labels were bought on other data.")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _seeded_test(test: list[Example], max_test: int | None, seed: int) -> list[Example]:
+    if max_test is None or len(test) <= max_test:
+        return test
+    keep = np.sort(np.random.default_rng([seed, SEEDED_OFFSET["gate"]]).choice(len(test), max_test, replace=False))
+    return [test[i] for i in keep]
+
+
+def _write_jsonl(path: Path, examples: Sequence[Example]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class _Clock:
+    """Measured rates (examples per second) and the projection of the remaining work."""
+
+    def __init__(self) -> None:
+        self.rate = {"prefix": math.nan, "train": math.nan, "score": math.nan}
+        self.work = {"prefix": 0.0, "train": 0.0, "score": 0.0}
+        self.start = time.perf_counter()
+
+    def seconds(self, kind: str, n: float) -> float:
+        return n / self.rate[kind]
+
+    def remaining(self) -> float:
+        return sum(self.seconds(k, n) for k, n in self.work.items())
+
+    def done(self, kind: str, n: float, seconds: float) -> None:
+        self.work[kind] = max(0.0, self.work[kind] - n)
+        if n > 0 and seconds > 0:  # an exponential average: the machine is shared and its speed moves
+            r = n / seconds
+            self.rate[kind] = r if math.isnan(self.rate[kind]) else 0.5 * self.rate[kind] + 0.5 * r
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def run_adapt(
@@ -100,71 +258,240 @@ def run_adapt(
     out_dir: str | Path,
     *,
     gate: str = "llf",
+    baselines: Sequence[str] = BASELINES,
     beta: float = 0.1,
-    seed: int = 0,
-    features: str = "causal",
+    seeds: Sequence[int] = (0,),
+    features: str = "auto",
     model: str = "smollm2-135m-instruct",
     mode: str = "stream",
+    labels_file: str | Path | None = None,
+    include_all: bool = True,
     max_examples: int | None = None,
     max_test: int | None = None,
-    max_steps: int = 60,
-    lr: float = 2e-4,
-    lora_r: int = 8,
-    batch_size: int = 8,
+    max_prompt_tokens: int = RECIPE["max_prompt_tokens"],
+    lora_layers: int = RECIPE["lora_layers"],
+    epochs: float = RECIPE["epochs"],
+    lr: float = RECIPE["lr"],
+    lora_r: int = RECIPE["lora_r"],
+    lora_alpha: float = RECIPE["lora_alpha"],
+    batch_size: int = RECIPE["batch_size"],
+    eval_batch_size: int = RECIPE["eval_batch_size"],
     device: str = "auto",
+    dtype: str = "auto",
+    estimate_only: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Select, fine-tune and compare; writes adapters, labelled sets and the report under ``out_dir``.
+    """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
 
-    ``model`` is the causal LM fine-tuned (and featurising, when ``features="causal"``).
+    Files written::
+
+        report.json, report.md, accuracy.png   every seed together (budgetsft.adapt.report)
+        seed-<s>/adapters/<method>/            LoRA adapters (save_pretrained; base = ``model`` as given)
+        seed-<s>/labels/<method>.jsonl         each training set, canonical JSONL
+        seed-<s>/selection.json                the ids of each set
+        seed-<s>/predictions.json              test ids, each method's scores and correctness
+
+    ``estimate_only`` stops after the time estimate (nothing is trained).
+    Returns the report (also ``report.json``).
     """
-    from budgetsft.adapt.report import compare_adaptations, write_report
-    from budgetsft.features.models import load_causal_lm, resolve_device, resolve_model
+    import torch
+
+    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
+    from budgetsft.adapt.lora import _pad_id, save_adapters
+    from budgetsft.adapt.report import seed_report, write_seed_report
+    from budgetsft.data import load_dataset
+    from budgetsft.features.models import bf16_supported, load_causal_lm, resolve_device, resolve_model
     from budgetsft.realdata import load_streams
 
+    owner = "run_adapt"
+    seeds = [check_int(owner, "seeds", s, low=0) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"The 'seeds' parameter of {owner} must be distinct seeds, at least one. Got {seeds!r}.")
+    beta = check_float(owner, "beta", beta, low=0.0, high=1.0, low_open=True)
+    epochs = check_float(owner, "epochs", epochs, low=0, low_open=True, high_open=True)
+    max_prompt_tokens = check_int(owner, "max_prompt_tokens", max_prompt_tokens, low=1)
+    lora_layers = check_int(owner, "lora_layers", lora_layers, low=1)
+    dtype = check_choice(owner, "dtype", dtype, ("auto", "bf16", "fp32"))
+    if max_test is not None:
+        max_test = check_int(owner, "max_test", max_test, low=1)
     out = Path(out_dir)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     resolve_model(model, "causal")  # a bad name fails before anything is featurised
-    options = {"model_name": model} if features == "causal" else None
-    streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device, progress=progress,
-                           feature_options=options)
-    if progress:
-        print(f"selecting labels: {gate} ({mode} mode), random, first at β = {beta} "
-              f"(B = {math.floor(beta * len(streams.train) + 1e-9)} of {len(streams.train)})", file=sys.stderr)
-    sets = select_labels(streams, gate, beta, seed=seed, mode=mode, progress=progress)
-    test: list[Example] = list(streams.dataset.test)
-    if max_test is not None and len(test) > max_test:
-        keep = np.sort(np.random.default_rng([seed, SEEDED_OFFSET["gate"]]).choice(len(test), max_test, replace=False))
-        test = [test[i] for i in keep]
     dev = resolve_device(device)
-    report = compare_adaptations(
-        lambda: load_causal_lm(model, device=dev),
-        {name: s["examples"] for name, s in sets.items()},
-        test,
-        out_dir=out,
-        max_steps=max_steps,
-        lr=lr,
-        lora_r=lora_r,
-        seed=seed,
-        batch_size=batch_size,
-        eval_dtype="bf16" if dev == "cpu" else "fp32",  # bf16 autocast is 2-4x faster on AVX-512 BF16 CPUs
-        progress=progress,
+    if dtype == "auto":
+        dtype = "bf16" if bf16_supported(dev) else "fp32"
+    given: list[Example] | None = read_labels(labels_file) if labels_file is not None else None
+
+    # ------------------------------------------------------------ the label sets of every seed
+    plans: list[dict[str, Any]] = []
+    labels_of_data = None
+    for seed in seeds:
+        if given is not None:
+            ds = load_dataset(data, seed=seed, max_examples=max_examples)
+            if seed == seeds[0]:
+                _check_against(given, ds, labels_file)
+            taken = {ex.id for ex in given}
+            test_all = [ex for ex in ds.test if ex.id not in taken]
+            sets = {"labels": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
+            plan = {"seed": seed, "sets": sets, "train_size": len(ds.train), "dropped_from_test": len(ds.test)
+                    - len(test_all), "budget": None, "features": None}
+        else:
+            with quiet_hf():
+                opts = {"model_name": model} if features == "causal" else None
+                streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device,
+                                       progress=progress, feature_options=opts)
+            ds = streams.dataset
+            budget = math.floor(beta * len(streams.train) + 1e-9)
+            say(f"seed {seed}: selecting labels with {gate} ({mode} mode) and {', '.join(baselines)} at β = {beta} "
+                f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
+            sets = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
+                                 all_head=False)
+            if not include_all:
+                sets.pop("all")
+            test_all = list(ds.test)
+            plan = {"seed": seed, "sets": sets, "train_size": len(streams.train), "dropped_from_test": 0,
+                    "budget": budget, "features": streams.featurizer}
+        labels_of_data = ds.labels
+        plan["test"] = _seeded_test(test_all, max_test, seed)
+        if not plan["test"]:
+            raise DataError(f"seed {seed}: the test split of {data!r} is empty; nothing to evaluate on.")
+        plans.append(plan)
+
+    # ------------------------------------------------------------ the model and the frozen prefix
+    with quiet_hf():
+        base, tokenizer = load_causal_lm(model, device=dev)
+    base.requires_grad_(False)
+    n_layers = int(base.config.num_hidden_layers)
+    split = max(0, n_layers - lora_layers)
+    pad = _pad_id(tokenizer)
+    every: dict[str, Example] = {}
+    for plan in plans:
+        for ex in [*plan["test"], *(e for s in plan["sets"].values() for e in s["examples"])]:
+            every.setdefault(ex.id, ex)
+    encoded = {k: encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels_of_data)
+               for k, ex in every.items()}
+    first_test = plans[0]["test"][0].id
+    check_decoder(base, tokenizer, encoded[first_test])
+    cache = PrefixCache(base, split, dtype=dtype, batch_size=eval_batch_size, pad_token_id=pad)
+    clock = _Clock()
+    n_sets = {p["seed"]: {k: len(s["examples"]) for k, s in p["sets"].items()} for p in plans}
+    clock.work["prefix"] = len(encoded)
+    clock.work["train"] = sum(math.ceil(epochs * n / min(batch_size, n)) * min(batch_size, n)
+                              for d in n_sets.values() for n in d.values() if n)
+    clock.work["score"] = sum(len(p["test"]) * (1 + sum(1 for n in n_sets[p["seed"]].values() if n)) for p in plans)
+
+    # warm-up: the prefix of the first batch (kept), one throw-away training step and one scoring batch
+    from tqdm.auto import tqdm
+
+    keys = list(encoded)
+    first = keys[: eval_batch_size]
+    t0 = time.perf_counter()
+    cache.add_many(first, [encoded[k] for k in first])
+    clock.done("prefix", len(first), time.perf_counter() - t0)
+    warm = first[: batch_size]
+    stamps: list[float] = []
+    with quiet_hf():
+        trial, _ = train_lora(copy.deepcopy(base), cache, warm * 3, [every[k].answer for k in warm] * 3, epochs=1,
+                              batch_size=len(warm), lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype,
+                              progress=False, on_step=lambda i, loss: stamps.append(time.perf_counter()))
+    clock.rate["train"] = 2 * len(warm) / (stamps[2] - stamps[0])  # steps 2 and 3: the first one allocates
+    t0 = time.perf_counter()
+    score_packed(trial, cache, first, batch_size=eval_batch_size, dtype=dtype, progress=False)
+    clock.rate["score"] = len(first) / (time.perf_counter() - t0)
+    del trial
+    gc.collect()
+    estimate = clock.remaining()
+    parts = ", ".join(f"{kind} {_minutes(clock.seconds(kind, n))} ({int(n)} at {clock.rate[kind]:.1f}/s)"
+                      for kind, n in clock.work.items())
+    say(f"estimate: {_minutes(estimate)} on {dev} ({torch.get_num_threads()} threads, {dtype}): {parts}")
+    if estimate_only:
+        return {"estimate_seconds": estimate, "rates": dict(clock.rate), "work": dict(clock.work)}
+
+    todo = [k for k in keys if k not in cache.states_]
+    bar = tqdm(total=len(todo), desc=f"prefix (layers 0-{split - 1})" if split else "embeddings", unit="ex",
+               disable=not progress, file=sys.stderr)
+    t0 = time.perf_counter()
+    cache.add_many(todo, [encoded[k] for k in todo], progress=lambda n: bar.update(n - bar.n))
+    bar.close()
+    clock.done("prefix", len(todo), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------ train and score, seed by seed
+    results = []
+    settings = {"epochs": epochs, "lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_layers": n_layers - split,
+                "n_layers": n_layers, "batch_size": batch_size, "max_prompt_tokens": max_prompt_tokens,
+                "eval_batch_size": eval_batch_size, "dtype": dtype, "device": dev, "normalize": "mean",
+                "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay"}
+    for plan in plans:
+        seed = plan["seed"]
+        where = out / f"seed-{seed}"
+        test_keys = [ex.id for ex in plan["test"]]
+        gold = np.array([ex.answer for ex in plan["test"]])
+        scores: dict[str, list[np.ndarray]] = {}
+        timing: dict[str, dict[str, float | None]] = {}
+
+        def evaluate(m, name: str) -> None:
+            t = time.perf_counter()
+            s = score_packed(m, cache, test_keys, batch_size=eval_batch_size, dtype=dtype, progress=progress,  # noqa: B023
+                             desc=f"seed {seed} score {name}")
+            dt = time.perf_counter() - t
+            clock.done("score", len(test_keys), dt)  # noqa: B023
+            scores[name] = s  # noqa: B023
+            timing.setdefault(name, {})["score_seconds"] = dt  # noqa: B023
+
+        evaluate(base, "zero-shot")
+        timing["zero-shot"]["train_seconds"] = None
+        acc0 = float(np.mean([np.argmax(s) == g for s, g in zip(scores["zero-shot"], gold, strict=True)]))
+        say(f"seed {seed} zero-shot: accuracy {acc0:.4f} on {len(test_keys)} test items "
+            f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+        for name, s in plan["sets"].items():
+            examples = s["examples"]
+            _write_jsonl(where / "labels" / f"{name}.jsonl", examples)
+            if not examples:
+                scores[name] = scores["zero-shot"]
+                timing[name] = {"train_seconds": None, "score_seconds": None}
+                continue
+            t = time.perf_counter()
+            with quiet_hf():
+                fresh = copy.deepcopy(base)
+                peft_model, history = train_lora(
+                    fresh, cache, [ex.id for ex in examples], [ex.answer for ex in examples], epochs=epochs, lr=lr,
+                    lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype,
+                    progress=progress, desc=f"seed {seed} train {name} ({len(examples)} labels)")
+            dt = time.perf_counter() - t
+            b = min(batch_size, len(examples))
+            clock.done("train", math.ceil(epochs * len(examples) / b) * b, dt)
+            timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
+            evaluate(peft_model, name)
+            with quiet_hf():
+                save_adapters(peft_model, where / "adapters" / name)
+            acc = float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
+            say(f"seed {seed} {name}: {len(examples)} labels, accuracy {acc:.4f} (train {_minutes(dt)}) "
+                f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+            del fresh, peft_model
+            gc.collect()
+        correct = {m: [int(np.argmax(v) == g) for v, g in zip(sc, gold, strict=True)] for m, sc in scores.items()}
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "selection.json").write_text(json.dumps({k: s["ids"] for k, s in plan["sets"].items()}, indent=1)
+                                              + "\n")
+        (where / "predictions.json").write_text(json.dumps({
+            "test_ids": test_keys, "gold": gold.tolist(),
+            "scores": {m: [v.tolist() for v in sc] for m, sc in scores.items()}, "correct": correct}) + "\n")
+        results.append({
+            "seed": seed, "test_size": len(test_keys), "train_size": plan["train_size"], "budget": plan["budget"],
+            "features": plan["features"], "dropped_from_test": plan["dropped_from_test"],
+            "labels": {"zero-shot": 0, **{k: len(s["examples"]) for k, s in plan["sets"].items()}},
+            "head_accuracy": {k: s["head_accuracy"] for k, s in plan["sets"].items()},
+            "correct": correct, "timing": timing,
+            "adapters": {k: f"seed-{seed}/adapters/{k}" for k, s in plan["sets"].items() if s["examples"]},
+        })
+
+    report = seed_report(results, gate=gate if given is None else "labels",
+                         baselines=[*baselines, "all"] if given is None else ["zero-shot"])
+    report.update(
+        data=data, model=model, beta=None if given is not None else beta, mode=mode,
+        labels_file=str(labels_file) if labels_file is not None else None, settings=settings,
+        timing={"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "prefix_seconds": cache.seconds_,
+                "rates": dict(clock.rate)},
     )
-    report["model"] = model
-    report["selection"] = {
-        "data": data,
-        "features": features,
-        "gate": gate,
-        "mode": mode,
-        "beta": beta,
-        "budget": math.floor(beta * len(streams.train) + 1e-9),
-        "train_size": len(streams.train),
-        "head_accuracy": {name: s["head_accuracy"] for name, s in sets.items()},
-    }
-    write_report(report, out)
-    with (out / "report.md").open("a", encoding="utf-8") as f:
-        f.write(f"Model: {model}. Selection: data={data}, features={features}, gate={gate} ({mode} mode), β={beta}, "
-                f"budget={report['selection']['budget']} of {len(streams.train)} train examples, seed={seed}.\n\n")
-        f.write("Held-out accuracy of the linear scoring head trained on each set (same features): "
-                + ", ".join(f"{k} {v:.4f}" for k, v in report["selection"]["head_accuracy"].items()) + ".\n")
-    (out / "selection.json").write_text(json.dumps({k: s["ids"] for k, s in sets.items()}, indent=1) + "\n")
+    write_seed_report(report, out)
     return report

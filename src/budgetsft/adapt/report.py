@@ -2,9 +2,15 @@
 
 The question: at the same budget, does the LLF-chosen set give a better
 adapted model than a random or first-B set, and how close does it come to
-fine-tuning on every label? :func:`compare_adaptations` answers it with one
-table: zero-shot accuracy, then one fresh LoRA per named training set, all
-with the same hyper-parameters and seed and evaluated on the same test split.
+fine-tuning on every label?
+
+* :func:`seed_report` / :func:`write_seed_report`: the report of
+  ``budgetsft adapt`` over several seeds, with paired bootstrap intervals
+  (:mod:`budgetsft.adapt.stats`) that say which differences are noise;
+  ``report.json``, ``report.md`` and ``accuracy.png``.
+* :func:`compare_adaptations`: one seed, one fresh LoRA per named training set
+  with a fixed number of steps (:func:`budgetsft.adapt.lora.finetune_lora`), one
+  table without intervals (the library's generic path, any causal LM).
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from budgetsft._validation import check_choice, check_float, check_int, check_seed
 from budgetsft.adapt.evaluate import accuracy
 from budgetsft.adapt.lora import _check_examples, finetune_lora, save_adapters
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError
 
-__all__ = ["compare_adaptations", "write_report"]
+__all__ = ["compare_adaptations", "write_report", "seed_report", "write_seed_report", "render_seed_markdown",
+           "plot_accuracy"]
 
 #: Steps averaged for the "final train loss" column (a single step is noisy).
 FINAL_LOSS_WINDOW = 10
@@ -269,3 +278,188 @@ def compare_adaptations(
     }
     write_report(report, out)
     return report
+
+
+# --------------------------------------------------------------------------- #
+# Several seeds, with noise bars
+# --------------------------------------------------------------------------- #
+
+
+def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: Sequence[str],
+                n_resamples: int | None = None, bootstrap_seed: int | None = None) -> dict[str, Any]:
+    """Accuracy of every method and paired differences ``gate − baseline``, with bootstrap 95 % intervals.
+
+    Parameters
+    ----------
+    results : sequence of dict, one per seed
+        Each with ``seed``, ``test_size``, ``labels`` (method -> labels used) and
+        ``correct`` (method -> 0/1 list over that seed's test items); every seed
+        has the same methods.
+    gate : str
+        The method every baseline is compared with (``"llf"``).
+    baselines : sequence of str
+        ``paired`` holds ``"<gate>-<baseline>"`` for each one present.
+    n_resamples, bootstrap_seed : int, optional
+        Default :data:`budgetsft.adapt.stats.N_RESAMPLES` and
+        :data:`~budgetsft.adapt.stats.BOOTSTRAP_SEED`.
+
+    Returns
+    -------
+    dict
+        ``{"seeds", "test_sizes", "methods": {name: {"accuracy": [per seed], "mean",
+        "ci95", "labels": [per seed]}}, "paired": {"llf-random": {"mean", "ci95",
+        "per_seed", "within_noise"}, ...}, "bootstrap": {...}, "per_seed": [...]}``.
+    """
+    from budgetsft.adapt.stats import BOOTSTRAP_SEED, N_RESAMPLES, PairedBootstrap
+
+    if not results:
+        raise ConfigError("seed_report needs the results of at least one seed.")
+    n_resamples = N_RESAMPLES if n_resamples is None else n_resamples
+    bootstrap_seed = BOOTSTRAP_SEED if bootstrap_seed is None else bootstrap_seed
+    names = list(results[0]["correct"])
+    for r in results:
+        if list(r["correct"]) != names:
+            raise ConfigError(f"seed_report: seed {r['seed']} has methods {list(r['correct'])}, seed "
+                              f"{results[0]['seed']} has {names}.")
+    boot = PairedBootstrap([int(r["test_size"]) for r in results], n_resamples=n_resamples, seed=bootstrap_seed)
+    methods = {}
+    for m in names:
+        s = boot.summary([r["correct"][m] for r in results])
+        methods[m] = {"accuracy": s["per_seed"], "mean": s["mean"], "ci95": s["ci95"],
+                      "labels": [int(r["labels"][m]) for r in results]}
+    paired = {}
+    for b in baselines:
+        if b in methods and gate in methods and b != gate:
+            paired[f"{gate}-{b}"] = boot.paired([r["correct"][gate] for r in results],
+                                                [r["correct"][b] for r in results])
+    per_seed = [{k: v for k, v in r.items() if k != "correct"} for r in results]
+    return {
+        "seeds": [int(r["seed"]) for r in results],
+        "test_sizes": [int(r["test_size"]) for r in results],
+        "gate": gate,
+        "methods": methods,
+        "paired": paired,
+        "bootstrap": {"n_resamples": n_resamples, "seed": bootstrap_seed, "level": 0.95,
+                      "method": "percentile bootstrap; test items resampled with replacement within each seed "
+                                "(the same resample for every method: paired), statistic averaged over seeds"},
+        "per_seed": per_seed,
+    }
+
+
+def _ci(ci: Sequence[float], spec: str = ".4f") -> str:
+    return f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
+
+
+def _verdict(name: str, p: Mapping[str, Any]) -> str:
+    a, b = name.split("-", 1)
+    if p["within_noise"]:
+        return f"within noise (the interval contains 0): no difference between {a} and {b} is shown"
+    better = a if p["mean"] > 0 else b
+    return f"{better} is better (the interval excludes 0)"
+
+
+def render_seed_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md``: the method table, the paired differences with verdicts, the plot, the settings."""
+    s = report.get("settings", {})
+    seeds = report["seeds"]
+    methods, paired = report["methods"], report["paired"]
+    gate = report.get("gate", "llf")
+    lines = [f"# Budgeted adaptation: LoRA on bought labels ({report.get('data', '?')}, "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})", ""]
+    what = [f"Model {report.get('model', '?')}"]
+    if report.get("beta") is not None:
+        budgets = [r.get("budget") for r in report.get("per_seed", [])]
+        trains = [r.get("train_size") for r in report.get("per_seed", [])]
+        what.append(f"β = {report['beta']} (B = {', '.join(map(str, budgets))} of {', '.join(map(str, trains))} "
+                    f"train examples), labels bought as `budgetsft run` buys them "
+                    f"({report.get('mode', 'stream')} mode, features {report['per_seed'][0].get('features')})")
+    if report.get("labels_file"):
+        what.append(f"labels from {report['labels_file']}")
+    what.append(f"seeds {', '.join(map(str, seeds))}, test items per seed {', '.join(map(str, report['test_sizes']))}")
+    lines += ["; ".join(what) + ".", ""]
+    if s:
+        lines += [f"Recipe (every set): LoRA r = {s['lora_r']}, α = {s['lora_alpha']} on every linear layer of the "
+                  f"top {s['lora_layers']} of {s['n_layers']} decoder layers; {s['epochs']:g} epochs over the set, "
+                  f"batch {s['batch_size']}, AdamW lr {s['lr']:g} decaying linearly to 0; prompt = label "
+                  f"instruction + the first {s['max_prompt_tokens']} tokens of the text; {s['dtype']} on "
+                  f"{s['device']}; a candidate's score is the mean log-likelihood of its tokens.", ""]
+    lines += ["| method | labels | accuracy per seed | mean | 95 % CI |", "|---|---:|---|---:|---|"]
+    for name, m in methods.items():
+        labels = m["labels"]
+        lab = str(labels[0]) if len(set(labels)) == 1 else f"{np.mean(labels):.0f} ({min(labels)}–{max(labels)})"
+        lines.append(f"| {name} | {lab} | {', '.join(f'{a:.4f}' for a in m['accuracy'])} | {m['mean']:.4f} | "
+                     f"{_ci(m['ci95'])} |")
+    if paired:
+        lines += ["", "| paired difference | mean | 95 % CI | per seed | verdict |", "|---|---:|---|---|---|"]
+        for name, p in paired.items():
+            lines.append(f"| {name.replace('-', ' − ', 1)} | {p['mean']:+.4f} | {_ci(p['ci95'], '+.4f')} | "
+                         f"{', '.join(f'{d:+.4f}' for d in p['per_seed'])} | {_verdict(name, p)} |")
+    lines.append("")
+    words = []
+    for name, p in paired.items():
+        a, b = name.split("-", 1)
+        diff = f"{a} − {b} = {100 * p['mean']:+.1f} points, 95 % CI {100 * p['ci95'][0]:+.1f} to " \
+               f"{100 * p['ci95'][1]:+.1f}"
+        if p["within_noise"]:
+            words.append(f"{diff}: within noise, the data do not tell {a} from {b}.")
+        else:
+            words.append(f"{diff}: {a if p['mean'] > 0 else b} is better beyond test-item noise.")
+    if gate in methods and "all" in methods and methods["all"]["mean"] > 0:
+        words.append(f"{gate} reaches {methods[gate]['mean'] / methods['all']['mean']:.3f}× the all-labels "
+                     f"accuracy ({methods[gate]['mean']:.4f} vs {methods['all']['mean']:.4f}).")
+    if words:
+        lines += ["In words: " + " ".join(words), ""]
+    b = report.get("bootstrap", {})
+    lines += ["![accuracy against labels](accuracy.png)", "",
+              f"Intervals: percentile bootstrap, {b.get('n_resamples')} resamples of the test items with replacement "
+              f"within each seed (numpy default_rng({b.get('seed')})), the same resample for every method (paired "
+              "differences), statistic averaged over seeds. A difference is within noise when its interval "
+              "contains 0.", ""]
+    t = report.get("timing")
+    if t:
+        lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
+                  "before the start).", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(report: Mapping[str, Any], out: str | Path) -> Path:
+    """Accuracy against labels used, one point per method with its 95 % interval (zero-shot: a band)."""
+    from budgetsft.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    methods = report["methods"]
+    i = 0
+    for name, m in methods.items():
+        lo, hi = m["ci95"]
+        x = float(np.mean(m["labels"]))
+        if x <= 0:
+            ax.axhspan(lo, hi, color="0.85", zorder=0)
+            ax.axhline(m["mean"], color="0.4", ls="--", lw=1.2, label=f"{name} (band: 95 % CI)")
+            continue
+        ax.errorbar([x], [m["mean"]], yerr=[[m["mean"] - lo], [hi - m["mean"]]], fmt="os^Dv*P"[i % 7],
+                    color=f"C{i % 10}", capsize=4, ms=6, label=name, zorder=3)
+        i += 1
+    if any(float(np.mean(m["labels"])) > 0 for m in methods.values()):
+        ax.set_xscale("log")
+    ax.set_xlabel("labels used to fine-tune (mean over seeds)")
+    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_title(f"LoRA on bought labels: {report.get('data', '')}, {len(report['seeds'])} seed(s), 95 % CI",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_seed_report(report: Mapping[str, Any], out_dir: str | Path) -> None:
+    """Write ``report.json``, ``report.md`` and ``accuracy.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_accuracy(report, out / "accuracy.png")
+    (out / "report.md").write_text(render_seed_markdown(report), encoding="utf-8")

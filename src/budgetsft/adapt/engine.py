@@ -1,0 +1,684 @@
+"""Fast LoRA adaptation on short answers: a frozen prefix computed once, candidates packed (SPEC §7).
+
+Two facts make adaptation on a fixed label set cheap enough for a CPU:
+
+1. **Adapters only in the top layers.** LoRA goes into the last ``lora_layers``
+   decoder layers. The first ``split = n_layers - lora_layers`` layers are then
+   frozen *and* see no adapter, so their output for an example is the same for
+   every label set, every epoch and zero-shot. It is computed once per example
+   (:class:`PrefixCache`) and every training step and every evaluation runs the
+   top layers only. The adapters are ordinary PEFT adapters
+   (``layers_to_transform``): loaded onto the full model
+   (:func:`budgetsft.adapt.lora.load_adapted`) they give the same scores.
+2. **Candidates share their prompt.** An example is one packed sequence,
+   ``prompt + answer_0 + answer_1 + ...``, whose attention mask lets each answer
+   see the prompt and itself only, with positions that restart after the prompt
+   for each answer (:func:`packed_batch`). One forward pass scores every
+   candidate, exactly as K separate ``prompt + answer_k`` sequences would.
+
+The text format (:func:`encode`): the instruction (for a fixed label set, the
+list of labels) is the system turn of the chat template and the example's text,
+cut to ``max_prompt_tokens`` tokens, is the user turn; the answer is the
+candidate followed by EOS (:func:`budgetsft.adapt.lora.format_example`'s answer).
+A text is cut from the end (its first tokens are kept: a BBC article's title and
+lede) on a fixed label set, and from the start on per-item candidates (their
+question comes last).
+
+The split path drives a Llama-style decoder directly (``model.model.embed_tokens``,
+``.layers``, ``.norm``, ``.rotary_emb``, ``model.lm_head``: Llama, SmolLM, Mistral,
+Qwen2/3). :func:`check_decoder` compares it once with the model's own forward
+and refuses a model where the two disagree.
+
+Examples
+--------
+>>> enc = [encode(ex, tok, max_prompt_tokens=64, labels=labels) for ex in train]  # doctest: +SKIP
+>>> cache = PrefixCache(model, split=24)                                          # doctest: +SKIP
+>>> cache.add_many([ex.id for ex in train], enc)                                  # doctest: +SKIP
+>>> peft_model, history = train_lora(model, cache, keys, enc, gold, epochs=3)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from budgetsft._validation import check_choice, check_float, check_int
+from budgetsft.adapt.lora import (
+    PROMPT_TEMPLATE,
+    _encode_answer,
+    _has_chat_template,
+    _ids,
+    _pad_id,
+)
+from budgetsft.data.schema import Example
+from budgetsft.exceptions import ConfigError, DataError
+
+__all__ = [
+    "Encoded",
+    "label_instruction",
+    "encode",
+    "packed_batch",
+    "Decoder",
+    "check_decoder",
+    "PrefixCache",
+    "train_lora",
+    "score_packed",
+    "LORA_TARGETS",
+    "quiet_hf",
+]
+
+#: Linear layers of a Llama-style decoder layer that get adapters.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# --------------------------------------------------------------------------- #
+# Text -> token ids
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one example: the prompt and one answer per candidate."""
+
+    prompt: tuple[int, ...]
+    answers: tuple[tuple[int, ...], ...]
+
+    @property
+    def length(self) -> int:
+        """Length of the packed sequence (prompt + every answer)."""
+        return len(self.prompt) + sum(len(a) for a in self.answers)
+
+
+def label_instruction(labels: Sequence[str]) -> str:
+    """The instruction of a fixed label set: ``"Classify the text. Answer with one of: a, b, c."``"""
+    return "Classify the text. Answer with one of: " + ", ".join(labels) + "."
+
+
+def _cut(text: str, tokenizer: Any, max_tokens: int, keep: str) -> str:
+    """``text`` cut to its first (``keep="head"``) or last (``"tail"``) ``max_tokens`` tokens."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc.get("offset_mapping")
+    ids = _ids(enc)
+    if len(ids) <= max_tokens:
+        return text
+    if offsets:  # cut the text itself, so that nothing is decoded and re-encoded
+        return text[: offsets[max_tokens - 1][1]] if keep == "head" else text[offsets[len(ids) - max_tokens][0]:]
+    part = ids[:max_tokens] if keep == "head" else ids[-max_tokens:]
+    return tokenizer.decode(part)
+
+
+def encode(
+    example: Example,
+    tokenizer: Any,
+    *,
+    max_prompt_tokens: int = 64,
+    labels: Sequence[str] | None = None,
+    instruction: str | None = None,
+) -> Encoded:
+    """Token ids of an example's prompt and of each candidate's answer.
+
+    Parameters
+    ----------
+    example : Example
+    tokenizer : transformers tokenizer
+    max_prompt_tokens : int, default=64
+        The example's text is cut to this many tokens: its first ones on a fixed
+        label set (``labels`` given), its last ones otherwise.
+    labels : sequence of str, optional
+        The fixed label set; gives the default instruction (:func:`label_instruction`).
+    instruction : str, optional
+        Overrides the instruction. With a chat template it is the system turn
+        (it replaces the template's default system prompt), else the first
+        paragraph of ``"Question: {instruction}\\n\\n{text}\\nAnswer:"``.
+
+    Returns
+    -------
+    Encoded
+    """
+    max_prompt_tokens = check_int("encode", "max_prompt_tokens", max_prompt_tokens, low=1)
+    if instruction is None and labels is not None:
+        instruction = label_instruction(labels)
+    text = _cut(example.prompt, tokenizer, max_prompt_tokens, "head" if labels is not None else "tail")
+    if _has_chat_template(tokenizer):
+        turns = [{"role": "user", "content": text}]
+        if instruction:
+            turns.insert(0, {"role": "system", "content": instruction})
+        try:
+            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template without a system role (e.g. Gemma): fold it into the user turn
+            turns = [{"role": "user", "content": f"{instruction}\n\n{text}" if instruction else text}]
+            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        prompt = _ids(tokenizer(rendered, add_special_tokens=False))
+    else:
+        body = f"{instruction}\n\n{text}" if instruction else text
+        prompt = _ids(tokenizer(PROMPT_TEMPLATE.format(prompt=body), add_special_tokens=True))
+    answers = []
+    for k, cand in enumerate(example.candidates):
+        ids = _encode_answer(cand, tokenizer)
+        if not ids:
+            raise DataError(f"Example {example.id!r}: candidate {k} tokenizes to no tokens.")
+        answers.append(tuple(ids))
+    return Encoded(tuple(prompt), tuple(answers))
+
+
+# --------------------------------------------------------------------------- #
+# Packed batches
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class PackedBatch:
+    """Right-padded packed sequences and where each candidate's tokens are read.
+
+    Attributes
+    ----------
+    input_ids, position_ids : long tensors of shape (B, T)
+    mask : bool tensor of shape (B, 1, T, T)
+        ``mask[b, 0, i, j]``: query i may attend to key j.
+    rows, predictors, targets : long tensors of shape (N,)
+        For the N answer tokens: batch row, position whose logits predict the
+        token, and the token id.
+    owner : long tensor of shape (N,)
+        Flat candidate index (over the batch, in example then candidate order).
+    n_candidates : list of int
+        K of each example.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor | None
+    rows: torch.Tensor
+    predictors: torch.Tensor
+    targets: torch.Tensor
+    owner: torch.Tensor
+    n_candidates: list[int]
+
+
+def packed_batch(
+    items: Sequence[Encoded], *, pad_token_id: int = 0, answers: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> PackedBatch:
+    """One batch of packed sequences.
+
+    With ``answers`` (one candidate index per item) each sequence is the
+    prompt followed by that answer only: the training sequence, plain causal
+    attention (``mask`` is None). Without, every answer is packed after the
+    prompt: answer k's tokens take positions ``P .. P + len_k - 1`` and attend
+    to the prompt and to earlier tokens of answer k only, so each answer is
+    scored as if it were alone after the prompt.
+    """
+    seqs, segs, poss = [], [], []
+    rows, preds, targets, owner = [], [], [], []
+    n_cands = []
+    flat = 0
+    for b, item in enumerate(items):
+        p = len(item.prompt)
+        chosen = range(len(item.answers)) if answers is None else [int(answers[b])]
+        ids, seg, pos = list(item.prompt), [0] * p, list(range(p))
+        for j, k in enumerate(chosen):
+            ans = item.answers[k]
+            start = len(ids)
+            ids.extend(ans)
+            seg.extend([j + 1] * len(ans))
+            pos.extend(range(p, p + len(ans)))
+            # token t of the answer is predicted at the position before it (the prompt's last for t = 0)
+            preds.extend([p - 1, *range(start, start + len(ans) - 1)])
+            targets.extend(ans)
+            rows.extend([b] * len(ans))
+            owner.extend([flat + j] * len(ans))
+        flat += len(chosen)
+        n_cands.append(len(chosen))
+        seqs.append(ids)
+        segs.append(seg)
+        poss.append(pos)
+    width = max(len(s) for s in seqs)
+    n = len(seqs)
+    input_ids = torch.full((n, width), int(pad_token_id), dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    for b, (s, g, q) in enumerate(zip(seqs, segs, poss, strict=True)):
+        input_ids[b, : len(s)] = torch.tensor(s)
+        position_ids[b, : len(s)] = torch.tensor(q)
+        segment[b, : len(s)] = torch.tensor(g)
+    mask = None
+    if answers is None:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        key = segment[:, None, :]
+        same = (segment[:, :, None] == key) | (key == 0)
+        mask = causal & same & (key >= 0)
+        mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
+        mask = mask[:, None].to(device)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    return PackedBatch(
+        input_ids=input_ids.to(device), position_ids=position_ids.to(device), mask=mask,
+        rows=as_long(rows), predictors=as_long(preds), targets=as_long(targets), owner=as_long(owner),
+        n_candidates=n_cands,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# The decoder, driven layer by layer
+# --------------------------------------------------------------------------- #
+
+
+class Decoder:
+    """Handles to the parts of a Llama-style causal LM (bare or wrapped by PEFT).
+
+    Parameters
+    ----------
+    model : transformers causal LM or peft.PeftModel
+    """
+
+    def __init__(self, model: Any) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        core = getattr(base, "model", None)
+        names = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if core is None or not all(hasattr(core, n) for n in names) or not hasattr(base, "lm_head"):
+            kind = getattr(getattr(base, "config", None), "model_type", type(base).__name__)
+            raise ConfigError(
+                f"adapt drives a Llama-style decoder (model.embed_tokens, layers, norm, rotary_emb and "
+                f"lm_head: Llama, SmolLM, Mistral, Qwen2); the model {kind!r} does not have that layout."
+            )
+        self.model = model
+        self.embed = core.embed_tokens
+        self.layers = core.layers
+        self.norm = core.norm
+        self.rotary = core.rotary_emb
+        self.head = base.lm_head
+        self.n_layers = len(core.layers)
+        self.eager = getattr(base.config, "_attn_implementation", "sdpa") == "eager"
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def _mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if mask is None or not self.eager:
+            return mask  # sdpa: a boolean mask, or None for plain causal attention
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+    def run(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+            start: int, stop: int) -> torch.Tensor:
+        """Hidden states after decoder layers ``[start, stop)``; ``mask`` None is causal attention."""
+        if start >= stop:
+            return hidden
+        position_embeddings = self.rotary(hidden, position_ids=position_ids)
+        attn = self._mask(mask, torch.float32)
+        if mask is None and self.eager:  # eager attention needs the causal mask spelt out
+            t = hidden.shape[1]
+            causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()[None, None]
+            attn = self._mask(causal.expand(hidden.shape[0], 1, t, t), torch.float32)
+        for layer in self.layers[start:stop]:
+            out = layer(hidden, attention_mask=attn, position_ids=position_ids,
+                        position_embeddings=position_embeddings)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def logprobs(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """log p(target | prefix) of every answer token: float32 tensor of shape (N,)."""
+        picked = self.norm(hidden[batch.rows, batch.predictors])
+        logits = self.head(picked).float()
+        return torch.log_softmax(logits, dim=-1).gather(-1, batch.targets[:, None]).squeeze(-1)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_decoder(model: Any, tokenizer: Any, item: Encoded, *, atol: float = 1e-3) -> float:
+    """Largest gap between the layer-by-layer packed path and the model's own forward, in fp32.
+
+    Scores every candidate of ``item`` both ways; raises :class:`ConfigError` when
+    they differ by more than ``atol`` (a decoder whose layers need more than what
+    :class:`Decoder` passes them).
+    """
+    dec = Decoder(model)
+    device = dec.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            batch = packed_batch([item], pad_token_id=_pad_id(tokenizer), device=device)
+            hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, dec.n_layers)
+            packed = dec.logprobs(hidden, batch)
+            ref = []
+            for ans in item.answers:
+                ids = torch.tensor([list(item.prompt) + list(ans)], device=device)
+                logits = model(input_ids=ids).logits[0].float()
+                lp = torch.log_softmax(logits[len(item.prompt) - 1 : -1], dim=-1)
+                ref.append(lp.gather(-1, torch.tensor(ans, device=device)[:, None]).squeeze(-1))
+            gap = float((packed - torch.cat(ref)).abs().max())
+    finally:
+        model.train(was_training)
+    if not math.isfinite(gap) or gap > atol:
+        kind = getattr(getattr(dec.model, "config", None), "model_type", "?")
+        raise ConfigError(
+            f"adapt's layer-by-layer path disagrees with the model's own forward by {gap:.3g} "
+            f"(model type {kind!r}); this architecture is not supported by adapt."
+        )
+    return gap
+
+
+# --------------------------------------------------------------------------- #
+# The frozen prefix
+# --------------------------------------------------------------------------- #
+
+
+class PrefixCache:
+    """Hidden states after the first ``split`` decoder layers, one packed sequence per key.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+        The base model (no adapters in layers below ``split``).
+    split : int
+        Number of frozen bottom layers, in ``[0, n_layers]``; 0 stores embeddings.
+    dtype : {"bf16", "fp32"}, default="bf16"
+        Compute dtype (autocast) and storage dtype of the states.
+    batch_size : int, default=16
+    pad_token_id : int, default=0
+
+    Attributes
+    ----------
+    states_ : dict of key -> tensor of shape (T_i, h)
+    seconds_ : float
+        Time spent computing, all calls together.
+    """
+
+    def __init__(self, model: Any, split: int, *, dtype: str = "bf16", batch_size: int = 16,
+                 pad_token_id: int = 0) -> None:
+        self.model = model
+        self.split = split
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self.states_: dict[str, torch.Tensor] = {}
+        self.encoded_: dict[str, Encoded] = {}
+        self.seconds_ = 0.0
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Keys (first occurrence order) whose states are not computed yet."""
+        return [k for k in dict.fromkeys(keys) if k not in self.states_]
+
+    def add_many(self, keys: Sequence[str], encoded: Sequence[Encoded], *,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Compute the states of every key not cached yet; returns how many were computed.
+
+        ``progress`` is called with the number of sequences done after each batch.
+        """
+        dec = Decoder(self.model)
+        check_int("PrefixCache", "split", self.split, low=0)
+        if self.split > dec.n_layers:
+            raise ConfigError(f"The 'split' parameter of PrefixCache must be at most {dec.n_layers} (the model's "
+                              f"layers). Got {self.split}.")
+        todo: dict[str, Encoded] = {}
+        for k, e in zip(keys, encoded, strict=True):
+            if k not in self.states_:
+                todo.setdefault(k, e)
+        order = sorted(todo, key=lambda k: -todo[k].length)  # similar lengths share a batch
+        store = torch.bfloat16 if self.dtype == "bf16" else torch.float32
+        t0 = time.perf_counter()
+        done = 0
+        with torch.inference_mode(), _autocast(dec.device, self.dtype):
+            for s in range(0, len(order), self.batch_size):
+                chunk = order[s : s + self.batch_size]
+                batch = packed_batch([todo[k] for k in chunk], pad_token_id=self.pad_token_id, device=dec.device)
+                hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, self.split)
+                for r, k in enumerate(chunk):
+                    self.states_[k] = hidden[r, : todo[k].length].to(store).clone()
+                    self.encoded_[k] = todo[k]
+                done += len(chunk)
+                if progress is not None:
+                    progress(done)
+        self.seconds_ += time.perf_counter() - t0
+        return len(order)
+
+    def gold_batch(self, keys: Sequence[str], answers: Sequence[int], device: torch.device
+                   ) -> tuple[torch.Tensor, PackedBatch]:
+        """States of prompt + the given answer of each key (the training sequences), right-padded."""
+        items = [self.encoded_[k] for k in keys]
+        batch = packed_batch(items, pad_token_id=self.pad_token_id, answers=answers, device=device)
+        parts = []
+        for k, e, a in zip(keys, items, answers, strict=True):
+            p = len(e.prompt)
+            start = p + sum(len(x) for x in e.answers[:a])
+            h = self.states_[k]
+            parts.append(torch.cat([h[:p], h[start : start + len(e.answers[a])]]))
+        return _pad(parts, batch.input_ids.shape[1], device), batch
+
+    def packed_batch(self, keys: Sequence[str], device: torch.device) -> tuple[torch.Tensor, PackedBatch]:
+        """States of the packed sequences (prompt + every answer) of each key, right-padded."""
+        batch = packed_batch([self.encoded_[k] for k in keys], pad_token_id=self.pad_token_id, device=device)
+        return _pad([self.states_[k] for k in keys], batch.input_ids.shape[1], device), batch
+
+
+def _pad(parts: Sequence[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
+    out = torch.zeros((len(parts), width, parts[0].shape[-1]), dtype=torch.float32, device=device)
+    for r, h in enumerate(parts):
+        out[r, : h.shape[0]] = h.float()
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Training and scoring on the top layers
+# --------------------------------------------------------------------------- #
+
+
+def train_lora(
+    model: Any,
+    cache: PrefixCache,
+    keys: Sequence[str],
+    answers: Sequence[int],
+    *,
+    epochs: float = 3,
+    lr: float = 1e-3,
+    lora_r: int = 8,
+    lora_alpha: float = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    dtype: str = "bf16",
+    max_grad_norm: float | None = 1.0,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Any, list[float]]:
+    """LoRA on the layers above ``cache.split``, trained from the cached prefix states.
+
+    ``epochs`` passes over the set, each in a fresh seeded permutation cut into
+    batches of ``batch_size`` (the last one may be smaller); AdamW whose learning
+    rate decays linearly from ``lr`` to 0 over the ``ceil(epochs * n / batch_size)``
+    steps; loss: mean negative log-likelihood of the gold answer tokens of the
+    batch. Adapters (rank ``lora_r``, scale ``lora_alpha / lora_r``, no dropout)
+    go into every linear layer of :data:`LORA_TARGETS` of the top layers. The
+    adapter initialisation and the permutations are drawn from ``seed`` in a
+    forked torch RNG: same seed, same adapters, bit for bit.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+        Wrapped in place by ``peft.get_peft_model``: pass a fresh copy per set.
+    cache : PrefixCache
+        Holds every key of ``keys``.
+    keys : sequence of str
+    answers : sequence of int
+        Gold candidate index of each key.
+    epochs : float, default=3
+        A fractional value trains ``ceil(epochs * n / batch_size)`` steps.
+    on_step : callable (step, loss) -> None, optional
+        Called after each optimiser step (steps counted from 1).
+
+    Returns
+    -------
+    peft_model : peft.PeftModel, in eval mode
+    history : list of float
+        The loss of every step.
+    """
+    owner = "train_lora"
+    epochs = check_float(owner, "epochs", epochs, low=0, low_open=True, high_open=True)
+    lr = check_float(owner, "lr", lr, low=0, low_open=True, high_open=True)
+    lora_r = check_int(owner, "lora_r", lora_r, low=1)
+    batch_size = check_int(owner, "batch_size", batch_size, low=1)
+    dtype = check_choice(owner, "dtype", dtype, ("bf16", "fp32"))
+    keys = list(keys)
+    answers = [int(a) for a in answers]
+    if not keys:
+        raise ConfigError(f"{owner} got 0 examples: there is nothing to fine-tune on.")
+
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    dec = Decoder(model)
+    device = dec.device
+    split = cache.split
+    present = {name.rsplit(".", 1)[-1] for name, _ in dec.layers[split:].named_modules()} if split < dec.n_layers \
+        else set()
+    targets = [t for t in LORA_TARGETS if t in present]
+    if not targets:
+        raise ConfigError(f"{owner}: no layer above the frozen prefix (split {split} of {dec.n_layers}) has "
+                          f"one of {list(LORA_TARGETS)}; adapt needs at least one adapted layer.")
+    n = len(keys)
+    b = min(batch_size, n)
+    steps = max(1, math.ceil(epochs * n / b))
+    fork = [device.index or 0] if device.type == "cuda" else []
+    history: list[float] = []
+    with torch.random.fork_rng(devices=fork):
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets,
+            layers_to_transform=list(range(split, dec.n_layers)), layers_pattern="layers",
+            bias="none", task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
+        top = Decoder(peft_model)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / steps))
+        generator = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        peft_model.train()
+        bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False)
+        try:
+            for _ in range(steps):
+                if len(order) < b:  # a new epoch: a fresh permutation (what is left of the last one goes first)
+                    order += torch.randperm(n, generator=generator).tolist()
+                idx, order = order[:b], order[b:]
+                hidden, batch = cache.gold_batch([keys[i] for i in idx], [answers[i] for i in idx], device)
+                with _autocast(device, dtype):
+                    out = top.run(hidden, batch.position_ids, None, split, top.n_layers)
+                    loss = -top.logprobs(out, batch).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                history.append(float(loss.item()))
+                bar.set_postfix(loss=f"{history[-1]:.3f}")
+                bar.update(1)
+                if on_step is not None:
+                    on_step(len(history), history[-1])
+        finally:
+            bar.close()
+    peft_model.eval()
+    return peft_model, history
+
+
+def score_packed(
+    model: Any,
+    cache: PrefixCache,
+    keys: Sequence[str],
+    *,
+    batch_size: int = 32,
+    normalize: str = "mean",
+    dtype: str = "bf16",
+    progress: bool = True,
+    desc: str = "score",
+) -> list[np.ndarray]:
+    """Log-likelihood of every candidate of every key, from the cached prefix states.
+
+    Parameters
+    ----------
+    model : transformers causal LM or peft model
+        Its layers below ``cache.split`` must be the ones the cache was built with.
+    normalize : {"mean", "sum"}, default="mean"
+        Mean (length-normalised) or total log-probability of the answer tokens.
+
+    Returns
+    -------
+    list of ndarray of shape (K_i,), float64
+    """
+    owner = "score_packed"
+    normalize = check_choice(owner, "normalize", normalize, ("mean", "sum"))
+    batch_size = check_int(owner, "batch_size", batch_size, low=1)
+    from tqdm.auto import tqdm
+
+    dec = Decoder(model)
+    device = dec.device
+    keys = list(keys)
+    order = sorted(range(len(keys)), key=lambda i: -cache.encoded_[keys[i]].length)
+    out: list[np.ndarray | None] = [None] * len(keys)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(keys), desc=desc, unit="ex", disable=not progress, file=sys.stderr, leave=False)
+    try:
+        with torch.inference_mode(), _autocast(device, dtype):
+            for s in range(0, len(order), batch_size):
+                chunk = order[s : s + batch_size]
+                hidden, batch = cache.packed_batch([keys[i] for i in chunk], device)
+                hidden = dec.run(hidden, batch.position_ids, batch.mask, cache.split, dec.n_layers)
+                lp = dec.logprobs(hidden, batch).double()
+                n_flat = sum(batch.n_candidates)
+                total = torch.zeros(n_flat, dtype=torch.float64, device=device).index_add_(0, batch.owner, lp)
+                if normalize == "mean":
+                    count = torch.zeros(n_flat, dtype=torch.float64, device=device).index_add_(
+                        0, batch.owner, torch.ones_like(lp))
+                    total = total / count
+                values = total.cpu().numpy()
+                pos = 0
+                for i, k in zip(chunk, batch.n_candidates, strict=True):
+                    out[i] = values[pos : pos + k].copy()
+                    pos += k
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def quiet_hf():
+    """Silence the libraries while models load and adapters are built: no nested bars, no deprecation noise.
+
+    Turns off transformers' "Loading weights" bars and its info logging, and
+    ignores FutureWarning / DeprecationWarning raised from transformers, peft
+    and accelerate (e.g. peft calling ``is_gradient_checkpointing``), for the
+    duration of the block only; budgetsft's own bars and warnings are untouched.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                for module in ("transformers", "peft", "accelerate"):
+                    warnings.filterwarnings("ignore", category=category, module=rf"{module}(\.|$)")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
