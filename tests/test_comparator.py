@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -174,3 +175,23 @@ def test_auto_certifies_a_closed_bracket_and_labels_an_open_one(cache, solves, m
     with pytest.warns(comp.SlowComparatorWarning, match="labelled 'approx'"):
         big = comp.solve(noisy, S=10.0, method="auto", cache=False)
     assert big.method == "approx" and big.lower <= exact.loss + 1e-6 <= big.loss + 2e-6
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal (what tqdm writes to under a real TTY)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_lp_shows_elapsed_time_on_a_terminal_only():
+    import time
+
+    term = _Terminal()
+    with comp._Elapsed("comparator LP (HiGHS)", enabled=True, delay=0.1, file=term):
+        time.sleep(1.5)
+    assert "comparator LP (HiGHS): 00:01 elapsed" in term.getvalue()
+    quiet = io.StringIO()  # not a terminal: nothing is drawn
+    with comp._Elapsed("comparator LP (HiGHS)", enabled=True, delay=0.1, file=quiet):
+        time.sleep(0.5)
+    assert quiet.getvalue() == ""

@@ -785,7 +785,7 @@ def _plot_names(runs: list) -> tuple[list[str], str | None]:
     """Legend names (gate and β, plus learner or seed where the runs differ in them) and a title naming the setting."""
     folders = [path.parent.name if path.stem == "records" else path.stem for path, *_ in runs]
     summaries = [summary or {} for _, _, summary, _ in runs]
-    differ = {key: len({s.get(key) for s in summaries}) > 1 for key in ("learner", "seed")}
+    differ = {key: len({s.get(key) for s in summaries if "gate" in s}) > 1 for key in ("learner", "seed")}
     names = []
     for folder, s in zip(folders, summaries, strict=True):
         if "gate" not in s:
@@ -865,33 +865,62 @@ def demo(
 
 @app.command()
 def adapt(
-    data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`).")] = "logiqa",
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: adapters, labelled sets, report.")] = Path(
+    data: Annotated[str, typer.Option(help="Data set (see `budgetsft data list`); with --labels, where the test "
+                                           "split comes from.")] = "bbc-news",
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: report.md/.json, accuracy.png, and per "
+                                                        "seed adapters, labelled sets, predictions.")] = Path(
         "runs/adapt"),
-    gate: Annotated[str, typer.Option(help="Gate that buys the labels.")] = "llf",
+    gate: Annotated[str, typer.Option(help="Gate whose labels are compared with the baselines.")] = "llf",
+    baselines: Annotated[str, typer.Option(help="Gates that spend the same budget, comma-separated.")] = (
+        "random,first,margin"),
     beta: Annotated[float, typer.Option(help="Label budget as a fraction of the train split.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of split, gates and training.")] = 0,
-    features: Annotated[str, typer.Option(help="Features the gate's scoring head uses.")] = "causal",
+    seeds: Annotated[str, typer.Option(help="Seeds (split, gates, LoRA), comma-separated: one run each.")] = "0",
+    features: Annotated[str, typer.Option(help="Features of the gates' scoring head: auto (what `budgetsft run` "
+                                               "uses: block on a fixed label set, else encoder), block, encoder, "
+                                               "causal.")] = "auto",
     model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal): "
                                             "smollm2-135m-instruct (packaged), a local directory or a Hugging Face "
                                             "id org/name.")] = "smollm2-135m-instruct",
-    mode: Annotated[str, typer.Option(help="stream (one pass) or pool (batched LLF selection).")] = "stream",
+    mode: Annotated[str, typer.Option(help="stream (one pass, as `budgetsft run`) or pool (batched LLF "
+                                           "selection).")] = "stream",
+    labels: Annotated[Path | None, typer.Option(help="Fine-tune on this already-bought set instead of selecting: "
+                                                     "a `budgetsft session export` JSONL or a session ledger "
+                                                     "(.db).")] = None,
+    no_all: Annotated[bool, typer.Option("--no-all", help="Skip the all-labels set (the longest to train).")] = False,
     max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set (CPU budgets).")] = None,
-    max_test: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of the test split.")] = None,
-    max_steps: Annotated[int, typer.Option(help="LoRA optimiser steps per labelled set.")] = 60,
-    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 2e-4,
+    max_test: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many test items.")] = None,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Tokens of the text kept in the prompt (the first ones on a "
+                                                        "fixed label set).")] = 64,
+    lora_layers: Annotated[int, typer.Option(help="Top decoder layers that get LoRA adapters (the others are "
+                                                  "computed once per example).")] = 6,
+    epochs: Annotated[float, typer.Option(help="Passes over each labelled set.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak LoRA learning rate (linear decay to 0).")] = 2e-3,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     batch_size: Annotated[int, typer.Option(help="LoRA batch size.")] = 8,
+    eval_batch_size: Annotated[int, typer.Option(help="Examples per scoring batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads of torch (default: torch's).")] = None,
+    estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
 ) -> None:
-    """Buy labels with a gate, fine-tune LoRA adapters on them, compare with random, first-B and all labels."""
+    """Buy labels with a gate and baselines (or read them), fine-tune LoRA on each set, compare with noise bars."""
     from budgetsft.adapt.pipeline import run_adapt
 
-    report = run_adapt(data, out_dir, gate=gate, beta=beta, seed=seed, features=features, model=model, mode=mode,
-                       max_examples=max_examples, max_test=max_test, max_steps=max_steps, lr=lr, lora_r=lora_r,
-                       batch_size=batch_size, device=device)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    report = run_adapt(data, out_dir, gate=gate, baselines=[b for b in baselines.split(",") if b.strip()],
+                       beta=beta, seeds=_ints(seeds, "seeds"), features=features, model=model, mode=mode,
+                       labels_file=labels, include_all=not no_all, max_examples=max_examples, max_test=max_test,
+                       max_prompt_tokens=max_prompt_tokens, lora_layers=lora_layers, epochs=epochs, lr=lr,
+                       lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
+                       estimate_only=estimate_only)
+    if estimate_only:
+        out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")
+        return
     out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
-    out.print(f"wrote {out_dir}/report.md, report.json, adapters/, labels/ ({len(report['rows'])} rows)")
+    out.print(f"wrote {out_dir}/report.md, report.json, accuracy.png, seed-*/ ({len(report['methods'])} methods, "
+              f"{len(report['seeds'])} seed(s))")
 
 
 @app.command()

@@ -53,7 +53,7 @@ import numpy as np
 from scipy import sparse
 
 from budgetsft.base import Round
-from budgetsft.exceptions import ConfigError
+from budgetsft.exceptions import BudgetsftWarning, ConfigError
 
 __all__ = ["Comparator", "SlowComparatorWarning", "METHODS", "solve", "content_key", "pair_matrix", "hinge_per_round",
            "IPM_NNZ", "SLOW_EXACT_NNZ", "CERTIFIED_RTOL"]
@@ -72,7 +72,7 @@ _MEMO: OrderedDict[str, Comparator] = OrderedDict()
 _MEMO_SIZE = 8
 
 
-class SlowComparatorWarning(UserWarning):
+class SlowComparatorWarning(BudgetsftWarning):
     """The exact comparator LP is large enough to take minutes."""
 
 
@@ -313,8 +313,9 @@ def _smoothed(v: np.ndarray, starts: np.ndarray, mu: float) -> tuple[float, np.n
 class _Elapsed:
     """A stderr bar that shows elapsed time while a call that reports no progress runs (after 2 s)."""
 
-    def __init__(self, what: str, *, enabled: bool, delay: float = 2.0) -> None:
-        self.what, self.enabled, self.delay = what, enabled and sys.stderr.isatty(), delay
+    def __init__(self, what: str, *, enabled: bool, delay: float = 2.0, file=None) -> None:
+        self.file = file if file is not None else sys.stderr
+        self.what, self.enabled, self.delay = what, enabled and self.file.isatty(), delay
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -323,7 +324,7 @@ class _Elapsed:
             return
         from tqdm.auto import tqdm
 
-        with tqdm(desc=self.what, total=None, file=sys.stderr, bar_format="{desc}: {elapsed} elapsed",
+        with tqdm(desc=self.what, total=None, file=self.file, bar_format="{desc}: {elapsed} elapsed",
                   leave=False) as bar:
             while not self._stop.wait(1.0):
                 bar.refresh()

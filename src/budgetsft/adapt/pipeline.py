@@ -253,6 +253,18 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
+def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clock, scores, timing, seed) -> None:
+    """Score the test keys with ``model``, store the scores and the time."""
+    from budgetsft.adapt.engine import score_packed
+
+    t = time.perf_counter()
+    scores[name] = score_packed(model, cache, keys, batch_size=batch_size, dtype=dtype, progress=progress,
+                                desc=f"seed {seed} score {name}")
+    dt = time.perf_counter() - t
+    clock.done("score", len(keys), dt)
+    timing.setdefault(name, {})["score_seconds"] = dt
+
+
 def run_adapt(
     data: str,
     out_dir: str | Path,
@@ -429,16 +441,9 @@ def run_adapt(
         scores: dict[str, list[np.ndarray]] = {}
         timing: dict[str, dict[str, float | None]] = {}
 
-        def evaluate(m, name: str) -> None:
-            t = time.perf_counter()
-            s = score_packed(m, cache, test_keys, batch_size=eval_batch_size, dtype=dtype, progress=progress,  # noqa: B023
-                             desc=f"seed {seed} score {name}")
-            dt = time.perf_counter() - t
-            clock.done("score", len(test_keys), dt)  # noqa: B023
-            scores[name] = s  # noqa: B023
-            timing.setdefault(name, {})["score_seconds"] = dt  # noqa: B023
-
-        evaluate(base, "zero-shot")
+        score_kw = {"cache": cache, "keys": test_keys, "batch_size": eval_batch_size, "dtype": dtype,
+                    "progress": progress, "clock": clock, "scores": scores, "timing": timing, "seed": seed}
+        _evaluate(base, "zero-shot", **score_kw)
         timing["zero-shot"]["train_seconds"] = None
         acc0 = float(np.mean([np.argmax(s) == g for s, g in zip(scores["zero-shot"], gold, strict=True)]))
         say(f"seed {seed} zero-shot: accuracy {acc0:.4f} on {len(test_keys)} test items "
@@ -461,7 +466,7 @@ def run_adapt(
             b = min(batch_size, len(examples))
             clock.done("train", math.ceil(epochs * len(examples) / b) * b, dt)
             timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
-            evaluate(peft_model, name)
+            _evaluate(peft_model, name, **score_kw)
             with quiet_hf():
                 save_adapters(peft_model, where / "adapters" / name)
             acc = float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))

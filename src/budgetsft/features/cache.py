@@ -285,7 +285,7 @@ def featurize(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool = True,
-    chunk_size: int = 256,
+    chunk_size: int = 64,
 ) -> FeatureResult:
     """Features of every example, computing only what the disk cache lacks.
 
@@ -300,9 +300,12 @@ def featurize(
         False computes everything and touches no file.
     progress : bool, default=True
         One tqdm bar (stderr) over the examples that are computed.
-    chunk_size : int, default=256
+    chunk_size : int, default=64
         Examples per call to ``featurizer.transform_many``; each chunk is written
-        to the cache as soon as it is computed, so an interrupted run keeps its work.
+        to the cache as soon as it is computed, so an interrupted run keeps its work,
+        and the bar moves once per chunk (a few of the featuriser's batches: small
+        enough that the bar of a 200-example run moves, large enough that
+        length-sorted batches stay tight).
 
     Returns
     -------

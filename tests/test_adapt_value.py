@@ -1,0 +1,360 @@
+"""What the labels bought are worth downstream (issue 12): the fast adaptation path, the report, --labels.
+
+Every causal LM here is a tiny random-weight Llama (hidden size 32) saved with
+the packaged SmolLM2 tokenizer; the gates' features are the real ``block``
+features of the packaged all-MiniLM-L6-v2 (what ``budgetsft run`` uses on a
+fixed label set). Nothing reaches for a model hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from budgetsft.adapt.engine import (  # noqa: E402
+    PrefixCache,
+    check_decoder,
+    encode,
+    packed_batch,
+    score_packed,
+    train_lora,
+)
+from budgetsft.adapt.lora import load_adapted, save_adapters  # noqa: E402
+from budgetsft.adapt.pipeline import read_labels  # noqa: E402
+from budgetsft.adapt.report import seed_report  # noqa: E402
+from budgetsft.adapt.stats import PairedBootstrap  # noqa: E402
+from budgetsft.data import Example, write_jsonl  # noqa: E402
+from budgetsft.exceptions import DataError  # noqa: E402
+from budgetsft.features.models import load_causal_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("business", "sports", "science")
+WORDS = {
+    "business": ["shares", "bank", "market", "profit", "merger", "loss", "retailer", "oil"],
+    "sports": ["striker", "team", "final", "coach", "match", "title", "club", "sprint"],
+    "science": ["telescope", "vaccine", "cells", "element", "probe", "fossil", "genome", "quantum"],
+}
+EXAMPLES = [
+    Example(f"{label}-{i}-{j}", f"The {words[i]} story of day {j}.", LABELS, answer=LABELS.index(label))
+    for j in range(2) for label, words in WORDS.items() for i in range(8)
+]  # 48 examples: 38 train, 10 test
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: the CPUs are shared, and OpenMP barriers make tiny models crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_causal_tokenizer()
+
+
+def _llama(vocab_size: int, layers: int = 3, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=512,
+                         initializer_range=0.2, tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tok) -> Path:
+    """A folder with ``llama/`` (tiny model + SmolLM2 tokenizer) and ``topics.jsonl``."""
+    root = tmp_path_factory.mktemp("work")
+    model = _llama(len(tok))
+    model.save_pretrained(root / "llama")
+    tok.save_pretrained(root / "llama")
+    write_jsonl(EXAMPLES, root / "topics.jsonl")
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(work, tmp_path_factory) -> dict:
+    """Environment of the CLI runs: a shared feature cache, and the working folder as current directory."""
+    return {**os.environ, "BUDGETSFT_CACHE": str(tmp_path_factory.mktemp("cache")), "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "default"}
+
+
+def _cli(args, env, cwd) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "budgetsft", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+# --------------------------------------------------------------------------- the packed, prefix-cached path
+
+
+def _naive_scores(model, items) -> list[list[float]]:
+    """Mean log-prob of each answer, one separate prompt + answer sequence at a time."""
+    out = []
+    with torch.no_grad():
+        for e in items:
+            row = []
+            for a in e.answers:
+                logits = model(input_ids=torch.tensor([list(e.prompt) + list(a)])).logits[0].float()
+                lp = torch.log_softmax(logits[len(e.prompt) - 1 : -1], dim=-1)
+                row.append(float(lp.gather(-1, torch.tensor(a)[:, None]).mean()))
+            out.append(row)
+    return out
+
+
+def test_encode_keeps_the_head_of_the_text_and_the_instruction(tok):
+    ex = Example("x", "Title line\n\n" + " ".join(["word"] * 200), LABELS, answer=0)
+    enc = encode(ex, tok, max_prompt_tokens=8, labels=LABELS)
+    text = tok.decode(list(enc.prompt))
+    assert "Answer with one of: business, sports, science." in text
+    assert "Title line" in text and text.count("word") < 8
+    assert all(a[-1] == tok.eos_token_id for a in enc.answers)
+    # per-item candidates (no fixed label set): the end of the text is kept, no instruction
+    tail = encode(Example("y", " ".join(["word"] * 200) + " final question?", ("a", "b")), tok, max_prompt_tokens=8)
+    assert "final question?" in tok.decode(list(tail.prompt)) and "Classify" not in tok.decode(list(tail.prompt))
+
+
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_packed_prefix_scores_equal_separate_sequences(tok, split):
+    model = _llama(len(tok))
+    items = [encode(ex, tok, max_prompt_tokens=6, labels=LABELS) for ex in EXAMPLES[:7]]
+    keys = [ex.id for ex in EXAMPLES[:7]]
+    cache = PrefixCache(model, split, dtype="fp32", batch_size=3, pad_token_id=tok.pad_token_id)
+    cache.add_many(keys, items)
+    packed = score_packed(model, cache, keys, batch_size=2, dtype="fp32", progress=False)
+    np.testing.assert_allclose(np.array(packed), np.array(_naive_scores(model, items)), atol=1e-5)
+    assert check_decoder(model, tok, items[0]) < 1e-5
+    bf16 = PrefixCache(model, split, dtype="bf16", pad_token_id=tok.pad_token_id)
+    bf16.add_many(keys, items)
+    close = score_packed(model, bf16, keys, dtype="bf16", progress=False)
+    np.testing.assert_allclose(np.array(close), np.array(packed), atol=0.1)
+
+
+def test_packed_mask_isolates_candidates():
+    from budgetsft.adapt.engine import Encoded
+
+    batch = packed_batch([Encoded((5, 6), ((7, 8), (9,)))], pad_token_id=0)
+    m = batch.mask[0, 0]
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2]]  # answer 1 restarts after the prompt
+    assert m[4].tolist() == [True, True, False, False, True]  # answer 1 sees the prompt and itself only
+    assert m[3].tolist() == [True, True, True, True, False]
+    assert batch.predictors.tolist() == [1, 2, 1] and batch.targets.tolist() == [7, 8, 9]
+
+
+def test_top_layer_lora_learns_is_seeded_and_reloads_onto_the_full_model(tok, work, tmp_path, monkeypatch):
+    model = _llama(len(tok))
+    train, test = EXAMPLES[:24], EXAMPLES[24:]
+    items = {ex.id: encode(ex, tok, max_prompt_tokens=16, labels=LABELS) for ex in EXAMPLES}
+    cache = PrefixCache(model, 2, dtype="fp32", pad_token_id=tok.pad_token_id)
+    cache.add_many(list(items), list(items.values()))
+    keys, gold = [ex.id for ex in train], [ex.answer for ex in train]
+    kw = dict(epochs=8, lr=2e-2, batch_size=8, seed=3, dtype="fp32", progress=False)
+    a, history = train_lora(copy.deepcopy(model), cache, keys, gold, **kw)
+    b, again = train_lora(copy.deepcopy(model), cache, keys, gold, **kw)
+    assert len(history) == 24 and history == again  # 8 epochs of 3 steps, bit for bit
+    assert np.mean(history[-3:]) < 0.5 * np.mean(history[:3])
+    assert all("layers.2." in n for n, p in a.named_parameters() if p.requires_grad)  # only above the split
+    test_keys = [ex.id for ex in test]
+
+    def acc(m):
+        scores = score_packed(m, cache, test_keys, dtype="fp32", progress=False)
+        return np.mean([np.argmax(s) == ex.answer for s, ex in zip(scores, test, strict=True)])
+
+    assert acc(a) > acc(model) + 0.2
+    monkeypatch.chdir(work)
+    a.base_model.model.name_or_path = "./llama"  # as load_causal_lm names a model given as ./llama
+    a.peft_config["default"].base_model_name_or_path = "./llama"
+    out = save_adapters(a, tmp_path / "adapters")
+    reloaded, _ = load_adapted(out)
+    test_items = [items[k] for k in test_keys]
+    np.testing.assert_allclose(np.array(_naive_scores(reloaded, test_items)),
+                               np.array(score_packed(a, cache, test_keys, dtype="fp32", progress=False)), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the report's arithmetic
+
+
+def test_bootstrap_intervals_on_a_hand_computed_case():
+    # 2 seeds x 4 test items; a is right on 3 + 2 items, b on 2 + 2.
+    a = [[1, 1, 1, 0], [1, 0, 1, 0]]
+    b = [[1, 0, 1, 0], [0, 0, 1, 1]]
+    R, seed = 500, 11
+    boot = PairedBootstrap([4, 4], n_resamples=R, seed=seed)
+    assert boot.mean(a) == (3 / 4 + 2 / 4) / 2 == 0.625
+    assert boot.paired(a, b)["mean"] == pytest.approx(((3 - 2) / 4 + (2 - 2) / 4) / 2) == 0.125
+
+    # an independent re-implementation of the documented procedure, loop by loop
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, 4, size=(R, 4)) for _ in range(2)]
+    acc_a, diff = [], []
+    for r in range(R):
+        per_a, per_d = [], []
+        for s in range(2):
+            picked = draws[s][r]
+            per_a.append(sum(a[s][i] for i in picked) / 4)
+            per_d.append(sum(a[s][i] - b[s][i] for i in picked) / 4)
+        acc_a.append(sum(per_a) / 2)
+        diff.append(sum(per_d) / 2)
+    assert boot.interval(a) == pytest.approx(list(np.percentile(acc_a, [2.5, 97.5])), abs=1e-12)
+    p = boot.paired(a, b)
+    assert p["ci95"] == pytest.approx(list(np.percentile(diff, [2.5, 97.5])), abs=1e-12)
+    assert p["per_seed"] == [0.25, 0.0]
+    assert p["within_noise"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
+    # identical methods: a degenerate interval at 0, within noise
+    same = boot.paired(a, a)
+    assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["within_noise"]
+    # a method right everywhere: accuracy 1 with a degenerate interval; a clear winner is not noise
+    ones = [[1] * 4, [1] * 4]
+    zeros = [[0] * 4, [0] * 4]
+    assert boot.interval(ones) == [1.0, 1.0]
+    assert boot.paired(ones, zeros) == {"mean": 1.0, "ci95": [1.0, 1.0], "per_seed": [1.0, 1.0],
+                                        "within_noise": False}
+
+
+def test_seed_report_schema_and_determinism():
+    results = [{"seed": s, "test_size": 4, "labels": {"zero-shot": 0, "llf": 2, "random": 2, "all": 8},
+                "correct": {"zero-shot": [0, 0, 1, 0], "llf": [1, 1, 1, 0], "random": [1, 0, 1, 0],
+                            "all": [1, 1, 1, 1]}} for s in (0, 1)]
+    r1 = seed_report(results, gate="llf", baselines=["random", "first", "all"], n_resamples=200)
+    r2 = seed_report(results, gate="llf", baselines=["random", "first", "all"], n_resamples=200)
+    assert r1 == r2
+    assert set(r1["methods"]) == {"zero-shot", "llf", "random", "all"}
+    assert set(r1["paired"]) == {"llf-random", "llf-all"}  # no 'first' in the results
+    assert r1["methods"]["llf"]["accuracy"] == [0.75, 0.75] and r1["methods"]["llf"]["labels"] == [2, 2]
+    assert set(r1["paired"]["llf-random"]) == {"mean", "ci95", "per_seed", "within_noise"}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tmp_path):
+    out = tmp_path / "adapt"
+    proc = _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", out], env, work)
+    assert "estimate:" in proc.stderr and "Loading weights" not in proc.stderr
+    assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    names = ["zero-shot", "llf", "random", "first", "margin", "all"]
+    assert list(report["methods"]) == names
+    for m in report["methods"].values():
+        assert len(m["accuracy"]) == 2 and m["ci95"][0] <= m["mean"] <= m["ci95"][1]
+        assert m["mean"] == pytest.approx(np.mean(m["accuracy"]))
+    assert report["methods"]["llf"]["labels"] == [7, 7] and report["methods"]["all"]["labels"] == [38, 38]
+    assert set(report["paired"]) == {"llf-random", "llf-first", "llf-margin", "llf-all"}
+    for p in report["paired"].values():
+        assert set(p) == {"mean", "ci95", "per_seed", "within_noise"}
+    md = (out / "report.md").read_text()
+    assert "| paired difference |" in md and "accuracy.png" in md and (out / "accuracy.png").is_file()
+    assert "within noise" in md or "is better" in md
+    # every seed's adapters record the model as given, and reload from it
+    for seed in (0, 1):
+        for name in names[1:]:
+            cfg = json.loads((out / f"seed-{seed}" / "adapters" / name / "adapter_config.json").read_text())
+            assert cfg["base_model_name_or_path"] == "./llama"
+    # the labels are those `budgetsft run` buys with each gate at that seed
+    selection = json.loads((out / "seed-1" / "selection.json").read_text())
+    for gate in ("llf", "random", "margin"):
+        runs = tmp_path / f"run-{gate}"
+        _cli(["run", "--data", "topics.jsonl", "--gate", gate, "--beta", "0.2", "--seed", "1", "--no-comparator",
+              "--out", runs], env, work)
+        import pandas as pd
+
+        records = pd.read_csv(runs / "records.csv")
+        assert selection[gate] == [str(i) for i in records.loc[records["queried"].astype(bool), "id"]], gate
+    preds = json.loads((out / "seed-0" / "predictions.json").read_text())
+    assert len(preds["test_ids"]) == report["test_sizes"][0] == 10
+
+
+def test_adapt_on_a_session_export_and_on_its_ledger(work, env, tmp_path):
+    db, export = tmp_path / "s.db", tmp_path / "bought.jsonl"
+    _cli(["run", "--data", "topics.jsonl", "--beta", "0.2", "--seed", "0", "--session", db, "--no-comparator"],
+         env, work)
+    _cli(["session", "export", db, export], env, work)
+    bought = [json.loads(line) for line in export.read_text().splitlines()]
+    assert len(bought) == 7
+    reports = {}
+    for name, source in (("export", export), ("ledger", db)):
+        out = tmp_path / name
+        _cli(["adapt", "--data", "topics.jsonl", "--labels", source, "--model", "./llama", "--epochs", "1",
+              "--device", "cpu", "--out", out], env, work)
+        reports[name] = json.loads((out / "report.json").read_text())
+        assert list(reports[name]["methods"]) == ["zero-shot", "labels"]
+        assert reports[name]["methods"]["labels"]["labels"] == [7]
+        assert set(reports[name]["paired"]) == {"labels-zero-shot"}
+        ids = json.loads((out / "seed-0" / "selection.json").read_text())["labels"]
+        assert ids == [row["id"] for row in bought]  # trained as bought, not re-selected
+    assert reports["export"]["methods"] == reports["ledger"]["methods"]
+
+
+def test_labels_files_that_are_neither_or_foreign_are_refused(tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("these are not labels\n")
+    with pytest.raises(DataError, match="neither a session ledger .* nor a JSONL file"):
+        read_labels(junk)
+    sqlite = tmp_path / "other.db"
+    import sqlite3
+
+    with sqlite3.connect(sqlite) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+    with pytest.raises(DataError, match="not a budgetsft session ledger"):
+        read_labels(sqlite)
+    foreign = write_jsonl([Example("zz-1", "x", LABELS, answer=0)], tmp_path / "foreign.jsonl")
+    from budgetsft.adapt.pipeline import _check_against
+    from budgetsft.data import Dataset
+
+    ds = Dataset("topics", list(EXAMPLES[:30]), list(EXAMPLES[30:]), labels=LABELS)
+    with pytest.raises(DataError, match=r"1 of 1 id\(s\) are not in the data set 'topics', first \['zz-1'\]"):
+        _check_against(read_labels(foreign), ds, foreign)
+    with pytest.raises(DataError, match="no such file"):
+        read_labels(tmp_path / "missing.jsonl")
+
+
+# --------------------------------------------------------------------------- the featurisation bar
+
+
+def test_featurisation_is_chunked_so_that_its_bar_moves(tmp_path):
+    from budgetsft.features import featurize
+    from budgetsft.features.causal import CausalFeaturizer
+
+    tok = load_causal_tokenizer()
+    fz = CausalFeaturizer(model=_llama(len(tok), layers=1), tokenizer=tok, device="cpu", progress=False)
+    sizes = []
+    real = fz.transform_many
+    fz.transform_many = lambda chunk, **kw: (sizes.append(len(chunk)), real(chunk, **kw))[1]
+    many = [Example(f"m{i}", f"text number {i}", LABELS) for i in range(150)]
+    featurize(many, fz, cache_dir=tmp_path, progress=False)
+    assert len(sizes) >= 3 and sum(sizes) == 150 and max(sizes) <= 64
+
+
+# --------------------------------------------------------------------------- the GPU script, on a CPU
+
+
+def test_gpu_script_parses_and_runs_tiny_on_cpu(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_adapt.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = {**os.environ, "GPU_ADAPT_TINY": "1", "OUT": str(tmp_path), "GPU_ADAPT_NO_INSTALL": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tables = (tmp_path / "gpu_adapt.md").read_text()
+    for needle in ("featurisation", "LoRA epoch", "learners at d", "examples/s", "smollm2-135m"):
+        assert needle in tables, needle
