@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-integration bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration"
+
+# The Label Studio round trip against a live server (~1 min). label-studio gets a venv of its own: installing it
+# into .venv would change numpy and other pins there. `make test` runs the same file on committed fixtures.
+LS_VENV := .venv-labelstudio
+test-integration: $(STAMP)
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet 'label-studio>=1.23' label-studio-sdk
+	LABEL_STUDIO_PYTHON=$(LS_VENV)/bin/python $(PY) -m pytest -q -rs tests/test_labelstudio.py
 
 # budgetsft vs VW / river / modAL, regret scaling and throughput -> benchmarks/RESULTS.md + figures (~30 min)
 bench: $(STAMP)

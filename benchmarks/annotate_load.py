@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/annotate_load.py --quick --kill 4 # ... with 4 kill -9s of the server
 
 A synthetic session in window mode (many queries pending at once, cost units,
-annotators at 1.0 and 0.5 per label) is served by ``budgetsft.web.serve`` in a
+annotators at 1.0 and 0.5 per label) is served by ``budgetsft.sessions.web.serve`` in a
 subprocess, with its driver playing the game on as answers come in. Each
 annotator thread keeps one HTTP/1.1 connection and loops ``GET /api/next`` →
 ``POST /api/answer`` until M answers have been given in all; every tenth
@@ -43,9 +43,9 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
-from budgetsft.ledger import Ledger
-from budgetsft.oracles import WebOracle
-from budgetsft.session import Session
+from budgetsft.sessions.ledger import Ledger
+from budgetsft.sessions.oracles import WebOracle
+from budgetsft.sessions.session import Session
 
 COSTS = (1.0, 0.5)  # annotator i is charged COSTS[i % 2] per label
 
@@ -173,7 +173,7 @@ def make_session(folder: Path, n_annotators: int, n_answers: int) -> tuple[Path,
 
 
 def start_server(path: Path, port: int) -> subprocess.Popen:
-    code = "import sys; from budgetsft.web import serve; serve(sys.argv[1], port=int(sys.argv[2]))"
+    code = "import sys; from budgetsft.sessions.web import serve; serve(sys.argv[1], port=int(sys.argv[2]))"
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(port)])
     deadline = time.monotonic() + 60
     while True:

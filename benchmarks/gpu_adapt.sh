@@ -207,9 +207,9 @@ if part == "learners":
     from budgetsft.gates import LLFGate
     from budgetsft.learners import LogisticLearner, SketchLearner
     d = 64 if tiny else 4096
+    rank = 8 if tiny else 64
     for label, make, T in (("exact (logistic)", lambda: LogisticLearner(), 40 if tiny else 150),
-                           ("sketch (rank 64)", lambda: SketchLearner(rank=64 if not tiny else 8), 40 if tiny
-                            else 1500)):
+                           (f"sketch (rank {rank})", lambda: SketchLearner(rank=rank), 40 if tiny else 1500)):
         rounds = list(LinearSoftmaxEnv(d=d, K=5, rounds=T, seed=0))
         for threads in (1, None):
             with threadpool_limits(limits=threads, user_api="blas"):

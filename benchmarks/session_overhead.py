@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from budgetsft.experiment import run
-from budgetsft.oracles import DatasetOracle
-from budgetsft.session import Session
+from budgetsft.sessions.oracles import DatasetOracle
+from budgetsft.sessions.session import Session
 
 
 def _setting(d: int, rounds: int, beta: float, window: int) -> dict:

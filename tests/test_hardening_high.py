@@ -23,9 +23,9 @@ import pytest
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, FOLLOWERS, GATES, LEARNERS, build, merge
 from budgetsft.experiment import run
-from budgetsft.ledger import Ledger
-from budgetsft.oracles import DatasetOracle, FileOracle, make_oracle
-from budgetsft.session import CheckpointError, DataChangedError, Session, decode_state, encode_state
+from budgetsft.sessions.ledger import Ledger
+from budgetsft.sessions.oracles import DatasetOracle, FileOracle, make_oracle
+from budgetsft.sessions.session import CheckpointError, DataChangedError, Session, decode_state, encode_state
 
 N_EXAMPLES = 60
 FEATURES = {"name": "encoder", "device": "cpu"}
@@ -373,7 +373,7 @@ def test_api_answer_requires_json_and_its_own_origin(tmp_path):
 
     path = tmp_path / "s.db"
     tokens = make_session(path)
-    from budgetsft.web import COOKIE
+    from budgetsft.sessions.web import COOKIE
 
     with served(path, driver=False) as live:
         with client(live, tokens["alice"]) as alice:

@@ -22,9 +22,9 @@ from budgetsft.config import load_config
 from budgetsft.data import Example, load_jsonl, read_jsonl
 from budgetsft.exceptions import ConfigError, DataError
 from budgetsft.experiment import run
-from budgetsft.ledger import Ledger, LedgerError
-from budgetsft.oracles import DatasetOracle, WebOracle, import_answers
-from budgetsft.session import CheckpointError, Session, SessionBusyError
+from budgetsft.sessions.ledger import Ledger, LedgerError
+from budgetsft.sessions.oracles import DatasetOracle, WebOracle, import_answers
+from budgetsft.sessions.session import CheckpointError, Session, SessionBusyError
 
 SYN = {"env": {"name": "synthetic", "d": 5, "K": 3, "rounds": 200}, "test_rounds": 0, "seed": 1}
 
@@ -93,7 +93,7 @@ def test_web_odd_requests_get_clear_4xx(web_session):
     import httpx
     from test_web import client, ledger_state, served
 
-    from budgetsft.web import COOKIE
+    from budgetsft.sessions.web import COOKIE
 
     path, tokens = web_session
     with served(path, driver=False) as live:
@@ -347,7 +347,7 @@ _answer = st.fixed_dictionaries({}, optional={"query_id": _json | st.integers(),
 def fuzz_server(tmp_path_factory):
     from test_web import LiveServer, make_session
 
-    from budgetsft.web import create_app
+    from budgetsft.sessions.web import create_app
 
     path = tmp_path_factory.mktemp("fuzz") / "f.db"
     tokens = make_session(path)

@@ -16,9 +16,9 @@ import pytest
 
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
 from budgetsft.experiment import run
-from budgetsft.ledger import SCHEMA_VERSION, Ledger, LedgerError
-from budgetsft.oracles import DatasetOracle, FileOracle, TerminalOracle, WebOracle, import_answers
-from budgetsft.session import Session
+from budgetsft.sessions.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from budgetsft.sessions.oracles import DatasetOracle, FileOracle, TerminalOracle, WebOracle, import_answers
+from budgetsft.sessions.session import Session
 
 SYN = {"env": {"name": "synthetic", "d": 5, "K": 3, "rounds": 200}, "test_rounds": 0, "seed": 1}
 
@@ -165,7 +165,7 @@ def test_an_annotator_price_under_a_label_budget_is_recorded_not_charged(tmp_pat
 
 _ANSWER_THEN_DIE = """
 import os, signal, sys
-from budgetsft.ledger import Ledger
+from budgetsft.sessions.ledger import Ledger
 led = Ledger.open(sys.argv[1])
 for q in led.pending()[:5]:
     assert led.record_answer(q.id, 0, "ann", 1.0, n_candidates=3)

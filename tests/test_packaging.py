@@ -1,10 +1,20 @@
-"""The numpy core imports without torch; the CLI handles JSONL files with bad lines."""
+"""The numpy core imports without torch; the built wheel ships the package data; the CLI handles JSONL files
+with bad lines."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ("annotate.html", "login.html", "annotate.css", "annotate.js")
 
 
 def test_numpy_core_imports_without_torch():
@@ -40,3 +50,36 @@ def test_cli_reports_bad_jsonl_lines_and_skip_invalid_counts_them(tmp_path):
     info = json.loads(lenient.stdout.strip().splitlines()[-1])
     assert info["n_train"] + info["n_test"] == 12 and info["n_skipped"] == 2
     assert lenient.stderr.startswith(f"warning: {f}: skipped 2 invalid lines of 14 (skip_invalid): {f}:6: ")
+
+
+def test_wheel_and_sdist_ship_the_annotation_page_and_the_installed_wheel_serves_it(tmp_path):
+    pytest.importorskip("setuptools")
+    pytest.importorskip("starlette")
+    project = tmp_path / "project"  # a copy, so that the build writes nothing into the checkout
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    dist = tmp_path / "dist"
+    build = ("import sys\nfrom setuptools import build_meta as b\n"  # (build_meta rewrites sys.argv)
+             "out = sys.argv[1]\nb.build_wheel(out)\nb.build_sdist(out)\n")
+    proc = subprocess.run([sys.executable, "-c", build, str(dist)], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,), (sdist_file,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
+    static = ROOT / "src" / "budgetsft" / "sessions" / "static"
+    with zipfile.ZipFile(wheel) as whl:
+        for name in STATIC:
+            assert whl.read(f"budgetsft/sessions/static/{name}") == (static / name).read_bytes(), name
+        whl.extractall(tmp_path / "site")
+    with tarfile.open(sdist_file) as sdist:
+        members = {m.name.partition("/")[2] for m in sdist.getmembers()}
+    assert {f"src/budgetsft/sessions/static/{name}" for name in STATIC} <= members
+    # The wheel's own copy renders the page (importlib.resources, not the checkout's files).
+    render = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport budgetsft.sessions.web as web\n"
+              "assert web.__file__.startswith(sys.argv[1]), web.__file__\n"
+              "print(web._html(web._PAGE, file='s.db', name='alice', cost='1').body.decode())\n")
+    page = subprocess.run([sys.executable, "-c", render, str(tmp_path / "site")], capture_output=True, text=True,
+                          check=True).stdout
+    for name in ("annotate.css", "annotate.js"):
+        assert (static / name).read_text(encoding="utf-8") in page, name
+    assert "budgetsft annotate · s.db" in page

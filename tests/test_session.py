@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,9 +17,9 @@ import pytest
 
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
 from budgetsft.experiment import run
-from budgetsft.ledger import SCHEMA_VERSION, Ledger, LedgerError
-from budgetsft.oracles import DatasetOracle, FileOracle, import_answers
-from budgetsft.session import Session
+from budgetsft.sessions.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from budgetsft.sessions.oracles import DatasetOracle, FileOracle, import_answers
+from budgetsft.sessions.session import Session
 
 SMALL = {"env": {"name": "synthetic", "d": 8, "K": 4, "rounds": 600}, "test_rounds": 200, "seed": 5}
 
@@ -272,7 +273,7 @@ def test_ledger_refuses_newer_schema_and_foreign_files(tmp_path):
 
 
 def test_ledger_migrates_an_older_schema(tmp_path, monkeypatch):
-    import budgetsft.ledger as ledger_mod
+    import budgetsft.sessions.ledger as ledger_mod
 
     sess = Session.create(tmp_path / "s.db", _cfg({"name": "llf", "beta": 0.1}))
     sess.ledger.set_meta("schema_version", str(SCHEMA_VERSION - 1))
@@ -388,7 +389,7 @@ def test_terminal_oracle_through_a_real_pty(tmp_path):
 
 @pytest.mark.integration
 def test_real_data_session_resumes_to_the_run(tmp_path):
-    from budgetsft.ledger import record_to_json
+    from budgetsft.sessions.ledger import record_to_json
 
     cfg = {"data": {"name": "bbc-news", "max_examples": 300}, "features": {"name": "encoder"},
            "gate": {"name": "llf", "beta": 0.1}, "seed": 0, "regret_lp": False}
@@ -505,7 +506,7 @@ def test_a_player_killed_with_sigkill_shows_as_interrupted(tmp_path):
 def test_stale_lock_detection_by_pid_start_time_and_heartbeat(tmp_path):
     import socket
 
-    from budgetsft.session import STALE_S, _player_alive, _player_id
+    from budgetsft.sessions.session import STALE_S, _player_alive, _player_id
 
     lock = tmp_path / "s.db.lock"
     assert not _player_alive(lock)  # no lock file: no player
@@ -525,3 +526,20 @@ def test_stale_lock_detection_by_pid_start_time_and_heartbeat(tmp_path):
     old = time.time() - STALE_S - 5
     os.utime(lock, (old, old))
     assert not _player_alive(lock)
+
+
+def test_a_ledger_names_no_module_of_sessions_so_older_files_open(tmp_path):
+    # The session modules moved from the top level into budgetsft.sessions; a ledger written before the move
+    # still opens because it stores the module path of no class of theirs (checkpoints name core classes only).
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg({"name": "llf", "beta": 0.1, "window": 10}), checkpoint_every=50)
+    assert sess.play(DatasetOracle(), stop_at=300).status == "stopped"
+    sess.close()
+    con = sqlite3.connect(path)
+    stored = b""
+    for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        for row in con.execute(f'SELECT * FROM "{table}"'):
+            stored += b"\0".join(v if isinstance(v, bytes) else str(v).encode() for v in row) + b"\n"
+    con.close()
+    assert b"budgetsft.gates.llf:LLFGate" in stored  # class paths are visible in the bytes searched
+    assert re.findall(rb"budgetsft\.(?:sessions?|ledger|oracles|web)\b[\w.:]*", stored) == []

@@ -20,7 +20,7 @@ from budgetsft.gates import LLFGate
 from budgetsft.learners import AROWLearner, LogisticLearner, RidgeLearner, SketchLearner
 from budgetsft.learners import sketch as sketch_module
 from budgetsft.regret import to_frame
-from budgetsft.session import decode_state, encode_state
+from budgetsft.sessions.session import decode_state, encode_state
 
 
 def _feed(learners, n: int, d: int, K: int = 5, seed: int = 0):

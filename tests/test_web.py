@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,10 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 from budgetsft.exceptions import ConfigError  # noqa: E402
-from budgetsft.ledger import Ledger, LedgerError  # noqa: E402
-from budgetsft.oracles import WebOracle  # noqa: E402
-from budgetsft.session import Session  # noqa: E402
-from budgetsft.web import COOKIE, create_app  # noqa: E402
+from budgetsft.sessions.ledger import Ledger, LedgerError  # noqa: E402
+from budgetsft.sessions.oracles import WebOracle  # noqa: E402
+from budgetsft.sessions.session import Session  # noqa: E402
+from budgetsft.sessions.web import COOKIE, create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -400,3 +402,26 @@ def test_an_annotator_answers_three_items_in_chromium(session_file):
         assert led.labels_by_annotator() == {"alice": {"labels": 3, "spent": 3.0}}
     assert got == sorted(zip(answered, [1, 2, 0], strict=True))
 
+
+
+def test_the_page_is_the_package_files_filled_in_under_a_fresh_nonce(tmp_path):
+    static = resources.files("budgetsft.sessions").joinpath("static")
+    css, js = (static.joinpath(f"annotate.{ext}").read_text("utf-8") for ext in ("css", "js"))
+    assert "function next()" in js and "#candidates button" in css
+    path = tmp_path / "{script} & {name}.db"  # placeholders in a field are shown, never filled in again
+    shown = "{script} &amp; {name}.db"
+    tokens = make_session(path)
+    with served(path, driver=False) as live, \
+            httpx.Client(base_url=live.url, cookies={COOKIE: tokens["alice"]}) as alice:
+        pages = [alice.get("/"), alice.get("/"), httpx.get(f"{live.url}/")]
+    nonces = [re.search(r"script-src 'nonce-([\w-]+)'", p.headers["content-security-policy"]).group(1)
+              for p in pages]
+    assert [p.status_code for p in pages] == [200, 200, 200] and len(set(nonces)) == 3
+    for page, nonce in zip(pages, nonces, strict=True):
+        assert f'<style nonce="{nonce}">\n{css}</style>' in page.text
+        unfilled = re.findall(r"\{(?:nonce|style|script|file|name|cost|error)\}", page.text.replace(shown, ""))
+        assert unfilled == []
+    for page, nonce in zip(pages[:2], nonces, strict=False):
+        assert page.text.count(js) == 1 and f'<script nonce="{nonce}">\n{js}</script>' in page.text
+        assert f"budgetsft annotate · {shown}" in page.text and '<b id="who">alice</b>' in page.text
+    assert 'id="token"' in pages[2].text and js not in pages[2].text

@@ -267,7 +267,7 @@ def run(
     if oracle is not None and session is None:
         raise ConfigError("'--oracle' needs '--session FILE': only a session asks an oracle for labels.")
     if session is not None:
-        from budgetsft.session import Session
+        from budgetsft.sessions.session import Session
 
         spec = {"name": oracle or "dataset"}
         if oracle == "terminal":
@@ -324,7 +324,7 @@ def _kv_table(title: str, values: dict, keys, first: str) -> Table:
 
 
 def _oracle_of(spec: dict):
-    from budgetsft.oracles import make_oracle
+    from budgetsft.sessions.oracles import make_oracle
 
     return make_oracle(spec)
 
@@ -384,7 +384,7 @@ def resume(
     budgetsft resume bbc.db --oracle terminal --annotator bo --cost 2.0
     budgetsft resume batch.db --out runs/batch       # once the file oracle's answers are imported
     """
-    from budgetsft.session import Session
+    from budgetsft.sessions.session import Session
 
     spec = None
     if oracle is not None:
@@ -416,7 +416,7 @@ def session_show(
     budgetsft session show llf.db
     budgetsft session show llf.db --json | jq .status
     """
-    from budgetsft.session import Session
+    from budgetsft.sessions.session import Session
 
     report = Session.open(path).progress_report()
     if as_json:
@@ -437,22 +437,52 @@ def session_show(
 @session_app.command("export")
 def session_export(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
-    dest: Annotated[Path, typer.Argument(help="Output JSONL: the bought labelled set, canonical schema.")],
+    dest: Annotated[Path, typer.Argument(help="Output JSONL: the bought labelled set, canonical schema; with "
+                                              "--format label-studio, the tasks (JSON).")],
     force: Annotated[bool, typer.Option(help="Overwrite DEST if it exists (never the ledger itself).")] = False,
     rebind: Annotated[bool, typer.Option(help="The data file changed: export if every paid example is still "
                                               "at its round, unchanged.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl: the bought labelled set; label-studio: the pending "
+                                                      "and bought queries as Label Studio tasks (JSON), with the "
+                                                      "labeling config beside them (tasks.json -> "
+                                                      "tasks.label_config.xml).")
+                   ] = "jsonl",
 ) -> None:
     """Write the labelled examples the session bought (with annotator and cost) as JSONL.
+
+    With --format label-studio, write the pending and bought queries as Label Studio tasks instead, and the
+    labeling config to import with them; label in Label Studio, then bring its JSON export back with
+    `budgetsft session import DB EXPORT.json --format label-studio`.
 
     Examples:
 
     budgetsft session export llf.db bought.jsonl
     budgetsft session export llf.db bought.jsonl --force     # overwrite bought.jsonl
+    budgetsft session export web.db tasks.json --format label-studio   # + tasks.label_config.xml
     """
     import os
     import tempfile
 
-    from budgetsft.session import Session
+    from budgetsft.sessions.session import Session
+
+    if fmt not in ("jsonl", "label-studio"):
+        raise ConfigError(f"'--format' must be one of 'jsonl', 'label-studio'. Got {fmt!r}.")
+    if fmt == "label-studio":
+        from budgetsft.labelstudio import config_path_for, write_tasks
+
+        ledger_files = {Path(os.path.realpath(str(path) + suffix)) for suffix in ("", "-wal", "-shm", "-acks", ".lock")}
+        if {Path(os.path.realpath(dest)), Path(os.path.realpath(config_path_for(dest)))} & ledger_files:
+            raise ConfigError(f"{dest}: that is the session ledger {path} (or one of its files); choose another "
+                              f"output file.")
+        sess = Session.open(path, rebind=rebind)
+        try:
+            res = write_tasks(sess, dest, force=force)
+        finally:
+            sess.close()
+        out.print(f"wrote {res.pending + res.answered} Label Studio task(s) to {dest} ({res.pending} pending, "
+                  f"{res.answered} bought)", markup=False, highlight=False)
+        out.print(f"labeling config: {res.config_path}", markup=False, highlight=False)
+        return
 
     real_dest = Path(os.path.realpath(dest))
     if real_dest == Path(os.path.realpath(path)) or any(
@@ -483,18 +513,43 @@ def session_export(
 @session_app.command("import")
 def session_import(
     path: Annotated[Path, typer.Argument(help="Session ledger (.db).")],
-    answers: Annotated[Path, typer.Argument(help='JSONL answers: {"query_id": 3, "label": 1, "annotator": "a"}.')],
+    answers: Annotated[Path, typer.Argument(help='JSONL answers: {"query_id": 3, "label": 1, "annotator": "a"}; '
+                                                 "with --format label-studio, Label Studio's JSON export.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl: answer lines (file oracle); label-studio: a Label "
+                                                      "Studio JSON export of tasks from `session export "
+                                                      "--format label-studio`.")] = "jsonl",
+    annotators: Annotated[Path | None, typer.Option(help='With --format label-studio: JSON or YAML map from Label '
+                                                         'Studio user ids (or emails) to ledger annotators, '
+                                                         '{"2": "ana", "3": {"name": "bo", "cost": 2.5}}. '
+                                                         "\\[default: the ledger's annotators, by user id "
+                                                         "or email]")] = None,
 ) -> None:
     """Import answers to pending queries (file oracle): all or nothing, nothing is charged if any is refused.
+
+    With --format label-studio, import the labels of a Label Studio JSON export, each charged at its
+    annotator's price: all or nothing (every bad task is listed by its Label Studio id), each query paid
+    once (importing the same export again charges nothing), never beyond the budget.
 
     Examples:
 
     budgetsft run --window 50 --session batch.db --oracle file    # writes batch.queries.jsonl
     budgetsft session import batch.db answers.jsonl && budgetsft resume batch.db
+    budgetsft session import web.db export.json --format label-studio --annotators annotators.json
     """
-    from budgetsft.ledger import Ledger
-    from budgetsft.oracles import import_answers
+    from budgetsft.sessions.ledger import Ledger
+    from budgetsft.sessions.oracles import import_answers
 
+    if fmt not in ("jsonl", "label-studio"):
+        raise ConfigError(f"'--format' must be one of 'jsonl', 'label-studio'. Got {fmt!r}.")
+    if annotators is not None and fmt != "label-studio":
+        raise ConfigError("'--annotators' maps Label Studio's annotators: it needs '--format label-studio'.")
+    if fmt == "label-studio":
+        from budgetsft.labelstudio import import_export, import_message
+
+        with Ledger.open(path) as led:
+            res = import_export(led, answers, annotators=annotators)
+        out.print(import_message(res, answers), markup=False, highlight=False)
+        return
     with Ledger.open(path) as led:
         res = import_answers(led, answers)
     out.print(f"imported {res['added']} answer(s), {res['duplicates']} duplicate(s) ignored, "
@@ -525,7 +580,7 @@ def annotate(
     budgetsft annotate web.db --port 8000                       # then open http://127.0.0.1:8000/
     budgetsft annotate web.db --list
     """
-    from budgetsft.ledger import Ledger
+    from budgetsft.sessions.ledger import Ledger
 
     if add_annotator is not None:
         with Ledger.open(path) as led:
@@ -563,7 +618,7 @@ def annotate(
         return
     if not 1 <= port <= 65535:
         raise ConfigError(f"'--port' must be an int in [1, 65535]. Got {port}.")
-    from budgetsft.session import Session
+    from budgetsft.sessions.session import Session
 
     sess = Session.open(path, rebind=rebind)
     try:
@@ -574,7 +629,7 @@ def annotate(
         sess.check_source()  # changed data is refused here, before anyone is served
     finally:
         sess.close()
-    from budgetsft.web import serve
+    from budgetsft.sessions.web import serve
 
     out.print(f"serving {path} on http://{host}:{port}/ for {len(anns)} annotator(s): "
               f"{', '.join(a.name for a in anns)}", markup=False, highlight=False)
@@ -894,8 +949,8 @@ def adapt(
     lora_layers: Annotated[int, typer.Option(help="Top decoder layers that get LoRA adapters (the others are "
                                                   "computed once per example).")] = 6,
     epochs: Annotated[float, typer.Option(help="Passes over each labelled set.")] = 3,
-    lr: Annotated[float, typer.Option(help="Peak LoRA learning rate (linear decay to 0).")] = 2e-3,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak LoRA learning rate (linear decay to 0).")] = 3e-3,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (α = 16).")] = 16,
     batch_size: Annotated[int, typer.Option(help="LoRA batch size.")] = 8,
     eval_batch_size: Annotated[int, typer.Option(help="Examples per scoring batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

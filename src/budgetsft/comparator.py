@@ -350,9 +350,10 @@ def _bar(total: int, what: str, *, enabled: bool):
 
 
 def _path(cache_dir: str | os.PathLike | None, key: str) -> Path:
-    from budgetsft.features.models import default_cache_dir
+    from budgetsft.data.builtin import default_cache_dir  # the same cache root as features/, one layer down
 
-    return default_cache_dir(cache_dir) / "comparator" / f"{key}.npz"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "comparator" / f"{key}.npz"
 
 
 def _remember(key: str, value: Comparator) -> None:

@@ -52,8 +52,8 @@ __all__ = ["select_labels", "run_adapt", "read_labels", "RECIPE"]
 #: The LoRA recipe of every labelled set (docs/method.md, "Adaptation").
 RECIPE: dict[str, Any] = {
     "epochs": 3,
-    "lr": 1e-3,
-    "lora_r": 8,
+    "lr": 3e-3,
+    "lora_r": 16,
     "lora_alpha": 16,
     "lora_layers": 6,
     "batch_size": 8,
@@ -156,8 +156,8 @@ def read_labels(path: str | Path) -> list[Example]:
     with path.open("rb") as fh:
         head = fh.read(16)
     if head == b"SQLite format 3\x00":
-        from budgetsft.ledger import LedgerError
-        from budgetsft.session import Session
+        from budgetsft.sessions.ledger import LedgerError
+        from budgetsft.sessions.session import Session
 
         try:
             sess = Session.open(path)
@@ -180,7 +180,7 @@ def read_labels(path: str | Path) -> list[Example]:
                             f"examples (`budgetsft session export`): {exc}") from exc
         if report.problems or not report.examples:
             first = report.problems[0] if report.problems else None
-            why = f"line {first.line}: {'; '.join(first.reasons)}" if first else "it holds no example"
+            why = f"line {first.line}: {first.reason}" if first else "it holds no example"
             raise DataError(f"--labels {path}: neither a session ledger (SQLite) nor a JSONL file of labelled "
                             f"examples (`budgetsft session export`): {why}.")
         examples = list(report.examples)

@@ -2,8 +2,9 @@
 
 A featuriser turns canonical examples (prompt + K candidates) into one matrix
 φ(x, a) of shape (K, dim) per example. Implementations live in
-``encoder.py``, ``causal.py`` and ``block.py``; they are picked by short
-registered names with :func:`make_featurizer`.
+``encoder.py``, ``causal.py`` and ``block.py``, which import this module;
+they are picked by short registered names with :func:`make_featurizer`,
+which imports the one it builds (this module imports none of them).
 
 This module imports neither torch nor transformers.
 """
@@ -11,8 +12,9 @@ This module imports neither torch nor transformers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -55,28 +57,12 @@ class Featurizer(Protocol):
         """One float64 ndarray of shape (K_i, dim) per example, all finite."""
 
 
-def _encoder(**options: Any) -> Featurizer:
-    from budgetsft.features.encoder import EncoderFeaturizer
-
-    return EncoderFeaturizer(**options)
-
-
-def _causal(**options: Any) -> Featurizer:
-    from budgetsft.features.causal import CausalFeaturizer
-
-    return CausalFeaturizer(**options)
-
-
-def _block(**options: Any) -> Featurizer:
-    from budgetsft.features.block import BlockFeaturizer
-
-    return BlockFeaturizer(**options)
-
-
-FEATURIZERS: dict[str, Callable[..., Featurizer]] = {
-    "encoder": _encoder,
-    "causal": _causal,
-    "block": _block,
+# Registered names -> "module:Class", imported on first use: this module imports no concrete featuriser (they
+# import it, for check_examples), and building one by name is what first pulls in its module.
+FEATURIZERS: dict[str, str] = {
+    "encoder": "budgetsft.features.encoder:EncoderFeaturizer",
+    "causal": "budgetsft.features.causal:CausalFeaturizer",
+    "block": "budgetsft.features.block:BlockFeaturizer",
 }
 
 
@@ -112,7 +98,8 @@ def make_featurizer(kind: str, **options: Any) -> Featurizer:
             + ", ".join(repr(k) for k in FEATURIZERS)
             + f". Got {kind!r}."
         )
-    return FEATURIZERS[kind](**options)
+    module, _, name = FEATURIZERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)(**options)
 
 
 def featurizer_key(featurizer: Featurizer) -> str:

@@ -137,14 +137,12 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     Returns
     -------
     Path
-        ``cache_dir`` if given, else ``$BUDGETSFT_CACHE``, else ``~/.cache/budgetsft``.
+        ``cache_dir`` if given, else :func:`budgetsft.data.builtin.default_cache_dir`
+        (``$BUDGETSFT_CACHE``, else ``~/.cache/budgetsft``).
     """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("BUDGETSFT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "budgetsft"
+    from budgetsft.data.builtin import default_cache_dir as root
+
+    return Path(cache_dir).expanduser() if cache_dir is not None else root()
 
 
 def resolve_device(device: str = "auto") -> str:

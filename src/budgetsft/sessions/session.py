@@ -52,7 +52,7 @@ from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.exceptions import ConfigError
 from budgetsft.game import _check_round, _resolve, commit
-from budgetsft.ledger import Ledger, LedgerError, Query
+from budgetsft.sessions.ledger import Ledger, LedgerError, Query
 
 __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
            "encode_state", "decode_state", "example_digest"]

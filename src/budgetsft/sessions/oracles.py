@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
-from budgetsft.ledger import Ledger, LedgerError, Query
-from budgetsft.session import Session, StopSession
+from budgetsft.sessions.ledger import Ledger, LedgerError, Query
+from budgetsft.sessions.session import Session, StopSession
 
 __all__ = ["Oracle", "DatasetOracle", "FileOracle", "TerminalOracle", "WebOracle", "make_oracle", "ORACLES",
            "import_answers", "MAX_ANSWER_LINE"]

@@ -9,7 +9,7 @@ and the money spent never exceeds the budget, each annotator being charged
 their own price per label (an expert may cost more than a crowd worker).
 
 A background thread (the *driver*) plays the session with a
-:class:`~budgetsft.oracles.WebOracle`: when the game waits for labels it
+:class:`~budgetsft.sessions.oracles.WebOracle`: when the game waits for labels it
 sleeps until the answers are in, then plays on, which makes the next queries
 pending. The app and the driver each open their own SQLite connections; the
 ledger's ``BEGIN IMMEDIATE`` transactions serialise the writers.
@@ -28,6 +28,10 @@ The API takes the token as ``Authorization: Bearer <token>``; the page uses
 the cookie the login form sets. Every refusal is JSON ``{"error": "..."}`` and
 charges nothing.
 
+The page is package data in ``static/``: ``annotate.html`` and ``login.html``,
+with ``annotate.css`` and ``annotate.js`` inlined in each response under a
+fresh CSP nonce (so the policy allows no other script or style).
+
 Cross-origin requests are refused: ``POST /api/answer`` takes only
 ``Content-Type: application/json`` (415 otherwise), and a request
 authenticated by the cookie must come from the server's own origin (its
@@ -38,27 +42,30 @@ annotator. A ledger that is busy (another writer held its lock past
 
 Examples
 --------
->>> from budgetsft.web import create_app, serve
+>>> from budgetsft.sessions.web import create_app, serve
 >>> app = create_app("session.db")            # doctest: +SKIP
 >>> serve("session.db", port=8000)            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from budgetsft._validation import check_float, check_int
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError
-from budgetsft.ledger import Annotator, Ledger, LedgerBusyError, LedgerError, LedgerReadOnlyError
+from budgetsft.sessions.ledger import Annotator, Ledger, LedgerBusyError, LedgerError, LedgerReadOnlyError
 
 try:
     from starlette.applications import Starlette
@@ -67,11 +74,11 @@ try:
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError("budgetsft.web needs Starlette and uvicorn: pip install 'budgetsft[web]'.") from exc
+    raise ImportError("budgetsft.sessions.web needs Starlette and uvicorn: pip install 'budgetsft[web]'.") from exc
 
 __all__ = ["create_app", "serve", "SessionDriver", "COOKIE"]
 
-logger = logging.getLogger("budgetsft.web")
+logger = logging.getLogger("budgetsft.sessions.web")
 
 COOKIE = "budgetsft_token"
 # A body larger than max_body is refused; we read (and drop) at most this much of it so that the client,
@@ -166,8 +173,8 @@ class SessionDriver:
             self._wake.wait(self.poll)
 
     def _run(self) -> None:
-        from budgetsft.oracles import WebOracle
-        from budgetsft.session import Session, SessionBusyError
+        from budgetsft.sessions.oracles import WebOracle
+        from budgetsft.sessions.session import Session, SessionBusyError
 
         session = None
         try:
@@ -248,7 +255,7 @@ class _Annotate:
     def _describer(self):
         # Called with self._lock held: one Session, used only to describe rounds.
         if self._session is None:
-            from budgetsft.session import Session
+            from budgetsft.sessions.session import Session
 
             self._session = Session.open(self.path)
         return self._session
@@ -563,12 +570,26 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, lease_ttl
 
 
 # -------------------------------------------------------------------- the page
+@functools.cache
+def _static(name: str) -> str:
+    """A file of the page, read once from ``static/`` (package data, shipped in the wheel)."""
+    return resources.files(__package__).joinpath("static").joinpath(name).read_text("utf-8")
+
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
 def _html(template: str, status: int = 200, **fields: str) -> HTMLResponse:
-    """Fill ``template``'s {nonce} (fresh per response) and then its {fields}, HTML-escaped."""
+    """Fill the page ``template`` (a file in ``static/``): {nonce} fresh per response, {style} and {script}
+    from ``annotate.css`` and ``annotate.js``, and {fields} HTML-escaped.
+
+    One pass over the template alone, so that nothing filled in (a file name, the CSS, the JS) is read as a
+    placeholder in turn.
+    """
     nonce = secrets.token_urlsafe(16)
-    body = template.replace("{nonce}", nonce)
-    for key, value in fields.items():
-        body = body.replace("{" + key + "}", html.escape(value))
+    values = {key: html.escape(value) for key, value in fields.items()}
+    values.update(nonce=nonce, style=_static("annotate.css"), script=_static("annotate.js"))
+    body = _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), _static(template))
     resp = HTMLResponse(body, status_code=status)
     resp.headers["Content-Security-Policy"] = (f"default-src 'none'; script-src 'nonce-{nonce}'; "
                                                f"style-src 'nonce-{nonce}'; connect-src 'self'; "
@@ -578,113 +599,5 @@ def _html(template: str, status: int = 200, **fields: str) -> HTMLResponse:
     return resp
 
 
-_STYLE = """<style nonce="{nonce}">
-body { font: 16px/1.45 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-header { display: flex; justify-content: space-between; align-items: baseline; border-bottom: 1px solid #ddd; }
-h1 { font-size: 1.2rem; margin: .4rem 0; }
-#budget, #meta { color: #555; font-size: .92rem; }
-#prompt { white-space: pre-wrap; background: #f6f6f4; padding: .8rem 1rem; border-radius: 6px; }
-#candidates button { display: block; width: 100%; text-align: left; margin: .4rem 0; padding: .6rem .8rem;
-  font: inherit; border: 1px solid #bbb; border-radius: 6px; background: #fff; cursor: pointer; white-space: pre-wrap; }
-#candidates button:hover, #candidates button:focus { border-color: #2a6; background: #f0faf4; }
-#message { min-height: 1.4rem; color: #a33; }
-.bar { height: 6px; background: #eee; border-radius: 3px; overflow: hidden; margin: .3rem 0 1rem; }
-.bar > div { height: 100%; background: #2a6; width: 0; }
-form.inline { display: inline; } form.inline button { font: inherit; font-size: .85rem; }
-</style>"""
-
-_LOGIN = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>budgetsft · sign in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">""" + _STYLE + """</head>
-<body><h1>budgetsft annotate</h1>
-<p>Paste the token that <code>budgetsft annotate FILE --add-annotator NAME</code> printed for you.</p>
-<form method="post" action="/login">
-<label>Token <input id="token" name="token" type="password" autocomplete="off" size="40" autofocus></label>
-<button id="login" type="submit">Sign in</button>
-</form><p id="message">{error}</p></body></html>"""
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>budgetsft · annotate {file}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">""" + _STYLE + """</head>
-<body>
-<header><h1>budgetsft annotate · {file}</h1>
-<span id="meta">signed in as <b id="who">{name}</b> ({cost} per label)
-<form class="inline" method="post" action="/logout"><button type="submit">sign out</button></form></span></header>
-<p id="budget">…</p><div class="bar"><div id="spentbar"></div></div>
-<section id="item" data-query-id="">
-<p id="where"></p>
-<div id="prompt">loading…</div>
-<div id="candidates"></div>
-</section>
-<p id="message"></p>
-<p id="meta2" class="meta">answered here: <span id="answered">0</span> · keys 0–9 choose a candidate</p>
-<script nonce="{nonce}">
-"use strict";
-const $ = (id) => document.getElementById(id);
-let current = null, answered = 0, timer = null, busy = false;
-function showBudget(b, pending) {
-  const fmt = (x) => (x === null ? "?" : +x.toFixed(4));
-  $("budget").textContent = `spent ${fmt(b.spent)} of ${fmt(b.total)} ${b.unit} · remaining ${fmt(b.remaining)}`
-    + (pending === undefined ? "" : ` · pending ${pending}`);
-  $("spentbar").style.width = `${b.total > 0 ? Math.min(100, 100 * b.spent / b.total) : 0}%`;
-}
-async function call(url, opts) {
-  const r = await fetch(url, Object.assign({credentials: "same-origin", cache: "no-store"}, opts || {}));
-  let body = null;
-  try { body = await r.json(); } catch (e) { body = {error: `HTTP ${r.status}`}; }
-  if (r.status === 401) { location.href = "/"; }
-  return [r.status, body];
-}
-async function next() {
-  clearTimeout(timer);
-  const [status, d] = await call("/api/next");
-  const cands = $("candidates");
-  cands.replaceChildren();
-  if (status !== 200) {
-    current = null; $("item").dataset.queryId = "";
-    $("prompt").textContent = d.error || `HTTP ${status}`;
-    timer = setTimeout(next, 3000);
-    return;
-  }
-  showBudget(d.budget, d.pending);
-  if (d.item === null) {
-    current = null; $("item").dataset.queryId = ""; $("where").textContent = "";
-    $("prompt").textContent = d.reason === "session finished" ? "The session is finished. Thank you!"
-      : `Nothing to answer right now (${d.reason}); checking again shortly…`;
-    timer = setTimeout(next, 1000);
-    return;
-  }
-  current = d;
-  $("item").dataset.queryId = String(d.query_id);
-  const lat = d.latency === null ? "∞" : d.latency.toFixed(3);
-  $("where").textContent = `item ${d.query_id} · round ${d.round} · latency ${lat}`;
-  $("prompt").textContent = d.prompt;
-  d.candidates.forEach((c, i) => {
-    const b = document.createElement("button");
-    b.type = "button"; b.dataset.label = String(i); b.textContent = `${i}) ${c}`;
-    b.addEventListener("click", () => answer(i));
-    cands.appendChild(b);
-  });
-}
-async function answer(label) {
-  if (!current || busy) return;
-  busy = true;
-  try {
-    const [status, d] = await call("/api/answer", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({query_id: current.query_id, label: label})});
-    if (status === 200) {
-      if (d.recorded) { answered += 1; $("answered").textContent = String(answered); }
-      $("message").textContent = d.recorded ? "" : "already answered; not charged again.";
-    } else {
-      $("message").textContent = d.error || `HTTP ${status}`;
-    }
-    await next();
-  } finally { busy = false; }
-}
-document.addEventListener("keydown", (e) => {
-  if (current && /^[0-9]$/.test(e.key) && +e.key < current.candidates.length) answer(+e.key);
-});
-next();
-</script></body></html>"""
-
-
+_LOGIN = "login.html"
+_PAGE = "annotate.html"
