@@ -12,8 +12,8 @@
 #   1. featurisation: budgetsft's CausalFeaturizer.transform_many (joint features, SPEC §6) and the
 #      sentence encoder (all-MiniLM-L6-v2's BertConfig) on synthetic texts, examples/s;
 #   2. adaptation (budgetsft.adapt.engine, the path `budgetsft adapt` runs): the frozen prefix pass, one
-#      LoRA epoch on the top 6 layers, and packed scoring of 5 candidates, examples/s; for SmolLM2-135M
-#      also LoRA on every layer (lora_layers = all);
+#      LoRA epoch on the top 4 layers (the recipe's --lora-layers), and packed scoring of 5 candidates,
+#      examples/s; for SmolLM2-135M also LoRA on every layer (lora_layers = all);
 #   3. the numpy learners at d = 4096: exact (logistic) and sketched (sketch, rank 64), rounds/s of the game
 #      loop with the LLF gate at β = 0.1 (CPU: the core is numpy).
 # Models: SmolLM2-135M (its LlamaConfig, copied below from the cached config.json), a 1B Llama
@@ -160,6 +160,7 @@ if part == "features":
 
 if part == "adapt":
     from budgetsft.adapt.engine import Encoded, PrefixCache, score_packed, train_lora
+    from budgetsft.adapt.pipeline import RECIPE
     rng = np.random.default_rng(0)
     for name, cfg in MODELS:
         try:
@@ -169,7 +170,7 @@ if part == "adapt":
             items = {f"e{i}": Encoded(tuple(int(t) for t in rng.integers(10, 1000, size=SEQ)),
                                       tuple((10 + k, 20 + k, 3) for k in range(5))) for i in range(n)}
             keys, gold = list(items), [int(g) for g in rng.integers(0, 5, size=n)]
-            variants = [6] + ([n_layers] if "135m" in name or tiny else [])
+            variants = [RECIPE["lora_layers"]] + ([n_layers] if "135m" in name or tiny else [])
             for lora_layers in variants:
                 split = max(0, n_layers - lora_layers)
                 bs_eval = 16 if tiny else 64

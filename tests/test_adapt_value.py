@@ -359,7 +359,35 @@ def test_gpu_script_parses_and_runs_tiny_on_cpu(tmp_path):
     proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tables = (tmp_path / "gpu_adapt.md").read_text()
-    for needle in ("featurisation", "LoRA epoch", "learners at d", "examples/s", "smollm2-135m", "6 of 8",
+    for needle in ("featurisation", "LoRA epoch", "learners at d", "examples/s", "smollm2-135m", "4 of 8",
                    "8 of 8", "exact (logistic)", "sketch (rank"):
         assert needle in tables, needle
     assert "error" not in tables
+
+
+def test_adapt_help_has_examples_and_every_default():
+    import typer
+
+    from budgetsft.cli import app
+
+    cmd = typer.main.get_command(app).commands["adapt"]
+    assert "Examples:" in cmd.help and "budgetsft adapt --data bbc-news --beta 0.1 --seeds 0,1,2" in cmd.help
+    for p in cmd.params:
+        if p.param_type_name == "option" and p.default is None and not p.is_flag and not p.required:
+            assert "[default: " in p.help, p.name
+
+
+def test_quiet_hf_silences_library_noise_and_restores_it(recwarn):
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from budgetsft.adapt.engine import quiet_hf
+
+    assert hf_logging.is_progress_bar_enabled()
+    with quiet_hf():
+        assert not hf_logging.is_progress_bar_enabled()
+        warnings.warn_explicit("old API", FutureWarning, "x.py", 1, module="transformers.modeling_utils")
+        warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="budgetsft.adapt")
+    assert hf_logging.is_progress_bar_enabled()
+    assert [str(w.message) for w in recwarn] == ["ours"]

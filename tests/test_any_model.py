@@ -329,15 +329,15 @@ def test_adapt_with_a_local_llama_records_the_given_path(models, jsonl, cache, t
     path = models["llama-a"][0]
     monkeypatch.chdir(path.parent)
     out = tmp_path / "adapt"
-    res = _invoke("adapt", "--data", jsonl, "--model", f"./{path.name}", "--out", out, "--max-steps", "2",
-                  "--batch-size", "4", "--device", "cpu")
+    res = _invoke("adapt", "--data", jsonl, "--model", f"./{path.name}", "--features", "causal", "--out", out,
+                  "--epochs", "1", "--batch-size", "4", "--device", "cpu")
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == f"./{path.name}"
-    trained = [row for row in report["rows"] if row["adapters"]]
-    assert {row["method"] for row in trained} >= {"llf", "all"}
-    for row in trained:
-        config = json.loads((out / row["adapters"] / "adapter_config.json").read_text())
+    (seed,) = report["per_seed"]
+    assert set(seed["adapters"]) >= {"llf", "all"}
+    for where in seed["adapters"].values():
+        config = json.loads((out / where / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == f"./{path.name}"
     (saved,) = _settings(cache, "causal")  # the gate's head read the same model
     assert saved["settings"]["model"] == directory_fingerprint(path)

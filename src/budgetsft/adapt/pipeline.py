@@ -55,7 +55,7 @@ RECIPE: dict[str, Any] = {
     "lr": 3e-3,
     "lora_r": 16,
     "lora_alpha": 16,
-    "lora_layers": 6,
+    "lora_layers": 4,
     "batch_size": 8,
     "max_prompt_tokens": 64,
     "eval_batch_size": 32,
@@ -238,7 +238,7 @@ class _Clock:
         self.start = time.perf_counter()
 
     def seconds(self, kind: str, n: float) -> float:
-        return n / self.rate[kind]
+        return 0.0 if n <= 0 else n / self.rate[kind]
 
     def remaining(self) -> float:
         return sum(self.seconds(k, n) for k, n in self.work.items())
@@ -251,6 +251,18 @@ class _Clock:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _training_rate(base, cache, keys, answers, *, steps: int = 6, **kw) -> tuple[float, Any]:
+    """Examples per second of LoRA training on a throw-away copy (median of steps 3.., the first ones allocate)."""
+    from budgetsft.adapt.engine import quiet_hf, train_lora
+
+    stamps: list[float] = []
+    with quiet_hf():
+        trial, _ = train_lora(copy.deepcopy(base), cache, list(keys) * steps, list(answers) * steps, epochs=1,
+                              batch_size=len(keys), progress=False,
+                              on_step=lambda i, loss: stamps.append(time.perf_counter()), **kw)
+    return len(keys) / float(np.median(np.diff(stamps)[1:])), trial
 
 
 def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clock, scores, timing, seed) -> None:
@@ -290,6 +302,7 @@ def run_adapt(
     eval_batch_size: int = RECIPE["eval_batch_size"],
     device: str = "auto",
     dtype: str = "auto",
+    threads: int | None = None,
     estimate_only: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -303,7 +316,9 @@ def run_adapt(
         seed-<s>/selection.json                the ids of each set
         seed-<s>/predictions.json              test ids, each method's scores and correctness
 
-    ``estimate_only`` stops after the time estimate (nothing is trained).
+    ``estimate_only`` stops after the time estimate (nothing is trained). ``threads``
+    sets torch's CPU threads; None keeps torch's default unless a timed warm-up
+    finds one thread faster (a busy few-core machine).
     Returns the report (also ``report.json``).
     """
     import torch
@@ -316,6 +331,8 @@ def run_adapt(
     from budgetsft.realdata import load_streams
 
     owner = "run_adapt"
+    if threads is not None:
+        torch.set_num_threads(check_int(owner, "threads", threads, low=1))
     seeds = [check_int(owner, "seeds", s, low=0) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"The 'seeds' parameter of {owner} must be distinct seeds, at least one. Got {seeds!r}.")
@@ -332,7 +349,10 @@ def run_adapt(
     dev = resolve_device(device)
     if dtype == "auto":
         dtype = "bf16" if bf16_supported(dev) else "fp32"
-    given: list[Example] | None = read_labels(labels_file) if labels_file is not None else None
+    given: list[Example] | None = None
+    if labels_file is not None:
+        with quiet_hf():  # a ledger re-opens its session (data, features)
+            given = read_labels(labels_file)
 
     # ------------------------------------------------------------ the label sets of every seed
     plans: list[dict[str, Any]] = []
@@ -384,6 +404,8 @@ def run_adapt(
                for k, ex in every.items()}
     first_test = plans[0]["test"][0].id
     check_decoder(base, tokenizer, encoded[first_test])
+    if dev.startswith("cuda") and dtype == "bf16":
+        base.to(torch.bfloat16)  # on a GPU: half the memory, no per-step weight casts (adapters stay fp32)
     cache = PrefixCache(base, split, dtype=dtype, batch_size=eval_batch_size, pad_token_id=pad)
     clock = _Clock()
     n_sets = {p["seed"]: {k: len(s["examples"]) for k, s in p["sets"].items()} for p in plans}
@@ -392,21 +414,33 @@ def run_adapt(
                               for d in n_sets.values() for n in d.values() if n)
     clock.work["score"] = sum(len(p["test"]) * (1 + sum(1 for n in n_sets[p["seed"]].values() if n)) for p in plans)
 
-    # warm-up: the prefix of the first batch (kept), one throw-away training step and one scoring batch
+    # warm-up: a few throw-away training steps (at 1 thread too, on a CPU), the prefix of a batch (kept), one
+    # scoring batch; the rates project the rest of the run
     from tqdm.auto import tqdm
 
     keys = list(encoded)
     first = keys[: eval_batch_size]
-    t0 = time.perf_counter()
     cache.add_many(first, [encoded[k] for k in first])
-    clock.done("prefix", len(first), time.perf_counter() - t0)
+    clock.done("prefix", len(first), 0.0)
     warm = first[: batch_size]
-    stamps: list[float] = []
-    with quiet_hf():
-        trial, _ = train_lora(copy.deepcopy(base), cache, warm * 3, [every[k].answer for k in warm] * 3, epochs=1,
-                              batch_size=len(warm), lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype,
-                              progress=False, on_step=lambda i, loss: stamps.append(time.perf_counter()))
-    clock.rate["train"] = 2 * len(warm) / (stamps[2] - stamps[0])  # steps 2 and 3: the first one allocates
+    answers = [every[k].answer for k in warm]
+    kw = {"lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha, "dtype": dtype}
+    rate, trial = _training_rate(base, cache, warm, answers, **kw)
+    if dev == "cpu" and threads is None and torch.get_num_threads() > 1:
+        # On a shared few-core CPU, OpenMP barriers can make several threads far slower than one: try one.
+        many = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one, trial_one = _training_rate(base, cache, warm, answers, **kw)
+        if one > rate:
+            say(f"threads: 1 ({one:.1f} examples/s in training) rather than {many} ({rate:.1f}/s)")
+            rate, trial = one, trial_one
+        else:
+            torch.set_num_threads(many)
+    clock.rate["train"] = rate
+    second = keys[eval_batch_size : 2 * eval_batch_size]  # real work, timed with the threads now chosen
+    t0 = time.perf_counter()
+    cache.add_many(second, [encoded[k] for k in second])
+    clock.done("prefix", len(second), time.perf_counter() - t0)
     t0 = time.perf_counter()
     score_packed(trial, cache, first, batch_size=eval_batch_size, dtype=dtype, progress=False)
     clock.rate["score"] = len(first) / (time.perf_counter() - t0)
@@ -415,7 +449,7 @@ def run_adapt(
     estimate = clock.remaining()
     parts = ", ".join(f"{kind} {_minutes(clock.seconds(kind, n))} ({int(n)} at {clock.rate[kind]:.1f}/s)"
                       for kind, n in clock.work.items())
-    say(f"estimate: {_minutes(estimate)} on {dev} ({torch.get_num_threads()} threads, {dtype}): {parts}")
+    say(f"estimate: {_minutes(estimate)} on {dev} ({torch.get_num_threads()} thread(s), {dtype}): {parts}")
     if estimate_only:
         return {"estimate_seconds": estimate, "rates": dict(clock.rate), "work": dict(clock.work)}
 

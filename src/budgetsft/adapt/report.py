@@ -368,14 +368,18 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
              f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})", ""]
     what = [f"Model {report.get('model', '?')}"]
     if report.get("beta") is not None:
-        budgets = [r.get("budget") for r in report.get("per_seed", [])]
-        trains = [r.get("train_size") for r in report.get("per_seed", [])]
-        what.append(f"β = {report['beta']} (B = {', '.join(map(str, budgets))} of {', '.join(map(str, trains))} "
+        def each(key: str) -> str:
+            values = [r.get(key) for r in report.get("per_seed", [])]
+            return str(values[0]) if len(set(values)) == 1 else ", ".join(map(str, values))
+
+        what.append(f"β = {report['beta']} (B = {each('budget')} of {each('train_size')} "
                     f"train examples), labels bought as `budgetsft run` buys them "
                     f"({report.get('mode', 'stream')} mode, features {report['per_seed'][0].get('features')})")
     if report.get("labels_file"):
         what.append(f"labels from {report['labels_file']}")
-    what.append(f"seeds {', '.join(map(str, seeds))}, test items per seed {', '.join(map(str, report['test_sizes']))}")
+    sizes = report["test_sizes"]
+    what.append(f"seeds {', '.join(map(str, seeds))}, test items per seed "
+                f"{sizes[0] if len(set(sizes)) == 1 else ', '.join(map(str, sizes))}")
     lines += ["; ".join(what) + ".", ""]
     if s:
         lines += [f"Recipe (every set): LoRA r = {s['lora_r']}, α = {s['lora_alpha']} on every linear layer of the "

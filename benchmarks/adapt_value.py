@@ -1,0 +1,202 @@
+"""The same label sets through two downstream trainers: the refit head and LoRA (issue 12, item 4).
+
+Usage::
+
+    python benchmarks/adapt_value.py --quick        # 1 seed, 600 examples: a few minutes on 2 CPU cores
+    python benchmarks/adapt_value.py                # bbc-news, 3 seeds, all 2,127 examples: hours on a CPU
+    python benchmarks/adapt_value.py --seeds 0 --out runs/adapt_value.json --threads 2   # an idle machine
+
+Label sets, all bought at β = 0.1 on the bbc-news train stream of each seed (``benchmarks/peers.py``'s
+streams and functions, which return the indices of the rounds each method bought):
+
+* budgetsft's gates ``llf``, ``random``, ``first``, ``margin`` at their defaults (``peers.run_bsft``: what
+  ``budgetsft run`` buys);
+* ``vw-cs_active`` (``peers.run_vw_cs_active``, hard cap ``--max_labels B``; it may buy a few more rounds
+  than B, see peers.py), ``river-entropy`` (``peers.run_river``, discount tuned on the seed to buy ≈ B by
+  ``peers.tune``) and ``modal-pool`` (``peers.run_modal``, exactly B).
+
+Downstream trainers, each applied to every set:
+
+* ``refit``: :func:`budgetsft.refit.refit_accuracy`, a conditional-logit head on the ``block`` features
+  (C by cross-validation on the set alone), held-out accuracy on the test rounds;
+* ``lora``: ``budgetsft adapt``'s LoRA recipe (:data:`budgetsft.adapt.pipeline.RECIPE`: the engine of
+  :mod:`budgetsft.adapt.engine`) on SmolLM2-135M-Instruct, accuracy by candidate log-likelihood on the same
+  test split.
+
+The question: is the ranking of label sets the same for both trainers? Kendall's τ between the two
+accuracy vectors (over label sets, means over seeds; ``scipy.stats.kendalltau``, τ-b with ties) and the
+two orders, side by side. τ = 1: same order; near 0: the refit head says nothing about which set adapts
+the LLM best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import peers  # a sibling script: this folder is on sys.path
+from threadpoolctl import threadpool_limits
+
+from budgetsft.refit import refit_accuracy
+
+GATES = ["llf", "random", "first", "margin"]
+PEERS = ["vw-cs_active", "river-entropy", "modal-pool"]
+
+
+def bought_sets(st, beta: float, log) -> dict[str, list[int]]:
+    """Indices of the train rounds each method buys at ``beta`` (peers.py's functions)."""
+    out: dict[str, list[int]] = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for g in GATES:
+            out[g] = peers.run_bsft(st, g, beta)["bought"]
+        out["vw-cs_active"] = peers.run_vw_cs_active(st, beta)["bought"]
+        knob, got = peers.tune(peers.run_river, st, st.budget(beta), 0.01, 1e4, increasing=False)
+        log(f"  river-entropy: discount {knob:.4g} buys {got} (B = {st.budget(beta)})")
+        out["river-entropy"] = peers.run_river(st, knob)["bought"]
+        out["modal-pool"] = peers.run_modal(st, beta)["bought"]
+    return out
+
+
+class LoraTrainer:
+    """``budgetsft adapt``'s LoRA recipe on SmolLM2-135M-Instruct; the frozen prefix is shared by every seed."""
+
+    def __init__(self, recipe: dict) -> None:
+        from budgetsft.adapt.engine import PrefixCache, quiet_hf
+        from budgetsft.adapt.lora import _pad_id
+        from budgetsft.features.models import load_causal_lm
+
+        with quiet_hf():
+            self.base, self.tok = load_causal_lm("smollm2-135m-instruct", device="cpu")
+        self.base.requires_grad_(False)
+        self.recipe = recipe
+        split = max(0, self.base.config.num_hidden_layers - recipe["lora_layers"])
+        self.cache = PrefixCache(self.base, split, dtype="bf16", batch_size=recipe["eval_batch_size"],
+                                 pad_token_id=_pad_id(self.tok))
+
+    def accuracies(self, sets: dict[str, list], test: list, seed: int, log) -> dict[str, float]:
+        """Test accuracy of one fresh LoRA per named set of Examples, and zero-shot."""
+        from budgetsft.adapt.engine import encode, quiet_hf, score_packed, train_lora
+
+        r = self.recipe
+        every = {ex.id: ex for ex in [*test, *(e for s in sets.values() for e in s)]}
+        todo = self.cache.missing(list(every))
+        t0 = time.perf_counter()
+        self.cache.add_many(todo, [encode(every[k], self.tok, max_prompt_tokens=r["max_prompt_tokens"],
+                                          labels=test[0].candidates) for k in todo])
+        log(f"  prefix of {len(todo)} new examples: {time.perf_counter() - t0:.0f} s")
+        keys = [ex.id for ex in test]
+        gold = np.array([ex.answer for ex in test])
+
+        def acc(model) -> float:
+            scores = score_packed(model, self.cache, keys, batch_size=r["eval_batch_size"], progress=False)
+            return float(np.mean([np.argmax(s) == g for s, g in zip(scores, gold, strict=True)]))
+
+        out = {"zero-shot": acc(self.base)}
+        for name, examples in sets.items():
+            t0 = time.perf_counter()
+            with quiet_hf():
+                model, _ = train_lora(copy.deepcopy(self.base), self.cache, [e.id for e in examples],
+                                      [e.answer for e in examples], epochs=r["epochs"], lr=r["lr"],
+                                      lora_r=r["lora_r"], lora_alpha=r["lora_alpha"], batch_size=r["batch_size"],
+                                      seed=seed, progress=False)
+            out[name] = acc(model)
+            log(f"  lora {name}: {len(examples)} labels, accuracy {out[name]:.4f} ({time.perf_counter() - t0:.0f} s)")
+        return out
+
+
+def kendall(a: list[float], b: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(a, b).statistic
+    return float(tau) if tau is not None and math.isfinite(tau) else math.nan
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from budgetsft.adapt.pipeline import RECIPE
+    from budgetsft.data import load_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--max-examples", type=int, default=None, help="seeded subset of bbc-news (default: all)")
+    ap.add_argument("--quick", action="store_true", help="seed 0, 600 examples")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared 2-core machine two threads ran 10-20x slower)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.max_examples = "0", 600
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t_start = time.perf_counter()
+    rows = []
+    trainer = LoraTrainer(RECIPE)
+    for seed in seeds:
+        log(f"seed {seed}: streams, label sets")
+        st = peers.load_setting("bbc-news", seed, max_examples=args.max_examples)
+        ds = load_dataset("bbc-news", seed=seed, max_examples=args.max_examples)
+        by_id = {ex.id: ex for ex in [*ds.train, *ds.test]}
+        assert [r.id for r in st.train] == [ex.id for ex in ds.train], "streams and data set disagree"
+        bought = bought_sets(st, args.beta, log)
+        rtrain, rtest = st.refit_rounds()
+        refit = {name: refit_accuracy([rtrain[i] for i in idx], rtest, seed=seed) for name, idx in bought.items()}
+        sets = {name: [by_id[st.train[i].id] for i in idx] for name, idx in bought.items()}
+        test = [by_id[r.id] for r in st.test]
+        lora = trainer.accuracies(sets, test, seed, log)
+        for name in bought:
+            rows.append({"seed": seed, "method": name, "labels": len(bought[name]), "budget": st.budget(args.beta),
+                         "refit": refit[name], "lora": lora[name], "zero_shot": lora["zero-shot"]})
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    mean = {n: {k: float(np.mean([r[k] for r in rows if r["method"] == n])) for k in ("labels", "refit", "lora")}
+            for n in names}
+    tau = kendall([mean[n]["refit"] for n in names], [mean[n]["lora"] for n in names])
+    per_seed_tau = [kendall([r["refit"] for r in rows if r["seed"] == s], [r["lora"] for r in rows if r["seed"] == s])
+                    for s in seeds]
+    by_refit = sorted(names, key=lambda n: -mean[n]["refit"])
+    by_lora = sorted(names, key=lambda n: -mean[n]["lora"])
+    print(f"# Two downstream trainers on the same label sets: bbc-news, β = {args.beta}, seeds {seeds}"
+          + (f", {args.max_examples} examples" if args.max_examples else ""))
+    print()
+    print(f"Test items per seed: {len(st.test)}; B = {st.budget(args.beta)}; LoRA zero-shot accuracy "
+          f"{np.mean([r['zero_shot'] for r in rows]):.4f}. LoRA recipe: {RECIPE}.")
+    print()
+    print("| label set | labels (mean) | refit accuracy | refit rank | LoRA accuracy | LoRA rank |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        print(f"| {n} | {mean[n]['labels']:.1f} | {mean[n]['refit']:.4f} | {by_refit.index(n) + 1} | "
+              f"{mean[n]['lora']:.4f} | {by_lora.index(n) + 1} |")
+    print()
+    same = by_refit == by_lora
+    print(f"Kendall τ (refit vs LoRA, over the {len(names)} label sets, means over seeds): {tau:+.3f}; per seed: "
+          + ", ".join(f"{t:+.3f}" for t in per_seed_tau) + ".")
+    print(f"Ranking by refit: {' > '.join(by_refit)}.")
+    print(f"Ranking by LoRA:  {' > '.join(by_lora)}.")
+    alike = "broadly alike" if tau >= 0.5 else ("opposite" if tau <= -0.5 else "hardly related")
+    print("The two trainers rank the label sets " + ("the same way." if same else f"differently (τ = {tau:+.2f}: "
+                                                     f"{alike})."))
+    n_test = len(st.test)
+    se = max(math.sqrt(p * (1 - p) / (n_test * len(seeds))) for p in (mean[n]["lora"] for n in names))
+    print(f"Noise: with {n_test} test items per seed, one accuracy has a standard error of up to {100 * se:.1f} "
+          "points; sets closer than about twice that are not told apart by either ranking.")
+    print(f"\n{time.perf_counter() - t_start:.0f} s")
+    out = {"rows": rows, "mean": mean, "kendall_tau": tau, "kendall_tau_per_seed": per_seed_tau,
+           "ranking_refit": by_refit, "ranking_lora": by_lora, "same_ranking": same}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        main()
