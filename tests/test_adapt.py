@@ -65,16 +65,7 @@ def make_tokenizer():
 TOK = make_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run on one thread: with several, OpenMP barriers on a CPU shared with other
-    jobs make each small op wait (seen: tiny-model tests 20x slower, SmolLM2 2-7x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 
 def make_model(init_seed: int = 0):

@@ -51,15 +51,7 @@ EXAMPLES = [
 ]  # 48 examples: 38 train, 10 test
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: the CPUs are shared, and OpenMP barriers make tiny models crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 
 @pytest.fixture(scope="module")

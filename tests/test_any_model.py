@@ -54,16 +54,7 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: the CPUs are shared, and OpenMP barriers make tiny models crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
+from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 # --------------------------------------------------------------------------- tiny models on disk
 
