@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import sqlite3
 import stat
 import subprocess
@@ -265,6 +266,7 @@ def test_a_version_1_ledger_is_migrated_tokens_hashed_and_pickles_dropped(tmp_pa
         ALTER TABLE annotators RENAME COLUMN token_hash TO token;
         ALTER TABLE annotators DROP COLUMN revoked;
         ALTER TABLE queries DROP COLUMN example_digest;
+        DROP TABLE passes;
         INSERT INTO annotators VALUES ('old', 'plain-token-v1', '1.0', 0);
         DELETE FROM meta WHERE key IN ('acks', 'ledger_id');
         UPDATE meta SET value = '1' WHERE key = 'schema_version';
@@ -282,6 +284,55 @@ def test_a_version_1_ledger_is_migrated_tokens_hashed_and_pickles_dropped(tmp_pa
     assert sess.play(DatasetOracle()).status == "finished"
     assert sess.records() == ref.records  # replayed from the start, every stored answer reused
     sess.close()
+
+
+def test_a_version_2_ledger_gains_the_passes_table(tmp_path):
+    path = tmp_path / "v2.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    alice = sess.ledger.add_annotator("alice")
+    sess.close()
+    con = sqlite3.connect(path)
+    con.executescript("DROP TABLE passes; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    con.close()
+    with Ledger.open(path) as led:
+        assert led.meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        qid = led.pending()[0].id
+        assert led.pass_query(qid, "alice") is True  # alice is the only annotator: nobody else will answer
+        assert led.passes() == {"alice": 1} and led.query(qid).status == "skipped"
+        assert led.lease_next(led.annotator_by_token(alice.token)).id != qid
+
+
+def test_a_lost_token_is_rotated_and_actions_are_not_combined(tmp_path):
+    from test_web import client, served
+
+    path = tmp_path / "s.db"
+    sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
+    assert sess.play(WebOracle()).status == "waiting"
+    sess.close()
+    old = _invoke("annotate", str(path), "--add-annotator", "alice").output.split("token: ", 1)[1].split()[0]
+    res = _invoke("annotate", str(path), "--rotate", "alice")
+    assert res.exit_code == 0 and "alice: new token: " in res.output
+    new = res.output.split("new token: ", 1)[1].split()[0]
+    assert new != old
+    with served(path, driver=False) as live, client(live, old) as c_old, client(live, new) as c_new:
+        assert c_old.get("/api/next").status_code == 401
+        qid = c_new.get("/api/next").json()["query_id"]
+        assert c_new.post("/api/skip", json={"query_id": qid}).status_code == 200
+    listing = _invoke("annotate", str(path), "--list")
+    assert listing.exit_code == 0 and new not in listing.output and "skipped" in listing.output
+    assert re.search(r"alice\s*│\s*1\s*│\s*0\s*│\s*0\.0000\s*│\s*1\s*│\s*active", listing.output), listing.output
+    for args, message in [(("--rotate", "nobody"), "annotator 'nobody' does not exist."),
+                          (("--rotate", "alice", "--list"), "--rotate and --list cannot be combined"),
+                          (("--add-annotator", "bo", "--revoke", "alice"),
+                           "--add-annotator and --revoke cannot be combined")]:
+        res = _invoke("annotate", str(path), *args)
+        assert isinstance(res.exception, ConfigError) and message in str(res.exception), (args, res.output)
+    assert _invoke("annotate", str(path), "--revoke", "alice").exit_code == 0
+    res = _invoke("annotate", str(path), "--rotate", "alice")
+    assert isinstance(res.exception, ConfigError) and "is revoked" in str(res.exception)
+    with Ledger.open(path) as led:
+        assert led.spent() == 0 and [a.name for a in led.annotators()] == []
 
 
 def test_ledgers_are_created_owner_only_whatever_the_umask(tmp_path):

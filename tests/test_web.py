@@ -348,6 +348,89 @@ def test_the_driver_waits_while_another_process_plays_the_session(session_file):
     other.close()
 
 
+def test_a_skipped_item_goes_to_the_other_annotators_and_is_never_charged(session_file):
+    path, tokens = session_file
+    with served(path, driver=False) as live, client(live, tokens["alice"]) as alice, \
+            client(live, tokens["bob"]) as bob:
+        top = alice.get("/api/next").json()["query_id"]
+        r = bob.post("/api/skip", json={"query_id": top})  # not bob's to skip while alice holds it
+        assert r.status_code == 403 and "leased to another annotator" in r.json()["error"]
+        r = alice.post("/api/skip", json={"query_id": top})
+        assert r.status_code == 200 and r.json() | {"budget": None} == {"skipped": top, "unlabelled": False,
+                                                                       "budget": None}
+        assert alice.get("/api/next").json()["query_id"] != top  # never handed to alice again
+        assert bob.get("/api/next").json()["query_id"] == top    # the largest latency goes to bob
+        r = alice.post("/api/answer", json={"query_id": top, "label": 0})
+        assert r.status_code == 403
+        assert bob.post("/api/answer", json={"query_id": top, "label": 2}).json()["recorded"]
+        r = bob.post("/api/skip", json={"query_id": top})
+        assert r.status_code == 409 and r.json()["error"] == f"item {top} is answered; it cannot be skipped."
+        for body, status, message in [({"query_id": 10_000}, 404, "unknown item 10000."),
+                                      ({"query_id": "1"}, 400, "'query_id' must be an int"),
+                                      ([1], 400, 'the body must be a JSON object {"query_id": int}.')]:
+            r = alice.post("/api/skip", json=body)
+            assert (r.status_code, message in r.json()["error"]) == (status, True), r.text
+        r = alice.post("/api/skip", content=b'{"query_id": 1}', headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415
+    with Ledger.open(path) as led:
+        assert [(a.query_id, a.annotator, a.label) for a in led.answers()] == [(top, "bob", 2)]
+        assert led.spent() == 1.0 and led.passes() == {"alice": 1} and led.query(top).status == "answered"
+
+
+def test_an_item_every_annotator_skips_goes_unlabelled(tmp_path):
+    path = tmp_path / "s.db"
+    tokens = make_session(path, annotators={"alice": 1.0, "bob": 1.0, "carol": 1.0})
+    with served(path, driver=False) as live, client(live, tokens["alice"]) as alice, \
+            client(live, tokens["bob"]) as bob, client(live, tokens["carol"]) as carol:
+        qid = alice.get("/api/next").json()["query_id"]
+        assert alice.post("/api/skip", json={"query_id": qid}).json()["unlabelled"] is False
+        assert bob.get("/api/next").json()["query_id"] == qid
+        assert bob.post("/api/skip", json={"query_id": qid}).json()["unlabelled"] is False
+        with Ledger.open(path) as led:
+            assert led.query(qid).status == "pending"
+            led.revoke_annotator("carol")  # the last one who had not passed leaves: nobody will answer it
+            assert led.query(qid).status == "skipped"
+        r = alice.post("/api/answer", json={"query_id": qid, "label": 0})
+        assert r.status_code == 409 and "was skipped" in r.json()["error"]
+        assert carol.get("/api/next").status_code == 401
+        # A second item: both remaining annotators pass, and the second pass is what drops it.
+        other = alice.get("/api/next").json()["query_id"]
+        assert alice.post("/api/skip", json={"query_id": other}).json()["unlabelled"] is False
+        assert bob.get("/api/next").json()["query_id"] == other
+        assert bob.post("/api/skip", json={"query_id": other}).json()["unlabelled"] is True
+    with Ledger.open(path) as led:
+        assert led.spent() == 0 and led.answers() == []
+        assert [led.query(q).status for q in (qid, other)] == ["skipped", "skipped"]
+        events = [json.loads(d) for k, d in led._conn.execute("SELECT kind, detail FROM events") if k == "skip"]
+        assert [e["query_id"] for e in events] == [qid, other]
+        assert {e["reason"] for e in events} == {"every annotator passed"}
+
+
+def test_skipping_a_whole_window_lets_the_session_play_on(tmp_path):
+    path = tmp_path / "s.db"
+    tokens = make_session(path, annotators={"alice": 1.0})
+    with Ledger.open(path) as led:
+        first_window = {q.id for q in led.pending()}
+    with served(path) as live, client(live, tokens["alice"]) as alice:
+        for _ in first_window:
+            item = alice.get("/api/next").json()
+            assert item["query_id"] in first_window
+            assert alice.post("/api/skip", json={"query_id": item["query_id"]}).json()["unlabelled"] is True
+        deadline = time.monotonic() + 20
+        while (item := alice.get("/api/next").json()).get("item", True) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert item["query_id"] not in first_window
+        while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert status["rounds_played"] >= 20 and status["labels_bought"] == 0 and status["budget"]["spent"] == 0
+    with Ledger.open(path) as led:
+        queried = {r.round: r.queried for r in led.records()}
+        skipped_rounds = {led.query(q).round for q in first_window}
+    assert skipped_rounds and all(queried[t] is False for t in skipped_rounds)
+
+
 def test_create_app_checks_its_arguments(tmp_path):
     with pytest.raises(LedgerError, match="no such session file"):
         create_app(tmp_path / "missing.db")
@@ -389,6 +472,14 @@ def test_an_annotator_answers_three_items_in_chromium(session_file):
                 expect(page.locator("#answered")).to_have_text(str(n))
                 expect(page.locator("#item")).not_to_have_attribute("data-query-id", qid)
             expect(page.locator("#budget")).to_contain_text("spent 3 of 40 labels · remaining 37")
+            passed = int(page.get_attribute("#item", "data-query-id"))
+            page.click("#skip")  # bob has not passed on it: it goes to him, and alice is handed the next one
+            expect(page.locator("#skipped")).to_have_text("1")
+            expect(page.locator("#message")).to_have_text(f"item {passed} skipped: it goes to the other "
+                                                          "annotators.")
+            expect(page.locator("#item")).not_to_have_attribute("data-query-id", str(passed))
+            page.keyboard.press("s")
+            expect(page.locator("#skipped")).to_have_text("2")
             shot = os.environ.get("BUDGETSFT_SCREENSHOT")
             if shot:  # BUDGETSFT_SCREENSHOT=docs/annotate.png pytest tests/test_web.py -k chromium
                 page.set_viewport_size({"width": 900, "height": 640})
@@ -400,6 +491,8 @@ def test_an_annotator_answers_three_items_in_chromium(session_file):
     with Ledger.open(path) as led:
         got = sorted((a.query_id, a.label) for a in led.answers() if a.annotator == "alice")
         assert led.labels_by_annotator() == {"alice": {"labels": 3, "spent": 3.0}}
+        assert led.passes() == {"alice": 2} and led.spent() == 3.0
+        assert led.query(passed).status == "pending"
     assert got == sorted(zip(answered, [1, 2, 0], strict=True))
 
 

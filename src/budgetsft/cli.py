@@ -564,8 +564,12 @@ def annotate(
     add_annotator: Annotated[str | None, typer.Option(help="Create an annotator, print its token, and exit.")] = None,
     cost: Annotated[float, typer.Option(help="With --add-annotator: the annotator's price per label.")] = 1.0,
     revoke: Annotated[str | None, typer.Option(help="Revoke this annotator's token at once, and exit.")] = None,
+    rotate: Annotated[str | None, typer.Option(help="Give this annotator a fresh token (the old one stops "
+                                                    "working), print it, and exit: how a lost token is "
+                                                    "replaced.")] = None,
     list_annotators: Annotated[bool, typer.Option("--list", help="List the annotators (tokens are stored "
-                                                                 "hashed: they cannot be shown), and exit.")] = False,
+                                                                 "hashed: they cannot be shown; --rotate "
+                                                                 "replaces a lost one), and exit.")] = False,
     lease_ttl: Annotated[float, typer.Option(help="Seconds an item stays reserved for the annotator "
                                                   "who fetched it.")] = 300.0,
     rebind: Annotated[bool, typer.Option(help="The data file changed: serve it if every paid example is still "
@@ -579,9 +583,14 @@ def annotate(
     budgetsft annotate web.db --add-annotator ana --cost 1.0    # prints ana's token
     budgetsft annotate web.db --port 8000                       # then open http://127.0.0.1:8000/
     budgetsft annotate web.db --list
+    budgetsft annotate web.db --rotate ana                       # ana lost her token: a new one
     """
     from budgetsft.sessions.ledger import Ledger
 
+    actions = [f"--{flag}" for flag, v in (("add-annotator", add_annotator), ("revoke", revoke),
+                                            ("rotate", rotate), ("list", list_annotators or None)) if v is not None]
+    if len(actions) > 1:
+        raise ConfigError(f"{' and '.join(actions)} cannot be combined: give one of them at a time.")
     if add_annotator is not None:
         with Ledger.open(path) as led:
             ann = led.add_annotator(add_annotator, cost)
@@ -604,16 +613,25 @@ def annotate(
             led.revoke_annotator(revoke)
         out.print(f"annotator {revoke}: token revoked", markup=False, highlight=False)
         return
+    if rotate is not None:
+        with Ledger.open(path) as led:
+            ann = led.rotate_token(rotate)
+        out.print(f"annotator {ann.name}: new token: {ann.token}", markup=False, highlight=False)
+        err.print("the old token no longer works; the new one is shown only now.", markup=False, highlight=False)
+        return
     if list_annotators:
         with Ledger.open(path) as led:
-            anns, by = led.annotators(include_revoked=True), led.labels_by_annotator()
+            anns, by, passes = led.annotators(include_revoked=True), led.labels_by_annotator(), led.passes()
         table = Table(title=f"annotators of {path}")
-        for col in ("annotator", "cost", "labels", "spent", "status"):
+        for col in ("annotator", "cost", "labels", "spent", "skipped", "status"):
             table.add_column(col, justify="left" if col in ("annotator", "status") else "right")
         for a in anns:
             row = by.get(a.name, {"labels": 0, "spent": 0.0})
-            table.add_row(a.name, f"{a.cost:g}", str(row["labels"]), _fmt(row["spent"]),
+            table.add_row(a.name, f"{a.cost:g}", str(row["labels"]), _fmt(row["spent"]), str(passes.get(a.name, 0)),
                           "revoked" if a.revoked is not None else "active")
+        if not anns:
+            err.print(f"{path}: no annotators yet; add one with --add-annotator NAME.", markup=False,
+                      highlight=False)
         out.print(table)
         return
     if not 1 <= port <= 65535:

@@ -49,7 +49,7 @@ from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigErr
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
            "Annotator", "record_to_json", "record_from_json", "hash_token"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migrations from version v to v + 1, applied in order by Ledger.open.
 MIGRATIONS: dict[int, Sequence[str]] = {
@@ -65,6 +65,11 @@ MIGRATIONS: dict[int, Sequence[str]] = {
         "DELETE FROM records",
         "UPDATE meta SET value = 'stopped' WHERE key = 'status' AND value IN ('finished', 'playing', 'waiting')",
         "INSERT OR REPLACE INTO meta SELECT 'acks', CAST(COUNT(*) AS TEXT) FROM answers",
+    ],
+    # v3: an annotator may pass on an item (the web page's skip button); it goes to the others.
+    2: [
+        "CREATE TABLE passes (query_id INTEGER NOT NULL REFERENCES queries(id), annotator TEXT NOT NULL, "
+        "created REAL NOT NULL, PRIMARY KEY (query_id, annotator))",
     ],
 }
 
@@ -100,6 +105,12 @@ CREATE TABLE leases (
     cost TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE passes (
+    query_id INTEGER NOT NULL REFERENCES queries(id),
+    annotator TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (query_id, annotator)
+);
 CREATE TABLE records (round INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE checkpoints (position INTEGER PRIMARY KEY, state BLOB NOT NULL, created REAL NOT NULL);
 CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL);
@@ -107,7 +118,8 @@ CREATE INDEX queries_status ON queries(status, latency);
 """
 
 # Tables every ledger holds, and the values its meta rows may take.
-_TABLES = ("meta", "annotators", "queries", "answers", "leases", "records", "checkpoints", "events")
+_TABLES = ("meta", "annotators", "queries", "answers", "leases", "passes", "records", "checkpoints", "events")
+_TABLE_SINCE = {"passes": 3}  # tables a ledger holds from this schema version on (older ones gain them)
 _STATUSES = ("created", "playing", "waiting", "stopped", "finished")
 _MAX_ID = 2**63  # SQLite integers are signed 64-bit
 
@@ -328,7 +340,7 @@ class Ledger:
                               f"understands ({SCHEMA_VERSION}); upgrade budgetsft.")
         if version < 1:
             raise LedgerError(f"{path}: ledger schema version {version} is not one budgetsft ever wrote.")
-        missing = [t for t in _TABLES if t not in tables]
+        missing = [t for t in _TABLES if t not in tables and _TABLE_SINCE.get(t, 1) <= version]
         if missing:
             raise LedgerError(f"{path}: the ledger has no {', '.join(missing)} table(s): the file is damaged.")
         check = conn.execute("PRAGMA quick_check").fetchone()
@@ -681,6 +693,50 @@ class Ledger:
             c.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
             self.log("skip", {"query_id": int(query_id), "annotator": annotator}, c)
 
+    def pass_query(self, query_id: int, annotator: str) -> bool:
+        """``annotator`` passes on a pending query: it is never handed to them again and goes to the others.
+
+        Their lease on it (if any) is dropped and nothing is charged. When every
+        active annotator has passed on it, the query is skipped (its round counts
+        as unqueried, as with :meth:`skip`). Returns whether it was skipped.
+        Passing twice is harmless; an answered or skipped query is refused.
+        """
+        with self.transaction() as c:
+            row = c.execute("SELECT status FROM queries WHERE id = ?", (int(query_id),)).fetchone()
+            if row is None:
+                raise LedgerError(f"{self.path}: unknown query {query_id}.")
+            if row[0] != "pending":
+                raise LedgerError(f"{self.path}: query {query_id} is {row[0]}; only a pending query can be passed.")
+            c.execute("INSERT OR IGNORE INTO passes VALUES (?, ?, ?)", (int(query_id), annotator, time.time()))
+            c.execute("DELETE FROM leases WHERE query_id = ? AND annotator = ?", (int(query_id), annotator))
+            self.log("pass", {"query_id": int(query_id), "annotator": annotator}, c)
+            return int(query_id) in self._skip_passed_by_all(c)
+
+    def passed_all_pending(self, annotator: str) -> bool:
+        """Whether ``annotator`` passed on every pending query (so none will be handed to them)."""
+        row = self._conn.execute("SELECT COUNT(*) FROM queries q WHERE q.status = 'pending' AND NOT EXISTS "
+                                 "(SELECT 1 FROM passes p WHERE p.query_id = q.id AND p.annotator = ?)",
+                                 (annotator,)).fetchone()
+        return row[0] == 0
+
+    def passes(self) -> dict[str, int]:
+        """How many pending or skipped queries each annotator passed on."""
+        return dict(self._conn.execute("SELECT annotator, COUNT(*) FROM passes GROUP BY annotator").fetchall())
+
+    def _skip_passed_by_all(self, c: sqlite3.Connection) -> list[int]:
+        # Pending queries that every active annotator passed on would wait for ever: skip them (no charge).
+        # With no active annotator nobody has passed: the queries wait for the next one to be added.
+        ids = [r[0] for r in c.execute(
+            "SELECT q.id FROM queries q WHERE q.status = 'pending' "
+            "AND EXISTS (SELECT 1 FROM annotators WHERE revoked IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM annotators a WHERE a.revoked IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM passes p WHERE p.query_id = q.id AND p.annotator = a.name))")]
+        for qid in ids:
+            c.execute("UPDATE queries SET status = 'skipped' WHERE id = ?", (qid,))
+            c.execute("DELETE FROM leases WHERE query_id = ?", (qid,))
+            self.log("skip", {"query_id": qid, "annotator": None, "reason": "every annotator passed"}, c)
+        return ids
+
     def undo_answer(self, query_id: int) -> None:
         """Withdraw an answer (refunding it) and put its query back to pending; logged in ``events``."""
         with self.transaction() as c:
@@ -725,6 +781,23 @@ class Ledger:
                                   "does not exist."))
             c.execute("DELETE FROM leases WHERE annotator = ?", (name,))
             self.log("revoke_annotator", {"name": name}, c)
+            self._skip_passed_by_all(c)  # the others may all have passed on what only ``name`` had not
+
+    def rotate_token(self, name: str, token: str | None = None) -> Annotator:
+        """Give an active annotator a fresh token (the old one stops working at once); returned only here.
+
+        The ledger keeps hashes, so a lost token cannot be shown again: this is
+        how it is replaced. Answers, price and passes stay the annotator's.
+        """
+        token = token or secrets.token_urlsafe(24)
+        with self.transaction() as c:
+            row = c.execute("SELECT cost, created, revoked FROM annotators WHERE name = ?", (name,)).fetchone()
+            if row is None or row[2] is not None:
+                raise ConfigError(f"{self.path}: annotator {name!r} " + ("is revoked; add them again with "
+                                  "--add-annotator." if row else "does not exist."))
+            c.execute("UPDATE annotators SET token_hash = ? WHERE name = ?", (hash_token(token), name))
+            self.log("rotate_token", {"name": name}, c)
+        return Annotator(name, token, float(row[0]), row[1])
 
     def annotators(self, include_revoked: bool = False) -> list[Annotator]:
         """The annotators (tokens are not known: only their hashes are stored)."""
@@ -757,7 +830,8 @@ class Ledger:
     def lease_next(self, annotator: Annotator, ttl: float = 300.0) -> Query | None:
         """Hand ``annotator`` the pending query of largest latency that nobody else holds, for ``ttl`` seconds.
 
-        An annotator holds at most one lease (asking again renews it). Returns
+        An annotator holds at most one lease (asking again renews it) and is
+        never handed a query they passed on (:meth:`pass_query`). Returns
         None when nothing is pending or free; raises BudgetExhaustedError when
         the budget left (after others' leases) cannot pay this annotator's rate.
         """
@@ -775,7 +849,9 @@ class Ledger:
                     c, exclude_annotator=annotator.name)
                 row = c.execute("SELECT q.id FROM queries q LEFT JOIN leases l ON l.query_id = q.id "
                                 "AND l.expires > ? WHERE q.status = 'pending' AND l.query_id IS NULL "
-                                "ORDER BY q.latency DESC, q.round LIMIT 1", (now,)).fetchone()
+                                "AND NOT EXISTS (SELECT 1 FROM passes p WHERE p.query_id = q.id "
+                                "AND p.annotator = ?) ORDER BY q.latency DESC, q.round LIMIT 1",
+                                (now, annotator.name)).fetchone()
                 if row is None:
                     return None
                 if price > left:

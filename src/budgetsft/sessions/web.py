@@ -21,8 +21,13 @@ route                       method  what
 ``/login``, ``/logout``     POST    set / clear the token cookie (HttpOnly, SameSite=Strict)
 ``/api/next``               GET     lease the next item: prompt, candidates, budget
 ``/api/answer``             POST    ``{"query_id": int, "label": int}``
+``/api/skip``               POST    ``{"query_id": int}``: pass it on to the others
 ``/api/status``             GET     spend, budget left, pending, labels by annotator
 ==========================  ======  =================================================
+
+Skipping (the page's skip button, key ``s``) charges nothing: the item is
+never handed to that annotator again and goes to the others; once every active
+annotator has skipped it, its round goes unlabelled (counted as unqueried).
 
 The API takes the token as ``Authorization: Bearer <token>``; the page uses
 the cookie the login form sets. Every refusal is JSON ``{"error": "..."}`` and
@@ -32,7 +37,7 @@ The page is package data in ``static/``: ``annotate.html`` and ``login.html``,
 with ``annotate.css`` and ``annotate.js`` inlined in each response under a
 fresh CSP nonce (so the policy allows no other script or style).
 
-Cross-origin requests are refused: ``POST /api/answer`` takes only
+Cross-origin requests are refused: ``POST /api/answer`` and ``/api/skip`` take only
 ``Content-Type: application/json`` (415 otherwise), and a request
 authenticated by the cookie must come from the server's own origin (its
 ``Origin``, or ``Sec-Fetch-Site: same-origin``, must match; 403 otherwise), so
@@ -310,7 +315,9 @@ class _Annotate:
         except BudgetExhaustedError as exc:
             raise _Refusal(409, f"budget exhausted: {exc}") from None
         if q is None:
-            if pending:
+            if pending and led.passed_all_pending(ann.name):
+                reason = "you skipped every pending item; the other annotators will answer them"
+            elif pending:
                 reason = "every pending item is leased to another annotator"
             elif led.status == "finished":
                 reason = "session finished"
@@ -353,6 +360,26 @@ class _Annotate:
         if not recorded:
             out["duplicate"] = True
         return out
+
+    def skip(self, ann: Annotator, query_id: int) -> dict:
+        led = self.ledger()
+        q = led.query(query_id)
+        if q is None:
+            raise _Refusal(404, f"unknown item {query_id}.")
+        if q.status != "pending":
+            raise _Refusal(409, f"item {query_id} is {q.status}; it cannot be skipped.")
+        holder = led.lease_holder(query_id)
+        if holder is not None and holder != ann.name:
+            raise _Refusal(403, f"item {query_id} is leased to another annotator.")
+        try:
+            dropped = led.pass_query(query_id, ann.name)
+        except (LedgerBusyError, LedgerReadOnlyError) as exc:
+            raise _unavailable(exc) from None
+        except LedgerError as exc:  # answered or skipped meanwhile
+            raise _Refusal(409, str(exc)) from None
+        if dropped and self.driver is not None:
+            self.driver.wake()  # nobody will answer it: the game need not wait for it
+        return {"skipped": query_id, "unlabelled": dropped, "budget": self.budget(led)}
 
     def status(self) -> dict:
         led = self.ledger()
@@ -469,7 +496,8 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
     async def api_next(request: Request) -> Response:
         return await api(request, state.next_item)
 
-    async def api_answer(request: Request) -> Response:
+    async def json_post(request: Request, shape: str, fn) -> Response:
+        # Authenticate, then read a JSON object body {"query_id": int, ...} and hand it to fn(ann, qid, obj).
         try:
             ann = await run_in_threadpool(state.annotator, request)
             body = await _read_body(request, state.max_body)
@@ -480,17 +508,26 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
             try:
                 obj = json.loads(body)
             except (ValueError, UnicodeDecodeError, RecursionError):
-                raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.') from None
+                raise _Refusal(400, f"the body must be a JSON object {shape}.") from None
             if not isinstance(obj, dict):
-                raise _Refusal(400, 'the body must be a JSON object {"query_id": int, "label": int}.')
+                raise _Refusal(400, f"the body must be a JSON object {shape}.")
             qid = obj.get("query_id")
             if isinstance(qid, bool) or not isinstance(qid, int):
                 raise _Refusal(400, f"'query_id' must be an int. Got {qid!r}.")
-            if "label" not in obj:
-                raise _Refusal(400, "'label' is missing.")
-            return JSONResponse(await run_in_threadpool(state.answer, ann, qid, obj["label"]))
+            return JSONResponse(await run_in_threadpool(fn, ann, qid, obj))
         except Exception as exc:  # noqa: BLE001 - every failure is answered as JSON with a message
             return _guarded(exc)
+
+    def answer(ann: Annotator, qid: int, obj: dict) -> dict:
+        if "label" not in obj:
+            raise _Refusal(400, "'label' is missing.")
+        return state.answer(ann, qid, obj["label"])
+
+    async def api_answer(request: Request) -> Response:
+        return await json_post(request, '{"query_id": int, "label": int}', answer)
+
+    async def api_skip(request: Request) -> Response:
+        return await json_post(request, '{"query_id": int}', lambda ann, qid, obj: state.skip(ann, qid))
 
     async def api_status(request: Request) -> Response:
         return await api(request, lambda ann: state.status())
@@ -551,6 +588,7 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
         Route("/logout", logout, methods=["POST"]),
         Route("/api/next", api_next, methods=["GET"]),
         Route("/api/answer", api_answer, methods=["POST"]),
+        Route("/api/skip", api_skip, methods=["POST"]),
         Route("/api/status", api_status, methods=["GET"]),
     ], lifespan=lifespan)
     app.state.annotate = state

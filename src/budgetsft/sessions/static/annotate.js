@@ -1,6 +1,6 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
-let current = null, answered = 0, timer = null, busy = false;
+let current = null, answered = 0, skipped = 0, timer = null, busy = false;
 function showBudget(b, pending) {
   const fmt = (x) => (x === null ? "?" : +x.toFixed(4));
   $("budget").textContent = `spent ${fmt(b.spent)} of ${fmt(b.total)} ${b.unit} · remaining ${fmt(b.remaining)}`
@@ -19,6 +19,7 @@ async function next() {
   const [status, d] = await call("/api/next");
   const cands = $("candidates");
   cands.replaceChildren();
+  $("skip").disabled = true;
   if (status !== 200) {
     current = null; $("item").dataset.queryId = "";
     $("prompt").textContent = d.error || `HTTP ${status}`;
@@ -44,7 +45,25 @@ async function next() {
     b.addEventListener("click", () => answer(i));
     cands.appendChild(b);
   });
+  $("skip").disabled = false;
 }
+async function skip() {
+  if (!current || busy) return;
+  busy = true;
+  try {
+    const [status, d] = await call("/api/skip", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({query_id: current.query_id})});
+    if (status === 200) {
+      skipped += 1; $("skipped").textContent = String(skipped);
+      $("message").textContent = d.unlabelled ? `item ${d.skipped} skipped by everyone: it goes unlabelled.`
+        : `item ${d.skipped} skipped: it goes to the other annotators.`;
+    } else {
+      $("message").textContent = d.error || `HTTP ${status}`;
+    }
+    await next();
+  } finally { busy = false; }
+}
+$("skip").addEventListener("click", skip);
 async function answer(label) {
   if (!current || busy) return;
   busy = true;
@@ -62,5 +81,6 @@ async function answer(label) {
 }
 document.addEventListener("keydown", (e) => {
   if (current && /^[0-9]$/.test(e.key) && +e.key < current.candidates.length) answer(+e.key);
+  else if (current && e.key === "s") skip();
 });
 next();
