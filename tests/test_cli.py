@@ -125,7 +125,7 @@ def _commands():
 
 
 # `adapt` is documented by the adaptation work; the annotate options are actions (given: do this and exit).
-NO_DEFAULT = {("adapt",): None, ("annotate",): {"add_annotator", "revoke"}}
+NO_DEFAULT = {("annotate",): {"add_annotator", "revoke", "rotate"}}
 
 
 def test_every_command_help_has_examples_and_every_default():

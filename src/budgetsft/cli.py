@@ -759,13 +759,15 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     if curves:
         from budgetsft.plots import plot_runs
 
-        plot_runs(curves, runs_dir / "curves.png", title=f"{_setting(cfg)}: seed {seed_list[0]}",
+        plot_runs(curves, runs_dir / "curves.png", title=f"{_setting(cfg)}, {cfg['learner']['name']} learner: "
+                                                         f"seed {seed_list[0]}",
                   metric="mistakes" if cfg.get("data") else "regret")
     if plot is not None:
         from budgetsft.plots import plot_sweep
 
         metric = "mistakes" if cfg.get("data") else "pseudo_regret"
-        plot_sweep(rows, metric, plot, title=f"{_setting(cfg)}: {metric.replace('_', '-')}, mean ± sd")
+        plot_sweep(rows, metric, plot, title=f"{_setting(cfg)}, {cfg['learner']['name']} learner: "
+                                             f"{metric.replace('_', '-')}, mean ± sd over {len(seed_list)} seeds")
         (err if as_json else out).print(f"wrote {plot}")
     if as_json:
         cells = [{k: v for k, v in s.items() if k != "seconds"} for s in results]
