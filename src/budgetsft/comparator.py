@@ -202,7 +202,10 @@ def solve(
                           "cached); 'comparator: approx' (--comparator approx) gives a labelled first-order "
                           "bracket in seconds, 'comparator: none' (--no-comparator) skips it.",
                           SlowComparatorWarning, stacklevel=2)
-        with _Elapsed("comparator LP (HiGHS)", enabled=progress):
+        # HiGHS (through scipy) reports no progress, so no ETA: the bar shows the LP's size and the time elapsed.
+        solver = "interior point" if Z.nnz > IPM_NNZ else "dual simplex"
+        with _Elapsed(f"comparator LP (HiGHS {solver}, {Z.shape[0]:,} pairs x {Z.shape[1]:,} features, "
+                      f"{Z.nnz / 1e6:.1f} M nonzeros)", enabled=progress):
             theta = _exact(Z, owner, T, S)
         per_round = hinge_per_round(Z, owner, theta, T)
         loss = lower = float(per_round.sum())

@@ -41,9 +41,22 @@ def _style(i: int, n: int, n_points: int) -> dict:
             "zorder": 2 + i}
 
 
-def _wrap(title: str, width_in: float, fontsize: float) -> str:
-    """Wrap a title to a figure ``width_in`` inches wide (a character is about 0.55 em wide)."""
-    return "\n".join(textwrap.wrap(title, width=max(20, int(width_in * 72 / (0.55 * fontsize))))) if title else title
+def _fit_title(fig, text, title: str) -> None:
+    """Wrap the title artist ``text`` until it lies inside ``fig`` (measured by the renderer, after layout).
+
+    Starts from an estimate (a character is about 0.55 em wide) and narrows the wrap while the drawn title
+    runs off either side; the layout is redone each time, since a title of more lines moves the axes.
+    """
+    width_in = fig.get_figwidth()
+    chars = max(20, int(width_in * 72 / (0.55 * text.get_fontsize())))
+    renderer = fig.canvas.get_renderer()
+    while True:
+        text.set_text("\n".join(textwrap.wrap(title, width=chars)))
+        fig.tight_layout()
+        box = text.get_window_extent(renderer=renderer)
+        if chars <= 20 or (box.x0 >= 2 and box.x1 <= fig.bbox.width - 2):
+            return
+        chars -= 4
 
 
 def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | None = None,
@@ -88,9 +101,9 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
         ax.grid(alpha=0.3)
     ax_r.legend(fontsize=8)
     ax_l.legend(fontsize=8, title="full feedback runs off the top" if zoom else None, title_fontsize=8)
-    if title:
-        fig.suptitle(_wrap(title, 11, 12), fontsize=12)
     fig.tight_layout()
+    if title:
+        _fit_title(fig, fig.suptitle(title, fontsize=12), title)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
@@ -110,9 +123,9 @@ def plot_sweep(rows: Sequence[dict], metric: str, out: str | Path, title: str | 
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(axis="y", alpha=0.3)
-    if title:  # wrapped to the figure's width: a long setting must not run off the edges
-        ax.set_title(_wrap(title, width, 10.5), fontsize=10.5)
     fig.tight_layout()
+    if title:  # wrapped to the figure's width: a long setting must not run off the edges
+        _fit_title(fig, ax.set_title(title, fontsize=10.5), title)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
