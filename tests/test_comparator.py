@@ -167,8 +167,13 @@ def test_auto_certifies_a_closed_bracket_and_labels_an_open_one(cache, solves, m
     noisy = list(LinearSoftmaxEnv(d=6, K=4, rounds=300, seed=1, temperature=1.0))
     exact = comp.solve(noisy, S=10.0, method="exact", cache=False)
     n_before = len(solves)
+    hashed = []
+    real_digest = comp.stream_digest
+    monkeypatch.setattr(comp, "stream_digest", lambda rounds: hashed.append(len(rounds)) or real_digest(rounds))
     mid = comp.solve(noisy, S=10.0, method="auto")  # the bracket stays open: HiGHS below the slow size
     assert mid.method == "exact" and len(solves) == n_before + 1
+    assert hashed == [300]  # the features are hashed once for both methods tried
+    assert comp.solve(noisy, S=10.0, method="exact").cached  # and the key is the one a plain exact solve uses
     assert mid.loss == pytest.approx(exact.loss, abs=1e-7)
     monkeypatch.setattr(comp, "SLOW_EXACT_NNZ", 20)
     comp._MEMO.clear()

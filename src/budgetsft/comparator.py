@@ -55,8 +55,8 @@ from scipy import sparse
 from budgetsft.base import Round
 from budgetsft.exceptions import BudgetsftWarning, ConfigError
 
-__all__ = ["Comparator", "SlowComparatorWarning", "METHODS", "solve", "content_key", "pair_matrix", "hinge_per_round",
-           "IPM_NNZ", "SLOW_EXACT_NNZ", "CERTIFIED_RTOL"]
+__all__ = ["Comparator", "SlowComparatorWarning", "METHODS", "solve", "content_key", "stream_digest", "pair_matrix",
+           "hinge_per_round", "IPM_NNZ", "SLOW_EXACT_NNZ", "CERTIFIED_RTOL"]
 
 METHODS = ("auto", "exact", "approx", "none")
 # Nonzeros of the pair matrix above which HiGHS takes many minutes on one core. Measured on the
@@ -124,14 +124,23 @@ def hinge_per_round(Z: sparse.csr_matrix, owner: np.ndarray, theta: np.ndarray, 
     return out
 
 
-def content_key(rounds: Sequence[Round], S: float, method: str) -> str:
-    """SHA-256 of what the comparator depends on: every round's features and gold, S and the method."""
-    h = hashlib.sha256(f"{_VERSION}|{method}|{float(S)!r}|{len(rounds)}".encode())
+def stream_digest(rounds: Sequence[Round]) -> str:
+    """SHA-256 of every round's features and gold: the part of the key that is the same for every method."""
+    h = hashlib.sha256(f"{len(rounds)}".encode())
     for r in rounds:
         X = np.ascontiguousarray(r.features, dtype=np.float64)
         h.update(f"{X.shape}|{int(r.gold)};".encode())
         h.update(X.tobytes())
-    return h.hexdigest()[:32]
+    return h.hexdigest()
+
+
+def content_key(rounds: Sequence[Round], S: float, method: str, digest: str | None = None) -> str:
+    """SHA-256 of what the comparator depends on: every round's features and gold, S and the method.
+
+    ``digest``: the rounds' :func:`stream_digest`, when already known (the features are then not read again).
+    """
+    digest = stream_digest(rounds) if digest is None else digest
+    return hashlib.sha256(f"{_VERSION}|{method}|{float(S)!r}|{len(rounds)}|{digest}".encode()).hexdigest()[:32]
 
 
 def _nnz_estimate(rounds: Sequence[Round]) -> int:
@@ -150,6 +159,7 @@ def solve(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    digest: str | None = None,
 ) -> Comparator:
     """The comparator of ``rounds``, from the cache when the same rounds were solved before.
 
@@ -174,6 +184,9 @@ def solve(
         seconds (elapsed time for ``"exact"``, whose solver reports no
         progress; iterations for ``"approx"``), and say when the exact LP is
         large enough to take minutes.
+    digest : str, optional
+        The rounds' :func:`stream_digest`, when the caller already has it
+        (the cache key is then computed without reading the features again).
 
     Returns
     -------
@@ -185,8 +198,8 @@ def solve(
     if T == 0:
         return Comparator(0.0, 0.0, np.zeros(0), np.zeros(0), "exact", 0.0)
     if method == "auto":
-        return _auto(rounds, S, cache=cache, cache_dir=cache_dir, progress=progress)
-    key = content_key(rounds, S, method) if cache else None
+        return _auto(rounds, S, cache=cache, cache_dir=cache_dir, progress=progress, digest=digest)
+    key = content_key(rounds, S, method, digest) if cache else None
     if key is not None:
         hit = _MEMO.get(key) or _read(_path(cache_dir, key), T)
         if hit is not None:
@@ -226,6 +239,8 @@ def _auto(rounds: Sequence[Round], S: float, **kw) -> Comparator:
     its value is the optimum (weak duality) and is reported as ``"exact"``. Otherwise HiGHS below
     :data:`SLOW_EXACT_NNZ` nonzeros, the bracket above (``"approx"``, with a warning)."""
     nnz = _nnz_estimate(rounds)
+    if kw["cache"] and kw["digest"] is None:  # the features are hashed once, for the methods tried below
+        kw["digest"] = stream_digest(rounds)
     if nnz <= IPM_NNZ:
         return solve(rounds, S, method="exact", **kw)
     approx = solve(rounds, S, method="approx", **kw)
