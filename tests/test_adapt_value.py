@@ -88,10 +88,11 @@ def env(work, tmp_path_factory) -> dict:
             "PYTHONWARNINGS": "default"}
 
 
-def _cli(args, env, cwd) -> subprocess.CompletedProcess:
+def _cli(args, env, cwd, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "budgetsft", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -197,21 +198,27 @@ def test_bootstrap_intervals_on_a_hand_computed_case():
     assert boot.mean(a) == (3 / 4 + 2 / 4) / 2 == 0.625
     assert boot.paired(a, b)["mean"] == pytest.approx(((3 - 2) / 4 + (2 - 2) / 4) / 2) == 0.125
 
-    # an independent re-implementation of the documented procedure, loop by loop
+    # an independent re-implementation of the documented procedure, loop by loop: items within each seed,
+    # then (drawn after them) the seed slots
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, 4, size=(R, 4)) for _ in range(2)]
-    acc_a, diff = [], []
+    slots = rng.integers(0, 2, size=(R, 2))
+    acc_a, diff, items_a = [], [], []
     for r in range(R):
         per_a, per_d = [], []
         for s in range(2):
             picked = draws[s][r]
             per_a.append(sum(a[s][i] for i in picked) / 4)
             per_d.append(sum(a[s][i] - b[s][i] for i in picked) / 4)
-        acc_a.append(sum(per_a) / 2)
-        diff.append(sum(per_d) / 2)
+        acc_a.append(sum(per_a[j] for j in slots[r]) / 2)
+        diff.append(sum(per_d[j] for j in slots[r]) / 2)
+        items_a.append(sum(per_a) / 2)
     assert boot.interval(a) == pytest.approx(list(np.percentile(acc_a, [2.5, 97.5])), abs=1e-12)
     p = boot.paired(a, b)
     assert p["ci95"] == pytest.approx(list(np.percentile(diff, [2.5, 97.5])), abs=1e-12)
+    items_only = PairedBootstrap([4, 4], n_resamples=R, seed=seed, resample_seeds=False)
+    assert items_only.seed_indices_ is None
+    assert items_only.interval(a) == pytest.approx(list(np.percentile(items_a, [2.5, 97.5])), abs=1e-12)
     assert p["per_seed"] == [0.25, 0.0]
     assert p["within_noise"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
     # identical methods: a degenerate interval at 0, within noise
@@ -223,6 +230,29 @@ def test_bootstrap_intervals_on_a_hand_computed_case():
     assert boot.interval(ones) == [1.0, 1.0]
     assert boot.paired(ones, zeros) == {"mean": 1.0, "ci95": [1.0, 1.0], "per_seed": [1.0, 1.0],
                                         "within_noise": False}
+
+
+def test_seeds_that_disagree_widen_the_interval_to_noise():
+    # a − b is +0.20 at seed 0 and −0.05 at seeds 1 and 2 (400 items each, flipped items only: tight item noise).
+    # Items alone call the mean (+0.033) real; with the seeds resampled the interval holds 0, as three seeds that
+    # disagree should.
+    n = 400
+    rng = np.random.default_rng(3)
+    b = [rng.integers(0, 2, size=n) for _ in range(3)]
+    a = []
+    for s, shift in enumerate((80, -20, -20)):
+        v = b[s].copy()
+        idx = np.flatnonzero(v == (0 if shift > 0 else 1))[: abs(shift)]
+        v[idx] = 1 - v[idx]
+        a.append(v)
+    items = PairedBootstrap([n] * 3, n_resamples=2000, resample_seeds=False).paired(a, b)
+    both = PairedBootstrap([n] * 3, n_resamples=2000).paired(a, b)
+    assert items["mean"] == both["mean"] == pytest.approx((0.2 - 0.05 - 0.05) / 3)
+    assert not items["within_noise"] and both["within_noise"]
+    assert both["ci95"][1] - both["ci95"][0] > 3 * (items["ci95"][1] - items["ci95"][0])
+    # one seed: nothing to resample between seeds; the two agree exactly
+    one = [PairedBootstrap([n], n_resamples=500, resample_seeds=r).paired(a[:1], b[:1]) for r in (True, False)]
+    assert one[0] == one[1]
 
 
 def test_seed_report_schema_and_determinism():
@@ -260,6 +290,14 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
     md = (out / "report.md").read_text()
     assert "| paired difference |" in md and "accuracy.png" in md and (out / "accuracy.png").is_file()
     assert "within noise" in md or "is better" in md
+    # --report-only: the same report again from the saved predictions, nothing trained
+    (out / "report.md").unlink()
+    again = _cli(["adapt", "--out", out, "--report-only"], env, work)
+    assert "rewrote" in again.stdout and "estimate:" not in again.stderr
+    assert json.loads((out / "report.json").read_text()) == report and (out / "report.md").read_text() == md
+    (out / "seed-1" / "predictions.json").write_text("{")
+    bad = _cli(["adapt", "--out", out, "--report-only"], env, work, check=False)
+    assert bad.returncode != 0 and "seed-1/predictions.json" in bad.stderr and "Traceback" not in bad.stderr
     # every seed's adapters record the model as given, and reload from it
     for seed in (0, 1):
         for name in names[1:]:

@@ -979,12 +979,16 @@ def adapt(
     threads: Annotated[int | None, typer.Option(help="CPU threads of torch. \\[default: torch's, or 1 when a timed "
                                                      "warm-up finds one thread faster]")] = None,
     estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Recompute --out's report.md/.json and "
+                                                                   "accuracy.png from its saved predictions "
+                                                                   "(trains nothing), and stop.")] = False,
 ) -> None:
     """Buy labels with a gate and baselines (or read them), fine-tune LoRA on each set, compare with noise bars.
 
     Every seed: llf, random, first and margin buy B = ⌊β n⌋ labels of the train split as `budgetsft run` does,
     one LoRA (same recipe: --epochs passes over the set) is trained per set and on all labels, and each is scored
-    on the test split beside zero-shot. report.md says which differences are within noise (paired bootstrap).
+    on the test split beside zero-shot. report.md says which differences are within noise (paired bootstrap over
+    seeds and test items).
     A time estimate is printed before the start.
 
     Examples:
@@ -993,7 +997,18 @@ def adapt(
     budgetsft adapt --data bbc-news --seeds 0,1,2 --estimate-only
     budgetsft adapt --data sarcasm --max-examples 3000 --seeds 0,1,2 --out runs/adapt-sarcasm
     budgetsft adapt --data bbc-news --labels bought.jsonl --out runs/adapt-mine     # a session's export or ledger
+    budgetsft adapt --out runs/adapt-bbc --report-only                  # the report again, from saved predictions
     """
+    if report_only:
+        if estimate_only:
+            raise ConfigError("--report-only and --estimate-only cannot be combined.")
+        from budgetsft.adapt.report import rebuild_report
+
+        report = rebuild_report(out_dir)
+        out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+        out.print(f"rewrote {out_dir}/report.md, report.json, accuracy.png from the saved predictions "
+                  f"({len(report['methods'])} methods, {len(report['seeds'])} seed(s))")
+        return
     from budgetsft.adapt.pipeline import run_adapt
 
     report = run_adapt(data, out_dir, gate=gate, baselines=[b for b in baselines.split(",") if b.strip()],

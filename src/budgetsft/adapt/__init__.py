@@ -35,7 +35,7 @@ from budgetsft.adapt.lora import (
     make_batch,
     save_adapters,
 )
-from budgetsft.adapt.report import compare_adaptations, seed_report, write_report, write_seed_report
+from budgetsft.adapt.report import compare_adaptations, rebuild_report, seed_report, write_report, write_seed_report
 from budgetsft.adapt.stats import PairedBootstrap
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "load_adapters",
     "make_batch",
     "predict",
+    "rebuild_report",
     "save_adapters",
     "score_candidates",
     "score_packed",

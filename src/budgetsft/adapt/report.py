@@ -31,7 +31,7 @@ from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError
 
 __all__ = ["compare_adaptations", "write_report", "seed_report", "write_seed_report", "render_seed_markdown",
-           "plot_accuracy"]
+           "plot_accuracy", "rebuild_report"]
 
 #: Steps averaged for the "final train loss" column (a single step is noisy).
 FINAL_LOSS_WINDOW = 10
@@ -340,8 +340,9 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
         "methods": methods,
         "paired": paired,
         "bootstrap": {"n_resamples": n_resamples, "seed": bootstrap_seed, "level": 0.95,
-                      "method": "percentile bootstrap; test items resampled with replacement within each seed "
-                                "(the same resample for every method: paired), statistic averaged over seeds"},
+                      "method": "two-level percentile bootstrap: seeds resampled with replacement, and test items "
+                                "with replacement within each seed (the same resample for every method: paired); "
+                                "statistic averaged over the drawn seeds"},
         "per_seed": per_seed,
     }
 
@@ -407,7 +408,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         if p["within_noise"]:
             words.append(f"{diff}: within noise, the data do not tell {a} from {b}.")
         else:
-            words.append(f"{diff}: {a if p['mean'] > 0 else b} is better beyond test-item noise.")
+            words.append(f"{diff}: {a if p['mean'] > 0 else b} is better beyond the noise of seeds and test "
+                         "items.")
     if gate in methods and "all" in methods and methods["all"]["mean"] > 0:
         words.append(f"{gate} reaches {methods[gate]['mean'] / methods['all']['mean']:.3f}× the all-labels "
                      f"accuracy ({methods[gate]['mean']:.4f} vs {methods['all']['mean']:.4f}).")
@@ -415,15 +417,50 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         lines += ["In words: " + " ".join(words), ""]
     b = report.get("bootstrap", {})
     lines += ["![accuracy against labels](accuracy.png)", "",
-              f"Intervals: percentile bootstrap, {b.get('n_resamples')} resamples of the test items with replacement "
-              f"within each seed (numpy default_rng({b.get('seed')})), the same resample for every method (paired "
-              "differences), statistic averaged over seeds. A difference is within noise when its interval "
-              "contains 0.", ""]
+              f"Intervals: two-level percentile bootstrap, {b.get('n_resamples')} replicates (numpy "
+              f"default_rng({b.get('seed')})): the seeds resampled with replacement, and the test items with "
+              "replacement within each seed; the same resample for every method (paired differences), statistic "
+              "averaged over the drawn seeds. A difference is within noise when its interval contains 0. "
+              "Resampling seeds counts the variation between label sets drawn the same way and between LoRA "
+              "runs, not only between test items; with 3 seeds it is coarse.", ""]
     t = report.get("timing")
     if t:
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
                   "before the start).", ""]
     return "\n".join(lines)
+
+
+def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
+    """Recompute an ``adapt`` run's report from what it saved (``report.json`` and ``seed-*/predictions.json``).
+
+    Nothing is trained or scored: the intervals, verdicts, ``report.md`` and
+    ``accuracy.png`` are computed again with this version's statistics, and
+    written over the old ones. Everything else in the report is kept.
+    """
+    from budgetsft.exceptions import DataError
+
+    out = Path(out_dir)
+    path = out / "report.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no report here; `budgetsft adapt --out {out}` writes one.") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not a JSON report ({exc}).") from None
+    results = []
+    for row in old.get("per_seed", []):
+        pred = out / f"seed-{row['seed']}" / "predictions.json"
+        try:
+            correct = json.loads(pred.read_text(encoding="utf-8"))["correct"]
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise DataError(f"{pred}: the saved predictions of seed {row['seed']} are missing or damaged "
+                            f"({type(exc).__name__}: {exc}).") from None
+        results.append({**row, "correct": correct})
+    gate = old.get("gate", "llf")
+    baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
+    report = {**old, **seed_report(results, gate=gate, baselines=baselines)}
+    write_seed_report(report, out)
+    return report
 
 
 def plot_accuracy(report: Mapping[str, Any], out: str | Path) -> Path:
