@@ -470,10 +470,14 @@ def plot_accuracy(report: Mapping[str, Any], out: str | Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = report["methods"]
+    # Sets of one size (every gate buys B) share an x: dodge them apart (multiplicatively, the axis is log).
+    xs = {name: float(np.mean(m["labels"])) for name, m in methods.items()}
+    same = {x: [n for n in xs if xs[n] == x] for x in set(xs.values())}
     i = 0
     for name, m in methods.items():
         lo, hi = m["ci95"]
-        x = float(np.mean(m["labels"]))
+        group = same[xs[name]]
+        x = xs[name] * 1.035 ** (group.index(name) - (len(group) - 1) / 2)
         if x <= 0:
             ax.axhspan(lo, hi, color="0.85", zorder=0)
             ax.axhline(m["mean"], color="0.4", ls="--", lw=1.2, label=f"{name} (band: 95 % CI)")
