@@ -720,7 +720,7 @@ class Ledger:
         return row[0] == 0
 
     def passes(self) -> dict[str, int]:
-        """How many pending or skipped queries each annotator passed on."""
+        """How many queries each annotator passed on (whoever answered them afterwards, if anyone did)."""
         return dict(self._conn.execute("SELECT annotator, COUNT(*) FROM passes GROUP BY annotator").fetchall())
 
     def _skip_passed_by_all(self, c: sqlite3.Connection) -> list[int]:
