@@ -300,15 +300,16 @@ def test_annotators_are_charged_their_own_price_in_cost_units(tmp_path):
         assert led.remaining() < 0.5 or led.status == "finished"
 
 
-def test_the_driver_plays_on_once_the_answers_are_in(session_file):
-    path, tokens = session_file
+def _clear_the_first_window(path: Path, token: str, act) -> tuple[set[int], dict]:
+    """Serve ``path``; one annotator calls ``act(client, query_id)`` on every item of the first window, then
+    waits until the driver has played on to the next window. Returns the first window's ids and the status."""
     with Ledger.open(path) as led:
         first_window = {q.id for q in led.pending()}
-    with served(path) as live, client(live, tokens["alice"]) as alice:
+    with served(path) as live, client(live, token) as alice:
         for _ in first_window:
             item = alice.get("/api/next").json()
             assert item["query_id"] in first_window
-            assert alice.post("/api/answer", json={"query_id": item["query_id"], "label": 0}).json()["recorded"]
+            act(alice, item["query_id"])
         deadline = time.monotonic() + 20
         while (item := alice.get("/api/next").json()).get("item", True) is None:
             assert item["reason"] == "waiting for the session" and time.monotonic() < deadline
@@ -318,6 +319,16 @@ def test_the_driver_plays_on_once_the_answers_are_in(session_file):
         while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
             assert time.monotonic() < deadline
             time.sleep(0.05)
+    return first_window, status
+
+
+def test_the_driver_plays_on_once_the_answers_are_in(session_file):
+    path, tokens = session_file
+
+    def answer(alice, qid):
+        assert alice.post("/api/answer", json={"query_id": qid, "label": 0}).json()["recorded"]
+
+    first_window, status = _clear_the_first_window(path, tokens["alice"], answer)
     assert status["rounds_played"] >= 20 and status["horizon"] == 200 and status["driver"]["error"] is None
     n = len(first_window)
     assert n > 0 and status["labels_bought"] == n and status["by_annotator"]["alice"]["labels"] == n
@@ -409,21 +420,11 @@ def test_an_item_every_annotator_skips_goes_unlabelled(tmp_path):
 def test_skipping_a_whole_window_lets_the_session_play_on(tmp_path):
     path = tmp_path / "s.db"
     tokens = make_session(path, annotators={"alice": 1.0})
-    with Ledger.open(path) as led:
-        first_window = {q.id for q in led.pending()}
-    with served(path) as live, client(live, tokens["alice"]) as alice:
-        for _ in first_window:
-            item = alice.get("/api/next").json()
-            assert item["query_id"] in first_window
-            assert alice.post("/api/skip", json={"query_id": item["query_id"]}).json()["unlabelled"] is True
-        deadline = time.monotonic() + 20
-        while (item := alice.get("/api/next").json()).get("item", True) is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert item["query_id"] not in first_window
-        while (status := alice.get("/api/status").json())["driver"]["state"] != "waiting":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+
+    def skip(alice, qid):  # the only annotator: each skip leaves the item unlabelled
+        assert alice.post("/api/skip", json={"query_id": qid}).json()["unlabelled"] is True
+
+    first_window, status = _clear_the_first_window(path, tokens["alice"], skip)
     assert status["rounds_played"] >= 20 and status["labels_bought"] == 0 and status["budget"]["spent"] == 0
     with Ledger.open(path) as led:
         queried = {r.round: r.queried for r in led.records()}
