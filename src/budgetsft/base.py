@@ -46,9 +46,11 @@ class Round:
     ----------
     features : ndarray of shape (K, d)
         φ(x, a) for every candidate a (K >= 2; K may vary between rounds).
-    gold : int
+    gold : int or None
         Index of the gold candidate y*. Read by the game only after the gate
-        has decided; gates never see it.
+        has decided; gates never see it. None for an unlabelled example (a
+        pool a person labels): only a session with a person as its oracle
+        plays such rounds, and learns the label only if it buys it.
     expected_rewards : ndarray of shape (K,), optional
         p(a), the expected reward of each candidate when the environment knows
         it (simulations); enables pseudo-regret.
@@ -59,7 +61,7 @@ class Round:
     """
 
     features: np.ndarray
-    gold: int
+    gold: int | None
     expected_rewards: np.ndarray | None = None
     cost: float = 1.0
     id: str | None = None

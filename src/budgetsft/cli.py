@@ -197,6 +197,29 @@ def _fmt(v) -> str:
     return str(v)
 
 
+BUDGET_HELP = ("Label budget as an amount: a number of labels, or with --unit cost an amount of money (each label "
+               "charged at its annotator's price). Excludes --beta. \\[default: none: --beta sets it]")
+UNIT_HELP = "What --budget counts: labels, or cost (money, at each annotator's price). \\[default: labels]"
+
+
+def _set_budget(cfg: dict, beta: float | None, budget: float | None, unit: str | None) -> None:
+    """--beta (a fraction of the rounds) or --budget (an amount), and --unit, into the gate section."""
+    if beta is not None and budget is not None:
+        raise ConfigError("give either '--beta' (a fraction of the rounds) or '--budget' (an amount), not both.")
+    if unit is not None and unit not in ("labels", "cost"):
+        raise ConfigError(f"'--unit' must be labels or cost. Got {unit!r}.")
+    if budget is not None:
+        if not (math.isfinite(budget) and budget >= 0):
+            raise ConfigError(f"'--budget' must be a finite number >= 0. Got {budget!r}.")
+        cfg["gate"].pop("beta", None)
+        cfg["gate"]["budget"] = int(budget) if float(budget).is_integer() else float(budget)
+    if beta is not None:
+        cfg["gate"].pop("budget", None)
+        cfg["gate"]["beta"] = beta
+    if unit is not None:
+        cfg["gate"]["unit"] = unit
+
+
 @app.command()
 def run(
     env: Annotated[str | None, typer.Option(help=ENV_HELP)] = None,
@@ -204,6 +227,8 @@ def run(
                                                  "\\[default: llf, from the built-in config]")] = None,
     beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of rounds, in (0, 1]. "
                                                     "\\[default: 0.1, from the built-in config]")] = None,
+    budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
+    unit: Annotated[str | None, typer.Option(help=UNIT_HELP)] = None,
     rounds: Annotated[int | None, typer.Option(help=ROUNDS_HELP)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run (stream, gate, follower, split). "
                                                   "\\[default: 0, from the built-in config]")] = None,
@@ -234,6 +259,9 @@ def run(
     annotator: Annotated[str, typer.Option(help="Terminal oracle: the annotator's name.")] = "terminal",
     cost: Annotated[float, typer.Option(help="Terminal oracle: the annotator's price per label.")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option(help="With --session, rounds between checkpoints.")] = 100,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="With --session on unlabelled data: a labelled "
+                                                                 "JSONL file to report held-out accuracy on. "
+                                                                 "\\[default: none]")] = None,
 ) -> None:
     """Play one budgeted game and print its summary.
 
@@ -255,9 +283,9 @@ def run(
     _set_comparator(cfg, comparator, no_comparator)
     cfg["progress"] = not as_json
     if gate is not None and gate != cfg["gate"]["name"]:
-        cfg["gate"] = {"name": gate, "beta": cfg["gate"].get("beta", 0.1)}
-    if beta is not None:
-        cfg["gate"]["beta"] = beta
+        kept = {k: cfg["gate"][k] for k in ("beta", "budget", "unit") if k in cfg["gate"]}
+        cfg["gate"] = {"name": gate, **(kept or {"beta": 0.1})}
+    _set_budget(cfg, beta, budget, unit)
     if window is not None:
         cfg["gate"]["window"] = window
     if seed is not None:
@@ -266,9 +294,16 @@ def run(
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
     if oracle is not None and session is None:
         raise ConfigError("'--oracle' needs '--session FILE': only a session asks an oracle for labels.")
+    if eval_file is not None and session is None:
+        raise ConfigError("'--eval' needs '--session FILE' (a run without a session simulates on labelled data "
+                          "and reports its own test split).")
     if session is not None:
         from budgetsft.sessions.session import Session
 
+        if oracle in ("web", "file", "terminal") and cfg.get("data"):
+            cfg["data"]["allow_unlabelled"] = True  # a person answers: the data needs no gold
+        if eval_file is not None:
+            cfg["eval"] = str(eval_file.expanduser().resolve())
         spec = {"name": oracle or "dataset"}
         if oracle == "terminal":
             spec.update(annotator=annotator, cost=cost)
@@ -554,6 +589,167 @@ def session_import(
         res = import_answers(led, answers)
     out.print(f"imported {res['added']} answer(s), {res['duplicates']} duplicate(s) ignored, "
               f"{res['pending']} still pending", markup=False)
+
+
+@app.command()
+def select(
+    data: Annotated[str | None, typer.Option(help="The pool: a JSONL file (answer optional on every line) or a "
+                                                  "data set name. Needed when the session is created; later "
+                                                  "calls read it from the session. \\[default: the session's]")
+                    ] = None,
+    session: Annotated[Path, typer.Option(help="The pool session's ledger (.db): created by the first call, "
+                                               "then reopened.")] = Path("select.db"),
+    batch: Annotated[int | None, typer.Option(help="Items to pick now. \\[default: the session's batch, "
+                                                   "20 when created]")] = None,
+    budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
+    beta: Annotated[float | None, typer.Option(help="Budget as a fraction of the pool, in (0, 1]. "
+                                                    "\\[default: 0.1 when neither is given]")] = None,
+    unit: Annotated[str | None, typer.Option(help=UNIT_HELP)] = None,
+    audit: Annotated[float | None, typer.Option(help="Audit share: the fraction of the picks drawn uniformly at "
+                                                     "random, so that `session show` can estimate accuracy "
+                                                     "without bias (their labels train the model too). "
+                                                     "\\[default: 0]")] = None,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="A labelled JSONL file (same candidates) on "
+                                                                 "which `session show` reports held-out "
+                                                                 "accuracy. \\[default: none]")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the picks here (one JSON line each, or "
+                                                                "Label Studio tasks). \\[default: stdout]")
+                        ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, or label-studio (tasks JSON + labeling config "
+                                                      "beside it).")] = "jsonl",
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (audit draws). \\[default: 0]")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config for a new session; options override it.")
+                      ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the picks and the books).")
+                       ] = False,
+) -> None:
+    """Pick the next batch of an unlabelled pool to label: LLF pool selection, within the budget.
+
+    The first call creates a pool session; each later call picks the next --batch items, conditioned on
+    every label received so far and on every pick still pending, and never past the budget (pending picks
+    hold their share). Answers come back in any subset and order: `budgetsft session import`, the web page
+    (`budgetsft annotate`), or `budgetsft labelstudio sync`.
+
+    Examples:
+
+    budgetsft select --data pool.jsonl --session s.db --batch 20 --budget 170 --out b1.jsonl
+    budgetsft session import s.db answers.jsonl        # {"query_id": 3, "label": 1, "annotator": "ana"}
+    budgetsft select --session s.db --out b2.jsonl     # the next 20, after what came back
+    budgetsft select --data pool.jsonl --session m.db --budget 250 --unit cost --audit 0.1 --eval dev.jsonl
+    budgetsft session show s.db
+    """
+    import os
+
+    from budgetsft.sessions.pool import pool_config, select_batch
+    from budgetsft.sessions.session import Session
+
+    if fmt not in ("jsonl", "label-studio"):
+        raise ConfigError(f"'--format' must be one of 'jsonl', 'label-studio'. Got {fmt!r}.")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"'--batch' must be an int >= 1. Got {batch}.")
+    if out_file is not None:
+        if out_file.exists() and not force:
+            raise ConfigError(f"{out_file}: file exists; pass --force to overwrite it (or choose another --out).")
+        if out_file.exists() and not out_file.is_file():
+            raise ConfigError(f"{out_file}: not a regular file.")
+        if not out_file.parent.is_dir():
+            raise ConfigError(f"{out_file}: folder {out_file.parent} does not exist.")
+        ledger_files = {os.path.realpath(str(session) + x) for x in ("", "-wal", "-shm", "-acks", ".lock")}
+        if os.path.realpath(out_file) in ledger_files:
+            raise ConfigError(f"{out_file}: that is the session ledger {session}; choose another --out.")
+    if session.exists():
+        given = [f"--{k}" for k, v in (("budget", budget), ("beta", beta), ("unit", unit), ("audit", audit),
+                                       ("eval", eval_file), ("features", features), ("model", model),
+                                       ("learner", learner), ("seed", seed), ("config", config)) if v is not None]
+        if given:
+            raise ConfigError(f"{session}: the session exists; {', '.join(given)} only apply when it is created "
+                              f"(see `budgetsft session show {session}`). Drop them, or use a new --session.")
+        sess = Session.open(session)
+        stored = sess.config.get("data", {})
+        stored_name = stored.get("name") if isinstance(stored, dict) else stored
+        if data is not None and os.path.realpath(data) != os.path.realpath(str(stored_name)) and data != stored_name:
+            sess.close()
+            raise ConfigError(f"{session}: the session's pool is {stored_name}, not {data}; drop --data or use a "
+                              f"new --session.")
+        sess.check_source()
+    else:
+        if data is None:
+            raise ConfigError(f"{session}: no such session; the first call creates it and needs '--data POOL'.")
+        cfg = _base_config(config, None, None, learner, None, data, features)
+        _set_model(cfg, model)
+        if budget is None and beta is None and "budget" not in cfg["gate"] and config is None:
+            beta = 0.1
+        _set_budget(cfg, beta, budget, unit)
+        if cfg["gate"]["name"] != "llf":
+            raise ConfigError(f"select picks by LLF pool selection; the config's gate is {cfg['gate']['name']!r}.")
+        if seed is not None:
+            cfg["seed"] = seed
+        if audit is not None:
+            cfg["audit"] = audit
+        if eval_file is not None:
+            if not eval_file.is_file():
+                raise ConfigError(f"{eval_file}: no such evaluation file.")
+            cfg["eval"] = str(eval_file.expanduser().resolve())
+        cfg["comparator"] = "none"
+        cfg = pool_config(cfg, batch=batch)
+        if not as_json:
+            err.print(f"creating pool session {session} from {data} (featurising the pool once; cached)",
+                      markup=False, highlight=False)
+        cfg["progress"] = not as_json
+        sess = Session.create(session, cfg, oracle={"name": "web"})
+    try:
+        sess.ledger.check_writable()
+        sel = select_batch(sess, batch)
+        if sel.picks and out_file is not None:
+            if fmt == "label-studio":
+                from budgetsft.labelstudio import write_tasks
+
+                queries = [sess.ledger.query(p.query_id) for p in sel.picks]
+                write_tasks(sess, out_file, force=force, queries=queries)
+            else:
+                _write_lines(out_file, [json.dumps(p.to_json(), ensure_ascii=False) for p in sel.picks])
+    finally:
+        sess.close()
+    books = {"budget": sel.budget, "unit": sel.unit, "spent": sel.spent, "held_by_pending": sel.held,
+             "pending": sel.pending, "pool_size": sel.pool_size, "unlabelled_left": sel.unlabelled_left}
+    if as_json:
+        print(json.dumps(_clean({"session": str(session), "picks": [p.to_json() for p in sel.picks],
+                                 "n_picks": len(sel.picks), "reason": sel.reason, **books})))
+        return
+    if sel.picks and out_file is None and fmt == "jsonl":
+        for p in sel.picks:
+            print(json.dumps(p.to_json(), ensure_ascii=False))
+    audits = sum(p.purpose == "audit" for p in sel.picks)
+    what = f"picked {len(sel.picks)} item(s)" + (f" ({audits} audit)" if audits else "")
+    where = f" -> {out_file}" if sel.picks and out_file is not None else ""
+    err.print(f"{session}: {what}{where}; {sel.spent:g} of {sel.budget:g} {sel.unit} spent, {sel.held:g} held by "
+              f"{sel.pending} pending pick(s).", markup=False, highlight=False)
+    if sel.reason:
+        err.print(("nothing written: " if not sel.picks else "note: ") + sel.reason, markup=False, highlight=False)
+    if sel.picks:
+        err.print(f"answer them, then `budgetsft session import {session} ANSWERS.jsonl` "
+                  f'({{"query_id": ..., "label": ..., "annotator": ...}} per line) and select again.',
+                  markup=False, highlight=False)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Write text lines whole (temp file, then rename): a failure never leaves half a file."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 @app.command()

@@ -83,7 +83,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 # `regret_lp: false` is how older configs (and session ledgers) say `comparator: none`.
-TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress", "regret_lp"}
+TOP_LEVEL_KEYS = set(DEFAULT_CONFIG) | {"data", "features", "description", "progress", "regret_lp", "mode", "batch",
+                                       "audit", "eval", "max_pending"}
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -201,6 +202,23 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     test_rounds = cfg.get("test_rounds", 0)
     if isinstance(test_rounds, bool) or not isinstance(test_rounds, int) or test_rounds < 0:
         raise ConfigError(f"{where}: 'test_rounds' must be an int >= 0. Got {test_rounds!r}.")
+    # Sessions whose labels come from people (budgetsft select, --oracle web/file/terminal).
+    if cfg.get("mode", "stream") not in ("stream", "pool"):
+        raise ConfigError(f"{where}: 'mode' must be stream or pool. Got {cfg['mode']!r}.")
+    for key, low in (("batch", 1), ("max_pending", 1)):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{where}: '{key}' must be an int >= {low}. Got {value!r}.")
+    audit = cfg.get("audit", 0.0)
+    if isinstance(audit, bool) or not isinstance(audit, int | float) or not 0 <= audit < 1:
+        raise ConfigError(f"{where}: 'audit' (the share of the budget spent on uniformly random items) must be a "
+                          f"float in [0, 1). Got {audit!r}.")
+    if cfg.get("eval") is not None and not isinstance(cfg["eval"], str):
+        raise ConfigError(f"{where}: 'eval' must be the path of a labelled JSONL file. Got {cfg['eval']!r}.")
+    if isinstance(cfg.get("data"), dict):
+        for key in ("allow_unlabelled", "skip_invalid"):
+            if key in cfg["data"] and not isinstance(cfg["data"][key], bool):
+                raise ConfigError(f"{where}: 'data.{key}' must be true or false. Got {cfg['data'][key]!r}.")
     for key in ("regret_lp", "progress", "refit"):
         if key in cfg and not isinstance(cfg[key], bool):
             raise ConfigError(f"{where}: '{key}' must be true or false. Got {cfg[key]!r}.")

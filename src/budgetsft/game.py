@@ -20,7 +20,10 @@ from budgetsft.budget import Budget
 from budgetsft.exceptions import DataError
 from budgetsft.followers import BestResponseFollower
 
-__all__ = ["play", "commit"]
+__all__ = ["play", "commit", "check_round", "resolve", "UNLABELLED"]
+
+# The gold of a record whose round was neither labelled in the data nor bought (an unlabelled pool).
+UNLABELLED = -1
 
 
 def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> QueryInfo:
@@ -48,11 +51,21 @@ def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> 
     )
 
 
-def _check_round(rnd: Round, t: int) -> tuple[np.ndarray, float]:
+def check_round(rnd: Round, t: int, *, unlabelled_ok: bool = False) -> tuple[np.ndarray, float]:
+    """Check one round before play: finite (K, d) features, a gold index in range, a finite cost >= 0.
+
+    ``unlabelled_ok``: a round may have no gold (``None``), where a person answers the queries (a session).
+    """
     X = check_features(rnd.features, where=f"round {t}")
     K = X.shape[0]
     gold = rnd.gold
-    if isinstance(gold, bool) or not isinstance(gold, int | np.integer) or not 0 <= gold < K:
+    if gold is None:
+        if not unlabelled_ok:
+            raise DataError(f"round {t}{f' (example {rnd.id!r})' if rnd.id else ''} has no gold label: a "
+                            f"simulation reads the gold of every round. Label the data, or play a session whose "
+                            f"labels come from a person (--session with --oracle web, file or terminal; or "
+                            f"`budgetsft select`).")
+    elif isinstance(gold, bool) or not isinstance(gold, int | np.integer) or not 0 <= gold < K:
         raise DataError(f"round {t}: 'gold' must be an int in [0, {K - 1}]. Got {gold!r}.")
     cost = rnd.cost
     if isinstance(cost, bool) or not isinstance(cost, int | float | np.number) or not math.isfinite(cost) or cost < 0:
@@ -110,13 +123,13 @@ def play(
     window = int(getattr(gate, "window", 1) or 1)
     pending: list[tuple[Round, np.ndarray, QueryInfo]] = []
     for t, rnd in enumerate(stream, start=1):
-        X, cost = _check_round(rnd, t)
+        X, cost = check_round(rnd, t)
         try:
             info = commit(learner, X, t, horizon, cost)
         except DataError as exc:
             raise DataError(f"round {t}: {exc}") from exc
         if window == 1:
-            yield _resolve(rnd, X, info, bool(gate.ask(info, budget)), learner, follower, budget)
+            yield resolve(rnd, X, info, bool(gate.ask(info, budget)), learner, follower, budget)
         else:
             pending.append((rnd, X, info))
             if len(pending) == window:
@@ -129,17 +142,27 @@ def play(
 def _close_window(pending, learner, gate, follower, budget) -> Iterator[Record]:
     chosen = set(gate.select_many([info for _, _, info in pending], budget))
     for i, (rnd, X, info) in enumerate(pending):
-        yield _resolve(rnd, X, info, i in chosen, learner, follower, budget)
+        yield resolve(rnd, X, info, i in chosen, learner, follower, budget)
 
 
-def _resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,
-             price: float | None = None) -> Record:
+def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,
+            price: float | None = None) -> Record:
     """Read the gold (after the decision), score the round, pay and learn if queried.
 
     ``price`` is what the label cost when it differs from the round's nominal
-    cost (an annotator's own rate, in a session).
+    cost (an annotator's own rate, in a session). A round without gold (an
+    unlabelled example that was not bought) is recorded with gold and
+    alternative :data:`UNLABELLED`, NaN margin and hinge loss, and no mistake:
+    what it would have scored cannot be known.
     """
     price = info.cost if price is None else float(price)
+    if rnd.gold is None:
+        if queried:
+            raise DataError(f"round {info.t}: a bought label is missing (the session must supply it).")
+        return Record(round=info.t, prediction=info.prediction, gold=UNLABELLED, alternative=UNLABELLED,
+                      queried=False, cost=0.0, budget_left=budget.remaining, latency=info.latency,
+                      margin=math.nan, hinge_loss=math.nan, mistake=False, regret=math.nan,
+                      n_candidates=int(X.shape[0]), id=rnd.id)
     gold = int(rnd.gold)
     scores = info.scores
     alt = int(follower.respond(scores, gold))

@@ -61,7 +61,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
-from budgetsft.sessions.ledger import Ledger
+from budgetsft.sessions.ledger import Ledger, Query
 
 __all__ = ["CONTROL", "OBJECT", "label_config", "choice_values", "session_key", "export_tasks", "write_tasks",
            "config_path_for", "read_annotators", "import_export", "import_message", "LabelStudioExport"]
@@ -103,12 +103,14 @@ def _result(choice: str) -> list[dict]:
     return [{"from_name": CONTROL, "to_name": OBJECT, "type": "choices", "value": {"choices": [choice]}}]
 
 
-def export_tasks(session) -> list[dict]:
+def export_tasks(session, queries: Sequence[Query] | None = None) -> list[dict]:
     """The session's pending (largest latency first) then bought (by round) queries as Label Studio tasks.
 
     Parameters
     ----------
     session : Session
+    queries : sequence of Query, optional
+        Only these queries (``budgetsft select --format label-studio``: the batch just picked).
 
     Returns
     -------
@@ -120,7 +122,8 @@ def export_tasks(session) -> list[dict]:
     ledger = session.ledger
     key = session_key(ledger)
     answers = {a.query_id: a for a in ledger.answers()}
-    queries = ledger.pending() + ledger.queries(("answered",))
+    if queries is None:
+        queries = ledger.pending() + ledger.queries(("answered",))
     tasks = []
     for q in queries:
         item = session.describe(q.round)
@@ -171,7 +174,8 @@ class LabelStudioExport:
     answered: int
 
 
-def write_tasks(session, dest: str | Path, *, force: bool = False) -> LabelStudioExport:
+def write_tasks(session, dest: str | Path, *, force: bool = False,
+                queries: Sequence[Query] | None = None) -> LabelStudioExport:
     """Write :func:`export_tasks` to ``dest`` (a JSON list) and :func:`label_config` beside it.
 
     Refuses to overwrite either file unless ``force``.
@@ -185,7 +189,7 @@ def write_tasks(session, dest: str | Path, *, force: bool = False) -> LabelStudi
             raise ConfigError(f"{path}: not a regular file.")
     if not dest.parent.is_dir():
         raise ConfigError(f"{dest}: folder {dest.parent} does not exist.")
-    tasks = export_tasks(session)
+    tasks = export_tasks(session, queries)
     _write_atomic(dest, json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
     _write_atomic(config, label_config())
     pending = sum(1 for t in tasks if t["data"]["status"] == "pending")

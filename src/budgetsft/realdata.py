@@ -30,13 +30,18 @@ class RealStreams:
     n_computed: int
 
 
-def to_rounds(examples: list[Example], features) -> list[Round]:
-    """Pair each labelled example with its (K, d) features."""
+def to_rounds(examples: list[Example], features, *, unlabelled_ok: bool = False) -> list[Round]:
+    """Pair each example with its (K, d) features; an example without an answer has gold None.
+
+    Without ``unlabelled_ok`` every example must be labelled: a simulation reads every gold.
+    """
     rounds = []
     for ex, X in zip(examples, features, strict=True):
-        if ex.answer is None:
-            raise DataError(f"example {ex.id!r} has no answer: a stream needs gold labels to simulate the oracle.")
-        rounds.append(Round(features=X, gold=int(ex.answer), cost=1.0 if ex.cost is None else float(ex.cost),
+        if ex.answer is None and not unlabelled_ok:
+            raise DataError(f"example {ex.id!r} has no answer: a simulation (the dataset oracle, sweep, adapt "
+                            f"without --labels) needs gold labels. To label an unlabelled pool, let a person "
+                            f"answer: `budgetsft select`, or --session with --oracle web, file or terminal.")
+        rounds.append(Round(features=X, gold=None if ex.answer is None else int(ex.answer), cost=1.0 if ex.cost is None else float(ex.cost),
                             id=ex.id))
     return rounds
 
@@ -86,6 +91,7 @@ def load_streams(
     feature_options: dict | None = None,
     progress: bool = True,
     skip_invalid: bool = False,
+    allow_unlabelled: bool = False,
 ) -> RealStreams:
     """Load data set ``data``, featurise train and test (reusing the disk cache), return rounds.
 
@@ -95,12 +101,19 @@ def load_streams(
     The split (and so the order of the stream) is seeded by ``seed``;
     features are cached per text, so every seed after the first one hits the
     cache.
+
+    ``allow_unlabelled`` (labels come from a person): examples may lack an
+    answer; a data set with any unlabelled example is then played whole, as
+    the stream or pool, with no test split (held-out numbers need gold: an
+    evaluation file, or the audit share of a session).
     """
     from budgetsft.features import featurize, make_featurizer
     from budgetsft.features.models import resolve_device
 
     ds = load_dataset(data, seed=seed, test_fraction=test_fraction, max_examples=max_examples,
                       skip_invalid=skip_invalid)
+    if allow_unlabelled and test_fraction > 0 and any(e.answer is None for e in (*ds.train, *ds.test)):
+        ds = load_dataset(data, seed=seed, test_fraction=0.0, max_examples=max_examples, skip_invalid=skip_invalid)
     if progress and ds.meta.get("n_skipped"):
         print(f"data {data}: {ds.meta['n_skipped']} source item(s) skipped (see `budgetsft data show`)",
               file=sys.stderr)
@@ -121,7 +134,7 @@ def load_streams(
     n = len(ds.train)
     return RealStreams(
         dataset=ds,
-        train=to_rounds(ds.train, res.features[:n]),
+        train=to_rounds(ds.train, res.features[:n], unlabelled_ok=allow_unlabelled),
         test=to_rounds(ds.test, res.features[n:]),
         featurizer=features,
         dim=int(fz.dim),

@@ -75,7 +75,7 @@ from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
 from budgetsft.exceptions import ConfigError, DataError
 
-__all__ = ["LLFGate", "select_pool", "latency_of"]
+__all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of"]
 
 
 def latency_of(scores: np.ndarray, widths: np.ndarray, prediction: int) -> float:
@@ -428,6 +428,97 @@ class _PoolPairs:
         self.stamp[items] = j
 
 
+_TIE_RTOL = 1e-6  # latencies this close (relative) are a tie, broken by the pool's geometry
+_TIE_SAMPLE = 256  # items of the tie whose pairs stand for the pool in the tie-break
+
+
+def _greedy_batch(pairs: _PoolPairs, X: np.ndarray, rho: float, available: np.ndarray, batch_size: int,
+                  probe: Budget, costs: Sequence[float], prices: np.ndarray, *, require_late: bool = False,
+                  tau: float = 0.0, condition_on: Sequence[int] = (),
+                  latencies: dict[int, float] | None = None) -> list[int]:
+    """Pick up to ``batch_size`` items of largest latency, conditioning on each pick (the inner loop of LLF
+    pool mode; see :func:`select_pool`). ``probe`` is spent as items are picked.
+
+    ``condition_on``: items whose (ŷ, runner-up) pairs condition P before the first pick, as earlier picks
+    of the same batch do (a pool session's pending picks, whose labels have not arrived).
+
+    Ties: when the items whose latency is within ``_TIE_RTOL`` of the largest are several (with no label
+    and nothing pending, every item of a pool of normalised embeddings has the same latency), the pick is
+    the one whose pair would most reduce the squared widths of the tied items (measured on an evenly
+    spaced sample of ``_TIE_SAMPLE`` of them): the most representative item, not the lowest index. The
+    picks after it are spread by the conditioning.
+    """
+    n = len(available)
+    by_cost = probe.unit == "cost"
+    key = np.where(available, pairs.latency(rho), -np.inf)  # a stale latency bounds the current one
+    m = len(condition_on) + min(batch_size, n)
+    U = np.empty((m, X.shape[1]))  # u_k = P_k z_k of the conditioning pairs so far
+    c = np.empty(m)
+    j = 0
+
+    def add(i: int) -> None:  # condition on item i's (ŷ, runner-up) pair: no label needed
+        nonlocal j
+        z = pairs.runner_up(X, i)
+        u = pairs.metric(z[None, :])[0]
+        for k in range(j):
+            u = u - (z @ U[k]) / c[k] * U[k]
+        U[j], c[j] = u, 1.0 + float(z @ u)
+        j += 1
+
+    for i in condition_on:
+        add(int(i))
+    batch: list[int] = []
+    while len(batch) < batch_size:
+        block = _REFRESH_BLOCK
+        if not by_cost and not probe.can_afford(1.0):
+            break
+        if by_cost:  # a superset of the affordable items: float(remaining) rounds at most one ulp up
+            key[prices > probe.remaining] = -np.inf
+        while True:
+            top = int(np.argmax(key))  # lowest index on ties
+            if not key[top] > -np.inf or pairs.stamp[top] == j:
+                break
+            stale = np.where(pairs.stamp < j, key, -np.inf)
+            size = min(block, n)
+            items = np.argpartition(stale, n - size)[n - size:]
+            items = np.sort(items[stale[items] > -np.inf])
+            pairs.condition(X, items, U[:j], c[:j])
+            key[items] = pairs.latency(rho, items)
+            block = min(2 * block, pairs.block_cap)
+        if not key[top] > -np.inf:
+            break
+        top = _break_tie(pairs, X, key, top, j)
+        if by_cost and not probe.can_afford(costs[top]):
+            key[top] = -np.inf
+            continue
+        if require_late and key[top] <= tau:
+            break
+        probe.spend(costs[top])
+        batch.append(top)
+        if latencies is not None:
+            latencies[top] = float(key[top])
+        key[top] = -np.inf
+        add(top)
+    return batch
+
+
+def _break_tie(pairs: _PoolPairs, X: np.ndarray, key: np.ndarray, top: int, j: int) -> int:
+    """Among the up-to-date items tied with ``top`` (within ``_TIE_RTOL``), the most representative one."""
+    best = key[top]
+    tied = np.flatnonzero((pairs.stamp == j) & (key >= best - _TIE_RTOL * max(1.0, abs(best))))
+    if len(tied) < 2:
+        return top
+    sample = tied[np.linspace(0, len(tied) - 1, min(_TIE_SAMPLE, len(tied))).round().astype(np.int64)]
+    Zs = np.stack([pairs.runner_up(X, int(i)) for i in sample])
+    M = pairs.metric(Zs).T  # (d, s): P z_s
+    score = np.empty(len(tied))
+    for a in range(0, len(tied), 4096):
+        Z = np.stack([pairs.runner_up(X, int(i)) for i in tied[a:a + 4096]])
+        PZ = pairs.metric(Z)
+        score[a:a + 4096] = ((Z @ M) ** 2).sum(axis=1) / np.maximum(np.einsum("md,md->m", PZ, Z), 1e-300)
+    return int(tied[int(np.argmax(score))])  # lowest index among equal scores
+
+
 def select_pool(
     learner,
     pool: Sequence[np.ndarray] | np.ndarray,
@@ -537,45 +628,8 @@ def select_pool(
     while available.any():
         pairs = _PoolPairs(learner, X, starts, K)
         rho = learner.current_radius() if hasattr(learner, "current_radius") else float(learner.radius)
-        key = np.where(available, pairs.latency(rho), -np.inf)  # a stale latency bounds the current one
-        probe = copy.deepcopy(budget)
-        batch: list[int] = []
-        U = np.empty((min(batch_size, n), X.shape[1]))  # u_k = P_k z_k of the picks so far
-        c = np.empty(len(U))
-        while len(batch) < batch_size:
-            j = len(batch)
-            block = _REFRESH_BLOCK
-            if not by_cost and not probe.can_afford(1.0):
-                break
-            if by_cost:  # a superset of the affordable items: float(remaining) rounds at most one ulp up
-                key[prices > probe.remaining] = -np.inf
-            while True:
-                top = int(np.argmax(key))  # lowest index on ties
-                if not key[top] > -np.inf or pairs.stamp[top] == j:
-                    break
-                stale = np.where(pairs.stamp < j, key, -np.inf)
-                size = min(block, n)
-                items = np.argpartition(stale, n - size)[n - size:]
-                items = np.sort(items[stale[items] > -np.inf])
-                pairs.condition(X, items, U[:j], c[:j])
-                key[items] = pairs.latency(rho, items)
-                block = min(2 * block, pairs.block_cap)
-            if not key[top] > -np.inf:
-                break
-            if by_cost and not probe.can_afford(costs[top]):
-                key[top] = -np.inf
-                continue
-            if require_late and key[top] <= tau:
-                break
-            probe.spend(costs[top])
-            batch.append(top)
-            key[top] = -np.inf
-            # condition on the pick's (ŷ, runner-up) pair: no label needed
-            z = pairs.runner_up(X, top)
-            u = pairs.metric(z[None, :])[0]
-            for k in range(j):
-                u = u - (z @ U[k]) / c[k] * U[k]
-            U[j], c[j] = u, 1.0 + float(z @ u)
+        batch = _greedy_batch(pairs, X, rho, available, batch_size, copy.deepcopy(budget), costs, prices,
+                              require_late=require_late, tau=tau)
         if not batch:
             break
         for i in batch:
@@ -591,3 +645,37 @@ def select_pool(
             if progress is not None:
                 progress(len(bought))
     return bought
+
+
+def pick_pool_batch(learner, pool: Sequence[np.ndarray] | np.ndarray, n: int, *, available: np.ndarray,
+                    budget: Budget, costs: Sequence[float] | None = None,
+                    condition_on: Sequence[int] = ()) -> tuple[list[int], dict[int, float]]:
+    """One batch of LLF pool selection under the learner as it is, without buying anything.
+
+    The items of ``condition_on`` (picks whose labels have not arrived) condition P first, as the
+    earlier picks of a batch do; then up to ``n`` items of ``available`` are picked, largest latency
+    first, each conditioning the next, within ``budget`` (which is not spent).
+
+    Returns
+    -------
+    picks : list of int
+        Pool indices, in pick order.
+    latency : dict of int to float
+        The latency of each pick when it was picked (conditioned on everything before it).
+    """
+    items = len(pool)
+    if len(available) != items:
+        raise DataError(f"pick_pool_batch: 'available' has {len(available)} entries for {items} pool items.")
+    costs = [1.0] * items if costs is None else list(costs)
+    by_cost = budget.unit == "cost"
+    prices = np.array([budget.price(c) for c in costs]) if by_cost else np.ones(items)
+    if n < 1 or not np.any(available):
+        return [], {}
+    X, starts, K = _stack_pool(pool)
+    learner.score_many(X[: starts[1]].astype(np.float64))  # lazily initialises P_
+    pairs = _PoolPairs(learner, X, starts, K)
+    rho = learner.current_radius() if hasattr(learner, "current_radius") else float(learner.radius)
+    lat: dict[int, float] = {}
+    picks = _greedy_batch(pairs, X, rho, np.asarray(available, dtype=bool), n, copy.deepcopy(budget), costs,
+                          prices, condition_on=condition_on, latencies=lat)
+    return picks, lat

@@ -49,7 +49,7 @@ from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigErr
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
            "Annotator", "record_to_json", "record_from_json", "hash_token"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Migrations from version v to v + 1, applied in order by Ledger.open.
 MIGRATIONS: dict[int, Sequence[str]] = {
@@ -71,6 +71,12 @@ MIGRATIONS: dict[int, Sequence[str]] = {
         "CREATE TABLE passes (query_id INTEGER NOT NULL REFERENCES queries(id), annotator TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (query_id, annotator))",
     ],
+    # v4: unlabelled pools. A query says why it was made (the gate's pick, or an audit pick drawn uniformly at
+    # random) and what the model predicted before the label arrived (numbers that need no gold).
+    3: [
+        "ALTER TABLE queries ADD COLUMN purpose TEXT NOT NULL DEFAULT 'gate'",
+        "ALTER TABLE queries ADD COLUMN prediction INTEGER",
+    ],
 }
 
 _SCHEMA = """
@@ -90,7 +96,9 @@ CREATE TABLE queries (
     cost REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'answered', 'skipped')),
     created REAL NOT NULL,
-    example_digest TEXT
+    example_digest TEXT,
+    purpose TEXT NOT NULL DEFAULT 'gate',
+    prediction INTEGER
 );
 CREATE TABLE answers (
     query_id INTEGER PRIMARY KEY REFERENCES queries(id),
@@ -138,7 +146,12 @@ class LedgerReadOnlyError(LedgerError):
 
 @dataclass(frozen=True)
 class Query:
-    """A label the gate decided to buy: ``round`` of the stream, with its latency and nominal cost."""
+    """A label the gate decided to buy: ``round`` of the stream, with its latency and nominal cost.
+
+    ``round`` is the 1-based position in the stream (in a pool session, in the pool). ``purpose`` is
+    ``gate`` (the gate chose it) or ``audit`` (drawn uniformly at random, to estimate accuracy without
+    bias); ``prediction`` is the model's answer before the label arrived (None where not recorded).
+    """
 
     id: int
     round: int
@@ -147,6 +160,8 @@ class Query:
     cost: float
     status: str
     example_digest: str | None = None
+    purpose: str = "gate"
+    prediction: int | None = None
 
 
 @dataclass(frozen=True)
@@ -559,24 +574,50 @@ class Ledger:
         return out
 
     # ---------------------------------------------------------------- queries and answers
-    def add_queries(self, items: Sequence[tuple]) -> dict[int, Query]:
-        """Record the gate's queries ``(round, example_id, latency, cost[, example_digest])``; rows by round.
+    def add_queries(self, items: Sequence[tuple], *, budget_check: bool = False) -> dict[int, Query]:
+        """Record queries ``(round, example_id, latency, cost[, example_digest[, purpose[, prediction]]])``.
 
-        One transaction; idempotent: a replayed query returns the row already stored.
+        One transaction; idempotent: a replayed query returns the row already stored; rows by round.
+        With ``budget_check`` (pool picks, which reserve their price until answered or skipped), the
+        transaction refuses with :class:`BudgetExhaustedError` if the new queries' prices, added to what
+        is spent and to what pending queries reserve, would exceed the budget.
         """
         rows = []
         for item in items:
             rnd, example_id, latency, cost = item[:4]
             digest = item[4] if len(item) > 4 else None
+            purpose = item[5] if len(item) > 5 else "gate"
+            prediction = item[6] if len(item) > 6 else None
             lat = float(latency) if math.isfinite(latency) else (1e308 if latency > 0 else -1e308)
-            rows.append((int(rnd), example_id, lat, float(cost), time.time(), digest))
+            rows.append((int(rnd), example_id, lat, float(cost), time.time(), digest, str(purpose),
+                         None if prediction is None else int(prediction)))
         if rows and any(self.query_for_round(r[0]) is None for r in rows):
             with self.transaction() as c:
+                if budget_check:
+                    new = [r for r in rows if c.execute("SELECT 1 FROM queries WHERE round = ?",
+                                                        (r[0],)).fetchone() is None]
+                    need = sum((self._price(r[3]) for r in new), Fraction(0))
+                    held = self._pending_reserve(c)
+                    total, spent = _exact(self.budget_total), self._spent_exact(c)
+                    if spent + held + need > total:
+                        raise BudgetExhaustedError(
+                            f"{self.path}: {len(new)} new pick(s) of {float(need):g} {self.budget_unit} do not fit "
+                            f"the budget ({float(spent):g} spent and {float(held):g} held by pending picks, of "
+                            f"{float(total):g}).")
                 c.executemany("INSERT OR IGNORE INTO queries (round, example_id, latency, cost, created, "
-                              "example_digest) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                              "example_digest, purpose, prediction) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return {r[0]: self.query_for_round(r[0]) for r in rows}
 
-    _QUERY_COLUMNS = "id, round, example_id, latency, cost, status, example_digest"
+    def _pending_reserve(self, conn: sqlite3.Connection) -> Fraction:
+        """What pending queries hold of the budget: each its price (1 under a budget of labels)."""
+        return sum((self._price(c) for (c,) in conn.execute("SELECT cost FROM queries WHERE status = 'pending'")),
+                   Fraction(0))
+
+    def pending_reserve(self) -> float:
+        """The budget held by pending queries (:meth:`_pending_reserve`), as a float."""
+        return float(self._pending_reserve(self._conn))
+
+    _QUERY_COLUMNS = "id, round, example_id, latency, cost, status, example_digest, purpose, prediction"
 
     def _query(self, row) -> Query | None:
         return None if row is None else Query(*row)

@@ -63,6 +63,10 @@ class DatasetOracle:
     def request(self, session: Session, queries: list[Query], context: dict) -> None:
         for q in queries:
             rnd = context[q.round][0]
+            if rnd.gold is None:
+                raise DataError(f"{session.ledger.path}: round {q.round} (example {q.example_id!r}) has no answer "
+                                f"in the data, so the dataset oracle cannot label it; let a person answer "
+                                f"(`budgetsft resume {session.ledger.path} --oracle web`, or file/terminal).")
             session.ledger.record_answer(q.id, int(rnd.gold), self.name, q.cost, n_candidates=rnd.n_candidates)
 
 

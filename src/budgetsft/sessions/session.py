@@ -51,7 +51,7 @@ from budgetsft.base import QueryInfo, Record, Round
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.exceptions import ConfigError
-from budgetsft.game import _check_round, _resolve, commit
+from budgetsft.game import UNLABELLED, check_round, commit, resolve
 from budgetsft.sessions.ledger import Ledger, LedgerError, Query
 
 __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
@@ -644,7 +644,36 @@ class Session:
         return self._loaded().rounds
 
     def test_rounds(self) -> Sequence[Round] | None:
+        """Held-out rounds: the evaluation file's (config ``eval``) if given, else the data's test split."""
+        if self.config.get("eval"):
+            return self.eval_rounds()
         return self._loaded().test
+
+    def examples(self) -> list:
+        """The examples behind the rounds (real data; None for a synthetic stream)."""
+        return self._loaded().examples
+
+    def eval_rounds(self) -> list[Round]:
+        """The labelled evaluation file of the config (``eval``), featurised as the session's data."""
+        if getattr(self, "_eval", None) is None:
+            from budgetsft.realdata import load_streams
+
+            path = self.config["eval"]
+            if not Path(path).is_file():
+                raise LedgerError(f"{self.ledger.path}: the evaluation file {path} is missing.")
+            cfg = self._source_config()
+            feats = dict(cfg.get("features") or {"name": "auto"})
+            kind = self._loaded().real.featurizer
+            feats.pop("name", None)
+            device = feats.pop("device", "auto")
+            ev = load_streams(path, kind, seed=int(cfg.get("seed", 0)), test_fraction=0.0, device=device,
+                              feature_options=feats, progress=False)
+            labels = self._loaded().real.dataset.labels
+            if kind == "block" and ev.dataset.labels != labels:
+                raise ConfigError(f"{path}: the evaluation file's label set {ev.dataset.labels} is not the "
+                                  f"data's {labels}.")
+            self._eval = ev.train
+        return self._eval
 
     def describe(self, t: int) -> dict:
         """What an annotator sees for round ``t`` (1-based): the prompt and the numbered candidates."""
@@ -715,6 +744,11 @@ class Session:
             return PlayOutcome("finished", self.horizon())
         self.ledger.check_writable()
         with self._player_lock():
+            if self.config.get("mode") == "pool":
+                from budgetsft.sessions.pool import play_pool
+
+                with threadpool_limits(limits=1, user_api="blas"):
+                    return play_pool(self, oracle, progress=progress, stop_at=stop_at)
             return self._play_locked(oracle, progress, stop_at)
 
     @property
@@ -801,7 +835,7 @@ class Session:
         last_ckpt = pos0
         rounds = itertools.islice(iter(stream), pos0, None)
         for t, rnd in enumerate(rounds, start=pos0 + 1):
-            X, cost = _check_round(rnd, t)
+            X, cost = check_round(rnd, t, unlabelled_ok=True)
             group.append((rnd, X, commit(learner, X, t, horizon, cost)))
             if window > 1 and len(group) < window and t < horizon:
                 continue
@@ -817,10 +851,10 @@ class Session:
             for i, (r, x, info) in enumerate(group):
                 if i in labels:
                     label, price = labels[i]
-                    buffered.append(_resolve(dataclasses.replace(r, gold=label), x, info, True, learner, follower,
+                    buffered.append(resolve(dataclasses.replace(r, gold=label), x, info, True, learner, follower,
                                              budget, price=price))
                 else:
-                    buffered.append(_resolve(r, x, info, False, learner, follower, budget))
+                    buffered.append(resolve(r, x, info, False, learner, follower, budget))
             group = []
             state.position = t
             if progress is not None:
@@ -895,14 +929,68 @@ class Session:
         records = self.records()
         played = list(itertools.islice(iter(self.stream()), len(records)))
         seconds = float(self.ledger.meta("seconds", "0"))
+        if any(r.gold == UNLABELLED for r in records):
+            return self._unlabelled_summary(records, played, state, seconds)
         return run_summary(self.config, records, played, state.budget, state.learner, self.test_rounds(), seconds)
 
+    def _unlabelled_summary(self, records, played, state, seconds: float) -> dict:
+        """A finished stream whose unbought rounds have no gold: what can be known, and nothing else.
+
+        No mistakes, hinge loss or regret over the stream (they need every gold); held-out accuracy only
+        from an evaluation file (config ``eval``).
+        """
+        from budgetsft.experiment import held_out_accuracy
+        from budgetsft.refit import refit_accuracy
+
+        cfg = self.config
+        bought = [dataclasses.replace(rnd, gold=rec.gold) for rec, rnd in zip(records, played, strict=True)
+                  if rec.queried]
+        test = self.eval_rounds() if cfg.get("eval") else None
+        nan = math.nan
+        summary = {key: nan for key in ("mistakes", "hinge_loss", "pseudo_regret", "stackelberg_regret",
+                                        "regret_queried", "regret_unqueried", "pseudo_regret_queried",
+                                        "pseudo_regret_unqueried")}
+        summary.update(
+            gate=cfg["gate"]["name"], beta=cfg["gate"].get("beta"), budget=state.budget.total,
+            budget_unit=state.budget.unit, learner=cfg["learner"]["name"], seed=cfg.get("seed", 0),
+            rounds=len(records), labels_bought=len(bought), spent=state.budget.spent, comparator="none",
+            mistakes_on_bought_rounds=int(sum(r.mistake for r in records if r.queried)),
+            test_accuracy=held_out_accuracy(state.learner, test) if test else nan,
+            refit_accuracy=refit_accuracy(bought, test, seed=int(cfg.get("seed", 0))) if test else nan,
+            seconds=seconds, unlabelled=True,
+            note="an unlabelled stream: only the bought rounds have gold; held-out accuracy needs an evaluation "
+                 "file (--eval)")
+        data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
+        summary["data"] = data["name"]
+        return summary
+
     def progress_report(self) -> dict:
-        """Spend, budget left, labels by annotator, and the regret of the rounds played so far."""
+        """Spend, budget left, labels by annotator, and the regret of the rounds played so far.
+
+        Only numbers that can be known: on an unlabelled stream the mistakes and hinge loss of rounds
+        nobody labelled are unknown (None), and the mistakes on bought rounds (the prediction before the
+        label arrived) are reported apart, for what they are. A pool session reports
+        :func:`budgetsft.sessions.pool.pool_report`.
+        """
+        if self.config.get("mode") == "pool":
+            from budgetsft.sessions.pool import pool_report
+
+            return pool_report(self)
         led = self.ledger
         records = self.records()
-        mistakes = sum(r.mistake for r in records)
+        unlabelled = any(r.gold == UNLABELLED for r in records)
+        mistakes = None if unlabelled else sum(r.mistake for r in records)
         regrets = [r.regret for r in records if r.regret == r.regret]
+        bought = [r for r in records if r.queried]
+        extra = {}
+        if unlabelled:
+            extra["mistakes_on_bought_rounds"] = {
+                "n": len(bought), "mistakes": int(sum(r.mistake for r in bought)),
+                "note": "the prediction before the label arrived, on the rounds the gate bought: biased towards "
+                        "hard items, not an error rate of the model; the other rounds have no gold"}
+        return {**self._report(led, records, mistakes, regrets, unlabelled), **extra}
+
+    def _report(self, led, records, mistakes, regrets, unlabelled) -> dict:
         return {
             "path": str(led.path),
             "status": self.status,
@@ -915,8 +1003,8 @@ class Session:
             "labels_bought": len(led.answers()),
             "pending": len(led.pending()),
             "by_annotator": led.labels_by_annotator(),
-            "mistakes": int(mistakes),
-            "hinge_loss": float(sum(r.hinge_loss for r in records)),
+            "mistakes": None if mistakes is None else int(mistakes),
+            "hinge_loss": None if unlabelled else float(sum(r.hinge_loss for r in records)),
             "pseudo_regret": float(sum(regrets)) if regrets else float("nan"),
         }
 
