@@ -167,3 +167,34 @@ def test_importing_sessions_is_cheap():
             "print(sorted(m for m in sys.modules if m.startswith(('budgetsft.sessions.', 'starlette', 'torch'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _private_imports() -> list[str]:
+    """``from budgetsft.x import _name`` where x is another module: a private name crossing a module boundary.
+
+    A private *module* (``budgetsft._math``) is shared on purpose; its names may be imported. Dunder names
+    (``__version__``) are public.
+    """
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("budgetsft"):
+                continue
+            if node.module == name:
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and f"{node.module}.{alias.name}" not in MODULES:
+                    found.append(f"{path.relative_to(SRC.parent)}:{node.lineno}: {alias.name} from {node.module}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert _private_imports() == []
+
+
+def test_the_private_import_check_can_fail(tmp_path):
+    tree = ast.parse("from budgetsft.game import _secret\nfrom budgetsft import _math\n")
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    assert names == ["_secret", "_math"]
+    assert "budgetsft._math" in MODULES and "budgetsft.game._secret" not in MODULES

@@ -168,7 +168,8 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, cas
 
 
 def test_file_oracle_waits_imports_and_ends_like_the_run(tmp_path):
-    cfg = _cfg({"name": "llf", "beta": 0.1, "window": 50})
+    # max_pending 0: wait for every label of a decision before playing on (the simulation's order of play).
+    cfg = _cfg({"name": "llf", "beta": 0.1, "window": 50}, max_pending=0)
     ref = run(cfg)
     gold = {r.round: r.gold for r in ref.records}
     path = tmp_path / "f.db"
@@ -543,3 +544,70 @@ def test_a_ledger_names_no_module_of_sessions_so_older_files_open(tmp_path):
     con.close()
     assert b"budgetsft.gates.llf:LLFGate" in stored  # class paths are visible in the bytes searched
     assert re.findall(rb"budgetsft\.(?:sessions?|ledger|oracles|web)\b[\w.:]*", stored) == []
+
+
+# ---------------------------------------------------------------- delayed feedback (issue 19)
+
+
+def test_stream_session_plays_on_while_answers_are_pending(tmp_path):
+    """With max_pending K the game plays on while up to K labels are awaited, learns each when it comes,
+    holds their price (never spending past the budget), and a skipped item gives its price back."""
+    K = 6
+    cfg = _cfg({"name": "llf", "beta": 0.1}, max_pending=K)
+    ref = run(cfg)
+    gold = {r.round: r.gold for r in ref.records}
+    sess = Session.create(tmp_path / "d.db", cfg, oracle={"name": "file"})
+    oracle = FileOracle()
+    trips, skipped = 0, 0
+    while (outcome := sess.play(oracle)).status == "waiting":
+        trips += 1
+        pend = sess.ledger.pending()
+        assert len(pend) <= K  # never more awaited than K
+        assert sess.ledger.spent() + len(pend) <= sess.ledger.budget_total
+        # Answer all but one (it stays pending over the next trip), and skip one item now and then.
+        rows = []
+        for i, q in enumerate(sorted(pend, key=lambda q: q.round)):
+            if i == len(pend) - 1 and len(pend) > 1:
+                continue
+            if q.round % 7 == 0:
+                sess.ledger.skip(q.id, "alice")
+                skipped += 1
+                continue
+            rows.append(json.dumps({"query_id": q.id, "label": gold[q.round], "annotator": "alice"}))
+        ans = tmp_path / f"a{trips}.jsonl"
+        ans.write_text("\n".join(rows) + "\n")
+        if rows:
+            import_answers(sess.ledger, ans)
+        assert trips < 200
+    assert outcome.status == "finished"
+    recs = sess.records()
+    assert [r.round for r in recs] == list(range(1, len(ref.records) + 1))
+    bought = [r for r in recs if r.queried]
+    assert len(bought) == len(sess.ledger.answers()) == sess.ledger.spent() <= sess.ledger.budget_total
+    assert all(r.gold == gold[r.round] for r in bought)
+    # Far fewer trips than labels: the stream did not stop for each of them.
+    assert trips < len(bought) / 2
+    assert skipped > 0 and sess.summary()["labels_bought"] == len(bought)
+
+
+def test_delayed_session_resumes_after_a_kill_with_the_same_records(tmp_path):
+    """Answers are taken where they were first seen (logged in the ledger): replaying from an older
+    checkpoint (as after kill -9) gives the records of the uninterrupted session."""
+    cfg = _cfg({"name": "llf", "beta": 0.1}, max_pending=4)
+    ref = run(cfg)
+    gold = {r.round: r.gold for r in ref.records}
+    path = tmp_path / "k.db"
+    sess = Session.create(path, cfg, oracle={"name": "file"}, checkpoint_every=1000)
+    while sess.play(FileOracle()).status == "waiting":
+        rows = [json.dumps({"query_id": q.id, "label": gold[q.round], "annotator": "a"})
+                for q in sess.ledger.pending()[:2]]
+        (tmp_path / "a.jsonl").write_text("\n".join(rows) + "\n")
+        import_answers(sess.ledger, tmp_path / "a.jsonl")
+    first = sess.records()
+    # Forget everything after the start, as a replay after a crash would, and play again: same records.
+    sess.ledger.rollback_to(0)
+    with sess.ledger.transaction() as c:
+        c.execute("DELETE FROM checkpoints")
+        c.execute("UPDATE meta SET value = 'stopped' WHERE key = 'status'")
+    assert sess.play(FileOracle()).status == "finished"
+    assert sess.records() == first

@@ -36,6 +36,8 @@ class Budget:
     (False, 5)
     """
 
+    _held: int | Fraction = 0  # labels bought but not yet delivered (delayed feedback); class default for old state
+
     def __init__(self, total: float, unit: str = "labels") -> None:
         self.total = total
         self.unit = unit
@@ -77,18 +79,41 @@ class Budget:
         return 1 if self.unit == "labels" else Fraction(self.price(cost))
 
     def can_afford(self, cost: float = 1.0) -> bool:
-        return self._spent + self._exact(cost) <= self._total
+        return self._spent + self._held + self._exact(cost) <= self._total
 
-    def spend(self, cost: float = 1.0) -> None:
-        """Charge one label; raises BudgetExhaustedError (spending nothing) if it does not fit."""
+    def spend(self, cost: float = 1.0, *, settle: bool = False) -> None:
+        """Charge one label; raises BudgetExhaustedError (spending nothing) if it does not fit.
+
+        ``settle``: the label was already paid for elsewhere (a session's ledger committed it) and was
+        held here (:meth:`hold`): only what is spent, not what others hold, must leave room for it.
+        """
         price = self._exact(cost)
-        if self._spent + price > self._total:
+        if self._spent + (0 if settle else self._held) + price > self._total:
             raise BudgetExhaustedError(
                 f"Buying a label of cost {float(price)} would exceed the budget "
-                f"({float(self._spent)} of {self.total} {self.unit} spent)."
+                f"({float(self._spent)} of {self.total} {self.unit} spent"
+                + (f", {float(self._held)} held" if self._held else "") + ")."
             )
         self._spent += price
         self.labels_bought += 1
+
+    def hold(self, cost: float = 1.0) -> None:
+        """Hold a label's price until it is delivered (:meth:`release`, then :meth:`spend`) or dropped."""
+        price = self._exact(cost)
+        if self._spent + self._held + price > self._total:
+            raise BudgetExhaustedError(
+                f"Holding a label of cost {float(price)} would exceed the budget "
+                f"({float(self._spent)} of {self.total} {self.unit} spent, {float(self._held)} held)."
+            )
+        self._held = self._held + price
+
+    def release(self, cost: float = 1.0) -> None:
+        """Give back what :meth:`hold` took for a label of price ``cost``."""
+        self._held = max(self._held - self._exact(cost), 0)
+
+    @property
+    def held(self) -> float:
+        return float(self._held)
 
     @property
     def spent(self) -> float:
@@ -96,7 +121,8 @@ class Budget:
 
     @property
     def remaining(self) -> float:
-        return float(self._total - self._spent)
+        """What may still be bought: the total less what is spent and what is held."""
+        return float(self._total - self._spent - self._held)
 
     def state_dict(self) -> dict:
         return {"total": self.total, "unit": self.unit, "spent": str(self._spent), "labels_bought": self.labels_bought}

@@ -205,7 +205,7 @@ def validate_config(cfg: dict, where: str = "config") -> None:
     # Sessions whose labels come from people (budgetsft select, --oracle web/file/terminal).
     if cfg.get("mode", "stream") not in ("stream", "pool"):
         raise ConfigError(f"{where}: 'mode' must be stream or pool. Got {cfg['mode']!r}.")
-    for key, low in (("batch", 1), ("max_pending", 1)):
+    for key, low in (("batch", 1), ("max_pending", 0)):
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ConfigError(f"{where}: '{key}' must be an int >= {low}. Got {value!r}.")

@@ -18,7 +18,7 @@ from budgetsft.refit import refit_accuracy
 from budgetsft.regret import summarize
 
 __all__ = ["RunResult", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells", "held_out_accuracy",
-           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy", "comparator_method"]
+           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy", "comparator_method", "amount", "real_streams"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -107,7 +107,7 @@ def run(
     objs = build(cfg)
     env = objs.get("env")
     if stream is None and cfg.get("data"):
-        streams = _real_streams(cfg)
+        streams = real_streams(cfg)
         stream, test = streams.train, streams.test
     if stream is None:
         stream = env
@@ -144,7 +144,7 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
     summary.update(
         gate=cfg["gate"]["name"],
         beta=cfg["gate"].get("beta"),
-        budget=budget.total,
+        budget=amount(budget.total),
         budget_unit=budget.unit,
         learner=cfg["learner"]["name"],
         seed=cfg.get("seed", 0),
@@ -162,6 +162,11 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
     return summary
 
 
+def amount(x: float) -> int | float:
+    """A budget or spend as people state it: 30, not 30.0 (a whole number stays an int)."""
+    return int(x) if float(x).is_integer() and abs(x) < 2**53 else float(x)
+
+
 def comparator_method(cfg: dict) -> str:
     """The config's comparator: ``comparator`` (exact, approx, none); ``regret_lp: false`` (older configs) is none."""
     if cfg.get("regret_lp", True) is False:
@@ -172,7 +177,7 @@ def comparator_method(cfg: dict) -> str:
 def stream_of(cfg: dict, env=None) -> tuple[Sequence[Round], Sequence[Round] | None, object]:
     """The rounds a config plays, its held-out rounds, and the real-data streams (or None)."""
     if cfg.get("data"):
-        streams = _real_streams(cfg)
+        streams = real_streams(cfg)
         return streams.train, streams.test, streams
     env = env if env is not None else build(cfg)["env"]
     test = env.test_rounds(int(cfg["test_rounds"])) if hasattr(env, "test_rounds") and cfg.get("test_rounds", 0) \
@@ -180,7 +185,7 @@ def stream_of(cfg: dict, env=None) -> tuple[Sequence[Round], Sequence[Round] | N
     return env, test, None
 
 
-def _real_streams(cfg: dict):
+def real_streams(cfg: dict):
     """Streams of a config with a ``data`` section (``features`` picks the featuriser)."""
     from budgetsft.realdata import load_streams
 
@@ -257,7 +262,7 @@ def sweep(
             stream, test = stream_factory(cfg["seed"])
         elif cfg.get("data"):
             if cfg["seed"] not in real:
-                real[cfg["seed"]] = _real_streams(cfg)
+                real[cfg["seed"]] = real_streams(cfg)
             stream, test = real[cfg["seed"]].train, real[cfg["seed"]].test
         res = run(cfg, stream=stream, test=test)
         out.append(res.summary)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+import dataclasses
 
 import numpy as np
 
@@ -20,7 +23,8 @@ from budgetsft.budget import Budget
 from budgetsft.exceptions import DataError
 from budgetsft.followers import BestResponseFollower
 
-__all__ = ["play", "commit", "check_round", "resolve", "UNLABELLED"]
+__all__ = ["play", "commit", "check_round", "resolve", "UNLABELLED", "Game", "Labels", "GoldLabels", "Awaited",
+           "SKIPPED"]
 
 # The gold of a record whose round was neither labelled in the data nor bought (an unlabelled pool).
 UNLABELLED = -1
@@ -79,6 +83,182 @@ def check_round(rnd: Round, t: int, *, unlabelled_ok: bool = False) -> tuple[np.
     return X, float(cost)
 
 
+class Labels(Protocol):
+    """Where the labels of bought rounds come from: now, later, or never (the game's label hook).
+
+    The game calls :meth:`request` with the rounds the gate just chose, then asks :meth:`arrival` for
+    each round whose label it holds a place for: at once, and again before every later round until
+    the label comes or is withdrawn.
+    """
+
+    def request(self, asked: list[tuple[Round, QueryInfo]]) -> None:
+        """The gate chose these rounds (in round order): ask for their labels."""
+
+    def arrival(self, rnd: Round, info: QueryInfo, now: int) -> tuple[int, float | None] | str | None:
+        """The label of the round of ``info`` if it has come, as ``(label, price)`` (price None: the round's
+        own cost); :data:`SKIPPED` if it never will; None while it is awaited. ``now`` is the round about to
+        be played (``info.t`` when asked at once)."""
+
+
+SKIPPED = "skipped"
+
+
+class GoldLabels:
+    """The simulation's label source: every bought label is the round's gold, at once, at its own cost."""
+
+    def request(self, asked) -> None:
+        pass
+
+    def arrival(self, rnd: Round, info: QueryInfo, now: int):
+        return int(rnd.gold), None
+
+
+@dataclass
+class Awaited:
+    """A bought round whose label has not arrived: its price is held, its record waits for the label."""
+
+    round: Round
+    info: QueryInfo
+    price: float
+
+
+class Game:
+    """The round loop (SPEC §2) with delayed feedback: one loop for simulations and for sessions.
+
+    Each round the learner commits, the gate decides (a window at a time when ``window > 1``), the
+    label source is asked for the bought rounds' labels. A label that is there at once is learnt from
+    at once (the simulation, and every oracle that answers on the spot: records are those of
+    :func:`play`). A label that is not is *awaited*: its price is held in the budget (so the gate can
+    never spend past it), the stream plays on, and the learner updates when the label arrives, before
+    the next round (delayed feedback); its record is yielded then. A withdrawn (skipped) label gives
+    its price back and the round is recorded as unqueried. At most ``max_pending`` labels are awaited
+    at once: past that the game stops (:attr:`status` ``waiting``) at a round boundary, with
+    :attr:`position` rounds decided, and :meth:`rounds` goes on from there when called again.
+
+    Parameters
+    ----------
+    learner, gate, budget, follower
+        As :func:`play`.
+    horizon : int or None
+        T, for gates that pace themselves.
+    labels : Labels, default=GoldLabels()
+    max_pending : int or None, default=None
+        Labels awaited at once before the game waits; None: no limit; 0: wait for every label of a
+        decision before playing on (records then equal the simulation's when the answers are the gold).
+    position : int, default=0
+        Rounds already decided (a resumed game).
+    awaited : list of Awaited, optional
+        Labels still awaited at ``position`` (a resumed game).
+    unlabelled_ok : bool, default=False
+        Rounds may have no gold (a person answers the bought ones).
+    """
+
+    def __init__(self, learner, gate, budget: Budget, follower=None, *, horizon: int | None = None,
+                 labels: Labels | None = None, max_pending: int | None = None, position: int = 0,
+                 awaited: list[Awaited] | None = None, unlabelled_ok: bool = False) -> None:
+        self.learner = learner
+        self.gate = gate
+        self.budget = budget
+        self.follower = follower or BestResponseFollower()
+        self.horizon = horizon
+        self.labels = labels or GoldLabels()
+        self.max_pending = max_pending
+        self.position = position
+        self.awaited = list(awaited or [])
+        self.unlabelled_ok = unlabelled_ok
+        self.status = "playing"
+        # Called with the position at each round boundary (the game's state is whole there: a session
+        # checkpoints it); it may raise to leave the game.
+        self.on_boundary = None
+
+    def _deliver(self, now: int) -> Iterator[Record]:
+        """Learn from the awaited labels that have arrived (in the order they were bought)."""
+        still = []
+        for k, aw in enumerate(self.awaited):
+            got = self.labels.arrival(aw.round, aw.info, now)
+            if got is None:
+                still.append(aw)
+                continue
+            self.budget.release(aw.price)
+            X = np.asarray(aw.round.features, dtype=np.float64)
+            # The record's budget left is as of its round: what later purchases hold is not yet spent then.
+            later = math.fsum(self.budget.price(a.price) for a in self.awaited[k + 1:])
+            if got == SKIPPED:
+                rec = resolve(aw.round, X, aw.info, False, self.learner, self.follower, self.budget)
+            else:
+                label, price = got
+                rec = resolve(dataclasses.replace(aw.round, gold=int(label)), X, aw.info, True, self.learner,
+                              self.follower, self.budget, price=price, settle=True)
+            yield dataclasses.replace(rec, budget_left=self.budget.remaining + later) if later else rec
+        self.awaited = still
+
+    def _close(self, group: list[tuple[Round, np.ndarray, QueryInfo]], chosen: set[int], now: int
+               ) -> Iterator[Record]:
+        asked = [(rnd, info) for i, (rnd, _, info) in enumerate(group) if i in chosen]
+        if asked:
+            self.labels.request(asked)
+        for i, (rnd, X, info) in enumerate(group):
+            if i not in chosen:
+                yield resolve(rnd, X, info, False, self.learner, self.follower, self.budget)
+                continue
+            got = self.labels.arrival(rnd, info, now)
+            if got is None:
+                self.budget.hold(info.cost)
+                self.awaited.append(Awaited(rnd, info, info.cost))
+            elif got == SKIPPED:
+                yield resolve(rnd, X, info, False, self.learner, self.follower, self.budget)
+            else:
+                label, price = got
+                yield resolve(dataclasses.replace(rnd, gold=int(label)), X, info, True, self.learner,
+                              self.follower, self.budget, price=price)
+
+    def _must_wait(self) -> bool:
+        """Whether the next decision must wait for labels: K = max_pending awaited (K = 0: any)."""
+        if self.max_pending is None:
+            return False
+        return len(self.awaited) >= max(self.max_pending, 1)
+
+    def rounds(self, stream: Iterable[Round]) -> Iterator[Record]:
+        """Play the rounds of ``stream`` after :attr:`position` (the stream from its start)."""
+        window = int(getattr(self.gate, "window", 1) or 1)
+        self.status = "playing"
+        group: list[tuple[Round, np.ndarray, QueryInfo]] = []
+        it = iter(stream)
+        for _ in range(self.position):
+            next(it)
+        t = self.position
+        for t, rnd in enumerate(it, start=self.position + 1):
+            if not group:
+                yield from self._deliver(t)
+                if self.on_boundary is not None:
+                    self.on_boundary(self.position)
+                if self._must_wait():
+                    self.status = "waiting"
+                    return
+            X, cost = check_round(rnd, t, unlabelled_ok=self.unlabelled_ok)
+            try:
+                info = commit(self.learner, X, t, self.horizon, cost)
+            except DataError as exc:
+                raise DataError(f"round {t}: {exc}") from exc
+            group.append((rnd, X, info))
+            if window == 1:
+                chosen = {0} if self.gate.ask(info, self.budget) else set()
+            elif len(group) == window or t == self.horizon:
+                chosen = set(self.gate.select_many([g[2] for g in group], self.budget))
+            else:
+                continue
+            yield from self._close(group, chosen, t)
+            group = []
+            self.position = t
+        if group:
+            yield from self._close(group, set(self.gate.select_many([g[2] for g in group], self.budget)), t)
+            self.position = t
+        yield from self._deliver(t + 1)
+        if self.on_boundary is not None and not self.awaited:
+            self.on_boundary(self.position)
+        self.status = "waiting" if self.awaited else "finished"
+
+
 def play(
     stream: Iterable[Round],
     learner,
@@ -89,6 +269,9 @@ def play(
     horizon: int | None = None,
 ) -> Iterator[Record]:
     """Play the budgeted Stackelberg game over ``stream``, yielding one :class:`Record` per round.
+
+    The simulation: every bought label is the round's gold, at once (:class:`Game` with
+    :class:`GoldLabels`; sessions play the same loop with their ledger as the label source).
 
     Parameters
     ----------
@@ -115,42 +298,20 @@ def play(
     (as :func:`budgetsft.experiment.run` does): multi-threaded BLAS on such
     small products is slower, not faster.
     """
-    follower = follower or BestResponseFollower()
     if horizon is None and hasattr(stream, "__len__"):
         horizon = len(stream)  # type: ignore[arg-type]
     if hasattr(stream, "bind"):
         stream.bind(learner)  # type: ignore[union-attr]
-    window = int(getattr(gate, "window", 1) or 1)
-    pending: list[tuple[Round, np.ndarray, QueryInfo]] = []
-    for t, rnd in enumerate(stream, start=1):
-        X, cost = check_round(rnd, t)
-        try:
-            info = commit(learner, X, t, horizon, cost)
-        except DataError as exc:
-            raise DataError(f"round {t}: {exc}") from exc
-        if window == 1:
-            yield resolve(rnd, X, info, bool(gate.ask(info, budget)), learner, follower, budget)
-        else:
-            pending.append((rnd, X, info))
-            if len(pending) == window:
-                yield from _close_window(pending, learner, gate, follower, budget)
-                pending = []
-    if pending:
-        yield from _close_window(pending, learner, gate, follower, budget)
-
-
-def _close_window(pending, learner, gate, follower, budget) -> Iterator[Record]:
-    chosen = set(gate.select_many([info for _, _, info in pending], budget))
-    for i, (rnd, X, info) in enumerate(pending):
-        yield resolve(rnd, X, info, i in chosen, learner, follower, budget)
+    yield from Game(learner, gate, budget, follower, horizon=horizon).rounds(stream)
 
 
 def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,
-            price: float | None = None) -> Record:
+            price: float | None = None, settle: bool = False) -> Record:
     """Read the gold (after the decision), score the round, pay and learn if queried.
 
     ``price`` is what the label cost when it differs from the round's nominal
-    cost (an annotator's own rate, in a session). A round without gold (an
+    cost (an annotator's own rate, in a session); ``settle``: the label was
+    held in the budget and is paid already (:meth:`Budget.spend`). A round without gold (an
     unlabelled example that was not bought) is recorded with gold and
     alternative :data:`UNLABELLED`, NaN margin and hinge loss, and no mistake:
     what it would have scored cannot be known.
@@ -175,7 +336,7 @@ def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, 
     else:
         regret = math.nan
     if queried:
-        budget.spend(price)  # raises before spending if a gate overreached
+        budget.spend(price, settle=settle)  # raises before spending if a gate overreached
         learner.learn_one(X, gold, alt)
     return Record(
         round=info.t,

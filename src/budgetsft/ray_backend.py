@@ -126,9 +126,9 @@ def _run_cell(cfg: dict, streams: tuple | None = None) -> dict:
 
 
 def _load_streams(cfg: dict) -> tuple[list, list]:
-    from budgetsft.experiment import _real_streams
+    from budgetsft.experiment import real_streams
 
-    real = _real_streams(cfg)
+    real = real_streams(cfg)
     return real.train, real.test
 
 
@@ -245,10 +245,10 @@ class _FeaturizerWorker:
             except ImportError:
                 pass
         from budgetsft.features.base import make_featurizer
-        from budgetsft.features.cache import _takes_progress
+        from budgetsft.features.cache import takes_progress
 
         self._featurizer = make_featurizer(kind, **options)
-        self._kwargs = {"progress": False} if _takes_progress(self._featurizer) else {}
+        self._kwargs = {"progress": False} if takes_progress(self._featurizer) else {}
 
     def transform_many(self, examples) -> list[np.ndarray]:
         arrays = self._featurizer.transform_many(examples, **self._kwargs)

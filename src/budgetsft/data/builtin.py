@@ -97,6 +97,11 @@ def _register(spec: _Spec) -> None:
     _REGISTRY[spec.name] = spec
 
 
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in data set (not a file path or ``hf:`` name)."""
+    return name in _REGISTRY
+
+
 def default_cache_dir() -> Path:
     """The cache directory: ``$BUDGETSFT_CACHE`` if set, else ``~/.cache/budgetsft``.
 

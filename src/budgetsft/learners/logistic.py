@@ -9,10 +9,11 @@ import numpy as np
 from budgetsft._validation import check_float
 from budgetsft.learners._covariance import CovarianceMixin, RadiusSpec
 
-__all__ = ["LogisticLearner"]
+__all__ = ["LogisticLearner", "sigmoid"]
 
 
-def _sigmoid(m: float) -> float:
+def sigmoid(m: float) -> float:
+    """1 / (1 + e^-m), computed without overflow for either sign of m."""
     if m >= 0:
         return 1.0 / (1.0 + math.exp(-m))
     e = math.exp(m)
@@ -115,7 +116,7 @@ class LogisticLearner(CovarianceMixin):
             z = X[gold] - X[a]
             u = W[gold] - W[a]  # P z before the update
             m = float(z @ self.coef_)
-            p = _sigmoid(m)
+            p = sigmoid(m)
             w = max(p * (1.0 - p), self.w_min)
             denom = 1.0 + w * float(z @ u)
             # P' z = u / (1 + w zᵀu) by Sherman–Morrison; Newton step on -log σ(m).

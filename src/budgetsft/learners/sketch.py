@@ -62,7 +62,7 @@ from budgetsft import _math
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.exceptions import DataError
 from budgetsft.learners._covariance import CovarianceMixin, RadiusSpec
-from budgetsft.learners.logistic import _sigmoid
+from budgetsft.learners.logistic import sigmoid
 
 __all__ = ["SketchLearner"]
 
@@ -294,7 +294,7 @@ class SketchLearner(CovarianceMixin):
         weights = np.empty(n)
         for i in range(n):
             z, u = Z[i], U[i].copy()  # P̂ z with the earlier pairs of this round applied
-            p = _sigmoid(float(z @ self.coef_))
+            p = sigmoid(float(z @ self.coef_))
             w = max(p * (1.0 - p), self.w_min)
             denom = 1.0 + w * float(z @ u)
             # P̂' z = u / (1 + w zᵀu) (Sherman–Morrison); Newton step on -log σ(m), as LogisticLearner.

@@ -47,7 +47,7 @@ from budgetsft.base import RECORD_FIELDS, Record
 from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigError
 
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
-           "Annotator", "record_to_json", "record_from_json", "hash_token"]
+           "Annotator", "record_to_json", "record_from_json", "hash_token", "example_digest"]
 
 SCHEMA_VERSION = 4
 
@@ -76,6 +76,7 @@ MIGRATIONS: dict[int, Sequence[str]] = {
     3: [
         "ALTER TABLE queries ADD COLUMN purpose TEXT NOT NULL DEFAULT 'gate'",
         "ALTER TABLE queries ADD COLUMN prediction INTEGER",
+        "ALTER TABLE queries ADD COLUMN applied_at INTEGER",
     ],
 }
 
@@ -98,7 +99,8 @@ CREATE TABLE queries (
     created REAL NOT NULL,
     example_digest TEXT,
     purpose TEXT NOT NULL DEFAULT 'gate',
-    prediction INTEGER
+    prediction INTEGER,
+    applied_at INTEGER
 );
 CREATE TABLE answers (
     query_id INTEGER PRIMARY KEY REFERENCES queries(id),
@@ -162,6 +164,7 @@ class Query:
     example_digest: str | None = None
     purpose: str = "gate"
     prediction: int | None = None
+    applied_at: int | None = None  # the round before which the game learnt its answer (or its skip)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,12 @@ class Annotator:
     cost: float
     created: float | None = None
     revoked: float | None = None
+
+
+def example_digest(ex) -> str:
+    """sha256 of everything of an example that a label depends on: id, prompt, candidates, answer, cost."""
+    blob = json.dumps([ex.id, ex.prompt, list(ex.candidates), ex.answer, ex.cost], ensure_ascii=True)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
 
 
 def hash_token(token: str) -> str:
@@ -617,7 +626,13 @@ class Ledger:
         """The budget held by pending queries (:meth:`_pending_reserve`), as a float."""
         return float(self._pending_reserve(self._conn))
 
-    _QUERY_COLUMNS = "id, round, example_id, latency, cost, status, example_digest, purpose, prediction"
+    _QUERY_COLUMNS = "id, round, example_id, latency, cost, status, example_digest, purpose, prediction, applied_at"
+
+    def mark_applied(self, query_id: int, position: int) -> None:
+        """Log the round before which the game took this query's answer (or skip): a replay takes it there."""
+        with self.transaction() as c:
+            c.execute("UPDATE queries SET applied_at = ? WHERE id = ? AND applied_at IS NULL",
+                      (int(position), int(query_id)))
 
     def _query(self, row) -> Query | None:
         return None if row is None else Query(*row)
@@ -787,7 +802,7 @@ class Ledger:
                 raise LedgerError(f"{self.path}: query {query_id} has no answer to undo.")
             c.execute("DELETE FROM answers WHERE query_id = ?", (int(query_id),))
             self._add_spent(c, -self._price(row[2]))
-            c.execute("UPDATE queries SET status = 'pending' WHERE id = ?", (int(query_id),))
+            c.execute("UPDATE queries SET status = 'pending', applied_at = NULL WHERE id = ?", (int(query_id),))
             self.log("undo", {"query_id": int(query_id), "label": row[0], "annotator": row[1], "cost": row[2]}, c)
 
     # ---------------------------------------------------------------- annotators and leases

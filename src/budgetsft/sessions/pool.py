@@ -41,6 +41,8 @@ import numpy as np
 from budgetsft.base import Round
 from budgetsft.config import build
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError
+from budgetsft.experiment import amount
+from budgetsft.sessions.ledger import example_digest
 
 __all__ = ["POOL_MODE", "Pick", "Selection", "is_pool", "pool_config", "fitted_learner", "select_batch",
            "play_pool", "pool_report", "wilson_interval", "DEFAULT_BATCH"]
@@ -203,8 +205,6 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
     chosen = [(i, "audit") for i in audit] + [(i, "gate") for i in gate_picks]
     if not chosen:
         return result([], "no item of the pool fits what is left of the budget.")
-    from budgetsft.sessions.session import example_digest
-
     items = []
     for i, purpose in chosen:
         X = np.asarray(rounds[i].features, dtype=np.float64)
@@ -244,10 +244,8 @@ def play_pool(session, oracle, *, progress: Callable[[int], None] | None = None,
 
     An oracle that answers at once (the dataset oracle: a simulation on labelled data) runs the whole
     loop; one that makes people answer later returns ``waiting`` while picks are pending (the web page's
-    driver calls again when they are answered).
+    driver calls again when they are answered). Returns ``(status, labels bought, pending)``.
     """
-    from budgetsft.sessions.session import PlayOutcome
-
     ledger = session.ledger
     while True:
         pending = ledger.pending()
@@ -258,16 +256,16 @@ def play_pool(session, oracle, *, progress: Callable[[int], None] | None = None,
             pending = ledger.pending()
             if pending:
                 ledger.set_meta("status", "waiting")
-                return PlayOutcome("waiting", len(ledger.answers()), len(pending))
+                return "waiting", len(ledger.answers()), len(pending)
         if stop_at is not None and len(ledger.answers()) >= stop_at:
             ledger.set_meta("status", "stopped")
-            return PlayOutcome("stopped", len(ledger.answers()))
+            return "stopped", len(ledger.answers()), 0
         sel = select_batch(session)
         if progress is not None:
             progress(len(ledger.answers()))
         if not sel.picks:
             ledger.set_meta("status", "finished")
-            return PlayOutcome("finished", len(ledger.answers()))
+            return "finished", len(ledger.answers()), 0
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -324,11 +322,11 @@ def pool_report(session, *, seed: int | None = None) -> dict:
         "mode": POOL_MODE,
         "status": _pool_status(ledger, session, pending),
         "pool_size": len(session.stream()),
-        "budget": total,
+        "budget": amount(total),
         "unit": unit,
-        "spent": ledger.spent(),
-        "held_by_pending": ledger.pending_reserve(),
-        "remaining": ledger.remaining() - ledger.pending_reserve(),
+        "spent": amount(ledger.spent()),
+        "held_by_pending": amount(ledger.pending_reserve()),
+        "remaining": amount(ledger.remaining() - ledger.pending_reserve()),
         "labels_bought": len(answers),
         "pending": len(pending),
         "skipped": sum(q.status == "skipped" for q in queries),

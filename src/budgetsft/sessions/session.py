@@ -51,13 +51,17 @@ from budgetsft.base import QueryInfo, Record, Round
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.exceptions import ConfigError
-from budgetsft.game import UNLABELLED, check_round, commit, resolve
-from budgetsft.sessions.ledger import Ledger, LedgerError, Query
+from budgetsft.experiment import amount as _amount
+from budgetsft.game import SKIPPED, UNLABELLED, Game
+from budgetsft.sessions.ledger import Ledger, LedgerError, Query, example_digest
 
 __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
            "encode_state", "decode_state", "example_digest"]
 
 CHECKPOINT_EVERY = 100
+# Labels awaited at once while a stream session plays on, for oracles whose people answer later (web, file):
+# the delayed-feedback benchmark (benchmarks/delayed_feedback.py) sets it; 0 waits for every label.
+DEFAULT_MAX_PENDING = 10
 HEARTBEAT_S = 10.0  # a player touches its lock file this often
 STALE_S = 60.0  # seen from another host, a lock file untouched this long has lost its player
 
@@ -133,7 +137,7 @@ class _Heartbeat:
 _STATE_MAGIC = b"BSFTSTATE1\n"
 # Packages whose plain classes a checkpoint may rebuild (plus the modules of every registered component).
 _STATE_PACKAGES = ("budgetsft.base", "budgetsft.budget", "budgetsft.learners", "budgetsft.gates",
-                   "budgetsft.followers")
+                   "budgetsft.followers", "budgetsft.game")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 _WHAT = ("numpy arrays and scalars, int, float, bool, str, None, lists, tuples, dicts, sets, deques, Fractions, "
          "numpy Generators and plain budgetsft objects")
@@ -408,6 +412,7 @@ class _GameState:
     gate: object
     follower: object
     budget: Budget
+    awaited: list = dataclasses.field(default_factory=list)  # bought rounds whose labels have not arrived
 
 
 @dataclass(frozen=True)
@@ -427,21 +432,15 @@ class DataChangedError(LedgerError):
     """The data behind a session is not the data it started on (its fingerprint differs)."""
 
 
-def example_digest(ex) -> str:
-    """sha256 of everything of an example that a label depends on: id, prompt, candidates, answer, cost."""
-    blob = json.dumps([ex.id, ex.prompt, list(ex.candidates), ex.answer, ex.cost], ensure_ascii=True)
-    return hashlib.sha256(blob.encode("ascii")).hexdigest()
-
-
 def _data_path(cfg: dict) -> str | None:
     """The data file of a config (a ``.jsonl`` path), or None for built-in data sets and synthetic streams."""
     data = cfg.get("data")
     name = data if isinstance(data, str) else (data or {}).get("name") if isinstance(data, dict) else None
     if not isinstance(name, str) or name.startswith("hf:"):
         return None
-    from budgetsft.data.builtin import _REGISTRY
+    from budgetsft.data.builtin import is_builtin
 
-    if name in _REGISTRY:
+    if is_builtin(name):
         return None
     p = Path(name).expanduser()
     return name if name.endswith(".jsonl") or p.is_file() else None
@@ -496,6 +495,62 @@ class _Streams:
         feats = {"name": feats} if isinstance(feats, str) else {k: v for k, v in feats.items() if k != "device"}
         return json.dumps({"examples": h.hexdigest(), "n_train": len(ds.train), "n_test": len(ds.test),
                            "features": feats, "dim": int(self.real.dim)}, sort_keys=True)
+
+
+class _Stopped(Exception):
+    """Raised at a round boundary (after the checkpoint) to leave the game: a quit, or ``stop_at``."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+class _LedgerLabels:
+    """The game's label source in a session: queries go to the ledger and the oracle; answers come back.
+
+    An answer is taken by the game at the round before which it was first seen, and that round is logged
+    in the ledger (``applied_at``): a replay from a checkpoint (resume after ``kill -9``, an undo) takes
+    it at the same place, so the records do not depend on when the replay runs.
+    """
+
+    def __init__(self, session: Session, oracle) -> None:
+        self.session = session
+        self.oracle = oracle
+        self.stop_requested = False
+
+    def request(self, asked) -> None:
+        session, ledger = self.session, self.session.ledger
+        examples = session.examples()
+        stored = ledger.add_queries([
+            (info.t, rnd.id, info.latency, info.cost,
+             None if examples is None else example_digest(examples[info.t - 1]), "gate", info.prediction)
+            for rnd, info in asked])
+        missing = [stored[info.t] for _, info in asked if stored[info.t].status == "pending"]
+        if not missing:
+            return
+        context = {info.t: (rnd, rnd.features, info) for rnd, info in asked}
+        try:
+            self.oracle.request(session, sorted(missing, key=lambda q: (-q.latency, q.round)), context)
+        except StopSession as stop:
+            if stop.undo_round is not None:
+                raise
+            self.stop_requested = True  # the person quits: the game saves at the next round boundary
+
+    def arrival(self, rnd: Round, info: QueryInfo, now: int):
+        ledger = self.session.ledger
+        q = ledger.query_for_round(info.t)
+        if q is None or q.status == "pending":
+            return None
+        if q.applied_at is None:
+            ledger.mark_applied(q.id, now)
+        elif q.applied_at > now:  # a replay: the game took it later the first time
+            return None
+        if q.status == "skipped":
+            return SKIPPED
+        ans = ledger.answer_for_round(info.t)
+        # One rule with the ledger: a label budget charges 1 per label whatever the annotator's price (the
+        # record keeps the round's nominal cost, as `run` does); a cost budget charges the price paid.
+        return int(ans.label), None if ledger.budget_unit == "labels" else float(ans.cost)
 
 
 class Session:
@@ -705,7 +760,8 @@ class Session:
         state = decode_state(blob, where)
         from budgetsft.config import FOLLOWERS, GATES, LEARNERS
 
-        if type(state) is not dict or set(state) != {"position", "learner", "gate", "follower", "budget"}:
+        keys = {"position", "learner", "gate", "follower", "budget"}
+        if type(state) is not dict or set(state) - {"awaited"} != keys:
             raise CheckpointError(f"{where}: corrupt checkpoint: not a game state.")
         follower = self.config.get("follower", {"name": "best_response"})
         for key, registry, spec in (("learner", LEARNERS, self.config["learner"]), ("gate", GATES, self.config["gate"]),
@@ -718,13 +774,18 @@ class Session:
             raise CheckpointError(f"{where}: corrupt checkpoint: its budget is not a Budget.")
         if state["position"] != pos:
             raise CheckpointError(f"{where}: holds position {state['position']!r}.")
+        from budgetsft.game import Awaited
+
+        awaited = state.get("awaited", [])
+        if type(awaited) is not list or any(type(a) is not Awaited for a in awaited):
+            raise CheckpointError(f"{where}: corrupt checkpoint: its awaited labels are not a list of Awaited.")
         return _GameState(**state)
 
     def _checkpoint(self, state: _GameState, buffered: list[Record], gate_override: object | None = None) -> None:
         if gate_override is not None:
             state = dataclasses.replace(state, gate=gate_override)
         blob = encode_state({"position": state.position, "learner": state.learner, "gate": state.gate,
-                             "follower": state.follower, "budget": state.budget})
+                             "follower": state.follower, "budget": state.budget, "awaited": list(state.awaited)})
         self.ledger.save_checkpoint(state.position, blob, buffered)
         buffered.clear()
 
@@ -748,7 +809,7 @@ class Session:
                 from budgetsft.sessions.pool import play_pool
 
                 with threadpool_limits(limits=1, user_api="blas"):
-                    return play_pool(self, oracle, progress=progress, stop_at=stop_at)
+                    return PlayOutcome(*play_pool(self, oracle, progress=progress, stop_at=stop_at))
             return self._play_locked(oracle, progress, stop_at)
 
     @property
@@ -808,9 +869,10 @@ class Session:
                     try:
                         return self._play(oracle, progress, stop_at)
                     except StopSession as stop:
-                        if stop.undo_round is None:
+                        if stop.undo_round is None:  # a quit outside the game's own loop: saved at the last one
                             self.ledger.set_meta("status", "stopped")
-                            return PlayOutcome("stopped", self.ledger.checkpoints()[-1])
+                            return PlayOutcome("stopped", self.ledger.checkpoints()[-1] if
+                                               self.ledger.checkpoints() else 0)
                         # Undo: the oracle withdrew an answer; replay from the newest checkpoint before its round
                         # (the ledger's other answers are reused, so nothing else is asked or paid again).
                         before = [p for p in self.ledger.checkpoints() if p < stop.undo_round]
@@ -819,96 +881,57 @@ class Session:
             seconds = float(self.ledger.meta("seconds", "0")) + time.perf_counter() - t0
             self.ledger.set_meta("seconds", repr(seconds))
 
+    def max_pending(self, oracle) -> int:
+        """Labels awaited at once while the stream plays on (config ``max_pending``, else
+        :data:`DEFAULT_MAX_PENDING` for oracles that answer later, 0 for those that answer on the spot)."""
+        value = self.config.get("max_pending")
+        if value is not None:
+            return int(value)
+        return DEFAULT_MAX_PENDING if getattr(oracle, "name", "") in ("web", "file") else 0
+
     def _play(self, oracle, progress, stop_at) -> PlayOutcome:
+        """Play :class:`budgetsft.game.Game` (the one round loop) with the ledger as its label source."""
         ledger = self.ledger
         stream = self.stream()
         horizon = len(stream)
         state = self._restore()
-        pos0 = state.position
-        learner, gate, follower, budget = state.learner, state.gate, state.follower, state.budget
-        window = int(getattr(gate, "window", 1) or 1)
         ledger.set_meta("status", "playing")
-        # Only an oracle that may make us wait or stop needs the gate's state before each decision.
-        careful = not getattr(oracle, "immediate", False)
+        labels = _LedgerLabels(self, oracle)
+        game = Game(state.learner, state.gate, state.budget, state.follower, horizon=horizon, labels=labels,
+                    max_pending=self.max_pending(oracle), position=state.position, awaited=state.awaited,
+                    unlabelled_ok=True)
+        if game.awaited:  # labels still awaited when the game was saved: ask again (a person may have quit)
+            labels.request([(aw.round, aw.info) for aw in game.awaited])
         buffered: list[Record] = []
-        group: list[tuple[Round, np.ndarray, QueryInfo]] = []
-        last_ckpt = pos0
-        rounds = itertools.islice(iter(stream), pos0, None)
-        for t, rnd in enumerate(rounds, start=pos0 + 1):
-            X, cost = check_round(rnd, t, unlabelled_ok=True)
-            group.append((rnd, X, commit(learner, X, t, horizon, cost)))
-            if window > 1 and len(group) < window and t < horizon:
-                continue
-            gate_before = copy.deepcopy(gate) if careful else None
-            if window == 1:
-                chosen = {0} if gate.ask(group[0][2], budget) else set()
-            else:
-                chosen = set(gate.select_many([info for _, _, info in group], budget))
-            start = t - len(group)  # rounds fully played before this group
-            labels = self._labels(group, sorted(chosen), oracle, state, start, gate_before, buffered)
-            if labels is None:  # waiting for people: the checkpoint at `start` resumes this group
-                return PlayOutcome("waiting", start, len(ledger.pending()))
-            for i, (r, x, info) in enumerate(group):
-                if i in labels:
-                    label, price = labels[i]
-                    buffered.append(resolve(dataclasses.replace(r, gold=label), x, info, True, learner, follower,
-                                             budget, price=price))
-                else:
-                    buffered.append(resolve(r, x, info, False, learner, follower, budget))
-            group = []
-            state.position = t
-            if progress is not None:
-                progress(t)
-            if stop_at is not None and t >= stop_at:
-                self._checkpoint(state, buffered)
-                return PlayOutcome("stopped", t)
-            if t - last_ckpt >= self.checkpoint_every:
-                self._checkpoint(state, buffered)
-                last_ckpt = t
-        self._checkpoint(state, buffered)
-        self._check_books(budget)
-        ledger.set_meta("status", "finished")
-        return PlayOutcome("finished", state.position)
+        last = {"ckpt": state.position}
 
-    def _labels(self, group, chosen: list[int], oracle, state: _GameState, start: int, gate_before,
-                buffered: list[Record]) -> dict[int, tuple[int, float | None]] | None:
-        """Labels of the chosen rounds of a group, from the ledger or the oracle; None to wait."""
-        if not chosen:
-            return {}
-        ledger = self.ledger
-        # One transaction for the group's new queries (a window's worth are pending at once).
-        examples = self._loaded().examples
-        stored = ledger.add_queries([(group[i][2].t, group[i][0].id, group[i][2].latency, group[i][2].cost,
-                                      None if examples is None else example_digest(examples[group[i][2].t - 1]))
-                                     for i in chosen])
-        queries: dict[int, Query] = {i: stored[group[i][2].t] for i in chosen}
-        missing = [queries[i] for i in chosen if queries[i].status == "pending"]
-        if missing:
-            if gate_before is not None:
-                # People may make us wait, quit or undo: first save the game as it was before this decision.
-                self._checkpoint(dataclasses.replace(state, position=start), buffered, gate_before)
-            context = {q.round: group[i] for i, q in queries.items()}
-            oracle.request(self, sorted(missing, key=lambda q: (-q.latency, q.round)), context)
-        out: dict[int, tuple[int, float]] = {}
-        waiting = False
-        for i in chosen:
-            q = ledger.query(queries[i].id)
-            if q.status == "skipped":
-                continue
-            ans = ledger.answer_for_round(q.round)
-            if ans is None:
-                waiting = True
-                continue
-            # One rule with the ledger: a label budget charges 1 per label whatever the annotator's price (the
-            # record keeps the round's nominal cost, as `run` does); a cost budget charges the price paid.
-            out[i] = (int(ans.label), None if ledger.budget_unit == "labels" else float(ans.cost))
-        if waiting:
-            if gate_before is None:
-                raise LedgerError(f"oracle {type(oracle).__name__} claims to answer at once but left "
-                                  f"{sum(1 for i in chosen if i not in out)} query(ies) unanswered.")
-            self.ledger.set_meta("status", "waiting")
-            return None
-        return out
+        def boundary(position: int) -> None:
+            state.position = position
+            state.awaited = game.awaited
+            if progress is not None:
+                progress(position)
+            stop = labels.stop_requested or (stop_at is not None and position >= stop_at)
+            if stop or position - last["ckpt"] >= self.checkpoint_every:
+                self._checkpoint(state, buffered)
+                last["ckpt"] = position
+            if stop:
+                raise _Stopped(position)
+
+        game.on_boundary = boundary
+        try:
+            for rec in game.rounds(stream):
+                buffered.append(rec)
+        except _Stopped as stop:
+            ledger.set_meta("status", "stopped")
+            return PlayOutcome("stopped", stop.position, len(ledger.pending()))
+        state.position, state.awaited = game.position, game.awaited
+        self._checkpoint(state, buffered)
+        if game.status == "waiting":
+            ledger.set_meta("status", "waiting")
+            return PlayOutcome("waiting", game.position, len(ledger.pending()))
+        self._check_books(state.budget)
+        ledger.set_meta("status", "finished")
+        return PlayOutcome("finished", game.position)
 
     def _check_books(self, budget: Budget) -> None:
         """The game's budget and the ledger must agree on what was spent."""
@@ -996,10 +1019,10 @@ class Session:
             "status": self.status,
             "rounds_played": len(records),
             "horizon": self.horizon(),
-            "budget": led.budget_total,
+            "budget": _amount(led.budget_total),
             "unit": led.budget_unit,
-            "spent": led.spent(),
-            "remaining": led.remaining(),
+            "spent": _amount(led.spent()),
+            "remaining": _amount(led.remaining()),
             "labels_bought": len(led.answers()),
             "pending": len(led.pending()),
             "by_annotator": led.labels_by_annotator(),

@@ -1,0 +1,240 @@
+"""Labelling a real, unlabelled pool: `budgetsft select`, answers in any order, never past the budget (issue 19).
+
+The pools here are JSONL files with no ``answer`` field, featurised by the real all-MiniLM encoder (block
+features over 3 fixed candidates); a script plays the annotator, reading the gold from a separate file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from budgetsft.budget import Budget
+from budgetsft.exceptions import BudgetExhaustedError
+from budgetsft.gates.llf import pick_pool_batch
+from budgetsft.learners import LogisticLearner
+from budgetsft.sessions.ledger import Ledger
+from budgetsft.sessions.oracles import DatasetOracle
+from budgetsft.sessions.pool import pool_config, pool_report, select_batch, wilson_interval
+from budgetsft.sessions.session import Session
+
+TOPICS = {"sports": ["match", "goal", "team", "league", "coach", "striker", "season"],
+          "finance": ["stock", "market", "bank", "profit", "shares", "bond", "inflation"],
+          "science": ["cell", "physics", "lab", "gene", "quantum", "protein", "telescope"]}
+LABELS = list(TOPICS)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "budgetsft", *args]
+
+
+def _write_pool(folder: Path, n: int, seed: int = 0, name: str = "pool") -> tuple[Path, dict[str, int]]:
+    """n unlabelled items (3 fixed candidates) and their gold, kept apart as an annotator would know it."""
+    rng = np.random.default_rng(seed)
+    gold = {}
+    lines = []
+    for i in range(n):
+        t = int(rng.integers(3))
+        words = rng.choice(TOPICS[LABELS[t]], size=3, replace=False)
+        ident = f"{name}{i}"
+        lines.append(json.dumps({"id": ident, "prompt": f"Report {i}: the {words[0]} and the {words[1]}, "
+                                 f"with news of the {words[2]}.", "candidates": LABELS}))
+        gold[ident] = t
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, gold
+
+
+def _answer(path: Path, picks: list[dict], gold: dict[str, int]) -> Path:
+    path.write_text("".join(json.dumps({"query_id": p["query_id"], "label": gold[p["id"]], "annotator": "script"})
+                            + "\n" for p in picks))
+    return path
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pool200(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pool")
+    return folder, *_write_pool(folder, 200)
+
+
+def test_the_issue_sequence_through_the_cli(pool200, tmp_path):
+    """select 10 → answer 6 → select 10 more while 4 pend → answer all → 5 → answer → nothing; spent 25."""
+    _, pool, gold = pool200
+    db = tmp_path / "s.db"
+
+    def select(out: str) -> subprocess.CompletedProcess:
+        args = ["select", "--session", str(db), "--out", str(tmp_path / out)]
+        if not db.exists():
+            args += ["--data", str(pool), "--batch", "10", "--budget", "25"]
+        return subprocess.run(_cli(*args), capture_output=True, text=True)
+
+    def answer(picks: list[dict], name: str) -> None:
+        res = subprocess.run(_cli("session", "import", str(db), str(_answer(tmp_path / name, picks, gold))),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+
+    res = select("b1.jsonl")
+    assert res.returncode == 0, res.stderr
+    b1 = _read(tmp_path / "b1.jsonl")
+    assert len(b1) == 10 and all({"query_id", "id", "prompt", "candidates"} <= set(p) for p in b1)
+    answer(b1[:6], "a1.jsonl")
+    assert select("b2.jsonl").returncode == 0
+    b2 = _read(tmp_path / "b2.jsonl")
+    assert len(b2) == 10 and not {p["id"] for p in b1} & {p["id"] for p in b2}
+    answer(b1[6:], "a1b.jsonl")
+    answer(b2, "a2.jsonl")
+    assert select("b3.jsonl").returncode == 0
+    b3 = _read(tmp_path / "b3.jsonl")
+    assert len(b3) == 5
+    answer(b3, "a3.jsonl")
+    res = select("b4.jsonl")
+    assert res.returncode == 0 and "Traceback" not in res.stderr
+    assert not (tmp_path / "b4.jsonl").exists()
+    assert "nothing written" in res.stderr and "budget is spent" in res.stderr
+    show = json.loads(subprocess.run(_cli("session", "show", str(db), "--json"), capture_output=True, text=True,
+                                     check=True).stdout)
+    assert show["spent"] == 25 and show["pending"] == 0 and show["labels_bought"] == 25
+    assert show["status"] == "finished" and "mistakes" not in show  # no accuracy that cannot be estimated
+    assert "biased towards hard items" in show["gate_picks_before_label"]["note"]
+    ids = [p["id"] for p in b1 + b2 + b3]
+    assert len(set(ids)) == 25
+
+
+def test_pending_picks_hold_the_budget_and_skips_release_it(pool200, tmp_path):
+    _, pool, gold = pool200
+    cfg = pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 12}})
+    sess = Session.create(tmp_path / "p.db", cfg)
+    first = select_batch(sess, 8)
+    assert len(first.picks) == 8 and first.held == 8
+    second = select_batch(sess, 8)  # 8 held: only 4 more fit
+    assert len(second.picks) == 4 and "fit the budget" in second.reason
+    third = select_batch(sess, 8)
+    assert third.picks == [] and "held by 12 pending" in third.reason
+    # Answers in any order and any subset; a skipped pick gives its place back.
+    picks = first.picks + second.picks
+    led = sess.ledger
+    led.skip(picks[3].query_id, "ana")
+    rows = [(p.query_id, gold[p.id], "ana", 1.0, 3) for p in reversed(picks) if p.query_id != picks[3].query_id]
+    led.record_answers(rows[:5])
+    again = select_batch(sess, 8)
+    assert len(again.picks) == 1  # 12 = 5 answered + 6 pending + this one
+    assert led.spent() + led.pending_reserve() == 12
+    # The ledger itself refuses picks past the budget, whoever asks.
+    with pytest.raises(BudgetExhaustedError):
+        led.add_queries([(200, "x", 0.0, 1.0, None, "gate", 0)], budget_check=True)
+    sess.close()
+
+
+def test_the_learner_depends_on_which_labels_arrived_not_when(pool200, tmp_path):
+    """Two sessions receive the same answers in different orders: they pick the same next batch."""
+    _, pool, gold = pool200
+    cfg = pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 30}})
+    a = Session.create(tmp_path / "a.db", cfg)
+    b = Session.create(tmp_path / "b.db", cfg)
+    pa, pb = select_batch(a, 10).picks, select_batch(b, 10).picks
+    assert [p.id for p in pa] == [p.id for p in pb]  # same seed, same picks
+    rows = [(p.query_id, gold[p.id], "ana", 1.0, 3) for p in pa]
+    for r in rows:
+        a.ledger.record_answers([r])
+    for r in reversed(rows):
+        b.ledger.record_answers([r])
+    assert [p.id for p in select_batch(a, 10).picks] == [p.id for p in select_batch(b, 10).picks]
+
+
+def test_cold_start_is_spread_by_the_pools_geometry():
+    """With no label, every latency ties: the first pick is the most representative item, not item 0, and
+    the batch covers the clusters of the pool."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((4, 16))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(4), [10, 60, 60, 70])
+    emb = centres[owner] + 0.05 * rng.standard_normal((200, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pool = np.zeros((200, 3, 48))
+    for a in range(3):
+        pool[:, a, 16 * a:16 * (a + 1)] = emb  # block features: e(x) in the block of candidate a
+    picks, lat = pick_pool_batch(LogisticLearner(), pool, 8, available=np.ones(200, bool), budget=Budget(8.0))
+    assert picks[0] != 0  # the tie is not broken by the lowest index
+    assert owner[picks[0]] != 0  # ... but towards the dense part of the pool (cluster 0 holds 5 %)
+    assert len(set(owner[picks])) >= 3
+    assert len(lat) == 8 and lat[picks[0]] >= max(lat.values()) - 1e-9
+
+
+def test_a_pool_simulation_on_labelled_data_spends_the_budget_and_its_audit_covers_the_truth(tmp_path):
+    """The dataset oracle answers at once: the whole loop runs; the audit estimate's interval holds the
+    refit head's accuracy on a labelled evaluation file of the same distribution."""
+    pool, gold = _write_pool(tmp_path, 400, seed=1, name="lab")
+    lines = _read(pool)
+    for x in lines:
+        x["answer"] = gold[x["id"]]
+    pool.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev, ev_gold = _write_pool(tmp_path, 300, seed=2, name="dev")
+    ev.write_text("".join(json.dumps({**x, "answer": ev_gold[x["id"]]}) + "\n" for x in _read(ev)))
+    cfg = pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 60}, "audit": 0.5, "eval": str(ev)},
+                      batch=15)
+    sess = Session.create(tmp_path / "sim.db", cfg)
+    assert sess.play(DatasetOracle()).status == "finished"
+    rep = pool_report(sess)
+    assert rep["spent"] == 60 and rep["pending"] == 0
+    qs = sess.ledger.queries()
+    n_audit = sum(q.purpose == "audit" for q in qs)
+    assert 25 <= n_audit <= 35  # half the budget, rounded per batch
+    lo, hi = rep["audit"]["ci95"]
+    truth = rep["eval"]["accuracy"]
+    assert lo - 0.05 <= truth <= hi + 0.05
+    assert rep["audit"]["n"] == n_audit
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(45, 50)
+    assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_unlabelled_data_is_refused_where_gold_is_simulated_and_accepted_where_a_person_answers(pool200,
+                                                                                               tmp_path):
+    _, pool, _ = pool200
+    res = subprocess.run(_cli("run", "--data", str(pool), "--json"), capture_output=True, text=True)
+    assert res.returncode != 0 and "has no answer" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run(_cli("run", "--data", str(pool), "--session", str(tmp_path / "w.db"), "--oracle", "web",
+                              "--json"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["status"] == "waiting" and out["rounds_played"] >= 1 and out["pending"] >= 1
+    assert out["mistakes"] is None  # unknown without gold
+    with Ledger.open(tmp_path / "w.db") as led:
+        assert led.pending()
+
+
+def test_budget_as_an_amount_on_run(tmp_path):
+    res = subprocess.run(_cli("run", "--budget", "30", "--rounds", "2000", "--no-comparator", "--json"),
+                         capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout)
+    assert out["budget"] == 30 and isinstance(out["budget"], int) and out["labels_bought"] <= 30
+    res = subprocess.run(_cli("run", "--budget", "30", "--beta", "0.1"), capture_output=True, text=True)
+    assert res.returncode != 0 and "not both" in res.stderr
+
+
+def test_select_refuses_what_it_cannot_do(pool200, tmp_path):
+    _, pool, _ = pool200
+    res = subprocess.run(_cli("select", "--session", str(tmp_path / "none.db")), capture_output=True, text=True)
+    assert res.returncode != 0 and "needs '--data POOL'" in res.stderr
+    db = tmp_path / "r.db"
+    subprocess.run(_cli("select", "--data", str(pool), "--session", str(db), "--budget", "5", "--batch", "2"),
+                   capture_output=True, text=True, check=True)
+    res = subprocess.run(_cli("select", "--session", str(db), "--budget", "9"), capture_output=True, text=True)
+    assert res.returncode != 0 and "only apply when it is created" in res.stderr
+    (tmp_path / "exists.jsonl").write_text("keep\n")
+    res = subprocess.run(_cli("select", "--session", str(db), "--out", str(tmp_path / "exists.jsonl")),
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "file exists" in res.stderr
+    assert (tmp_path / "exists.jsonl").read_text() == "keep\n"
