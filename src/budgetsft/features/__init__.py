@@ -37,7 +37,7 @@ from budgetsft.features.base import (
     featurizer_key,
     make_featurizer,
 )
-from budgetsft.features.cache import FeatureCache, FeatureResult, featurize
+from budgetsft.features.cache import FeatureCache, FeatureCacheWarning, FeatureResult, featurize
 
 if TYPE_CHECKING:
     from budgetsft.features.block import BlockFeaturizer
@@ -62,6 +62,7 @@ __all__ = [
     "featurize",
     "FeatureResult",
     "FeatureCache",
+    "FeatureCacheWarning",
     "EncoderFeaturizer",
     "SentenceEncoder",
     "CausalFeaturizer",

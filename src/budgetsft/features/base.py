@@ -42,6 +42,13 @@ class Featurizer(Protocol):
         Registered short name (``"encoder"``, ``"causal"``, ``"block"``).
     dim : int
         d, the number of feature columns.
+
+    Notes
+    -----
+    A featuriser may also have ``pack(features) -> 1-D ndarray`` and
+    ``unpack(packed, n_rows) -> features``, inverse bit for bit: the disk cache
+    then stores the packed form (``block`` stores e(x) instead of K·L·(h+1)
+    numbers; see :mod:`budgetsft.features.cache`).
     """
 
     name: str

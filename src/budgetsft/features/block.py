@@ -5,6 +5,12 @@ label a, which holds [e(x), 1]: the sentence embedding of the prompt and a
 per-label bias. A linear head on these features is a multiclass linear
 classifier over e(x) (one weight vector and bias per label), the classic
 "multiclass as a linear bandit" construction.
+
+The disk cache stores the compact form (:meth:`BlockFeaturizer.pack`): e(x)
+in float32 and the block of each candidate, h + K numbers instead of
+K·L·(h + 1) (388 float32 against 6,160 float64 for four candidates of four
+labels), and expands it when read with the same code that builds the
+features here, so a cached array equals a computed one bit for bit.
 """
 
 from __future__ import annotations
@@ -140,13 +146,68 @@ class BlockFeaturizer:
             return []
         show = self.progress if progress is None else progress
         emb = self.encoder.embed_many([ex.prompt for ex in examples], progress=show)
-        h = self.encoder.dim
-        width = h + 1
-        out = []
-        for i, blocks in enumerate(rows):
-            phi = np.zeros((len(blocks), len(self.labels) * width), dtype=np.float64)
-            for r, b in enumerate(blocks):
-                phi[r, b * width : b * width + h] = emb[i]
-                phi[r, b * width + h] = 1.0
-            out.append(phi)
-        return out
+        return [_expand(emb[i], blocks, len(self.labels)) for i, blocks in enumerate(rows)]
+
+    def pack(self, features: np.ndarray) -> np.ndarray:
+        """The compact form of one example's features, which the disk cache stores.
+
+        Parameters
+        ----------
+        features : ndarray of shape (K, L·(h+1))
+            As :meth:`transform_many` returns them.
+
+        Returns
+        -------
+        ndarray of shape (h + K,), float32
+            e(x) (the embedding in the first row's block), then the block of each row.
+
+        Raises
+        ------
+        ValueError
+            When ``features`` is not of shape (K, L·(h+1)).
+        """
+        features = np.asarray(features)
+        n_labels = len(self.labels)
+        if features.ndim != 2 or features.shape[1] % n_labels or features.shape[1] < 2 * n_labels:
+            raise ValueError(f"features of shape {features.shape} are not {n_labels} blocks")
+        width = features.shape[1] // n_labels
+        blocks = features.reshape(len(features), n_labels, width)
+        rows = np.argmax(blocks[:, :, width - 1], axis=1)  # the bias column of the row's block is 1
+        return np.concatenate([blocks[0, rows[0], : width - 1], rows]).astype(np.float32)
+
+    def unpack(self, packed: np.ndarray, n_rows: int) -> np.ndarray:
+        """The features of one example from :meth:`pack`'s output (its inverse, bit for bit).
+
+        Parameters
+        ----------
+        packed : ndarray of shape (h + n_rows,)
+        n_rows : int
+            K, the number of candidates.
+
+        Returns
+        -------
+        ndarray of shape (n_rows, L·(h+1)), float64
+
+        Raises
+        ------
+        ValueError
+            When ``packed`` is too short or a block index is not one of the L labels.
+        """
+        packed = np.asarray(packed)
+        h = packed.shape[0] - n_rows
+        rows = packed[h:]
+        if packed.ndim != 1 or h < 1 or n_rows < 1 or not np.all(np.isin(rows, np.arange(len(self.labels)))):
+            raise ValueError(f"a packed entry of shape {packed.shape} does not hold {n_rows} blocks of "
+                             f"{len(self.labels)} labels")
+        return _expand(packed[:h], rows.astype(np.intp), len(self.labels))
+
+
+def _expand(emb: np.ndarray, blocks: Sequence[int], n_labels: int) -> np.ndarray:
+    """φ of shape (len(blocks), n_labels·(h+1)): ``emb`` (shape (h,)) and a 1 in the block of each row."""
+    h = emb.shape[0]
+    width = h + 1
+    phi = np.zeros((len(blocks), n_labels * width), dtype=np.float64)
+    for r, b in enumerate(blocks):
+        phi[r, b * width : b * width + h] = emb
+        phi[r, b * width + h] = 1.0
+    return phi

@@ -7,18 +7,37 @@ Layout::
         <ab>/<sha256 of texts>.npyc       # one entry per example
 
 An entry is ``MAGIC + sha256(payload) + payload`` where ``payload`` is the
-``.npy`` serialisation of the float64 array of shape (K, d). The key of an
-entry is the sha256 of the example's texts (prompt and candidates, in order),
-so ids, answers and costs can change without invalidating features, and
-identical examples share one entry. The folder is named by the featuriser's
-name and a hash of its :meth:`settings` (model, pooling, max_length, dtype, ...).
+``.npy`` serialisation of a float32 array: the features of shape (K, d), or,
+for a featuriser that has ``pack``/``unpack`` methods, its compact 1-D form
+(``block`` stores the prompt's embedding e(x) and the block of each
+candidate, h + K numbers instead of K·L·(h + 1)), expanded when read. The key
+of an entry is the sha256 of the example's texts (prompt and candidates, in
+order), so ids, answers and costs can change without invalidating features,
+and identical examples share one entry. The folder is named by the
+featuriser's name and a hash of its :meth:`settings` (model, pooling,
+max_length, dtype, ...).
 
-A bad entry (unreadable, wrong magic or checksum, wrong shape, NaN/inf) is
-reported with a warning, recomputed and rewritten; it never crashes a run.
-An entry that cannot be rewritten (a directory in its place, a read-only
-folder) is warned about and left out of the cache; the run goes on.
-Every write goes to a temporary file in the same folder and is moved into
-place with ``os.replace``, so a killed process leaves whole entries or none.
+Features are returned as float64 arrays of float32 values, whether computed
+or read: :func:`featurize` rounds what it computes to float32 before storing
+and returning it, so a cold run and a cached run give the same arrays, bit
+for bit. Embeddings and hidden states come out of the model in float32, so
+``block`` and ``causal`` features are returned exactly as computed; the
+Hadamard block of ``encoder`` features is rounded once. Entries written by
+earlier versions (``BSFTFEAT1``: float64, expanded) are still read, and
+rounded the same way.
+
+A bad entry (unreadable, wrong magic or checksum, wrong shape, NaN/inf, larger
+than its shape allows, a symbolic link, not a regular file) is reported with a
+one-line :class:`FeatureCacheWarning`, recomputed and rewritten; it never
+crashes a run. Reads are bounded by the size the entry's shape allows and
+never follow a symbolic link, so a link to ``/dev/zero`` or a FIFO in place of
+an entry is a bad entry, not a hang. An entry that cannot be rewritten (a
+directory in its place, a read-only folder) is warned about and left out of
+the cache; the run goes on. A cache folder that cannot be used at all (a file
+where the folder goes) is warned about once and the run computes without
+caching. Every write goes to a temporary file in the same folder and is moved
+into place with ``os.replace``, so a killed process leaves whole entries or
+none.
 
 What the cache protects against, and what not: the checksum detects
 accidental damage (a truncated or flipped file, a crash mid-write, a disk
@@ -33,12 +52,14 @@ This module imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import io
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -46,20 +67,30 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from budgetsft._validation import check_int
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import DataError
+from budgetsft.exceptions import BudgetsftWarning, DataError
 from budgetsft.features.base import Featurizer, check_examples, example_key, featurizer_key
 
-__all__ = ["FeatureResult", "FeatureCache", "featurize"]
+__all__ = ["FeatureResult", "FeatureCache", "FeatureCacheWarning", "featurize", "takes_progress"]
 
 logger = logging.getLogger("budgetsft.features")
 
-MAGIC = b"BSFTFEAT1\n"
+MAGIC = b"BSFTFEAT2\n"  # float32 payload: features (K, d) or a featuriser's packed 1-D form
+MAGIC_V1 = b"BSFTFEAT1\n"  # earlier versions: float64 features (K, d); still read
 _DIGEST = 32
+_HEAD = len(MAGIC) + _DIGEST  # both magics have the same length
+_NPY_HEADER = 4096  # most bytes an .npy header may take (np.save writes 128 for these arrays)
+# Where a file may not be opened without following a link or blocking (a FIFO); 0 where the OS has no such flag.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+class FeatureCacheWarning(BudgetsftWarning, RuntimeWarning):
+    """A feature-cache entry or folder was bad or could not be written; the features were computed instead."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +100,7 @@ class FeatureResult:
     Attributes
     ----------
     features : list of ndarray of shape (K_i, dim), float64
-        In the order of the input examples.
+        In the order of the input examples; float32 values (see the module docstring).
     n_cached : int
         Examples read from the cache.
     n_computed : int
@@ -80,7 +111,7 @@ class FeatureResult:
     key : str
         The featuriser key (cache folder name).
     path : Path or None
-        The cache folder; None when caching was off.
+        The cache folder; None when caching was off or the folder could not be used.
     seconds : float
         Wall time of the call.
     """
@@ -111,6 +142,10 @@ class _BadEntry(Exception):
     pass
 
 
+def _warn(msg: str) -> None:
+    warnings.warn(msg, FeatureCacheWarning, stacklevel=3)
+
+
 class FeatureCache:
     """One featuriser's folder of cached feature arrays.
 
@@ -120,17 +155,23 @@ class FeatureCache:
         ``<cache_dir>/features/<featurizer key>``.
     dim : int
         Expected number of columns of every entry.
+    codec : object with ``pack`` and ``unpack`` methods, optional
+        Stores each entry in its compact form: ``pack(features)`` gives a 1-D
+        array, ``unpack(packed, n_rows)`` the features back (the featuriser,
+        e.g. :class:`~budgetsft.features.block.BlockFeaturizer`). An array that
+        does not survive ``unpack(pack(.))`` bit for bit is stored whole.
     """
 
-    def __init__(self, root: str | os.PathLike, dim: int) -> None:
+    def __init__(self, root: str | os.PathLike, dim: int, codec: Any = None) -> None:
         self.root = Path(root)
         self.dim = dim
+        self.codec = codec
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npyc"
 
     def read(self, key: str, n_rows: int) -> np.ndarray | None:
-        """The entry's array of shape (n_rows, dim), None when absent.
+        """The entry's array of shape (n_rows, dim), float64 holding float32 values; None when absent.
 
         Raises
         ------
@@ -138,42 +179,109 @@ class FeatureCache:
             When the entry exists but cannot be trusted.
         """
         path = self.path(key)
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
+        # Never more than an old float64 entry of this shape takes: a link to /dev/zero cannot fill memory.
+        blob = _read_bounded(path, _HEAD + _NPY_HEADER + n_rows * self.dim * 8)
+        if blob is None:
             return None
-        except OSError as exc:
-            raise _BadEntry(f"unreadable ({exc})") from exc
-        head = len(MAGIC) + _DIGEST
-        if len(blob) < head or not blob.startswith(MAGIC):
+        magic = blob[: len(MAGIC)]
+        if len(blob) < _HEAD or magic not in (MAGIC, MAGIC_V1):
             raise _BadEntry("bad header (truncated or not a feature file)")
-        payload = blob[head:]
-        if hashlib.sha256(payload).digest() != blob[len(MAGIC) : head]:
+        payload = blob[_HEAD:]
+        if hashlib.sha256(payload).digest() != blob[len(MAGIC) : _HEAD]:
             raise _BadEntry("checksum mismatch")
-        try:
-            arr = np.load(io.BytesIO(payload), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise _BadEntry(f"unloadable array ({exc})") from exc
-        if arr.dtype != np.float64 or arr.shape != (n_rows, self.dim):
-            raise _BadEntry(
-                f"shape {arr.shape} dtype {arr.dtype}, expected ({n_rows}, {self.dim}) float64"
-            )
+        full = (n_rows, self.dim)
+        if magic == MAGIC_V1:
+            arr = _load(payload, np.float64, [full])
+        else:
+            arr = _load(payload, np.float32, [full, None] if self.codec is not None else [full])
+            if arr.ndim == 1:
+                try:
+                    arr = np.asarray(self.codec.unpack(arr, n_rows))
+                except (ValueError, IndexError) as exc:
+                    raise _BadEntry(f"cannot expand the packed entry ({exc})") from exc
+        if arr.shape != full:
+            raise _BadEntry(f"shape {arr.shape}, expected {full}")
         if not np.all(np.isfinite(arr)):
             raise _BadEntry("non-finite values")
-        return arr
+        return _round32(arr)
 
     def write(self, key: str, arr: np.ndarray) -> None:
-        """Write one entry atomically (temporary file + ``os.replace``)."""
+        """Write one entry atomically (temporary file + ``os.replace``), in float32, packed when the codec allows."""
+        stored = np.asarray(arr, dtype=np.float32)
+        if self.codec is not None:
+            try:
+                packed = np.asarray(self.codec.pack(arr), dtype=np.float32)
+                if packed.ndim == 1 and np.array_equal(self.codec.unpack(packed, len(arr)), arr):
+                    stored = packed
+            except (ValueError, IndexError):  # not the featuriser's layout: store it whole
+                pass
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr, dtype=np.float64), allow_pickle=False)
+        np.save(buf, np.ascontiguousarray(stored), allow_pickle=False)
         payload = buf.getvalue()
         path = self.path(key)
         try:
+            if path.parent.is_symlink():  # never write out of the cache
+                raise OSError(errno.ELOOP, "the folder is a symbolic link", str(path.parent))
             _atomic_write(path, MAGIC + hashlib.sha256(payload).digest() + payload)
         except OSError as exc:  # e.g. a directory where the entry goes: keep the features, skip caching them
-            msg = f"features: cannot write cache entry {path} ({exc}); the features are used but not cached"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            logger.warning(msg)
+            _warn(f"features: cannot write cache entry {path} ({exc}); the features are used but not cached")
+
+
+def _read_bounded(path: Path, limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes, None when absent; never follows a final link."""
+    if path.parent.is_symlink():  # an <ab> folder linked elsewhere is out of the cache
+        raise _BadEntry(f"{path.parent} is a symbolic link")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise _BadEntry("a symbolic link, not a cache file") from exc
+        raise _BadEntry(f"unreadable ({exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device
+            raise _BadEntry("not a regular file")
+        if info.st_size > limit:
+            raise _BadEntry(f"{info.st_size} bytes, more than the {limit} its shape allows")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            blob = fh.read(limit + 1)
+    except OSError as exc:
+        raise _BadEntry(f"unreadable ({exc})") from exc
+    finally:
+        os.close(fd)
+    if len(blob) > limit:  # grew while being read
+        raise _BadEntry(f"more than the {limit} bytes its shape allows")
+    return blob
+
+
+def _load(payload: bytes, dtype: type, shapes: list[tuple[int, int] | None]) -> np.ndarray:
+    """The .npy array in ``payload``, after checking from its header that it has ``dtype`` and one of ``shapes``.
+
+    ``None`` in ``shapes`` allows any 1-D array (a packed entry). The header is checked before the
+    array is allocated, so a header that claims a huge shape costs nothing.
+    """
+    fh = io.BytesIO(payload)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, found = read_header(fh)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise _BadEntry(f"unloadable array ({exc})") from exc
+    ok_shape = shape in shapes or (None in shapes and len(shape) == 1)
+    if found != np.dtype(dtype) or not ok_shape or fortran:
+        want = " or ".join("(n,)" if s is None else str(s) for s in shapes)
+        raise _BadEntry(f"shape {shape} dtype {found}, expected {want} {np.dtype(dtype)}")
+    data = payload[fh.tell() :]
+    if len(data) != int(np.prod(shape)) * found.itemsize:
+        raise _BadEntry(f"{len(data)} bytes of data for shape {shape}")
+    return np.frombuffer(data, dtype=found).reshape(shape)
+
+
+def _round32(arr: np.ndarray) -> np.ndarray:
+    """``arr`` rounded to float32 and held in a new float64 array (what every path returns)."""
+    return np.asarray(arr, dtype=np.float32).astype(np.float64)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -191,18 +299,39 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _not_a_folder(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder (e.g. a regular file)."""
+    for p in [*reversed(path.parents), path]:
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
 def open_cache(featurizer: Featurizer, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
-    """The featuriser's cache folder, with its ``settings.json`` written on first use."""
+    """The featuriser's cache folder, with its ``settings.json`` written on first use.
+
+    Raises
+    ------
+    DataError
+        When the folder cannot be made or used (a file in its place or in place of a parent, no permission).
+    """
     from budgetsft.features.models import default_cache_dir
 
     key = featurizer_key(featurizer)
     dim = int(featurizer.dim)
     root = default_cache_dir(cache_dir) / "features" / key
-    cache = FeatureCache(root, dim)
+    codec = featurizer if callable(getattr(featurizer, "pack", None)) and callable(
+        getattr(featurizer, "unpack", None)) else None
+    cache = FeatureCache(root, dim, codec)
     settings_file = root / "settings.json"
-    if not settings_file.exists():
-        meta = {"name": featurizer.name, "dim": dim, "settings": featurizer.settings()}
-        _atomic_write(settings_file, json.dumps(meta, indent=2, default=str).encode())
+    try:
+        if not settings_file.exists():
+            meta = {"name": featurizer.name, "dim": dim, "settings": featurizer.settings()}
+            _atomic_write(settings_file, json.dumps(meta, indent=2, default=str).encode())
+    except OSError as exc:
+        blocker = _not_a_folder(root)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else str(exc)
+        raise DataError(f"features: cannot use the feature cache folder {root}: {why}.") from exc
     return cache
 
 
@@ -230,9 +359,7 @@ def lookup(
         try:
             arr = cache.read(k, len(ex.candidates))
         except _BadEntry as exc:
-            msg = f"features: bad cache entry for example {ex.id!r} ({exc}); recomputing"
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            logger.warning(msg)
+            _warn(f"features: bad cache entry for example {ex.id!r} ({exc}); recomputing")
             n_repaired += 1
             arr = None
         if arr is None:
@@ -250,15 +377,25 @@ def check_count(chunk: Sequence[Example], arrays: Sequence, owner: str) -> None:
 
 
 def check_array(ex: Example, arr, dim: int, owner: str) -> np.ndarray:
-    """``arr`` as float64 after checking it is finite and of shape (K, dim), else DataError naming the example."""
+    """``arr`` rounded to float32 (held in float64), after checking it is finite and of shape (K, dim).
+
+    The rounding is what the cache stores, so computed and cached features are the same bit for bit.
+
+    Raises
+    ------
+    DataError
+        Naming the example, when the shape is wrong or a value is not finite (in float32).
+    """
     arr = np.asarray(arr, dtype=np.float64)
-    if arr.shape != (len(ex.candidates), dim) or not np.all(np.isfinite(arr)):
+    with np.errstate(over="ignore"):
+        rounded = _round32(arr)
+    if arr.shape != (len(ex.candidates), dim) or not np.all(np.isfinite(rounded)):
         raise DataError(
             f"features: {owner} returned an array of shape {arr.shape} "
-            f"(finite: {bool(np.all(np.isfinite(arr)))}) for example {ex.id!r}; "
+            f"(finite in float32: {bool(np.all(np.isfinite(rounded)))}) for example {ex.id!r}; "
             f"expected ({len(ex.candidates)}, {dim}), all finite."
         )
-    return arr
+    return rounded
 
 
 def store(ex: Example, arr: np.ndarray, todo: dict[str, list[int]], out: list[np.ndarray | None],
@@ -271,7 +408,7 @@ def store(ex: Example, arr: np.ndarray, todo: dict[str, list[int]], out: list[np
         cache.write(k, arr)
 
 
-def _takes_progress(featurizer: Featurizer) -> bool:
+def takes_progress(featurizer: Featurizer) -> bool:
     try:
         return "progress" in inspect.signature(featurizer.transform_many).parameters
     except (TypeError, ValueError):
@@ -297,7 +434,8 @@ def featurize(
         Root of the budgetsft cache (``$BUDGETSFT_CACHE`` or ``~/.cache/budgetsft``
         by default); features live under ``<cache_dir>/features/<key>/``.
     use_cache : bool, default=True
-        False computes everything and touches no file.
+        False computes everything and touches no file. A cache folder that cannot
+        be used (a file in its place) is warned about and the run goes on as with False.
     progress : bool, default=True
         One tqdm bar (stderr) over the examples that are computed.
     chunk_size : int, default=64
@@ -310,13 +448,20 @@ def featurize(
     Returns
     -------
     FeatureResult
-        ``features[i]`` is an ndarray of shape (K_i, featurizer.dim).
+        ``features[i]`` is an ndarray of shape (K_i, featurizer.dim), float64 holding
+        float32 values, the same whether computed or read from the cache.
 
     Raises
     ------
     DataError
         When the featuriser returns an array of the wrong shape or with
         non-finite values (nothing is cached then).
+
+    Warns
+    -----
+    FeatureCacheWarning
+        One line per bad entry (recomputed), per entry that cannot be written,
+        or once for a cache folder that cannot be used (nothing is cached then).
 
     Examples
     --------
@@ -332,7 +477,11 @@ def featurize(
     dim = int(featurizer.dim)
     cache: FeatureCache | None = None
     if use_cache:
-        cache = open_cache(featurizer, cache_dir)
+        try:
+            cache = open_cache(featurizer, cache_dir)
+        except DataError as exc:  # e.g. a file where the folder goes: the run goes on, uncached
+            _warn(f"{exc} The features are computed but not cached.")
+    if cache is not None:
         out, todo, n_cached, n_repaired = lookup(examples, cache)
     else:
         out = [None] * len(examples)
@@ -345,7 +494,7 @@ def featurize(
     if firsts:
         from tqdm.auto import tqdm
 
-        kwargs = {"progress": False} if _takes_progress(featurizer) else {}
+        kwargs = {"progress": False} if takes_progress(featurizer) else {}
         bar = tqdm(
             total=len(firsts), desc=f"features[{featurizer.name}]", unit="ex",
             file=sys.stderr, disable=not progress,
