@@ -238,3 +238,36 @@ def test_select_refuses_what_it_cannot_do(pool200, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode != 0 and "file exists" in res.stderr
     assert (tmp_path / "exists.jsonl").read_text() == "keep\n"
+
+
+def test_the_web_page_selects_the_next_batch_itself(pool200, tmp_path):
+    """A pool session served by `annotate`: 60 labels in batches of 20 with no select call by anyone but the
+    page's driver; the annotator just keeps answering."""
+    pytest.importorskip("uvicorn")
+    import time
+
+    from test_web import client, served
+
+    _, pool, gold = pool200
+    path = tmp_path / "web.db"
+    sess = Session.create(path, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 60}}, batch=20))
+    token = sess.ledger.add_annotator("ana", 1.0).token
+    sess.close()
+    answered, waits = 0, 0
+    with served(path) as live, client(live, token) as ana:
+        deadline = time.monotonic() + 120
+        while answered < 60:
+            assert time.monotonic() < deadline, f"stuck after {answered} answers"
+            item = ana.get("/api/next").json()
+            if item.get("item", True) is None:  # the driver is picking the next batch
+                waits += 1
+                time.sleep(0.05)
+                continue
+            assert ana.post("/api/answer", json={"query_id": item["query_id"],
+                                                 "label": gold[item["id"]]}).json()["recorded"]
+            answered += 1
+        status = ana.get("/api/status").json()
+    with Ledger.open(path) as led:
+        assert led.spent() == 60 and not led.pending()
+        select_events = led._conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'select'").fetchone()[0]
+    assert select_events == 3 and status["labels_bought"] == 60

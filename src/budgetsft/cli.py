@@ -262,6 +262,10 @@ def run(
     eval_file: Annotated[Path | None, typer.Option("--eval", help="With --session on unlabelled data: a labelled "
                                                                  "JSONL file to report held-out accuracy on. "
                                                                  "\\[default: none]")] = None,
+    max_pending: Annotated[int | None, typer.Option(help="With --session and an oracle whose people answer later "
+                                                         "(web, file): labels awaited at once while the stream "
+                                                         "plays on; 0 waits for every label. \\[default: 10]")
+                           ] = None,
 ) -> None:
     """Play one budgeted game and print its summary.
 
@@ -294,6 +298,8 @@ def run(
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
     if oracle is not None and session is None:
         raise ConfigError("'--oracle' needs '--session FILE': only a session asks an oracle for labels.")
+    if max_pending is not None and session is None:
+        raise ConfigError("'--max-pending' needs '--session FILE': only a session waits for people's answers.")
     if eval_file is not None and session is None:
         raise ConfigError("'--eval' needs '--session FILE' (a run without a session simulates on labelled data "
                           "and reports its own test split).")
@@ -303,7 +309,11 @@ def run(
         if oracle in ("web", "file", "terminal") and cfg.get("data"):
             cfg["data"]["allow_unlabelled"] = True  # a person answers: the data needs no gold
         if eval_file is not None:
+            if not eval_file.is_file():
+                raise ConfigError(f"{eval_file}: no such evaluation file.")
             cfg["eval"] = str(eval_file.expanduser().resolve())
+        if max_pending is not None:
+            cfg["max_pending"] = max_pending
         spec = {"name": oracle or "dataset"}
         if oracle == "terminal":
             spec.update(annotator=annotator, cost=cost)
@@ -457,9 +467,16 @@ def session_show(
     if as_json:
         print(json.dumps(_clean(report)))
         return
-    out.print(_kv_table(f"session {path} — {report['status']}", report,
-                        ("rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought",
-                         "pending", "mistakes", "hinge_loss", "pseudo_regret"), ""))
+    if report.get("mode") == "pool":
+        _show_pool(path, report)
+    else:
+        keys = ["rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought", "pending"]
+        keys += ["mistakes", "hinge_loss", "pseudo_regret"] if report.get("mistakes") is not None else []
+        out.print(_kv_table(f"session {path} — {report['status']}", report, keys, ""))
+        bought = report.get("mistakes_on_bought_rounds")
+        if bought:
+            out.print(f"mistakes on the {bought['n']} bought rounds: {bought['mistakes']} ({bought['note']})",
+                      markup=False, highlight=False)
     if report["by_annotator"]:
         who = Table(title="labels by annotator")
         for col in ("annotator", "labels", "spent"):
@@ -467,6 +484,31 @@ def session_show(
         for name, row in report["by_annotator"].items():
             who.add_row(name, str(row["labels"]), _fmt(row["spent"]))
         out.print(who)
+
+
+def _show_pool(path: Path, report: dict) -> None:
+    """`session show` of a pool session: the books, then each estimate with how it was made."""
+    out.print(_kv_table(f"pool session {path} — {report['status']}", report,
+                        ("pool_size", "budget", "unit", "spent", "held_by_pending", "remaining", "labels_bought",
+                         "pending", "skipped", "batch", "audit_share"), ""))
+    audit = report.get("audit")
+    if audit and audit.get("accuracy") is not None:
+        lo, hi = audit["ci95"]
+        out.print(f"accuracy (audit estimate): {audit['accuracy']:.3f}, 95 % interval [{lo:.3f}, {hi:.3f}] from "
+                  f"{audit['n']} audit item(s): {audit['estimator']}", markup=False, highlight=False)
+    elif audit:
+        out.print(f"accuracy (audit estimate): none yet ({audit['estimator']})", markup=False, highlight=False)
+    ev = report.get("eval")
+    if ev:
+        out.print(f"accuracy on {ev['file']} ({ev['n']} items): {ev['accuracy']:.3f}: {ev['estimator']}",
+                  markup=False, highlight=False)
+    before = report.get("gate_picks_before_label")
+    if before:
+        out.print(f"the gate's picks, prediction before the label: {before['correct']} of {before['n']} right "
+                  f"({before['note']})", markup=False, highlight=False)
+    if not audit and not ev:
+        out.print("no accuracy is shown: it needs gold. Give an audit share (select --audit) or an evaluation "
+                  "file (select --eval) when creating the session.", markup=False, highlight=False)
 
 
 @session_app.command("export")
@@ -864,7 +906,10 @@ def _with_progress(fn, total: int, what: str, quiet: bool):
 @app.command()
 def sweep(
     gates: Annotated[str, typer.Option(help="Comma-separated gates.")] = "llf,random,first,full",
-    betas: Annotated[str, typer.Option(help="Comma-separated budgets β.")] = "0.1",
+    betas: Annotated[str | None, typer.Option(help="Comma-separated budgets β (fractions of the rounds). "
+                                                   "\\[default: 0.1]")] = None,
+    budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
+    unit: Annotated[str | None, typer.Option(help=UNIT_HELP)] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     env: Annotated[str | None, typer.Option(help=ENV_HELP)] = None,
     rounds: Annotated[int | None, typer.Option(help=ROUNDS_HELP)] = None,
@@ -901,6 +946,7 @@ def sweep(
     budgetsft sweep --gates llf,random,first,full --betas 0.05,0.1 --seeds 0,1,2 --rounds 5000
     budgetsft sweep --data bbc-news --seeds 0,1,2 --plot runs/bbc-mistakes.png
     budgetsft sweep --gates llf,margin,bbq --json | jq .table
+    budgetsft sweep --data bbc-news --budget 170 --gates llf,random,first   # 170 labels, not a fraction
     """
     from budgetsft.config import GATES
 
@@ -913,7 +959,11 @@ def sweep(
     cfg = _base_config(config, env, rounds, learner, radius, data, features, device, max_examples, skip_invalid)
     _set_model(cfg, model)
     _set_comparator(cfg, comparator, no_comparator)
-    _sweep_and_report(cfg, gate_list, _floats(betas, "betas"), _ints(seeds, "seeds"), as_json, plot,
+    if budget is not None and betas is not None:
+        raise ConfigError("give either '--betas' (fractions of the rounds) or '--budget' (an amount), not both.")
+    _set_budget(cfg, None, budget, unit)
+    beta_list: list = [None] if budget is not None else _floats(betas or "0.1", "betas")
+    _sweep_and_report(cfg, gate_list, beta_list, _ints(seeds, "seeds"), as_json, plot,
                       ray={"address": address, "num_cpus": num_cpus} if backend == "ray" else None)
 
 
@@ -930,7 +980,8 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     def keep(result) -> None:
         s = result.summary
         if runs_dir is not None and s["seed"] == seed_list[0]:
-            curves[f"{s['gate']} β={s['beta']:g}"] = to_frame(result.records)
+            curves[f"{s['gate']} β={s['beta']:g}" if s["beta"] is not None else
+                   f"{s['gate']} B={s['budget']:g}"] = to_frame(result.records)
 
     def sweep_with(cb):
         def on_result(summary):
@@ -992,7 +1043,7 @@ def _print_table(rows: list[dict], cfg: dict, console: Console | None = None, ap
                                                              "regret_unqueried") else col
         table.add_column(label, justify="left" if col == "gate" else "right")
     for r in rows:
-        cells = [r["gate"], f"{r['beta']:g}", f"{r['budget']:g}"]
+        cells = [r["gate"], "-" if r["beta"] is None else f"{r['beta']:g}", f"{r['budget']:g}"]
         for k in keys:
             m, s = r[k], r[f"{k}_sd"]
             cells.append("—" if math.isnan(m) else (f"{m:.3f} ± {s:.3f}" if abs(m) <= 1 else f"{m:.1f} ± {s:.1f}"))
@@ -1144,7 +1195,10 @@ def adapt(
     gate: Annotated[str, typer.Option(help="Gate whose labels are compared with the baselines.")] = "llf",
     baselines: Annotated[str, typer.Option(help="Gates that spend the same budget, comma-separated.")] = (
         "random,first,margin"),
-    beta: Annotated[float, typer.Option(help="Label budget as a fraction of the train split.")] = 0.1,
+    beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of the train split. "
+                                                    "\\[default: 0.1]")] = None,
+    budget: Annotated[int | None, typer.Option(help="Label budget as a number of labels (excludes --beta). "
+                                                    "\\[default: none: --beta sets it]")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds (split, gates, LoRA), comma-separated: one run each.")] = "0",
     features: Annotated[str, typer.Option(help="Features of the gates' scoring head: auto (what `budgetsft run` "
                                                "uses: block on a fixed label set, else encoder), block, encoder, "
@@ -1190,6 +1244,7 @@ def adapt(
     Examples:
 
     budgetsft adapt --data bbc-news --beta 0.1 --seeds 0,1,2 --out runs/adapt-bbc
+    budgetsft adapt --data bbc-news --budget 170 --seeds 0,1,2 --out runs/adapt-bbc   # 170 labels
     budgetsft adapt --data bbc-news --seeds 0,1,2 --estimate-only
     budgetsft adapt --data sarcasm --max-examples 3000 --seeds 0,1,2 --out runs/adapt-sarcasm
     budgetsft adapt --data bbc-news --labels bought.jsonl --out runs/adapt-mine     # a session's export or ledger
@@ -1207,6 +1262,18 @@ def adapt(
         return
     from budgetsft.adapt.pipeline import run_adapt
 
+    if beta is not None and budget is not None:
+        raise ConfigError("give either '--beta' (a fraction of the train split) or '--budget' (a number of "
+                          "labels), not both.")
+    if budget is not None:
+        from budgetsft.data import load_dataset
+
+        n_train = len(load_dataset(data, seed=_ints(seeds, "seeds")[0], max_examples=max_examples).train)
+        if not 1 <= budget <= n_train:
+            raise ConfigError(f"'--budget' must be an int in [1, {n_train}] (the train split of {data}). "
+                              f"Got {budget}.")
+        beta = budget / n_train  # ⌊β n⌋ = budget exactly
+    beta = 0.1 if beta is None else beta
     report = run_adapt(data, out_dir, gate=gate, baselines=[b for b in baselines.split(",") if b.strip()],
                        beta=beta, seeds=_ints(seeds, "seeds"), features=features, model=model, mode=mode,
                        labels_file=labels, include_all=not no_all, max_examples=max_examples, max_test=max_test,
@@ -1379,6 +1446,89 @@ def data_export(
     examples = {"all": list(ds.train) + list(ds.test), "train": list(ds.train), "test": list(ds.test)}[split]
     write_jsonl(examples, path)
     out.print(f"wrote {len(examples)} examples to {path}")
+
+
+labelstudio_app = typer.Typer(no_args_is_help=True, help="Label Studio, live: push a session's picks as tasks, "
+                                                             "charge the labels, pick again.")
+app.add_typer(labelstudio_app, name="labelstudio")
+
+
+@labelstudio_app.command("sync")
+def labelstudio_sync(
+    path: Annotated[Path, typer.Argument(help="Session ledger (.db): a pool session (`budgetsft select`) or a stream "
+                                              "session (`run --session ... --oracle web`).")],
+    url: Annotated[str, typer.Option(help="Label Studio's address, as a browser opens it: http://localhost:8080.")],
+    project: Annotated[int, typer.Option(help="The project's id (in its address: /projects/ID). An empty project "
+                                              "gets budgetsft's labeling config.")],
+    api_key: Annotated[str | None, typer.Option(envvar="LABEL_STUDIO_API_KEY", show_default=False,
+                                                help="Label Studio access token (Account & Settings): a personal "
+                                                     "access token or a legacy token.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Pool sessions: items to pick when nothing is pending. "
+                                                   "\\[default: the session's batch]")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="One pass (push, pull, release, push the next batch), then "
+                                                      "exit: for cron.")] = False,
+    annotators: Annotated[Path | None, typer.Option(help='JSON or YAML map from Label Studio user ids (or emails) '
+                                                         'to ledger annotators, {"2": "ana", "3": {"name": "bo", '
+                                                         '"cost": 2.5}}. \\[default: the ledger\'s annotators, by '
+                                                         'user id or email]')] = None,
+    cost: Annotated[float | None, typer.Option(help="Price per label of Label Studio users that neither --annotators "
+                                                    "nor the ledger names (paid under their email). \\[default: "
+                                                    "their labels are refused]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per pass.")] = False,
+) -> None:
+    """Label Studio as the labeling front end of a session: push its picks as tasks, charge the labels, pick again.
+
+    Each pass reads the project, charges the annotations of pending queries in the ledger (all or nothing;
+    a second pass charges nothing again), skips in the ledger the queries whose task was skipped or deleted in
+    Label Studio (freeing their budget), pushes pending queries the project does not hold, and, when nothing is
+    pending, picks the next batch (pool) or plays the stream on, and pushes it. Passes repeat every --interval
+    seconds until the budget is spent; Ctrl-C stops cleanly (nothing is lost: run the command again to go on).
+
+    Examples:
+
+    budgetsft select --data pool.jsonl --session s.db --batch 20 --budget 100 --out picks.jsonl
+    export LABEL_STUDIO_API_KEY=...    # Label Studio: Account & Settings
+    budgetsft labelstudio sync s.db --url http://localhost:8080 --project 3 --cost 1
+    budgetsft labelstudio sync s.db --url http://localhost:8080 --project 3 --annotators annotators.json --once
+    """
+    from budgetsft.labelstudio_sync import LabelStudioClient, pass_message, sync
+    from budgetsft.sessions.session import Session
+
+    if batch is not None and batch < 1:
+        raise ConfigError(f"'--batch' must be an int >= 1. Got {batch}.")
+    if not interval > 0:
+        raise ConfigError(f"'--interval' must be a number of seconds > 0. Got {interval:g}.")
+    client = LabelStudioClient(url, api_key or "")
+    passes = 0
+
+    def report(p) -> None:
+        nonlocal passes
+        passes += 1
+        if as_json:
+            print(json.dumps(_clean({"pass": passes, **p.to_json()})), flush=True)
+        else:
+            out.print(pass_message(p, passes), markup=False, highlight=False)
+
+    def on_error(exc) -> None:
+        err.print(f"error: {exc} (trying again every {interval:g} s)", markup=False, highlight=False)
+
+    sess = Session.open(path)
+    try:
+        sess.ledger.check_writable()
+        sess.check_source()
+        last = sync(sess, client, project, batch=batch, annotators=annotators, cost=cost, interval=interval,
+                    once=once, report=report, on_error=on_error)
+    except KeyboardInterrupt:
+        err.print(f"stopped after {passes} pass(es); nothing is lost (every label charged is in the ledger, every "
+                  f"pick is pending there or in Label Studio): run the same command to go on.", markup=False,
+                  highlight=False)
+        raise typer.Exit(130) from None
+    finally:
+        sess.close()
+    if last is not None and not last.done and not as_json:
+        err.print(f"{last.pending} pending: label them in Label Studio ({client.url}/projects/{project}), then "
+                  f"sync again.", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -222,14 +222,20 @@ class _Recorder:
 
 def sweep_cells(base: dict | None, gates: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
                 gate_options: dict[str, dict] | None = None) -> list[dict]:
-    """The run configs of a sweep in (gate, β, seed) order; ``full`` once per seed at β = 1."""
+    """The run configs of a sweep in (gate, β, seed) order; ``full`` once per seed at β = 1.
+
+    A β of None stands for the base config's budget given as an amount (``gate.budget``, ``--budget N``).
+    """
     base = merge(DEFAULT_CONFIG, base or {})
     gate_options = gate_options or {}
+    amount = {k: base["gate"][k] for k in ("budget", "unit") if k in base["gate"]}
     cells = []
     for g in gates:
         for b in ([1.0] if g == "full" else betas):
             for s in seeds:
-                gate = {"name": g, "beta": float(b), **gate_options.get(g, {})}
+                # β None: the base config's budget as an amount (--budget N), in its unit
+                budget = {"beta": float(b)} if b is not None else amount
+                gate = {"name": g, **budget, **gate_options.get(g, {})}
                 cells.append(merge(base, {"gate": gate, "seed": int(s)}))
     return cells
 
