@@ -177,8 +177,9 @@ def test_top_layer_lora_learns_is_seeded_and_reloads_onto_the_full_model(tok, wo
 
     assert acc(model) < 0.5 and acc(a) == 1.0
     monkeypatch.chdir(work)
-    a.base_model.model.name_or_path = "./llama"  # as load_causal_lm names a model given as ./llama
-    a.peft_config["default"].base_model_name_or_path = "./llama"
+    base = str((work / "llama").resolve())  # as load_causal_lm names a model given as ./llama
+    a.base_model.model.name_or_path = base
+    a.peft_config["default"].base_model_name_or_path = base
     out = save_adapters(a, tmp_path / "adapters")
     reloaded, _ = load_adapted(out)
     test_items = [items[k] for k in test_keys]
@@ -298,11 +299,11 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
     (out / "seed-1" / "predictions.json").write_text("{")
     bad = _cli(["adapt", "--out", out, "--report-only"], env, work, check=False)
     assert bad.returncode != 0 and "seed-1/predictions.json" in bad.stderr and "Traceback" not in bad.stderr
-    # every seed's adapters record the model as given, and reload from it
+    # every seed's adapters record the model's absolute path, and reload from it
     for seed in (0, 1):
         for name in names[1:]:
             cfg = json.loads((out / f"seed-{seed}" / "adapters" / name / "adapter_config.json").read_text())
-            assert cfg["base_model_name_or_path"] == "./llama"
+            assert cfg["base_model_name_or_path"] == str((work / "llama").resolve())
     # the labels are those `budgetsft run` buys with each gate at that seed
     selection = json.loads((out / "seed-1" / "selection.json").read_text())
     for gate in ("llf", "random", "margin"):

@@ -666,6 +666,8 @@ def select(
     config: Annotated[Path | None, typer.Option(help="YAML config for a new session; options override it.")
                       ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+    pending: Annotated[bool, typer.Option("--pending", help="Pick nothing: write the picks still awaiting an "
+                                                            "answer again (a lost picks file).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the picks and the books).")
                        ] = False,
 ) -> None:
@@ -681,18 +683,21 @@ def select(
     budgetsft select --data pool.jsonl --session s.db --batch 20 --budget 170 --out b1.jsonl
     budgetsft session import s.db answers.jsonl        # {"query_id": 3, "label": 1, "annotator": "ana"}
     budgetsft select --session s.db --out b2.jsonl     # the next 20, after what came back
+    budgetsft select --session s.db --pending --out again.jsonl   # the picks still awaiting answers
     budgetsft select --data pool.jsonl --session m.db --budget 250 --unit cost --audit 0.1 --eval dev.jsonl
     budgetsft session show s.db
     """
     import os
 
-    from budgetsft.sessions.pool import pool_config, select_batch
+    from budgetsft.sessions.pool import pending_picks, pool_config, select_batch
     from budgetsft.sessions.session import Session
 
     if fmt not in ("jsonl", "label-studio"):
         raise ConfigError(f"'--format' must be one of 'jsonl', 'label-studio'. Got {fmt!r}.")
     if batch is not None and batch < 1:
         raise ConfigError(f"'--batch' must be an int >= 1. Got {batch}.")
+    if fmt == "label-studio" and out_file is None:
+        raise ConfigError("'--format label-studio' writes a tasks file: give '--out FILE'.")
     if out_file is not None:
         if out_file.exists() and not force:
             raise ConfigError(f"{out_file}: file exists; pass --force to overwrite it (or choose another --out).")
@@ -745,7 +750,7 @@ def select(
         sess = Session.create(session, cfg, oracle={"name": "web"})
     try:
         sess.ledger.check_writable()
-        sel = select_batch(sess, batch)
+        sel = pending_picks(sess) if pending else select_batch(sess, batch)
         if sel.picks and out_file is not None:
             if fmt == "label-studio":
                 from budgetsft.labelstudio import write_tasks
@@ -766,13 +771,18 @@ def select(
         for p in sel.picks:
             print(json.dumps(p.to_json(), ensure_ascii=False))
     audits = sum(p.purpose == "audit" for p in sel.picks)
-    what = f"picked {len(sel.picks)} item(s)" + (f" ({audits} audit)" if audits else "")
+    what = (f"{len(sel.picks)} pending pick(s), written again" if pending else
+            f"picked {len(sel.picks)} item(s)") + (f" ({audits} audit)" if audits else "")
     where = f" -> {out_file}" if sel.picks and out_file is not None else ""
     err.print(f"{session}: {what}{where}; {sel.spent:g} of {sel.budget:g} {sel.unit} spent, {sel.held:g} held by "
               f"{sel.pending} pending pick(s).", markup=False, highlight=False)
     if sel.reason:
         err.print(("nothing written: " if not sel.picks else "note: ") + sel.reason, markup=False, highlight=False)
-    if sel.picks:
+    if sel.picks and fmt == "label-studio":
+        err.print(f"import the tasks and {out_file.with_name(out_file.stem + '.label_config.xml').name} into Label "
+                  f"Studio; label; then `budgetsft session import {session} EXPORT.json --format label-studio` and "
+                  f"select again (or let `budgetsft labelstudio sync` do all of it).", markup=False, highlight=False)
+    elif sel.picks:
         err.print(f"answer them, then `budgetsft session import {session} ANSWERS.jsonl` "
                   f'({{"query_id": ..., "label": ..., "annotator": ...}} per line) and select again.',
                   markup=False, highlight=False)

@@ -55,7 +55,8 @@ from scipy import sparse
 from budgetsft.base import Round
 from budgetsft.exceptions import BudgetsftWarning, ConfigError
 
-__all__ = ["Comparator", "SlowComparatorWarning", "METHODS", "solve", "content_key", "stream_digest", "pair_matrix",
+__all__ = ["Comparator", "SlowComparatorWarning", "ComparatorCacheWarning",
+           "METHODS", "solve", "content_key", "stream_digest", "pair_matrix",
            "hinge_per_round", "IPM_NNZ", "SLOW_EXACT_NNZ", "CERTIFIED_RTOL"]
 
 METHODS = ("auto", "exact", "approx", "none")
@@ -74,6 +75,10 @@ _MEMO_SIZE = 8
 
 class SlowComparatorWarning(BudgetsftWarning):
     """The exact comparator LP is large enough to take minutes."""
+
+
+class ComparatorCacheWarning(BudgetsftWarning):
+    """A comparator disk entry was damaged or did not match its stream; it is recomputed."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,7 +206,7 @@ def solve(
         return _auto(rounds, S, cache=cache, cache_dir=cache_dir, progress=progress, digest=digest)
     key = content_key(rounds, S, method, digest) if cache else None
     if key is not None:
-        hit = _MEMO.get(key) or _read(_path(cache_dir, key), T)
+        hit = _MEMO.get(key) or _read(_path(cache_dir, key), rounds, S, method, key)
         if hit is not None:
             _remember(key, hit)
             return Comparator(hit.loss, hit.lower, hit.theta.copy(), hit.per_round.copy(), hit.method,
@@ -230,7 +235,7 @@ def solve(
     result = Comparator(loss, lower, theta, per_round, method, time.perf_counter() - start)
     if key is not None:
         _remember(key, result)
-        _write(_path(cache_dir, key), result)
+        _write(_path(cache_dir, key), result, key)
     return result
 
 
@@ -381,29 +386,89 @@ def _remember(key: str, value: Comparator) -> None:
         _MEMO.popitem(last=False)
 
 
-def _read(path: Path, T: int) -> Comparator | None:
-    """A disk entry, or None when missing or unreadable (a bad entry is recomputed, never trusted)."""
+def _read(path: Path, rounds: Sequence[Round], S: float, method: str, key: str) -> Comparator | None:
+    """A disk entry, or None when missing, unreadable or not consistent with its stream.
+
+    A bad entry is recomputed, never trusted (a :class:`ComparatorCacheWarning`
+    says so): it must load without pickles, name its key and method, and hold
+    a θ in the box whose hinge losses on these rounds are the stored
+    ``per_round``, which sum to ``loss``, with 0 <= lower <= loss <= T (T is
+    the loss of θ = 0: every ℓ_t(0) = 1).
+    """
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            per_round = np.asarray(z["per_round"], dtype=np.float64)
-            if per_round.shape != (T,):
-                return None
-            return Comparator(float(z["loss"]), float(z["lower"]), np.asarray(z["theta"], dtype=np.float64),
-                              per_round, str(z["method"]), float(z["seconds"]))
-    except (OSError, ValueError, KeyError, EOFError):
+            entry = {name: np.asarray(z[name]) for name in ("loss", "lower", "theta", "per_round", "method",
+                                                            "seconds")}
+            stored_key = str(z["key"]) if "key" in z.files else None
+        why = _invalid(entry, stored_key, rounds, S, method, key)
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in zipfile, zlib, numpy, ...: all mean recompute
+        why = f"unreadable: {type(exc).__name__}: {str(exc)[:100]}{'…' if len(str(exc)) > 100 else ''}"
+    if why is not None:
+        warnings.warn(f"comparator cache entry {path} is damaged or does not match its stream ({why}); "
+                      "recomputing it.", ComparatorCacheWarning, stacklevel=3)
         return None
+    return Comparator(float(entry["loss"]), float(entry["lower"]), entry["theta"].astype(np.float64),
+                      entry["per_round"].astype(np.float64), str(entry["method"]), float(entry["seconds"]))
 
 
-def _write(path: Path, value: Comparator) -> None:
+def _invalid(entry: dict, stored_key: str | None, rounds: Sequence[Round], S: float, method: str,
+             key: str) -> str | None:
+    """Why a loaded entry cannot be the comparator of ``rounds`` (None when it can)."""
+    T = len(rounds)
+    for name in ("loss", "lower", "seconds"):
+        a = entry[name]
+        if a.shape != () or a.dtype.kind not in "fiu" or not np.isfinite(a):
+            return f"'{name}' is not a finite number"
+    if entry["method"].shape != () or entry["method"].dtype.kind != "U":
+        return "'method' is not a string"
+    if stored_key is not None and stored_key != key:
+        return "its key is another stream's"
+    if str(entry["method"]) != method:
+        return f"method {str(entry['method'])!r}, expected {method!r}"
+    theta, per_round = entry["theta"], entry["per_round"]
+    d = np.asarray(rounds[0].features).shape[1]
+    if theta.shape != (d,) or theta.dtype.kind != "f" or not np.all(np.isfinite(theta)):
+        return f"'theta' is not {d} finite numbers"
+    if np.any(np.abs(theta) > S * (1 + 1e-9) + 1e-9):
+        return f"'theta' leaves the box |θ_j| <= S = {S:g}"
+    if per_round.shape != (T,) or per_round.dtype.kind != "f" or not np.all(np.isfinite(per_round)):
+        return f"'per_round' is not {T} finite numbers"
+    loss, lower = float(entry["loss"]), float(entry["lower"])
+    tol = 1e-6 * max(1.0, abs(loss))
+    if not (-tol <= loss <= T + tol):
+        return f"loss {loss:g} is outside [0, T = {T}]"
+    if lower > loss + tol or (method == "exact" and abs(lower - loss) > tol):
+        return f"lower bound {lower:g} does not fit loss {loss:g}"
+    if abs(float(per_round.sum()) - loss) > tol:
+        return "'per_round' does not sum to 'loss'"
+    if not np.allclose(per_round, _hinge_of(rounds, theta), rtol=1e-7, atol=1e-7):
+        return "'per_round' is not the hinge loss of 'theta' on these rounds"
+    return None
+
+
+def _hinge_of(rounds: Sequence[Round], theta: np.ndarray) -> np.ndarray:
+    """ℓ_t(θ) round by round, without the pair matrix (a check of a cached entry)."""
+    out = np.zeros(len(rounds))
+    for t, r in enumerate(rounds):
+        X = np.asarray(r.features, dtype=np.float64)
+        if X.shape[0] < 2:
+            continue
+        scores = X @ theta
+        margins = 1.0 - (scores[r.gold] - np.delete(scores, r.gold))
+        out[t] = max(0.0, float(margins.max()))
+    return out
+
+
+def _write(path: Path, value: Comparator, key: str) -> None:
     """Write atomically (temp file + rename); a read-only cache is not an error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, loss=value.loss, lower=value.lower, theta=value.theta, per_round=value.per_round,
-                     method=value.method, seconds=value.seconds)
+                     method=value.method, seconds=value.seconds, key=key)
         os.replace(tmp, path)
     except OSError:
         pass

@@ -17,7 +17,7 @@ from budgetsft.regret import cumulative
 __all__ = ["plot_runs", "plot_sweep"]
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +73,7 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
         Left panel: pseudo-regret when the records know it (else hinge loss),
         online mistakes, or hinge loss.
     """
-    plt = _plt()
+    plt = pyplot()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -111,7 +111,7 @@ def plot_runs(runs: Mapping[str, pd.DataFrame], out: str | Path, title: str | No
 
 def plot_sweep(rows: Sequence[dict], metric: str, out: str | Path, title: str | None = None) -> Path:
     """Bar chart of ``metric`` (mean ± sd over seeds) for each (gate, β) cell of a sweep table."""
-    plt = _plt()
+    plt = pyplot()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     labels = [f"{r['gate']}\nβ={r['beta']:g}" for r in rows]

@@ -53,13 +53,14 @@ import torch
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.adapt.lora import (
     PROMPT_TEMPLATE,
-    _encode_answer,
-    _has_chat_template,
-    _ids,
-    _pad_id,
+    encode_answer,
+    has_chat_template,
+    token_ids,
+    pad_id,
 )
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.features.models import render_chat
 
 __all__ = [
     "Encoded",
@@ -106,7 +107,7 @@ def _cut(text: str, tokenizer: Any, max_tokens: int, keep: str) -> str:
     """``text`` cut to its first (``keep="head"``) or last (``"tail"``) ``max_tokens`` tokens."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc.get("offset_mapping")
-    ids = _ids(enc)
+    ids = token_ids(enc)
     if len(ids) <= max_tokens:
         return text
     if offsets:  # cut the text itself, so that nothing is decoded and re-encoded
@@ -147,22 +148,24 @@ def encode(
     if instruction is None and labels is not None:
         instruction = label_instruction(labels)
     text = _cut(example.prompt, tokenizer, max_prompt_tokens, "head" if labels is not None else "tail")
-    if _has_chat_template(tokenizer):
+    if has_chat_template(tokenizer):
         turns = [{"role": "user", "content": text}]
         if instruction:
             turns.insert(0, {"role": "system", "content": instruction})
         try:
-            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            rendered = render_chat(tokenizer, turns, add_generation_prompt=True, system_ok=True)
+        except ConfigError:  # the sandbox refused the template: no retry
+            raise
         except Exception:  # a template without a system role (e.g. Gemma): fold it into the user turn
             turns = [{"role": "user", "content": f"{instruction}\n\n{text}" if instruction else text}]
-            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        prompt = _ids(tokenizer(rendered, add_special_tokens=False))
+            rendered = render_chat(tokenizer, turns, add_generation_prompt=True)
+        prompt = token_ids(tokenizer(rendered, add_special_tokens=False))
     else:
         body = f"{instruction}\n\n{text}" if instruction else text
-        prompt = _ids(tokenizer(PROMPT_TEMPLATE.format(prompt=body), add_special_tokens=True))
+        prompt = token_ids(tokenizer(PROMPT_TEMPLATE.format(prompt=body), add_special_tokens=True))
     answers = []
     for k, cand in enumerate(example.candidates):
-        ids = _encode_answer(cand, tokenizer)
+        ids = encode_answer(cand, tokenizer)
         if not ids:
             raise DataError(f"Example {example.id!r}: candidate {k} tokenizes to no tokens.")
         answers.append(tuple(ids))
@@ -329,7 +332,7 @@ class Decoder:
         return torch.log_softmax(logits, dim=-1).gather(-1, batch.targets[:, None]).squeeze(-1)
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -358,7 +361,7 @@ def check_decoder(model: Any, tokenizer: Any, item: Encoded, *, atol: float = 1e
     model.eval()
     try:
         with torch.inference_mode():
-            batch = packed_batch([item], pad_token_id=_pad_id(tokenizer), device=device)
+            batch = packed_batch([item], pad_token_id=pad_id(tokenizer), device=device)
             hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, dec.n_layers)
             packed = dec.logprobs(hidden, batch)
             ref = []
@@ -439,7 +442,7 @@ class PrefixCache:
         store = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         t0 = time.perf_counter()
         done = 0
-        with torch.inference_mode(), _autocast(dec.device, self.dtype):
+        with torch.inference_mode(), autocast_context(dec.device, self.dtype):
             for s in range(0, len(order), self.batch_size):
                 chunk = order[s : s + self.batch_size]
                 batch = packed_batch([todo[k] for k in chunk], pad_token_id=self.pad_token_id, device=dec.device)
@@ -583,7 +586,7 @@ def train_lora(
                     order += torch.randperm(n, generator=generator).tolist()
                 idx, order = order[:b], order[b:]
                 hidden, batch = cache.gold_batch([keys[i] for i in idx], [answers[i] for i in idx], device)
-                with _autocast(device, dtype), _train_attention(device):
+                with autocast_context(device, dtype), _train_attention(device):
                     out = top.run(hidden, batch.position_ids, None, split, top.n_layers)
                     loss = -top.logprobs(out, batch).mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -641,7 +644,7 @@ def score_packed(
     model.eval()
     bar = tqdm(total=len(keys), desc=desc, unit="ex", disable=not progress, file=sys.stderr, leave=False)
     try:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast_context(device, dtype):
             for s in range(0, len(order), batch_size):
                 chunk = order[s : s + batch_size]
                 hidden, batch = cache.packed_batch([keys[i] for i in chunk], device)

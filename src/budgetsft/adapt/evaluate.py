@@ -17,13 +17,13 @@ import torch
 
 from budgetsft._validation import check_choice, check_int
 from budgetsft.adapt.lora import (
-    _autocast,
-    _check_examples,
-    _device,
-    _encode_answer,
-    _encode_prompt,
-    _pad_id,
-    _truncate,
+    autocast_context,
+    check_examples,
+    torch_device,
+    encode_answer,
+    encode_prompt,
+    pad_id,
+    truncate_ids,
     answer_token_logprobs,
     make_batch,
 )
@@ -99,24 +99,24 @@ def score_candidates(
             raise DataError(f"{owner} expects budgetsft Example objects; got {type(ex).__name__}.")
         if len(ex.candidates) == 0:
             raise DataError(f"{owner}: example {ex.id!r} has no candidates.")
-        prompt_ids = _encode_prompt(ex.prompt, tokenizer)
+        prompt_ids = encode_prompt(ex.prompt, tokenizer)
         for k, cand in enumerate(ex.candidates):
-            answer_ids = _encode_answer(cand, tokenizer)
+            answer_ids = encode_answer(cand, tokenizer)
             if not answer_ids:
                 raise DataError(f"Example {ex.id!r}: candidate {k} tokenizes to no tokens.")
-            pairs.append((i, k, _truncate(prompt_ids, answer_ids, max_length), answer_ids))
+            pairs.append((i, k, truncate_ids(prompt_ids, answer_ids, max_length), answer_ids))
 
     # Longest first: similar lengths share a batch and peak memory shows up at once.
     order = sorted(range(len(pairs)), key=lambda j: -(len(pairs[j][2]) + len(pairs[j][3])))
     totals = np.zeros(len(pairs), dtype=np.float64)
     counts = np.array([len(p[3]) for p in pairs], dtype=np.float64)
-    pad = _pad_id(tokenizer)
-    device = _device(model)
+    pad = pad_id(tokenizer)
+    device = torch_device(model)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(pairs), desc=owner, unit="cand", disable=not progress, file=sys.stderr)
     try:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast_context(device, dtype):
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = make_batch([(pairs[j][2], pairs[j][3]) for j in chunk], pad_token_id=pad)
@@ -158,7 +158,7 @@ def accuracy(model: Any, tokenizer: Any, examples: Sequence[Example], **kw: Any)
     >>> accuracy(model, tok, test, batch_size=32)  # doctest: +SKIP
     0.41
     """
-    examples = _check_examples("accuracy", examples, what="evaluate")
+    examples = check_examples("accuracy", examples, what="evaluate")
     pred = predict(model, tokenizer, examples, **kw)
     gold = np.array([ex.answer for ex in examples], dtype=np.int64)
     return float(np.mean(pred == gold))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from budgetsft._validation import check_choice, check_float, check_int, check_seed
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.features.models import render_chat
 
 __all__ = [
     "PROMPT_TEMPLATE",
@@ -51,39 +53,37 @@ IGNORE_INDEX = -100
 # --------------------------------------------------------------------------- #
 
 
-def _has_chat_template(tokenizer: Any) -> bool:
+def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _ids(encoded: Any) -> list[int]:
+def token_ids(encoded: Any) -> list[int]:
     ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
     return [int(t) for t in ids]
 
 
-def _encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
+def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
     """Token ids of the prompt part, special tokens included."""
-    if _has_chat_template(tokenizer):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+    if has_chat_template(tokenizer):
+        text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         # The template already wrote every special token it wants.
-        return _ids(tokenizer(text, add_special_tokens=False))
-    return _ids(tokenizer(PROMPT_TEMPLATE.format(prompt=prompt), add_special_tokens=True))
+        return token_ids(tokenizer(text, add_special_tokens=False))
+    return token_ids(tokenizer(PROMPT_TEMPLATE.format(prompt=prompt), add_special_tokens=True))
 
 
-def _encode_answer(candidate: str, tokenizer: Any) -> list[int]:
+def encode_answer(candidate: str, tokenizer: Any) -> list[int]:
     """Token ids of the answer part (never a BOS)."""
-    if _has_chat_template(tokenizer):
-        ids = _ids(tokenizer(candidate, add_special_tokens=False))
+    if has_chat_template(tokenizer):
+        ids = token_ids(tokenizer(candidate, add_special_tokens=False))
         # The assistant turn ends with the end-of-turn token (<|im_end|> for
         # ChatML templates such as SmolLM2's, which is also their eos token).
         if tokenizer.eos_token_id is not None:
             ids.append(int(tokenizer.eos_token_id))
         return ids
-    return _ids(tokenizer(ANSWER_TEMPLATE.format(candidate=candidate), add_special_tokens=False))
+    return token_ids(tokenizer(ANSWER_TEMPLATE.format(candidate=candidate), add_special_tokens=False))
 
 
-def _truncate(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> list[int]:
+def truncate_ids(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> list[int]:
     """Left-truncate the prompt so that prompt + answer fits in ``max_length``.
 
     The answer is always kept whole and at least one prompt token is kept (the
@@ -145,16 +145,16 @@ def format_example(
             f"Example {example.id!r}: candidate index {candidate_index!r} is out of range "
             f"for {k} candidates."
         )
-    answer_ids = _encode_answer(example.candidates[candidate_index], tokenizer)
+    answer_ids = encode_answer(example.candidates[candidate_index], tokenizer)
     if not answer_ids:
         raise DataError(
             f"Example {example.id!r}: candidate {candidate_index} tokenizes to no tokens."
         )
-    prompt_ids = _truncate(_encode_prompt(example.prompt, tokenizer), answer_ids, max_length)
+    prompt_ids = truncate_ids(encode_prompt(example.prompt, tokenizer), answer_ids, max_length)
     return prompt_ids, answer_ids
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:
@@ -193,11 +193,11 @@ def make_batch(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _device(model: Any) -> torch.device:
+def torch_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -218,7 +218,7 @@ def answer_token_logprobs(
     rows : long tensor of shape (N,)
         The batch row of each token.
     """
-    device = _device(model)
+    device = torch_device(model)
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
@@ -247,7 +247,7 @@ def answer_token_logprobs(
 # --------------------------------------------------------------------------- #
 
 
-def _check_examples(owner: str, examples: Sequence[Example], *, what: str) -> list[Example]:
+def check_examples(owner: str, examples: Sequence[Example], *, what: str) -> list[Example]:
     examples = list(examples)
     if not examples:
         raise ConfigError(
@@ -371,14 +371,14 @@ def finetune_lora(
                 f"The 'target_modules' parameter of {owner} must be a non-empty list of module "
                 f"names, 'all-linear' or None. Got {target_modules!r}."
             )
-    examples = _check_examples(owner, examples, what="fine-tune on")
+    examples = check_examples(owner, examples, what="fine-tune on")
 
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    device = _device(model)
+    device = torch_device(model)
     encoded = [format_example(ex, ex.answer, tokenizer, max_length=max_length) for ex in examples]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     b = min(batch_size, len(encoded))
     history: list[float] = []
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -402,7 +402,7 @@ def finetune_lora(
         try:
             for _ in range(max_steps):
                 batch = make_batch([encoded[next(stream)] for _ in range(b)], pad_token_id=pad)
-                with _autocast(device, dtype):
+                with autocast_context(device, dtype):
                     logprobs, _ = answer_token_logprobs(peft_model, batch)
                 loss = -logprobs.mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -424,8 +424,10 @@ def save_adapters(peft_model: Any, out_dir: str | Path) -> Path:
 
     ``adapter_config.json`` records the base model as ``base_model_name_or_path``:
     the base model's ``name_or_path``, which for a model from
-    :func:`budgetsft.features.models.load_causal_lm` is the name given there
-    (``"smollm2-135m-instruct"``, ``"./my-llama"``, ``"org/name"``), never a
+    :func:`budgetsft.features.models.load_causal_lm` is a name that loads from
+    any folder: the packaged short name or hub id as given
+    (``"smollm2-135m-instruct"``, ``"org/name"``), or a directory's absolute
+    path (``"./my-llama"`` is recorded as ``"/home/me/my-llama"``), never a
     cache path. :func:`load_adapted` loads it back from that name.
     """
     out = Path(out_dir)
@@ -445,25 +447,46 @@ def load_adapters(base_model: Any, out_dir: str | Path) -> Any:
         raise DataError(
             f"{path}: no adapter_config.json; not a directory written by save_adapters."
         )
-    model = PeftModel.from_pretrained(base_model, str(path))
+    try:
+        model = PeftModel.from_pretrained(base_model, str(path))
+    except pickle.UnpicklingError:
+        raise DataError(
+            f"{path}: the adapter weights are a pickle that holds more than tensors, so they were not loaded "
+            "(safetensors, or torch.load(weights_only=True) only)."
+        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise DataError(
+            f"{path}: the adapters could not be loaded onto this base model ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); are they from another model?"
+        ) from None
     model.eval()
     return model
 
 
 def load_adapted(
-    out_dir: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None
+    out_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
 ) -> tuple[Any, Any]:
     """Load saved adapters onto the base model they record, with its tokenizer (eval mode).
 
     The base is ``base_model_name_or_path`` of ``adapter_config.json``, resolved
     by :func:`budgetsft.features.models.resolve_model`: a packaged short name
-    (``"smollm2-135m-instruct"``), a directory (a relative one is relative to
-    the current directory, as it was given to ``--model``) or a Hugging Face id.
+    (``"smollm2-135m-instruct"``), a directory (absolute, as
+    :func:`save_adapters` records it; an older relative one is relative to the
+    current directory) or a Hugging Face id. ``base`` overrides it, e.g. when
+    the base model's directory was moved or copied to another machine.
 
     Parameters
     ----------
     out_dir : path
         A directory written by :func:`save_adapters` (e.g. ``runs/adapt/adapters/llf``).
+    base : str or path, optional
+        The base model to load the adapters onto, instead of the recorded one
+        (a packaged short name, a directory or a hub id). It must be the same
+        model the adapters were trained on.
     device : {"auto", "cpu", "cuda"}, default="cpu"
     cache_dir : path-like, optional
         Root of the budgetsft cache (where the packaged causal LM is converted).
@@ -486,14 +509,27 @@ def load_adapted(
         raise DataError(
             f"{path}: no adapter_config.json; not a directory written by save_adapters."
         )
-    base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
+    if base is not None:
+        try:
+            model, tokenizer = load_causal_lm(base, device=device, cache_dir=cache_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"The 'base' parameter of load_adapted ({base!r}): {exc}") from exc
+        return load_adapters(model, path), tokenizer
+    try:
+        recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{config_file}: not a readable adapter config ({type(exc).__name__}: {exc}).") from None
+    recorded = recorded.get("base_model_name_or_path") if isinstance(recorded, dict) else None
+    if not recorded or not isinstance(recorded, str):
         raise DataError(
-            f"{config_file} records no base model ('base_model_name_or_path'); load the base "
-            "model yourself and pass it to load_adapters."
+            f"{config_file} records no base model ('base_model_name_or_path'); pass it as "
+            "load_adapted(..., base=...)."
         )
     try:
-        model, tokenizer = load_causal_lm(base, device=device, cache_dir=cache_dir)
+        model, tokenizer = load_causal_lm(recorded, device=device, cache_dir=cache_dir)
     except ConfigError as exc:
-        raise ConfigError(f"The adapters in {path} record the base model {base!r}: {exc}") from exc
+        raise ConfigError(
+            f"The adapters in {path} record the base model {recorded!r}: {exc} If the base model is elsewhere "
+            "now, pass it as load_adapted(..., base=...)."
+        ) from exc
     return load_adapters(model, path), tokenizer

@@ -24,7 +24,8 @@ items that are in the file are left out of the test split.
 
 The causal LM is ``model``: the packaged SmolLM2-135M-Instruct by default, or a
 local directory or Hugging Face id (:func:`budgetsft.features.models.resolve_model`);
-the adapters record that name as their base (:func:`budgetsft.adapt.lora.load_adapted`).
+the adapters record it as their base (a directory as its absolute path, so that
+:func:`budgetsft.adapt.lora.load_adapted` finds it from any folder).
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ def read_labels(path: str | Path) -> list[Example]:
             rows = sess.export_labels()
         finally:
             sess.close()
+        for r in rows:  # the ledger is a file on disk: an answer edited out of range is refused, not trained on
+            k, answer = len(r["candidates"]), r["answer"]
+            if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < k:
+                raise DataError(f"--labels {path} (session ledger): the query of round {r.get('round')} "
+                                f"(example {r['id']!r}) has the answer {answer!r}, not a candidate index in "
+                                f"[0, {k}); the ledger was edited or is damaged.")
         examples = [Example(id=str(r["id"]), prompt=r["prompt"], candidates=tuple(r["candidates"]),
                             answer=int(r["answer"]), cost=r.get("cost")) for r in rows]
         source = "session ledger"
@@ -185,6 +192,10 @@ def read_labels(path: str | Path) -> list[Example]:
                             f"examples (`budgetsft session export`): {why}.")
         examples = list(report.examples)
         source = "JSONL"
+    for ex in examples:
+        if ex.answer is not None and not 0 <= ex.answer < len(ex.candidates):
+            raise DataError(f"--labels {path} ({source}): example {ex.id!r} has the answer {ex.answer!r}, not a "
+                            f"candidate index in [0, {len(ex.candidates)}).")
     unlabelled = [ex.id for ex in examples if ex.answer is None]
     if unlabelled:
         raise DataError(f"--labels {path} ({source}): {len(unlabelled)} example(s) have no answer, first "
@@ -311,7 +322,7 @@ def run_adapt(
     Files written::
 
         report.json, report.md, accuracy.png   every seed together (budgetsft.adapt.report)
-        seed-<s>/adapters/<method>/            LoRA adapters (save_pretrained; base = ``model`` as given)
+        seed-<s>/adapters/<method>/            LoRA adapters (save_pretrained; base = ``model``, a directory absolute)
         seed-<s>/labels/<method>.jsonl         each training set, canonical JSONL
         seed-<s>/selection.json                the ids of each set
         seed-<s>/predictions.json              test ids, each method's scores and correctness
@@ -324,7 +335,7 @@ def run_adapt(
     import torch
 
     from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
-    from budgetsft.adapt.lora import _pad_id, save_adapters
+    from budgetsft.adapt.lora import pad_id, save_adapters
     from budgetsft.adapt.report import seed_report, write_seed_report
     from budgetsft.data import load_dataset
     from budgetsft.features.models import bf16_supported, load_causal_lm, resolve_device, resolve_model
@@ -395,7 +406,7 @@ def run_adapt(
     base.requires_grad_(False)
     n_layers = int(base.config.num_hidden_layers)
     split = max(0, n_layers - lora_layers)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     every: dict[str, Example] = {}
     for plan in plans:
         for ex in [*plan["test"], *(e for s in plan["sets"].values() for e in s["examples"])]:
@@ -517,6 +528,7 @@ def run_adapt(
             "scores": {m: [v.tolist() for v in sc] for m, sc in scores.items()}, "correct": correct}) + "\n")
         results.append({
             "seed": seed, "test_size": len(test_keys), "train_size": plan["train_size"], "budget": plan["budget"],
+            "chance": float(np.mean([1.0 / len(ex.candidates) for ex in plan["test"]])),
             "features": plan["features"], "dropped_from_test": plan["dropped_from_test"],
             "labels": {"zero-shot": 0, **{k: len(s["examples"]) for k, s in plan["sets"].items()}},
             "head_accuracy": {k: s["head_accuracy"] for k, s in plan["sets"].items()},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,12 +27,12 @@ import numpy as np
 
 from budgetsft._validation import check_choice, check_float, check_int, check_seed
 from budgetsft.adapt.evaluate import accuracy
-from budgetsft.adapt.lora import _check_examples, finetune_lora, save_adapters
+from budgetsft.adapt.lora import check_examples, finetune_lora, save_adapters
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import ConfigError
+from budgetsft.exceptions import ConfigError, DataError
 
 __all__ = ["compare_adaptations", "write_report", "seed_report", "write_seed_report", "render_seed_markdown",
-           "plot_accuracy", "rebuild_report"]
+           "plot_accuracy", "rebuild_report", "check_saved_report", "check_saved_predictions"]
 
 #: Steps averaged for the "final train loss" column (a single step is noisy).
 FINAL_LOSS_WINDOW = 10
@@ -185,8 +186,8 @@ def compare_adaptations(
     sets = {name: list(train_sets[name]) for name in names}
     for name, examples in sets.items():
         if examples:
-            _check_examples(f"{owner} (train set {name!r})", examples, what="fine-tune on")
-    test = _check_examples(f"{owner} (test)", test, what="evaluate")
+            check_examples(f"{owner} (train set {name!r})", examples, what="fine-tune on")
+    test = check_examples(f"{owner} (test)", test, what="evaluate")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,6 +411,13 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         else:
             words.append(f"{diff}: {a if p['mean'] > 0 else b} is better beyond the noise of seeds and test "
                          "items.")
+    chance = _chance(report)
+    zero = methods.get("zero-shot")
+    if chance is not None and zero is not None and zero["ci95"][0] <= chance:  # its interval reaches chance
+        where = "at" if zero["ci95"][1] >= chance else "below"
+        words.append(f"Zero-shot accuracy ({zero['mean']:.4f}, 95 % CI {_ci(zero['ci95'])}) is {where} chance "
+                     f"({chance:.4f}, one over the number of candidates): the base model does not do this task "
+                     "before fine-tuning, so every gain over zero-shot is learnt from the labels.")
     if gate in methods and "all" in methods and methods["all"]["mean"] > 0:
         words.append(f"{gate} reaches {methods[gate]['mean'] / methods['all']['mean']:.3f}× the all-labels "
                      f"accuracy ({methods[gate]['mean']:.4f} vs {methods['all']['mean']:.4f}).")
@@ -421,13 +429,31 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
               f"default_rng({b.get('seed')})): the seeds resampled with replacement, and the test items with "
               "replacement within each seed; the same resample for every method (paired differences), statistic "
               "averaged over the drawn seeds. A difference is within noise when its interval contains 0. "
-              "Resampling seeds counts the variation between label sets drawn the same way and between LoRA "
-              "runs, not only between test items; with 3 seeds it is coarse.", ""]
+              f"{_seeds_caveat(len(seeds))}", ""]
     t = report.get("timing")
     if t:
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
                   "before the start).", ""]
     return "\n".join(lines)
+
+
+def _seeds_caveat(n: int) -> str:
+    """What resampling the seeds does, said for the number of seeds there are."""
+    if n == 1:
+        return ("With one seed only the test items are resampled: the intervals do not count the variation "
+                "between label sets drawn the same way or between LoRA runs (run several seeds, --seeds 0,1,2, "
+                "for that).")
+    what = ("Resampling seeds counts the variation between label sets drawn the same way and between LoRA "
+            "runs, not only between test items")
+    return f"{what}; with {n} seeds it is coarse." if n < 10 else f"{what}."
+
+
+def _chance(report: Mapping[str, Any]) -> float | None:
+    """Accuracy of a uniform guess over the test items (mean of 1/K), when every seed recorded it."""
+    values = [r.get("chance") for r in report.get("per_seed", []) if isinstance(r, Mapping)]
+    if not values or not all(_is_number(v) and 0 < v <= 1 for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
@@ -436,38 +462,189 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     Nothing is trained or scored: the intervals, verdicts, ``report.md`` and
     ``accuracy.png`` are computed again with this version's statistics, and
     written over the old ones. Everything else in the report is kept.
-    """
-    from budgetsft.exceptions import DataError
 
+    Both files are checked against the schema ``budgetsft adapt`` writes
+    (:func:`check_saved_report`, :func:`check_saved_predictions`) before
+    anything is computed: a damaged or edited file is a
+    :class:`~budgetsft.exceptions.DataError` naming the file and the field.
+    """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: a file, not the output folder of `budgetsft adapt`.")
     path = out / "report.json"
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no report here; `budgetsft adapt --out {out}` writes one.") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not a JSON report ({exc}).") from None
+    old = check_saved_report(_read_json(path, f"no report here; `budgetsft adapt --out {out}` writes one"), path)
     results = []
-    for row in old.get("per_seed", []):
+    methods: list[str] | None = None
+    for i, row in enumerate(old["per_seed"]):
         pred = out / f"seed-{row['seed']}" / "predictions.json"
-        try:
-            correct = json.loads(pred.read_text(encoding="utf-8"))["correct"]
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            raise DataError(f"{pred}: the saved predictions of seed {row['seed']} are missing or damaged "
-                            f"({type(exc).__name__}: {exc}).") from None
+        correct = check_saved_predictions(
+            _read_json(pred, f"the saved predictions of seed {row['seed']} are missing"), pred, row,
+            field=f"per_seed[{i}]", methods=methods)
+        methods = list(correct)
         results.append({**row, "correct": correct})
     gate = old.get("gate", "llf")
     baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
     report = {**old, **seed_report(results, gate=gate, baselines=baselines)}
-    write_seed_report(report, out)
+    try:
+        write_seed_report(report, out)
+    except OSError as exc:
+        raise DataError(f"--out {out}: cannot write the report there ({type(exc).__name__}: {exc}).") from None
     return report
+
+
+#: Most test items one seed of a saved report may hold (a bound for hand-edited files).
+MAX_TEST_SIZE = 10_000_000
+
+
+def _read_json(path: Path, missing: str) -> Any:
+    """A JSON file's value; every way it can fail is a DataError naming it."""
+    if not path.exists():
+        raise DataError(f"{path}: {missing}.")
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a JSON file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({type(exc).__name__}: {exc}).") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: not a report of `budgetsft adapt` (JSON nested too deep).") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}).") from None
+
+
+def _bad(path: Path, field: str, expected: str, value: Any) -> DataError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return DataError(f"{path}: field '{field}' must be {expected}. Got {shown}; the file is damaged or was "
+                      "edited (run `budgetsft adapt` again to rewrite it).")
+
+
+def _is_int(value: Any, low: int = 0, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_saved_report(report: Any, path: str | Path = "report.json") -> dict[str, Any]:
+    """Check a saved ``report.json`` against the schema ``budgetsft adapt`` writes; return it.
+
+    The fields that :func:`rebuild_report` reads or renders are checked:
+    ``per_seed`` (a non-empty list of objects with a distinct ``seed`` >= 0, a
+    ``test_size`` >= 1 and ``labels``, method -> count >= 0), ``gate``,
+    ``paired`` (keys ``"<gate>-<baseline>"``), and when present ``settings``,
+    ``timing`` and the scalars of the title.
+
+    Raises
+    ------
+    DataError
+        Naming the file and the first field that does not fit.
+    """
+    path = Path(path)
+    if not isinstance(report, dict):
+        raise _bad(path, "(top level)", "an object (the report of `budgetsft adapt`)", report)
+    gate = report.get("gate", "llf")
+    if not isinstance(gate, str) or not gate:
+        raise _bad(path, "gate", "a method name", gate)
+    rows = report.get("per_seed")
+    if not isinstance(rows, list) or not rows:
+        raise _bad(path, "per_seed", "a non-empty list (one object per seed)", rows)
+    seen: set[int] = set()
+    for i, row in enumerate(rows):
+        where = f"per_seed[{i}]"
+        if not isinstance(row, dict):
+            raise _bad(path, where, "an object", row)
+        if not _is_int(row.get("seed")):
+            raise _bad(path, f"{where}.seed", "an integer >= 0", row.get("seed"))
+        if row["seed"] in seen:
+            raise _bad(path, f"{where}.seed", "a seed not listed before", row["seed"])
+        seen.add(row["seed"])
+        if not _is_int(row.get("test_size"), 1, MAX_TEST_SIZE):
+            raise _bad(path, f"{where}.test_size", f"an integer in [1, {MAX_TEST_SIZE:,}]", row.get("test_size"))
+        labels = row.get("labels")
+        if not isinstance(labels, dict) or not labels:
+            raise _bad(path, f"{where}.labels", "an object: method -> labels used", labels)
+        for name, n in labels.items():
+            if not _is_int(n):
+                raise _bad(path, f"{where}.labels.{name}", "an integer >= 0", n)
+    paired = report.get("paired", {})
+    if not isinstance(paired, dict):
+        raise _bad(path, "paired", "an object: '<gate>-<baseline>' -> difference", paired)
+    for name in paired:
+        if not name.startswith(f"{gate}-") or len(name) == len(gate) + 1:
+            raise _bad(path, f"paired.{name}", f"keyed '{gate}-<baseline>' (the gate, a '-', a baseline)", name)
+    for key in ("data", "model", "mode", "labels_file"):
+        if report.get(key) is not None and not isinstance(report[key], str):
+            raise _bad(path, key, "a string", report[key])
+    if report.get("beta") is not None and not _is_number(report["beta"]):
+        raise _bad(path, "beta", "a number", report["beta"])
+    settings = report.get("settings")
+    if settings:
+        if not isinstance(settings, dict):
+            raise _bad(path, "settings", "an object", settings)
+        for key in ("lora_r", "lora_alpha", "lora_layers", "n_layers", "epochs", "batch_size", "lr",
+                    "max_prompt_tokens"):
+            if not _is_number(settings.get(key)):
+                raise _bad(path, f"settings.{key}", "a number", settings.get(key))
+        for key in ("dtype", "device"):
+            if not isinstance(settings.get(key), str):
+                raise _bad(path, f"settings.{key}", "a string", settings.get(key))
+    timing = report.get("timing")
+    if timing:
+        if not isinstance(timing, dict):
+            raise _bad(path, "timing", "an object", timing)
+        for key in ("wall_seconds", "estimate_seconds"):
+            if not _is_number(timing.get(key)):
+                raise _bad(path, f"timing.{key}", "a number", timing.get(key))
+    return report
+
+
+def check_saved_predictions(pred: Any, path: str | Path, row: Mapping[str, Any], *, field: str = "per_seed[0]",
+                            methods: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """Check a seed's saved ``predictions.json`` against its row of the report; return its ``correct``.
+
+    ``correct`` must map the methods of ``row["labels"]`` (in the order of
+    ``methods``, the previous seed's, when given) to lists of ``row["test_size"]``
+    values that are 0 or 1: an accuracy above 1 or a NaN is refused.
+
+    Raises
+    ------
+    DataError
+        Naming the file and the first field that does not fit.
+    """
+    path = Path(path)
+    if not isinstance(pred, dict):
+        raise _bad(path, "(top level)", "an object (the predictions of one seed)", pred)
+    correct = pred.get("correct")
+    if not isinstance(correct, dict) or not correct:
+        raise _bad(path, "correct", "an object: method -> list of 0/1 per test item", correct)
+    if set(correct) != set(row["labels"]):
+        raise _bad(path, "correct", f"keyed by the methods of report.json's {field}.labels "
+                   f"({', '.join(row['labels'])})", list(correct))
+    if methods is not None and list(correct) != list(methods):
+        raise _bad(path, "correct", f"keyed by the methods of the seeds before, in order ({', '.join(methods)})",
+                   list(correct))
+    n = row["test_size"]
+    for name, values in correct.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise _bad(path, f"correct.{name}", f"a list of {n} values (report.json's {field}.test_size)",
+                       values if not isinstance(values, list) else f"a list of {len(values)}")
+        for j, v in enumerate(values):
+            if not (isinstance(v, int) and v in (0, 1)):  # bools are ints: true/false pass
+                raise _bad(path, f"correct.{name}[{j}]", "0 or 1 (whether the method got test item "
+                           f"{j} right)", v)
+    return {name: [int(v) for v in values] for name, values in correct.items()}
 
 
 def plot_accuracy(report: Mapping[str, Any], out: str | Path) -> Path:
     """Accuracy against labels used, one point per method with its 95 % interval (zero-shot: a band)."""
-    from budgetsft.plots import _plt
+    from budgetsft.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = report["methods"]
     # Sets of one size (every gate buys B) share an x: dodge them apart (multiplicatively, the axis is log).

@@ -636,7 +636,7 @@ def _hf_hub_cache_dirs(name: str) -> list[Path]:
     return [hub / f"datasets--{name.replace('/', '--')}", own / name.replace("/", "___")]
 
 
-def _hub_unreachable(timeout: float = 2.0) -> str | None:
+def hub_unreachable(timeout: float = 2.0) -> str | None:
     """Why the Hugging Face Hub cannot be reached, found at once; None when it answers within ``timeout`` s.
 
     Offline mode (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) says so without
@@ -698,7 +698,7 @@ def _hf_loader(spec: str) -> Callable[[Path | None], _Raw]:
                 raise ConfigError(f"A local data set directory takes no CONFIG: {spec!r}")
             # Offline, with nothing cached that `datasets` (in its offline mode) could read: say so at once,
             # before importing `datasets`, instead of its 25 s of retries and a traceback.
-            why = _hub_unreachable()
+            why = hub_unreachable()
             if why is not None and not any(d.is_dir() for d in _hf_hub_cache_dirs(name)):
                 raise _hf_offline_error(spec, name, why)
             hf = _import_datasets()

@@ -54,7 +54,7 @@ import numpy as np
 
 from budgetsft._validation import check_choice, check_int
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.exceptions import BudgetsftWarning, ConfigError, DataError
 from budgetsft.features.base import check_examples
 
 __all__ = ["CausalFeaturizer", "PromptFormat", "SequenceBatch"]
@@ -85,22 +85,31 @@ class PromptFormat:
     candidate_prefix: str
 
     @classmethod
-    def build(cls, tokenizer: Any, kind: str) -> PromptFormat:
-        """Derive the format from a tokenizer (``kind`` is "chat" or "plain")."""
+    def build(cls, tokenizer: Any, kind: str, name: str = "the tokenizer") -> PromptFormat:
+        """Derive the format from a tokenizer (``kind`` is "chat" or "plain").
+
+        ``name`` is what an error calls the model. A chat template that fails
+        to render, or that does not write the user's text and the reply once
+        each, is a :class:`~budgetsft.exceptions.ConfigError`.
+        """
+        from budgetsft.features.models import render_chat
 
         def ids(text: str) -> tuple[int, ...]:
             return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
 
         if kind == "chat":
-            user = tokenizer.apply_chat_template(
-                [{"role": "user", "content": _SENTINEL}], tokenize=False,
-                add_generation_prompt=True,
-            )
+            user = render_chat(tokenizer, [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True,
+                               name=name)
+            turn = render_chat(tokenizer, [{"role": "user", "content": "x"},
+                                           {"role": "assistant", "content": _SENTINEL}],
+                               add_generation_prompt=False, name=name)
+            if user.count(_SENTINEL) != 1 or turn.count(_SENTINEL) != 1:
+                raise ConfigError(
+                    f"The chat template of {name} does not write the user message and the assistant reply "
+                    "exactly once each, so the candidate's tokens cannot be found; use "
+                    "prompt_format='plain' or fix the template."
+                )
             before, after = user.split(_SENTINEL)
-            turn = tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
-                tokenize=False,
-            )
             tail = ids(turn.split(_SENTINEL)[1])
             # the first token after the reply is the end-of-turn marker (<|im_end|>)
             terminator = tail[:1]
@@ -249,11 +258,13 @@ class CausalFeaturizer:
                 f"The 'prompt_format' parameter of {owner} is 'chat' but the tokenizer has no "
                 "chat template; use 'plain' or 'auto'."
             )
-        self.format_ = PromptFormat.build(self.tokenizer, kind)
+        what = f"the tokenizer given to {owner}" if self._injected else f"--model {self.model_name!r}"
+        self.format_ = PromptFormat.build(self.tokenizer, kind, what)
         if len(self.format_.terminator) == 0:
             warnings.warn(
                 f"{owner}: the tokenizer has no end-of-turn/EOS token; an empty candidate "
                 "will raise a DataError.",
+                BudgetsftWarning,
                 stacklevel=3,
             )
         self._setup = True
@@ -359,6 +370,7 @@ class CausalFeaturizer:
                     f"{type(self).__name__}: example {ex.id!r} has a candidate of {len(cand)} "
                     f"tokens, more than max_length - 1 = {limit - 1}; it is cut on the right "
                     "(warned once).",
+                    BudgetsftWarning,
                     stacklevel=4,
                 )
                 self._warned_long = True

@@ -22,7 +22,16 @@ The cache directory is ``$BUDGETSFT_CACHE`` when set, else
 (``HF_HUB_OFFLINE=1`` while it loads, and ``local_files_only``). A hub id
 follows the user's environment: with ``HF_HUB_OFFLINE=1`` it must already be
 in the local Hugging Face cache, else it is downloaded as ``from_pretrained``
-would.
+would; when the hub cannot be reached (found in about 2 s) the local cache
+is used, or the load fails at once instead of retrying.
+
+A model directory is data, never code: every ``from_pretrained`` passes
+``trust_remote_code=False`` (a directory whose ``auto_map`` asks to run its
+own Python files is refused with a :class:`~budgetsft.exceptions.ConfigError`,
+never prompted for), weights are read from safetensors or with
+``torch.load(weights_only=True)`` (a pickle that holds more than tensors is
+refused), and a chat template is rendered in jinja's sandbox and checked when
+the tokenizer is loaded.
 
 Examples
 --------
@@ -65,6 +74,8 @@ __all__ = [
     "load_causal_tokenizer",
     "encoder_path",
     "load_encoder",
+    "check_chat_template",
+    "render_chat",
 ]
 
 logger = logging.getLogger("budgetsft.features")
@@ -250,10 +261,11 @@ def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model cache
     try:
         gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
+            str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32, local_files_only=True,
+            trust_remote_code=False,
         )
         tokenizer = AutoTokenizer.from_pretrained(
-            str(pkg_dir), gguf_file=gguf_file, local_files_only=True
+            str(pkg_dir), gguf_file=gguf_file, local_files_only=True, trust_remote_code=False
         )
         config_dict = gguf_model.config.to_dict()
         # A fresh model without the GGUF quantization config saves as plain safetensors.
@@ -328,8 +340,6 @@ class ModelSource:
     ----------
     name : str
         As the user gave it: a packaged short name, a directory or a hub id.
-        Models loaded from it carry it as ``name_or_path``, so LoRA adapters
-        record it as their base model.
     kind : {"packaged", "local", "hub"}
     path : str
         What ``from_pretrained`` reads: a local directory (absolute), or the
@@ -342,6 +352,16 @@ class ModelSource:
     kind: str
     path: str
     revision: str | None = None
+
+    @property
+    def base_name(self) -> str:
+        """What a model loaded from here records as ``name_or_path`` (and LoRA adapters as their base).
+
+        A name that loads again from any folder: the packaged short name or
+        the hub id as given, and a directory as its absolute path (a relative
+        ``./my-llama`` would point at nothing from elsewhere).
+        """
+        return self.path if self.kind == "local" else self.name
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of ``from_pretrained`` for this source."""
@@ -403,74 +423,206 @@ def resolve_model(
     if not isinstance(name, str | os.PathLike) or not os.fspath(name):
         raise ConfigError(f"{_expected(role)} Got {name!r}.")
     name = os.fspath(name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{_expected(role)} Got {name!r}, bytes rather than a str.")
     what, table = _ROLES[role]
     if name in table:
         path = causal_lm_path(name, cache_dir=cache_dir) if role == "causal" else encoder_path(name)
         return ModelSource(name, "packaged", str(path))
+    shown = _shown(name)
     path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+        has_config = is_dir and (path / "config.json").is_file()
+    except (OSError, ValueError) as exc:  # a name too long for a path, a NUL byte, a loop of links
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{_expected(role)} Got {shown} ({len(name):,} characters), which is not a usable path ({why}) "
+            "nor a hub id."
+        ) from None
+    if is_dir:
+        if not has_config:
             raise ConfigError(
-                f"{_expected(role)} Got {name!r}: the directory has no config.json "
+                f"{_expected(role)} Got {shown}: the directory has no config.json "
                 "(save the model there with save_pretrained)."
             )
         return ModelSource(name, "local", str(path.resolve()))
-    if path.exists():
-        raise ConfigError(f"{_expected(role)} Got {name!r}, a file, not a model directory.")
+    if exists:
+        raise ConfigError(f"{_expected(role)} Got {shown}, a file, not a model directory.")
     if _HUB_ID.fullmatch(name) and ".." not in name and "--" not in name:
         return _hub_source(name, role, _hub_offline())
     for other, (other_what, other_table) in _ROLES.items():
         if other != role and name in other_table:
             raise ConfigError(
-                f"{_expected(role)} Got {name!r}, which is a packaged {other_what}, not a {what}."
+                f"{_expected(role)} Got {shown}, which is a packaged {other_what}, not a {what}."
             )
     if name.startswith((".", "~", os.sep)) or "/" in name or os.sep in name:
-        raise ConfigError(f"{_expected(role)} Got {name!r}, which is not an existing directory.")
-    raise ConfigError(f"{_expected(role)} Got {name!r}, which is none of these (no such directory).")
+        raise ConfigError(f"{_expected(role)} Got {shown}, which is not an existing directory.")
+    raise ConfigError(f"{_expected(role)} Got {shown}, which is none of these (no such directory).")
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    """``repr(name)``, cut in the middle when long: an error message stays one readable line."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-limit // 2 :]}"
 
 
 @functools.lru_cache(maxsize=32)
 def _hub_source(name: str, role: str, offline: bool) -> ModelSource:
     # Memoised: every featuriser call (dim, settings, load) asks, and one commit serves a process.
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download
 
-    try:
-        if offline:
-            snapshot = Path(snapshot_download(name, local_files_only=True))
-            if not (snapshot / "config.json").is_file():
-                raise FileNotFoundError(f"the cached snapshot {snapshot} has no config.json")
+    # Not offline, but the hub does not answer: say so in about 2 s rather than after
+    # huggingface_hub's 25 s of retries, and use the local cache when it holds the model.
+    unreachable = None if offline else _hub_unreachable()
+    if offline or unreachable:
+        snapshot = _cached_snapshot(name)
+        if snapshot is not None:
             return ModelSource(name, "hub", str(snapshot), snapshot.name)
-        config = Path(hf_hub_download(name, "config.json"))
-    except (OSError, ValueError) as exc:
         if offline:
-            why = (
-                "not available offline (HF_HUB_OFFLINE=1 and not in the local Hugging Face cache; "
-                "download it once with network access, or pass a local directory)"
-            )
+            why = "HF_HUB_OFFLINE=1 is set"
         else:
-            why = f"could not be loaded ({type(exc).__name__}: {exc})"
+            why = f"the Hugging Face hub is not reachable: {unreachable}"
         raise ConfigError(
             f"{_expected(role)} Got {name!r}: no such directory, and as a Hugging Face model id it is "
-            f"{why}."
+            f"not available offline ({why}, and it is not in the local Hugging Face cache); download it "
+            "once with network access, or pass a local directory."
+        )
+    try:
+        config = Path(hf_hub_download(name, "config.json"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{_expected(role)} Got {name!r}: no such directory, and as a Hugging Face model id its "
+            f"config.json could not be downloaded ({type(exc).__name__}: {_first_line(exc)})."
         ) from exc
     return ModelSource(name, "hub", name, config.parent.name)
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, in about 2 s; None when it answers."""
+    from budgetsft.data.builtin import hub_unreachable as probe
+
+    return probe(timeout=2.0)
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of hub model ``name`` (with a config.json), else None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, local_files_only=True))
+    except (OSError, ValueError):
+        return None
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
 def _load_failed(source: ModelSource, role: str, what: str, exc: Exception) -> ConfigError:
     return ConfigError(
-        f"The model {source.name!r} (--model) could not be loaded as a {_ROLES[role][0]} {what}: "
-        f"{type(exc).__name__}: {exc}"
+        f"The model {_shown(source.name)} (--model) could not be loaded as a {_ROLES[role][0]} {what}: "
+        f"{type(exc).__name__}: {_first_line(exc)}"
+    )
+
+
+def _where(source: ModelSource) -> str:
+    if source.kind == "hub":
+        return f"The Hugging Face model {source.name!r} (--model, files in {source.path})" if (
+            source.path != source.name) else f"The Hugging Face model {source.name!r} (--model)"
+    return f"The model directory {source.path} (--model {_shown(source.name)})"
+
+
+def _files_here(source: ModelSource) -> bool:
+    """Whether the source's files are on this machine (a hub id not yet downloaded has none)."""
+    return not (source.kind == "hub" and source.path == source.name)
+
+
+def _custom_code(source: ModelSource) -> str:
+    """What a model's ``auto_map`` entries ask to run (config.json and tokenizer_config.json), for a message."""
+    found: list[str] = []
+    if not _files_here(source):
+        return ""
+    for file in ("config.json", "tokenizer_config.json"):
+        try:
+            with open(Path(source.path) / file, encoding="utf-8") as fh:
+                auto_map = json.load(fh).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(auto_map, dict):
+            names = [v for value in auto_map.values() for v in (value if isinstance(value, list) else [value])
+                     if isinstance(v, str)]
+            found += [f"{file}: {n}" for n in dict.fromkeys(names)]
+    return f" ({'; '.join(found[:4])})" if found else ""
+
+
+def _needs_own_code(source: ModelSource) -> bool:
+    """Whether a local config.json names code of its own (``auto_map``) for a ``model_type`` transformers lacks."""
+    if not _files_here(source):
+        return False
+    try:
+        with open(Path(source.path) / "config.json", encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return False  # not local, or unreadable: from_pretrained says what is wrong
+    if not isinstance(config, dict) or not config.get("auto_map"):
+        return False
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    return not isinstance(model_type, str) or model_type not in CONFIG_MAPPING
+
+
+def _refused_code(source: ModelSource) -> ConfigError:
+    return ConfigError(
+        f"{_where(source)} asks to run its own Python code to load{_custom_code(source)}, through 'auto_map' for "
+        "an architecture that transformers does not know. budgetsft never runs code shipped with a model "
+        "(trust_remote_code=False): use a model whose architecture transformers supports, saved with "
+        "save_pretrained."
+    )
+
+
+def _refused_pickle(source: ModelSource) -> ConfigError:
+    try:
+        files = sorted(p.name for p in Path(source.path).glob("*.bin")) if _files_here(source) else []
+    except OSError:
+        files = []
+    named = ", ".join(files[:3]) or "a .bin weights file"
+    return ConfigError(
+        f"{_where(source)} has a pickled weights file ({named}) that holds more than tensors, so it was not "
+        "loaded: budgetsft reads safetensors, or .bin files with torch.load(weights_only=True), which refuses "
+        "anything but tensors. Save the model with save_pretrained(safe_serialization=True)."
     )
 
 
 def _from_pretrained(cls: Any, source: ModelSource, role: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` on a source, offline for a packaged model, errors as ConfigError."""
+    """``cls.from_pretrained`` on a source, offline for a packaged model, errors as ConfigError.
+
+    Always ``trust_remote_code=False``: no code from a model directory runs, and
+    transformers does not prompt on stdin for it either.
+    """
+    import pickle
+    import warnings
+
+    if source.kind != "packaged" and _needs_own_code(source):
+        raise _refused_code(source)  # said up front: a tokenizer would otherwise fail with a vaguer message
     guard = _offline() if source.kind == "packaged" else contextlib.nullcontext()
     try:
-        with guard:
-            return cls.from_pretrained(**source.load_kwargs(), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        what = "tokenizer" if "Tokenizer" in cls.__name__ else "model"
+        with guard, warnings.catch_warnings():
+            # torch's weights-only unpickler notes the pickle protocol of a .bin file before refusing it.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return cls.from_pretrained(**source.load_kwargs(), trust_remote_code=False, **kwargs)
+    except pickle.UnpicklingError:
+        raise _refused_pickle(source) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, ImportError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise _refused_code(source) from None
+        if isinstance(exc, (TypeError, AttributeError, ImportError)) and source.kind == "packaged":
+            raise  # a bug of ours, not a bad model
+        what = "tokenizer" if "Tokenizer" in cls.__name__ else "config" if "Config" in cls.__name__ else "model"
         raise _load_failed(source, role, what, exc) from exc
 
 
@@ -479,12 +631,63 @@ def _load_model(cls: Any, source: ModelSource, role: str, device: str) -> Any:
 
     dev = resolve_device(device)
     model = _from_pretrained(cls, source, role, dtype=torch.float32)
-    # What the user gave, not a cache path: get_peft_model records it as the adapters' base.
-    model.name_or_path = source.name
-    model.config.name_or_path = source.name
+    # Not a cache path, nor a relative one: get_peft_model records it as the adapters' base, and
+    # load_adapted must find it again from any folder.
+    model.name_or_path = source.base_name
+    model.config.name_or_path = source.base_name
     model.to(dev)
     model.eval()
     return model
+
+
+def check_chat_template(tokenizer: Any, name: str = "the tokenizer") -> None:
+    """Render a tokenizer's chat template once on a plain conversation; a template that fails is a ConfigError.
+
+    transformers renders templates in jinja's sandbox, so a template that
+    reaches for Python internals raises ``SecurityError`` instead of running;
+    this turns that (and any template error) into one clear message when the
+    tokenizer is loaded, not a traceback in the middle of a run.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    name : str
+        What the message calls the model (``"--model './my-llama'"``).
+    """
+    if getattr(tokenizer, "chat_template", None):
+        # One user turn and the assistant header: what every reader of the template renders.
+        render_chat(tokenizer, [{"role": "user", "content": "x"}], add_generation_prompt=True, name=name)
+
+
+def render_chat(tokenizer: Any, turns: list[dict], *, add_generation_prompt: bool, name: str = "the tokenizer",
+                system_ok: bool = False) -> str:
+    """``tokenizer.apply_chat_template(turns, tokenize=False)``, a failing template as a ConfigError.
+
+    ``system_ok``: let a plain template error through unchanged (the caller
+    retries without a system turn, which some templates refuse); a sandbox
+    violation is a ConfigError either way.
+    """
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except SecurityError as exc:
+        raise ConfigError(
+            f"The chat template of {name} tries to reach Python internals, which jinja's sandbox refused "
+            f"({_first_line(exc, 160)}); the template is hostile or broken. Fix or remove 'chat_template' "
+            "(tokenizer_config.json or chat_template.jinja)."
+        ) from None
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+        if system_ok:
+            raise
+        raise ConfigError(
+            f"The chat template of {name} cannot render a conversation ({type(exc).__name__}: "
+            f"{_first_line(exc, 160)}). Fix or remove 'chat_template' (tokenizer_config.json or "
+            "chat_template.jinja)."
+        ) from None
+    if not isinstance(text, str):
+        raise ConfigError(f"The chat template of {name} rendered {type(text).__name__}, not text.")
+    return text
 
 
 def model_identity(
@@ -623,6 +826,7 @@ def load_causal_tokenizer(
 
     source = resolve_model(name, "causal", cache_dir=cache_dir)
     tokenizer = _from_pretrained(AutoTokenizer, source, "causal")
+    check_chat_template(tokenizer, f"--model {_shown(source.name)}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from budgetsft.sessions.ledger import (
         SCHEMA_VERSION,
         Annotator,
+        AnnotatorRevokedError,
         Answer,
         Ledger,
         LedgerBusyError,
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
 __all__ = [
     # ledger
     "SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
-    "Annotator", "record_to_json", "record_from_json", "hash_token",
+    "Annotator", "record_to_json", "record_from_json", "hash_token", "AnnotatorRevokedError",
     # session
     "Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
     "encode_state", "decode_state", "example_digest",
@@ -92,7 +93,8 @@ __all__ = [
 # Where each public name lives (tests/test_layers.py checks this against each module's __all__).
 _LAZY = {
     **dict.fromkeys(("SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query",
-                     "Answer", "Annotator", "record_to_json", "record_from_json", "hash_token"),
+                     "Answer", "Annotator", "record_to_json", "record_from_json", "hash_token",
+                     "AnnotatorRevokedError"),
                     "budgetsft.sessions.ledger"),
     **dict.fromkeys(("Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError",
                      "DataChangedError", "encode_state", "decode_state", "example_digest"),

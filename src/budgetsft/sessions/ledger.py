@@ -46,7 +46,8 @@ from pathlib import Path
 from budgetsft.base import RECORD_FIELDS, Record
 from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigError
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "Query", "Answer",
+__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "LedgerReadOnlyError", "AnnotatorRevokedError",
+           "Query", "Answer",
            "Annotator", "record_to_json", "record_from_json", "hash_token", "example_digest"]
 
 SCHEMA_VERSION = 4
@@ -142,6 +143,10 @@ class LedgerBusyError(LedgerError):
     """Another connection held the ledger's write lock for longer than the busy timeout."""
 
 
+class AnnotatorRevokedError(LedgerError):
+    """The token a request was authorised with was revoked or replaced before its write."""
+
+
 class LedgerReadOnlyError(LedgerError):
     """The ledger file (or its folder) cannot be written."""
 
@@ -187,6 +192,7 @@ class Annotator:
     cost: float
     created: float | None = None
     revoked: float | None = None
+    token_hash: str | None = None  # set by annotator_by_token: the token the request was authorised with
 
 
 def example_digest(ex) -> str:
@@ -709,15 +715,18 @@ class Ledger:
         return True
 
     def record_answer(self, query_id: int, label: int, annotator: str, cost: float, *,
-                      n_candidates: int | None = None) -> bool:
+                      n_candidates: int | None = None, token_hash: str | None = None) -> bool:
         """Commit an answer and charge it; returns False (charging nothing) if the query was already answered.
 
         Raises :class:`LedgerError` for an unknown or skipped query, a label
         out of range or a cost that is not a finite number >= 0, and
         :class:`BudgetExhaustedError` if the charge does not fit the budget
-        (counting other annotators' live leases as reserved).
+        (counting other annotators' live leases as reserved). With ``token_hash``
+        (a web request), :class:`AnnotatorRevokedError` if that token is no
+        longer the annotator's live token, checked in the same transaction.
         """
         with self.transaction() as c:
+            self._authorise(c, annotator, token_hash)
             recorded = self._record(c, query_id, label, annotator, cost, n_candidates)
             acks = int(self.meta("acks", "0")) if recorded else None
         if acks is not None:
@@ -749,7 +758,7 @@ class Ledger:
             c.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
             self.log("skip", {"query_id": int(query_id), "annotator": annotator}, c)
 
-    def pass_query(self, query_id: int, annotator: str) -> bool:
+    def pass_query(self, query_id: int, annotator: str, *, token_hash: str | None = None) -> bool:
         """``annotator`` passes on a pending query: it is never handed to them again and goes to the others.
 
         Their lease on it (if any) is dropped and nothing is charged. When every
@@ -758,6 +767,7 @@ class Ledger:
         Passing twice is harmless; an answered or skipped query is refused.
         """
         with self.transaction() as c:
+            self._authorise(c, annotator, token_hash)
             row = c.execute("SELECT status FROM queries WHERE id = ?", (int(query_id),)).fetchone()
             if row is None:
                 raise LedgerError(f"{self.path}: unknown query {query_id}.")
@@ -871,7 +881,21 @@ class Ledger:
                                  "AND revoked IS NULL", (digest,)).fetchone()
         if row is None or not secrets.compare_digest(row[1], digest):
             return None
-        return Annotator(row[0], None, float(row[2]), row[3])
+        return Annotator(row[0], None, float(row[2]), row[3], token_hash=row[1])
+
+    def _authorise(self, c: sqlite3.Connection, annotator: str, token_hash: str | None) -> None:
+        """Inside the caller's transaction: the token a request was authorised with must still be live.
+
+        A request's token is checked when its headers arrive; its body is read later. A revoke or a
+        rotation in between must stop it: this check and the write it guards are one transaction.
+        """
+        if token_hash is None:
+            return
+        row = c.execute("SELECT token_hash, revoked FROM annotators WHERE name = ?", (annotator,)).fetchone()
+        if row is None or row[1] is not None or not secrets.compare_digest(row[0], token_hash):
+            self.log("refused_stale_token", {"annotator": annotator}, c)
+            raise AnnotatorRevokedError(f"{self.path}: the token of annotator {annotator!r} was revoked or "
+                                        f"replaced while the request was under way; nothing was recorded.")
 
     def _reserved(self, conn: sqlite3.Connection, exclude_query: int | None = None,
                   exclude_annotator: str | None = None) -> Fraction:

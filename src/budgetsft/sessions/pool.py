@@ -45,7 +45,7 @@ from budgetsft.experiment import amount
 from budgetsft.sessions.ledger import example_digest
 
 __all__ = ["POOL_MODE", "Pick", "Selection", "is_pool", "pool_config", "fitted_learner", "select_batch",
-           "play_pool", "pool_report", "wilson_interval", "DEFAULT_BATCH"]
+           "play_pool", "pool_report", "wilson_interval", "DEFAULT_BATCH", "pending_picks"]
 
 POOL_MODE = "pool"
 DEFAULT_BATCH = 20
@@ -196,7 +196,10 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
         if n_audit else []
     if progress is not None:
         progress(f"scoring {int(available.sum())} unlabelled item(s)")
-    pool = [np.asarray(r.features) for r in rounds]
+    # Rounds over compact block features hand the pass their pool as it is (expanded chunk by chunk, never whole).
+    pool = getattr(rounds, "features", None)
+    if not callable(getattr(pool, "stack_rows", None)):
+        pool = [np.asarray(r.features) for r in rounds]
     avail = affordable.copy()
     avail[audit] = False
     budget_left = _left_budget(ledger, float(left), [costs[i] for i in audit])
@@ -228,6 +231,21 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
         if int(affordable.sum()) > len(picks) else f"only {len(picks)} unlabelled item(s) were left.")
     taken[[p.index for p in picks]] = True
     return result(picks, reason)
+
+
+def pending_picks(session) -> Selection:
+    """The picks still awaiting an answer, as :func:`select_batch` returned them (nothing is picked)."""
+    ledger = session.ledger
+    examples = session.examples()
+    picks = []
+    for q in sorted(ledger.pending(), key=lambda q: q.id):
+        ex = examples[q.round - 1]
+        picks.append(Pick(q.id, q.round - 1, ex.id, ex.prompt, list(ex.candidates), q.purpose, q.latency,
+                          -1 if q.prediction is None else q.prediction, q.cost))
+    n = len(session.stream())
+    return Selection(picks, None if picks else "no pick is awaiting an answer.", ledger.budget_total,
+                     ledger.budget_unit, ledger.spent(), ledger.pending_reserve(), len(picks), n,
+                     n - len(ledger.queries()))
 
 
 def _left_budget(ledger, left: float, audit_costs: Sequence[float]):

@@ -70,7 +70,14 @@ from urllib.parse import parse_qs
 
 from budgetsft._validation import check_float, check_int
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError
-from budgetsft.sessions.ledger import Annotator, Ledger, LedgerBusyError, LedgerError, LedgerReadOnlyError
+from budgetsft.sessions.ledger import (
+    Annotator,
+    AnnotatorRevokedError,
+    Ledger,
+    LedgerBusyError,
+    LedgerError,
+    LedgerReadOnlyError,
+)
 
 try:
     from starlette.applications import Starlette
@@ -347,7 +354,11 @@ class _Annotate:
         if holder is not None and holder != ann.name:
             raise _Refusal(403, f"item {query_id} is leased to another annotator.")
         try:
-            recorded = led.record_answer(query_id, label, ann.name, ann.cost, n_candidates=K)
+            recorded = led.record_answer(query_id, label, ann.name, ann.cost, n_candidates=K,
+                                         token_hash=ann.token_hash)
+        except AnnotatorRevokedError:
+            raise _Refusal(401, "token revoked or replaced while the request was under way; nothing was "
+                                "recorded.") from None
         except BudgetExhaustedError as exc:
             raise _Refusal(409, f"budget exhausted: {exc}") from None
         except (LedgerBusyError, LedgerReadOnlyError) as exc:
@@ -372,7 +383,10 @@ class _Annotate:
         if holder is not None and holder != ann.name:
             raise _Refusal(403, f"item {query_id} is leased to another annotator.")
         try:
-            dropped = led.pass_query(query_id, ann.name)
+            dropped = led.pass_query(query_id, ann.name, token_hash=ann.token_hash)
+        except AnnotatorRevokedError:
+            raise _Refusal(401, "token revoked or replaced while the request was under way; nothing was "
+                                "recorded.") from None
         except (LedgerBusyError, LedgerReadOnlyError) as exc:
             raise _unavailable(exc) from None
         except LedgerError as exc:  # answered or skipped meanwhile
