@@ -6,6 +6,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from test_web import client, make_session, served
 
 from budgetsft.sessions.ledger import Ledger
@@ -71,3 +73,123 @@ def test_h1_an_unrevoked_request_in_two_parts_is_recorded(tmp_path):
         reply = _raw_post_in_two_parts(live.url, tokens["alice"], {"query_id": item["query_id"], "label": 0},
                                        lambda: None)
     assert reply["status"] == 200 and reply["recorded"] is True
+
+
+# ---------------------------------------------------------------- M6: ledgers edited so that they still open
+
+
+def _finished_session(tmp_path):
+    from budgetsft.sessions.oracles import DatasetOracle
+    from budgetsft.sessions.session import Session
+
+    cfg = {"env": {"name": "synthetic", "d": 4, "K": 3, "rounds": 120}, "gate": {"name": "llf", "beta": 0.1},
+           "test_rounds": 20, "comparator": "none"}
+    path = tmp_path / "m6.db"
+    sess = Session.create(path, cfg)
+    assert sess.play(DatasetOracle()).status == "finished"
+    sess.close()
+    return path
+
+
+def _cli_ok(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "budgetsft", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("edit", ["config", "cost", "record_json", "record_keys"])
+def test_m6_edited_ledgers_give_an_error_not_a_traceback(tmp_path, edit):
+    import sqlite3
+
+    path = _finished_session(tmp_path)
+    conn = sqlite3.connect(path)
+    if edit == "config":
+        cfg = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+        cfg.pop("learner")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(cfg),))
+    elif edit == "cost":
+        conn.execute("UPDATE answers SET cost = 'abc' WHERE query_id = (SELECT MIN(query_id) FROM answers)")
+    elif edit == "record_json":
+        conn.execute("UPDATE records SET data = '{not json' WHERE round = 7")
+    else:
+        conn.execute("UPDATE records SET data = '{\"round\": 7, \"colour\": 1}' WHERE round = 7")
+    conn.commit()
+    conn.close()
+    for args in (("session", "show", str(path)), ("resume", str(path)),
+                 ("session", "export", str(path), str(tmp_path / "out.jsonl"))):
+        res = _cli_ok(*args)
+        assert "Traceback" not in res.stderr, (args, res.stderr)
+        if args[0] == "session" and args[1] == "export" and edit.startswith("record"):
+            continue  # the export reads answers, not records: it has nothing to refuse
+        assert res.returncode != 0 and res.stderr.startswith("error:") and str(path) in res.stderr, (args, res)
+
+
+# ---------------------------------------------------------------- M7 / L8: user text in rich output
+
+
+def test_m7_l8_annotator_names_are_printed_as_text(tmp_path):
+    path = tmp_path / "s.db"
+    make_session(path, annotators={"[/bold]": 1.0, "evil\x1b[2Jname": 1.0})
+    with Ledger.open(path) as led:
+        q = led.pending()[0]
+        led.record_answer(q.id, 0, "imported-ana", 1.0)  # an answer from an import, no token
+    res = _cli_ok("annotate", str(path), "--list")
+    assert res.returncode == 0, res.stderr
+    assert "[/bold]" in res.stdout and "\x1b[2J" not in res.stdout and "\\x1b[2J" in res.stdout
+    assert "imported-ana" in res.stdout and "imported (no token)" in res.stdout
+    show = _cli_ok("session", "show", str(path))
+    assert show.returncode == 0 and "imported-ana" in show.stdout
+
+
+# ---------------------------------------------------------------- corrections, L1, L2
+
+
+def test_an_annotator_corrects_their_answer_charged_once_with_history(tmp_path):
+    path = tmp_path / "s.db"
+    tokens = make_session(path, annotators={"alice": 1.0, "bob": 1.0})
+    with served(path) as live, client(live, tokens["alice"]) as alice, client(live, tokens["bob"]) as bob:
+        qid = alice.get("/api/next").json()["query_id"]
+        assert alice.post("/api/answer", json={"query_id": qid, "label": 1}).json()["recorded"] is True
+        fix = alice.post("/api/answer", json={"query_id": qid, "label": 2}).json()
+        assert fix["recorded"] is True and fix["corrected"] is True
+        same = alice.post("/api/answer", json={"query_id": qid, "label": 2}).json()
+        assert same["recorded"] is False and same["duplicate"] is True
+        other = bob.post("/api/answer", json={"query_id": qid, "label": 0}).json()
+        assert other["recorded"] is False and other["duplicate"] is True
+    with Ledger.open(path) as led:
+        assert led.spent() == 1.0
+        assert [(a.query_id, a.label, a.annotator) for a in led.answers()] == [(qid, 2, "alice")]
+        hist = [json.loads(d) for (d,) in led._conn.execute("SELECT detail FROM events WHERE kind = 'correct'")]
+        assert hist == [{"query_id": qid, "annotator": "alice", "old": 1, "new": 2}]
+
+
+def test_l1_an_annotator_cannot_answer_an_item_they_skipped(tmp_path):
+    path = tmp_path / "s.db"
+    tokens = make_session(path, annotators={"alice": 1.0, "bob": 1.0})
+    with served(path) as live, client(live, tokens["alice"]) as alice:
+        qid = alice.get("/api/next").json()["query_id"]
+        assert alice.post("/api/skip", json={"query_id": qid}).status_code == 200
+        res = alice.post("/api/answer", json={"query_id": qid, "label": 0})
+        assert res.status_code == 409 and "skipped" in res.json()["error"]
+    with Ledger.open(path) as led:
+        assert led.answers() == []
+
+
+def test_l2_leases_do_not_make_pending_items_unaffordable(tmp_path):
+    from budgetsft.sessions.session import Session
+    from budgetsft.sessions.oracles import WebOracle
+
+    cfg = {"env": {"name": "synthetic", "d": 4, "K": 3, "rounds": 200}, "seed": 0,
+           "gate": {"name": "llf", "budget": 3.0, "unit": "cost", "window": 50}}
+    path = tmp_path / "c.db"
+    sess = Session.create(path, cfg)
+    assert sess.play(WebOracle()).status == "waiting"
+    led = sess.ledger
+    a = led.add_annotator("ana", 2.0)
+    led.add_annotator("bo", 2.0)
+    n_pending = len(led.pending())
+    assert led.lease_next(led.annotator_by_token(a.token)) is not None  # ana holds 2 of the 3 for a while
+    assert led.skip_unaffordable() == 0  # bo can still be paid once ana's lease passes: nothing is dropped
+    assert len(led.pending()) == n_pending
+    sess.close()

@@ -189,6 +189,19 @@ def _base_config(config: Path | None, env: str | None, rounds: int | None, learn
     return cfg
 
 
+def _safe(text) -> str:
+    """User text (an annotator's name, a label) as rich prints it: markup escaped, control characters shown as
+    escapes (an ESC sequence in a name must not drive the terminal)."""
+    from rich.markup import escape
+
+    return escape(_shown(text))
+
+
+def _shown(text) -> str:
+    """Control characters of user text shown as escapes (for output printed with markup off)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
@@ -482,7 +495,7 @@ def session_show(
         for col in ("annotator", "labels", "spent"):
             who.add_column(col, justify="left" if col == "annotator" else "right")
         for name, row in report["by_annotator"].items():
-            who.add_row(name, str(row["labels"]), _fmt(row["spent"]))
+            who.add_row(_safe(name), str(row["labels"]), _fmt(row["spent"]))
         out.print(who)
 
 
@@ -843,7 +856,7 @@ def annotate(
         with Ledger.open(path) as led:
             ann = led.add_annotator(add_annotator, cost)
             unit, total = led.budget_unit, led.budget_total
-        out.print(f"annotator {ann.name} (cost {ann.cost:g} per label), token: {ann.token}", markup=False,
+        out.print(f"annotator {_shown(ann.name)} (cost {ann.cost:g} per label), token: {ann.token}", markup=False,
                   highlight=False)
         # Notes go to stderr: the token stays the last line of stdout, for scripts.
         if unit == "labels":
@@ -851,20 +864,20 @@ def annotate(
                       f"whatever the annotator's price; the price {ann.cost:g} is recorded, not charged. Prices "
                       f"are charged only under a cost budget (gate unit: cost).", markup=False, highlight=False)
         else:
-            err.print(f"note: this session's budget counts cost units ({total:g}): each label by {ann.name} "
+            err.print(f"note: this session's budget counts cost units ({total:g}): each label by {_shown(ann.name)} "
                       f"charges {ann.cost:g} of them.", markup=False, highlight=False)
         err.print("the token is shown only now (the ledger keeps a hash); revoke it with "
-                  f"`budgetsft annotate {path} --revoke {ann.name}`.", markup=False, highlight=False)
+                  f"`budgetsft annotate {path} --revoke {_shown(ann.name)}`.", markup=False, highlight=False)
         return
     if revoke is not None:
         with Ledger.open(path) as led:
             led.revoke_annotator(revoke)
-        out.print(f"annotator {revoke}: token revoked", markup=False, highlight=False)
+        out.print(f"annotator {_shown(revoke)}: token revoked", markup=False, highlight=False)
         return
     if rotate is not None:
         with Ledger.open(path) as led:
             ann = led.rotate_token(rotate)
-        out.print(f"annotator {ann.name}: new token: {ann.token}", markup=False, highlight=False)
+        out.print(f"annotator {_shown(ann.name)}: new token: {ann.token}", markup=False, highlight=False)
         err.print("the old token no longer works; the new one is shown only now.", markup=False, highlight=False)
         return
     if list_annotators:
@@ -875,9 +888,16 @@ def annotate(
             table.add_column(col, justify="left" if col in ("annotator", "status") else "right")
         for a in anns:
             row = by.get(a.name, {"labels": 0, "spent": 0.0})
-            table.add_row(a.name, f"{a.cost:g}", str(row["labels"]), _fmt(row["spent"]), str(passes.get(a.name, 0)),
-                          "revoked" if a.revoked is not None else "active")
-        if not anns:
+            table.add_row(_safe(a.name), f"{a.cost:g}", str(row["labels"]), _fmt(row["spent"]),
+                          str(passes.get(a.name, 0)), "revoked" if a.revoked is not None else "active")
+        # Names that answered without a token of this server (a Label Studio import, an answers file): the
+        # same annotators as `session show` lists, marked for what they are.
+        known = {a.name for a in anns}
+        for name, row in by.items():
+            if name not in known:
+                table.add_row(_safe(name), "-", str(row["labels"]), _fmt(row["spent"]), str(passes.get(name, 0)),
+                              "imported (no token)")
+        if not anns and not by:
             err.print(f"{path}: no annotators yet; add one with --add-annotator NAME.", markup=False,
                       highlight=False)
         out.print(table)
@@ -1424,7 +1444,7 @@ def data_show(
     table.add_column("train", justify="right")
     table.add_column("test", justify="right")
     for label in sorted(balance["train"].keys() | balance["test"].keys(), key=str):
-        table.add_row(str(label), str(balance["train"].get(label, 0)), str(balance["test"].get(label, 0)))
+        table.add_row(_safe(label), str(balance["train"].get(label, 0)), str(balance["test"].get(label, 0)))
     out.print(table)
     for ex in info["examples"]:
         prompt = ex["prompt"] if len(ex["prompt"]) < 400 else ex["prompt"][:400] + " …"

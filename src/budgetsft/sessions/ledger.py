@@ -211,8 +211,26 @@ def record_to_json(rec: Record) -> str:
     return json.dumps({name: getattr(rec, name) for name in RECORD_FIELDS})
 
 
+_RECORD_TYPES = {"round": int, "prediction": int, "gold": int, "alternative": int, "queried": bool, "cost": float,
+                 "budget_left": float, "latency": float, "margin": float, "hinge_loss": float, "mistake": bool,
+                 "regret": float, "n_candidates": int}
+
+
 def record_from_json(text: str) -> Record:
-    return Record(**json.loads(text))
+    """A stored record; anything but the fields of a :class:`Record`, with their types, is a ValueError."""
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or set(obj) - set(RECORD_FIELDS) or set(_RECORD_TYPES) - set(obj):
+        raise ValueError(f"not a record: keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+    for key, kind in _RECORD_TYPES.items():
+        value = obj[key]
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, int | float) and not isinstance(value, bool) if kind is float else
+            isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"record field {key!r} must be {kind.__name__}; got {value!r}")
+    if obj.get("id") is not None and not isinstance(obj["id"], str):
+        raise ValueError(f"record field 'id' must be a string; got {obj['id']!r}")
+    return Record(**obj)
 
 
 def _exact(x) -> Fraction:
@@ -434,6 +452,9 @@ class Ledger:
         total = Fraction(0)
         for qid, cost in self._conn.execute("SELECT query_id, cost FROM answers"):
             try:
+                price = _exact(cost)  # read whatever the unit: a label budget records the price too
+                if not (math.isfinite(price) and price >= 0):
+                    raise ValueError(cost)
                 total += self._price(cost)
             except (TypeError, ValueError, OverflowError):
                 raise LedgerError(f"{self.path}: answer to query {qid} has an unreadable cost {cost!r}: the file "
@@ -733,6 +754,38 @@ class Ledger:
             self._write_acks(acks)
         return recorded
 
+    def correct_answer(self, query_id: int, label: int, annotator: str, *, n_candidates: int | None = None,
+                       token_hash: str | None = None) -> bool:
+        """The annotator who answered ``query_id`` replaces their label; returns False if it is the same label.
+
+        Nothing is charged again; the old label stays in the ``events`` history. Only the annotator who gave
+        the answer may correct it (:class:`LedgerError` otherwise). What was already learnt from the old
+        label in a stream session stays learnt; exports, ``adapt --labels`` and a pool session's next batch
+        use the new one.
+        """
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0 or (
+                n_candidates is not None and label >= n_candidates):
+            hi = f" in [0, {n_candidates - 1}]" if n_candidates is not None else " >= 0"
+            raise LedgerError(f"query {query_id}: 'label' must be an int{hi}. Got {label!r}.")
+        with self.transaction() as c:
+            self._authorise(c, annotator, token_hash)
+            row = c.execute("SELECT label, annotator FROM answers WHERE query_id = ?", (int(query_id),)).fetchone()
+            if row is None:
+                raise LedgerError(f"{self.path}: query {query_id} has no answer to correct.")
+            if row[1] != annotator:
+                raise LedgerError(f"{self.path}: query {query_id} was answered by another annotator; only they "
+                                  f"can correct it.")
+            if row[0] == label:
+                return False
+            c.execute("UPDATE answers SET label = ? WHERE query_id = ?", (int(label), int(query_id)))
+            self.log("correct", {"query_id": int(query_id), "annotator": annotator, "old": row[0], "new": label}, c)
+            return True
+
+    def has_passed(self, query_id: int, annotator: str) -> bool:
+        """Whether ``annotator`` passed on (skipped) ``query_id``."""
+        return self._conn.execute("SELECT 1 FROM passes WHERE query_id = ? AND annotator = ?",
+                                  (int(query_id), annotator)).fetchone() is not None
+
     def record_answers(self, items: Sequence[tuple]) -> tuple[int, int]:
         """Commit answers ``(query_id, label, annotator, cost, n_candidates)`` all or none: one transaction.
 
@@ -956,7 +1009,8 @@ class Ledger:
             return 0
         now = time.time()
         with self.transaction() as c:
-            left = _exact(self.budget_total) - self._spent_exact(c) - self._reserved(c)
+            # What is spent, not what leases hold for a while: a lease that passes gives its share back.
+            left = _exact(self.budget_total) - self._spent_exact(c)
             if left >= min(prices):
                 return 0
             ids = [r[0] for r in c.execute(
@@ -1003,7 +1057,14 @@ class Ledger:
             c.execute("DELETE FROM checkpoints WHERE position > ?", (int(position),))
 
     def records(self) -> list[Record]:
-        return [record_from_json(d) for (d,) in self._conn.execute("SELECT data FROM records ORDER BY round")]
+        out = []
+        for rnd, data in self._conn.execute("SELECT round, data FROM records ORDER BY round"):
+            try:
+                out.append(record_from_json(data))
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise LedgerError(f"{self.path}: the stored record of round {rnd} is damaged ({exc}); the file "
+                                  f"was altered.") from None
+        return out
 
     def n_records(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])

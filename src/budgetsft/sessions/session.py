@@ -614,9 +614,15 @@ class Session:
         check_int("Session", "checkpoint_every", checkpoint_every, low=1)
         ledger = Ledger.open(path, timeout=timeout)
         try:
-            validate_config(ledger.config, where=f"{path} (stored config)")
+            cfg = ledger.config
+            missing = [k for k in ("learner", "gate") if not isinstance(cfg.get(k), dict)]
+            if not cfg.get("data") and not isinstance(cfg.get("env"), dict):
+                missing.append("env (or data)")
+            if missing:
+                raise ConfigError(f"it lacks the section(s) {', '.join(missing)}: the file was altered")
+            validate_config(cfg, where=f"{path} (stored config)")
             return cls(ledger, checkpoint_every, rebind=rebind)
-        except ConfigError as exc:
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
             ledger.close()
             raise LedgerError(f"{path}: the session's stored config is invalid: {exc}") from None
         except BaseException:

@@ -353,6 +353,24 @@ class _Annotate:
         holder = led.lease_holder(query_id)
         if holder is not None and holder != ann.name:
             raise _Refusal(403, f"item {query_id} is leased to another annotator.")
+        if q.status == "pending" and led.has_passed(query_id, ann.name):
+            raise _Refusal(409, f"you skipped item {query_id}; it goes to the other annotators.")
+        if q.status == "answered" and led.answer_for_round(q.round).annotator != ann.name:
+            # another annotator's answer stands: theirs is not replaced, and nothing is charged
+            return {"recorded": False, "duplicate": True, "query_id": query_id, "budget": self.budget(led)}
+        if q.status == "answered":  # a correction by the same annotator, or a double submit
+            try:
+                corrected = led.correct_answer(query_id, label, ann.name, n_candidates=K, token_hash=ann.token_hash)
+            except AnnotatorRevokedError:
+                raise _Refusal(401, "token revoked or replaced while the request was under way; nothing was "
+                                    "recorded.") from None
+            except LedgerError as exc:
+                raise _Refusal(409, str(exc).split(": ", 1)[-1]) from None
+            if corrected and self.driver is not None:
+                self.driver.wake()
+            out = {"recorded": corrected, "query_id": query_id, "budget": self.budget(led)}
+            out["corrected" if corrected else "duplicate"] = True
+            return out
         try:
             recorded = led.record_answer(query_id, label, ann.name, ann.cost, n_candidates=K,
                                          token_hash=ann.token_hash)
