@@ -193,3 +193,74 @@ def test_l2_leases_do_not_make_pending_items_unaffordable(tmp_path):
     assert led.skip_unaffordable() == 0  # bo can still be paid once ana's lease passes: nothing is dropped
     assert len(led.pending()) == n_pending
     sess.close()
+
+
+def test_annotate_exits_once_the_session_is_finished_unless_stay(tmp_path):
+    import subprocess
+    import sys
+
+    import httpx
+
+    from budgetsft.sessions.session import Session
+
+    cfg = {"env": {"name": "synthetic", "d": 4, "K": 3, "rounds": 40}, "seed": 0,
+           "gate": {"name": "llf", "budget": 3}, "max_pending": 0}
+    for stay in (False, True):
+        path = tmp_path / f"fin{stay}.db"
+        Session.create(path, cfg).close()
+        with Ledger.open(path) as led:
+            token = led.add_annotator("ana", 1.0).token
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        args = [sys.executable, "-m", "budgetsft", "annotate", str(path), "--port", str(port)]
+        proc = subprocess.Popen(args + (["--stay"] if stay else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            answered = 0
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+                while answered < 3:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    try:
+                        item = c.get("/api/next").json()
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                        continue
+                    if item.get("item", True) is None:
+                        time.sleep(0.1)
+                        continue
+                    assert c.post("/api/answer", json={"query_id": item["query_id"], "label": 0}).json()["recorded"]
+                    answered += 1
+            if stay:
+                time.sleep(3)
+                assert proc.poll() is None  # still serving
+            else:
+                out, err = proc.communicate(timeout=30)
+                assert proc.returncode == 0 and "finished: 3 label(s) bought" in out and "exiting" in out, err
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def test_the_sweep_table_fits_80_columns_and_says_nothing_of_one_seed():
+    from rich.console import Console
+
+    from budgetsft.cli import _columns, _print_table
+    from budgetsft.config import DEFAULT_CONFIG, merge
+    from budgetsft.experiment import aggregate, sweep
+
+    cfg = merge(DEFAULT_CONFIG, {"env": {"name": "synthetic", "rounds": 300}, "comparator": "none"})
+    for seeds in ([0], [0, 1]):
+        summaries = sweep(cfg, ["llf", "random", "first", "full"], [0.1], seeds)
+        keys = _columns(cfg, None)
+        rows = aggregate(summaries, keys)
+        console = Console(width=80, record=True, color_system=None)
+        _print_table(rows, cfg, console=console, keys=keys)
+        text = console.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+        assert ("±" in text) == (len(seeds) > 1), text
+        assert "over 1 seeds" not in text

@@ -365,10 +365,17 @@ def _report_run(cfg: dict, records, summary: dict, as_json: bool, out_dir: Path 
     if as_json:
         print(json.dumps(_clean(summary)))
         return
-    out.print(_kv_table(f"budgetsft run — {_setting(cfg)}, {summary['learner']} learner, seed {summary['seed']}",
-                        summary, SUMMARY_KEYS, "metric"))
+    model = summary.get("model")
+    shown = [k for k in SUMMARY_KEYS if not (isinstance(summary.get(k), float) and math.isnan(summary[k]))]
+    out.print(_kv_table(f"budgetsft run — {_setting(cfg)}" + (f", model {model}" if model else "")
+                        + f", {summary['learner']} learner, seed {summary['seed']}", summary, shown, "metric"))
+    if summary.get("comparator_loss") == 0 and summary.get("stackelberg_regret") == summary.get("hinge_loss"):
+        out.print("note: the best fixed θ in hindsight has zero hinge loss on this stream (with d >= T, or separable "
+                  "data, some θ ranks every gold first by a unit margin), so the Stackelberg regret equals the "
+                  "learner's hinge loss and says nothing more about it: compare mistakes and refit accuracy.",
+                  markup=False, highlight=False)
     if out_dir is not None:
-        out.print(f"wrote {out_dir}/records.{records_format}, summary.json, regret.png")
+        out.print(f"wrote {out_dir}/records.{records_format}, summary.json, config.json, regret.png")
 
 
 def _kv_table(title: str, values: dict, keys, first: str) -> Table:
@@ -835,6 +842,8 @@ def annotate(
                                                   "who fetched it.")] = 300.0,
     rebind: Annotated[bool, typer.Option(help="The data file changed: serve it if every paid example is still "
                                               "at its round, unchanged.")] = False,
+    stay: Annotated[bool, typer.Option(help="Keep serving after the session has finished (the page then says "
+                                            "so). \\[default: exit once it is finished]")] = False,
 ) -> None:
     """Serve the session's pending queries to annotators in the browser and over a JSON API.
 
@@ -918,8 +927,16 @@ def annotate(
     from budgetsft.sessions.web import serve
 
     out.print(f"serving {path} on http://{host}:{port}/ for {len(anns)} annotator(s): "
-              f"{', '.join(a.name for a in anns)}", markup=False, highlight=False)
-    serve(path, host=host, port=port, lease_ttl=lease_ttl)
+              f"{', '.join(_shown(a.name) for a in anns)}", markup=False, highlight=False)
+
+    def finished(status: dict) -> None:
+        budget = status.get("budget") or {}
+        out.print(f"session {path} finished: {status.get('labels_bought', 0)} label(s) bought, "
+                  f"{budget.get('spent', 0):g} of {budget.get('total', 0):g} {budget.get('unit', '')} spent. "
+                  + ("Still serving (--stay); Ctrl-C to stop." if stay else "Nothing is left to answer: exiting "
+                     "(--stay keeps serving)."), markup=False, highlight=False)
+
+    serve(path, host=host, port=port, lease_ttl=lease_ttl, stay=stay, on_finish=finished)
 
 
 def _with_progress(fn, total: int, what: str, quiet: bool):
@@ -960,6 +977,9 @@ def sweep(
                                                          "stdout (the table goes to stderr).")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart of pseudo-regret (real data: mistakes) "
                                                    "here. \\[default: none]")] = None,
+    columns: Annotated[str | None, typer.Option(help="Table columns: compact (fits 80 columns), all, or a comma-"
+                                                     "separated list of summary keys. \\[default: compact]")
+                       ] = None,
     backend: Annotated[str, typer.Option(help="local (serial, this process) or ray (one task per cell).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address. \\[default: none: start a private "
                                                      "local instance]")] = None,
@@ -993,12 +1013,14 @@ def sweep(
         raise ConfigError("give either '--betas' (fractions of the rounds) or '--budget' (an amount), not both.")
     _set_budget(cfg, None, budget, unit)
     beta_list: list = [None] if budget is not None else _floats(betas or "0.1", "betas")
-    _sweep_and_report(cfg, gate_list, beta_list, _ints(seeds, "seeds"), as_json, plot,
+    _columns(cfg, columns)  # a bad --columns fails before any cell is played
+    _sweep_and_report(cfg, gate_list, beta_list, _ints(seeds, "seeds"), as_json, plot, columns=columns,
                       ray={"address": address, "num_cpus": num_cpus} if backend == "ray" else None)
 
 
 def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool, plot: Path | None,
-                      runs_dir: Path | None = None, ray: dict | None = None) -> list[dict]:
+                      runs_dir: Path | None = None, ray: dict | None = None, columns: str | None = None
+                      ) -> list[dict]:
     from budgetsft.experiment import aggregate
     from budgetsft.experiment import sweep as run_sweep
     from budgetsft.regret import to_frame
@@ -1030,9 +1052,11 @@ def _sweep_and_report(cfg: dict, gate_list, beta_list, seed_list, as_json: bool,
     for r in failed:
         err.print(f"cell gate={r['gate']} β={r['beta']} seed={r['seed']} failed: {r['error']}",
                   markup=False, highlight=False)
-    rows = aggregate(summaries, _table_keys(cfg))
+    keys = _columns(cfg, columns)
+    rows = aggregate(summaries, tuple(dict.fromkeys((*_table_keys(cfg), *keys))))
     approx = any(s.get("comparator") == "approx" for s in summaries)
-    _print_table(rows, cfg, console=err if as_json else out, approx=approx)  # with --json, stdout holds only JSON
+    # with --json, stdout holds only JSON
+    _print_table(rows, cfg, console=err if as_json else out, approx=approx, keys=keys)
     if curves:
         from budgetsft.plots import plot_runs
 
@@ -1062,21 +1086,69 @@ def _setting(cfg: dict) -> str:
     return f"{env['name']}: d={env.get('d')}, K={env.get('K')}, T={env.get('rounds')}"
 
 
-def _print_table(rows: list[dict], cfg: dict, console: Console | None = None, approx: bool = False) -> None:
+# The sweep table's default columns (fit 80 columns), and short headers; `--columns all` shows every key.
+COMPACT_KEYS = ("labels_bought", "mistakes", "pseudo_regret", "refit_accuracy")
+COMPACT_DATA_KEYS = ("labels_bought", "mistakes", "stackelberg_regret", "refit_accuracy")
+COMPACT_DATA_KEYS_NO_LP = ("labels_bought", "mistakes", "hinge_loss", "refit_accuracy")
+HEADERS = {"labels_bought": "labels", "pseudo_regret": "pseudo-regret", "stackelberg_regret": "Stackelberg",
+           "regret_queried": "regret (q)", "regret_unqueried": "regret (unq)", "test_accuracy": "test acc",
+           "refit_accuracy": "refit acc", "hinge_loss": "hinge", "mistakes_queried": "mistakes (q)",
+           "mistakes_unqueried": "mistakes (unq)", "hinge_loss_queried": "hinge (q)",
+           "hinge_loss_unqueried": "hinge (unq)"}
+
+
+def _columns(cfg: dict, columns: str | None) -> tuple[str, ...]:
+    """The sweep table's columns: compact by default, ``all``, or a comma-separated list of summary keys."""
+    from budgetsft.experiment import comparator_method
+
+    full = _table_keys(cfg)
+    if columns is None or columns == "compact":
+        if not cfg.get("data"):
+            return COMPACT_KEYS
+        return COMPACT_DATA_KEYS if comparator_method(cfg) != "none" else COMPACT_DATA_KEYS_NO_LP
+    if columns == "all":
+        return full
+    keys = tuple(c.strip() for c in columns.split(",") if c.strip())
+    from budgetsft.experiment import SUMMARY_KEYS
+
+    valid = sorted(set(SUMMARY_KEYS) | set(full) - {"gate", "beta", "budget", "seconds"})
+    bad = [k for k in keys if k not in valid]
+    if bad or not keys:
+        raise ConfigError(f"'--columns' must be compact, all, or summary keys from: {', '.join(valid)}. "
+                          f"Got {columns!r}.")
+    return keys
+
+
+def _cell(m: float, sd: float, seeds: int) -> str:
+    if math.isnan(m):
+        return "n/a"
+    if float(m).is_integer() and sd == 0 and abs(m) > 1:
+        return f"{int(m)}"  # a count every seed agrees on (labels bought)
+    mean = f"{m:.3f}" if abs(m) <= 1 else f"{m:.1f}"
+    if seeds < 2:
+        return mean
+    return f"{mean}±{sd:.3f}" if abs(m) <= 1 else f"{mean}±{sd:.1f}"
+
+
+def _print_table(rows: list[dict], cfg: dict, console: Console | None = None, approx: bool = False,
+                 keys: tuple[str, ...] | None = None) -> None:
     """The sweep's mean ± sd table; ``approx``: the regret columns come from the comparator's bracket (headed ≥)."""
-    title = (f"{_setting(cfg)}, learner={cfg['learner']['name']} — "
-             f"mean ± sd over {rows[0]['seeds'] if rows else 0} seeds")
-    table = Table(title=title)
-    keys = _table_keys(cfg)
-    for col in ("gate", "β", "budget", *keys):
-        label = f"{col} (approx, ≥)" if approx and col in ("stackelberg_regret", "regret_queried",
-                                                             "regret_unqueried") else col
-        table.add_column(label, justify="left" if col == "gate" else "right")
+    from rich import box
+
+    seeds = rows[0]["seeds"] if rows else 0
+    title = (f"{_setting(cfg)}, learner={cfg['learner']['name']}, "
+             + (f"mean±sd over {seeds} seeds" if seeds > 1 else "1 seed"))
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    keys = keys or _columns(cfg, None)
+    for col in ("gate", "β", "B", *keys):
+        label = HEADERS.get(col, col)
+        if approx and col in ("stackelberg_regret", "regret_queried", "regret_unqueried"):
+            label += " ≥"
+        table.add_column(label, justify="left" if col == "gate" else "right", no_wrap=True)
     for r in rows:
         cells = [r["gate"], "-" if r["beta"] is None else f"{r['beta']:g}", f"{r['budget']:g}"]
         for k in keys:
-            m, s = r[k], r[f"{k}_sd"]
-            cells.append("—" if math.isnan(m) else (f"{m:.3f} ± {s:.3f}" if abs(m) <= 1 else f"{m:.1f} ± {s:.1f}"))
+            cells.append(_cell(r[k], r[f"{k}_sd"], r["seeds"]))
         table.add_row(*cells)
     (console or out).print(table)
 
@@ -1531,14 +1603,18 @@ def labelstudio_sync(
         raise ConfigError(f"'--interval' must be a number of seconds > 0. Got {interval:g}.")
     client = LabelStudioClient(url, api_key or "")
     passes = 0
+    idle_shown = False
 
     def report(p) -> None:
-        nonlocal passes
+        nonlocal passes, idle_shown
         passes += 1
         if as_json:
             print(json.dumps(_clean({"pass": passes, **p.to_json()})), flush=True)
-        else:
-            out.print(pass_message(p, passes), markup=False, highlight=False)
+            return
+        idle = not (p.pushed or p.imported or p.released or p.notes or p.done)
+        if not (idle and idle_shown):  # a run of passes that change nothing is shown once
+            out.print(pass_message(p, passes), markup=False, highlight=False, soft_wrap=True)
+        idle_shown = idle
 
     def on_error(exc) -> None:
         err.print(f"error: {exc} (trying again every {interval:g} s)", markup=False, highlight=False)

@@ -157,6 +157,9 @@ def run_summary(cfg: dict, records: Sequence[Record], played: Sequence[Round], b
 
         data = cfg["data"] if isinstance(cfg["data"], dict) else {"name": cfg["data"]}
         summary.update(data=data["name"], features=configured_features(cfg))
+        feats = cfg.get("features")
+        if isinstance(feats, dict) and feats.get("model"):
+            summary["model"] = str(feats["model"])  # the featuriser's model, as given (--model)
     else:
         summary["env"] = cfg["env"]["name"]
     return summary

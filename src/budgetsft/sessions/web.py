@@ -63,6 +63,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -628,15 +629,42 @@ def create_app(path: str | Path, *, lease_ttl: float = 300.0, max_body: int = 16
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, lease_ttl: float = 300.0,
-          log_level: str = "warning", max_body: int = 16384, busy_timeout: float = 30.0) -> None:
-    """Serve :func:`create_app` with uvicorn until interrupted (binds to loopback unless told otherwise)."""
+          log_level: str = "warning", max_body: int = 16384, busy_timeout: float = 30.0, stay: bool = False,
+          on_finish: Callable[[dict], None] | None = None) -> str:
+    """Serve :func:`create_app` with uvicorn (binds to loopback unless told otherwise).
+
+    Until interrupted, or, unless ``stay``, until the session is finished (its driver says so; the budget
+    is spent or the stream is over): there is nothing left for anyone to answer. ``on_finish`` gets the
+    status then. Returns ``"finished"`` or ``"interrupted"``.
+    """
     import uvicorn
 
     port = check_int("serve", "port", port, low=1)
     if port > 65535:
         raise ConfigError(f"The 'port' parameter of serve must be an int in [1, 65535]. Got {port!r}.")
-    uvicorn.run(create_app(path, lease_ttl=lease_ttl, max_body=max_body, busy_timeout=busy_timeout), host=host,
-                port=port, log_level=log_level)
+    app = create_app(path, lease_ttl=lease_ttl, max_body=max_body, busy_timeout=busy_timeout)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    state = app.state.annotate
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            driver = state.driver
+            if driver is not None and driver.state == "finished" and not driver.alive:
+                if on_finish is not None:
+                    on_finish(state.status())
+                if not stay:
+                    server.should_exit = True
+                return
+
+    watcher = threading.Thread(target=watch, name="budgetsft-finish-watch", daemon=True)
+    watcher.start()
+    try:
+        server.run()
+    finally:
+        done.set()
+    driver = state.driver
+    return "finished" if driver is not None and driver.state == "finished" else "interrupted"
 
 
 # -------------------------------------------------------------------- the page
