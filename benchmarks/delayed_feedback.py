@@ -65,7 +65,8 @@ def play_delayed(cfg: dict, delay: int, K: int | None) -> dict:
     bought = [r for r, rec in zip(rounds, records, strict=True) if rec.queried]
     return {
         "mistakes": sum(r.mistake for r in records),
-        "pseudo_regret": math.fsum(r.regret for r in records if r.regret == r.regret),
+        "pseudo_regret": (math.fsum(r.regret for r in records if r.regret == r.regret)
+                          if any(r.regret == r.regret for r in records) else math.nan),  # real data: unknown
         "labels": len(bought),
         "refit": refit_accuracy(bought, test, seed=int(cfg.get("seed", 0))) if test else math.nan,
         "waits": waits,
