@@ -241,8 +241,8 @@ def test_select_refuses_what_it_cannot_do(pool200, tmp_path):
 
 
 def test_the_web_page_selects_the_next_batch_itself(pool200, tmp_path):
-    """A pool session served by `annotate`: 60 labels in batches of 20 with no select call by anyone but the
-    page's driver; the annotator just keeps answering."""
+    """A pool session served by `annotate`: 100 labels in batches of 20 with no select call by anyone but the
+    page's driver, so no round trip: the annotator just keeps answering."""
     pytest.importorskip("uvicorn")
     import time
 
@@ -250,13 +250,13 @@ def test_the_web_page_selects_the_next_batch_itself(pool200, tmp_path):
 
     _, pool, gold = pool200
     path = tmp_path / "web.db"
-    sess = Session.create(path, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 60}}, batch=20))
+    sess = Session.create(path, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 100}}, batch=20))
     token = sess.ledger.add_annotator("ana", 1.0).token
     sess.close()
     answered, waits = 0, 0
     with served(path) as live, client(live, token) as ana:
         deadline = time.monotonic() + 120
-        while answered < 60:
+        while answered < 100:
             assert time.monotonic() < deadline, f"stuck after {answered} answers"
             item = ana.get("/api/next").json()
             if item.get("item", True) is None:  # the driver is picking the next batch
@@ -268,6 +268,26 @@ def test_the_web_page_selects_the_next_batch_itself(pool200, tmp_path):
             answered += 1
         status = ana.get("/api/status").json()
     with Ledger.open(path) as led:
-        assert led.spent() == 60 and not led.pending()
+        assert led.spent() == 100 and not led.pending()
         select_events = led._conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'select'").fetchone()[0]
-    assert select_events == 3 and status["labels_bought"] == 60
+    assert select_events == 5 and status["labels_bought"] == 100
+
+
+def test_a_stream_session_with_an_audit_share_estimates_its_accuracy(tmp_path):
+    """Audit rounds are a uniform sample bought whatever the gate says; the estimate is the prequential
+    accuracy on them, and it agrees with the whole stream's (which a simulation knows) within its interval."""
+    cfg = {"env": {"name": "synthetic", "d": 8, "K": 4, "rounds": 3000}, "seed": 2,
+           "gate": {"name": "llf", "beta": 0.1}, "audit": 0.4, "comparator": "none"}
+    sess = Session.create(tmp_path / "a.db", cfg)
+    assert sess.play(DatasetOracle()).status == "finished"
+    rep = sess.progress_report()
+    audit = rep["audit"]
+    assert 90 <= audit["n"] <= 150  # 0.4 of 300 labels, drawn round by round
+    recs = {r.round: r for r in sess.records()}
+    audited = [q for q in sess.ledger.queries() if q.purpose == "audit"]
+    assert all(recs[q.round].queried for q in audited)
+    assert audit["correct"] == sum(not recs[q.round].mistake for q in audited)
+    truth = 1 - sum(r.mistake for r in recs.values()) / len(recs)
+    lo, hi = audit["ci95"]
+    assert lo - 0.03 <= truth <= hi + 0.03
+    assert sess.ledger.spent() <= 300

@@ -275,6 +275,10 @@ def run(
     eval_file: Annotated[Path | None, typer.Option("--eval", help="With --session on unlabelled data: a labelled "
                                                                  "JSONL file to report held-out accuracy on. "
                                                                  "\\[default: none]")] = None,
+    audit: Annotated[float | None, typer.Option(help="With --session: the share of the budget spent on rounds drawn "
+                                                     "uniformly at random (bought whatever the gate says), so that "
+                                                     "`session show` estimates accuracy without gold elsewhere. "
+                                                     "\\[default: 0]")] = None,
     max_pending: Annotated[int | None, typer.Option(help="With --session and an oracle whose people answer later "
                                                          "(web, file): labels awaited at once while the stream "
                                                          "plays on; 0 waits for every label. \\[default: 10]")
@@ -311,6 +315,8 @@ def run(
         raise ConfigError(f"'--format' must be csv or parquet. Got {records_format!r}.")
     if oracle is not None and session is None:
         raise ConfigError("'--oracle' needs '--session FILE': only a session asks an oracle for labels.")
+    if audit is not None and session is None:
+        raise ConfigError("'--audit' needs '--session FILE': the audit estimate is reported by `session show`.")
     if max_pending is not None and session is None:
         raise ConfigError("'--max-pending' needs '--session FILE': only a session waits for people's answers.")
     if eval_file is not None and session is None:
@@ -327,6 +333,8 @@ def run(
             cfg["eval"] = str(eval_file.expanduser().resolve())
         if max_pending is not None:
             cfg["max_pending"] = max_pending
+        if audit is not None:
+            cfg["audit"] = audit
         spec = {"name": oracle or "dataset"}
         if oracle == "terminal":
             spec.update(annotator=annotator, cost=cost)
@@ -493,6 +501,11 @@ def session_show(
         keys = ["rounds_played", "horizon", "budget", "unit", "spent", "remaining", "labels_bought", "pending"]
         keys += ["mistakes", "hinge_loss", "pseudo_regret"] if report.get("mistakes") is not None else []
         out.print(_kv_table(f"session {path} — {report['status']}", report, keys, ""))
+        audit = report.get("audit")
+        if audit and audit.get("accuracy") is not None:
+            lo, hi = audit["ci95"]
+            out.print(f"accuracy (audit estimate): {audit['accuracy']:.3f}, 95 % interval [{lo:.3f}, {hi:.3f}] from "
+                      f"{audit['n']} audit round(s): {audit['estimator']}", markup=False, highlight=False)
         bought = report.get("mistakes_on_bought_rounds")
         if bought:
             out.print(f"mistakes on the {bought['n']} bought rounds: {bought['mistakes']} ({bought['note']})",

@@ -8,11 +8,12 @@ scored, and a bought label is paid for and learnt from.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
-import dataclasses
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from budgetsft.exceptions import DataError
 from budgetsft.followers import BestResponseFollower
 
 __all__ = ["play", "commit", "check_round", "resolve", "UNLABELLED", "Game", "Labels", "GoldLabels", "Awaited",
-           "SKIPPED"]
+           "SKIPPED", "audit_rounds"]
 
 # The gold of a record whose round was neither labelled in the data nor bought (an unlabelled pool).
 UNLABELLED = -1
@@ -91,8 +92,9 @@ class Labels(Protocol):
     the label comes or is withdrawn.
     """
 
-    def request(self, asked: list[tuple[Round, QueryInfo]]) -> None:
-        """The gate chose these rounds (in round order): ask for their labels."""
+    def request(self, asked: list[tuple[Round, QueryInfo]], audit: frozenset[int] = frozenset()) -> None:
+        """The gate chose these rounds (in round order): ask for their labels. ``audit``: the rounds (``t``)
+        among them drawn uniformly at random (:func:`audit_rounds`), not chosen by the gate."""
 
     def arrival(self, rnd: Round, info: QueryInfo, now: int) -> tuple[int, float | None] | str | None:
         """The label of the round of ``info`` if it has come, as ``(label, price)`` (price None: the round's
@@ -106,7 +108,7 @@ SKIPPED = "skipped"
 class GoldLabels:
     """The simulation's label source: every bought label is the round's gold, at once, at its own cost."""
 
-    def request(self, asked) -> None:
+    def request(self, asked, audit=frozenset()) -> None:
         pass
 
     def arrival(self, rnd: Round, info: QueryInfo, now: int):
@@ -120,6 +122,22 @@ class Awaited:
     round: Round
     info: QueryInfo
     price: float
+
+
+def audit_rounds(share: float, budget: float, horizon: int, seed: int) -> Callable[[int], bool]:
+    """Round t is an audit round with probability share · B / T, independently of everything else.
+
+    An audit round is bought whatever the gate says (while the budget affords it): the audit rounds are a
+    uniform sample of the stream, so the share of them the model predicted right before their labels
+    arrived is an unbiased estimate of its (prequential) accuracy. The draw of round t depends on
+    (seed, t) only, so a replay draws the same rounds without any state.
+    """
+    q = min(1.0, share * budget / max(horizon, 1))
+
+    def audit(t: int) -> bool:
+        return q > 0 and float(np.random.default_rng([seed, t, 0xA0D17]).random()) < q
+
+    return audit
 
 
 class Game:
@@ -151,11 +169,15 @@ class Game:
         Labels still awaited at ``position`` (a resumed game).
     unlabelled_ok : bool, default=False
         Rounds may have no gold (a person answers the bought ones).
+    audit : callable, optional
+        ``audit(t)``: whether round t is an audit round (:func:`audit_rounds`), bought whatever the gate
+        says while the budget affords it; :attr:`audited` collects them.
     """
 
     def __init__(self, learner, gate, budget: Budget, follower=None, *, horizon: int | None = None,
                  labels: Labels | None = None, max_pending: int | None = None, position: int = 0,
-                 awaited: list[Awaited] | None = None, unlabelled_ok: bool = False) -> None:
+                 awaited: list[Awaited] | None = None, unlabelled_ok: bool = False,
+                 audit: Callable[[int], bool] | None = None) -> None:
         self.learner = learner
         self.gate = gate
         self.budget = budget
@@ -166,6 +188,8 @@ class Game:
         self.position = position
         self.awaited = list(awaited or [])
         self.unlabelled_ok = unlabelled_ok
+        self.audit = audit
+        self.audited: set[int] = set()
         self.status = "playing"
         # Called with the position at each round boundary (the game's state is whole there: a session
         # checkpoints it); it may raise to leave the game.
@@ -196,7 +220,11 @@ class Game:
                ) -> Iterator[Record]:
         asked = [(rnd, info) for i, (rnd, _, info) in enumerate(group) if i in chosen]
         if asked:
-            self.labels.request(asked)
+            audit = frozenset(info.t for _, info in asked if info.t in self.audited)
+            if audit:
+                self.labels.request(asked, audit=audit)
+            else:
+                self.labels.request(asked)
         for i, (rnd, X, info) in enumerate(group):
             if i not in chosen:
                 yield resolve(rnd, X, info, False, self.learner, self.follower, self.budget)
@@ -211,6 +239,20 @@ class Game:
                 label, price = got
                 yield resolve(dataclasses.replace(rnd, gold=int(label)), X, info, True, self.learner,
                               self.follower, self.budget, price=price)
+
+    def _audits(self, group, chosen: set[int]) -> set[int]:
+        """The audit rounds of a decided group that the budget affords after the gate's picks."""
+        probe = copy.deepcopy(self.budget)
+        for i in sorted(chosen):
+            probe.hold(group[i][2].cost)
+        out = set()
+        for i, (_, _, info) in enumerate(group):
+            if self.audit(info.t) and probe.can_afford(info.cost):
+                self.audited.add(info.t)
+                if i not in chosen:
+                    probe.hold(info.cost)
+                    out.add(i)
+        return out
 
     def _must_wait(self) -> bool:
         """Whether the next decision must wait for labels: K = max_pending awaited (K = 0: any)."""
@@ -247,11 +289,16 @@ class Game:
                 chosen = set(self.gate.select_many([g[2] for g in group], self.budget))
             else:
                 continue
+            if self.audit is not None:
+                chosen |= self._audits(group, chosen)
             yield from self._close(group, chosen, t)
             group = []
             self.position = t
         if group:
-            yield from self._close(group, set(self.gate.select_many([g[2] for g in group], self.budget)), t)
+            chosen = set(self.gate.select_many([g[2] for g in group], self.budget))
+            if self.audit is not None:
+                chosen |= self._audits(group, chosen)
+            yield from self._close(group, chosen, t)
             self.position = t
         yield from self._deliver(t + 1)
         if self.on_boundary is not None and not self.awaited:

@@ -52,7 +52,7 @@ from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.exceptions import ConfigError
 from budgetsft.experiment import amount as _amount
-from budgetsft.game import SKIPPED, UNLABELLED, Game
+from budgetsft.game import SKIPPED, UNLABELLED, Game, audit_rounds
 from budgetsft.sessions.ledger import Ledger, LedgerError, Query, example_digest
 
 __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
@@ -497,6 +497,29 @@ class _Streams:
                            "features": feats, "dim": int(self.real.dim)}, sort_keys=True)
 
 
+def stream_audit(ledger: Ledger) -> dict | None:
+    """The audit estimate of a stream session: the online model's prequential accuracy on its audit rounds.
+
+    Audit rounds are drawn uniformly from the stream (:func:`budgetsft.game.audit_rounds`) and bought
+    whatever the gate says; the model's prediction on each was made before its label arrived. The share
+    right is an unbiased estimate of the online model's accuracy over the stream so far (Wilson 95 %
+    interval). None when the session has no audit share.
+    """
+    from budgetsft.sessions.pool import wilson_interval
+
+    queries = [q for q in ledger.queries(("answered",)) if q.purpose == "audit" and q.prediction is not None]
+    audit = [q for q in ledger.queries() if q.purpose == "audit"]
+    if not audit:
+        return None
+    answers = {a.query_id: a for a in ledger.answers()}
+    hits = sum(int(answers[q.id].label == q.prediction) for q in queries)
+    n = len(queries)
+    lo, hi = wilson_interval(hits, n)
+    return {"n": n, "correct": hits, "accuracy": hits / n if n else None, "ci95": [lo, hi] if n else None,
+            "estimator": "prequential accuracy of the online model on the audit rounds (drawn uniformly at random "
+                         "from the stream, each predicted before its label arrived); Wilson 95 % interval"}
+
+
 class _Stopped(Exception):
     """Raised at a round boundary (after the checkpoint) to leave the game: a quit, or ``stop_at``."""
 
@@ -518,12 +541,13 @@ class _LedgerLabels:
         self.oracle = oracle
         self.stop_requested = False
 
-    def request(self, asked) -> None:
+    def request(self, asked, audit=frozenset()) -> None:
         session, ledger = self.session, self.session.ledger
         examples = session.examples()
         stored = ledger.add_queries([
             (info.t, rnd.id, info.latency, info.cost,
-             None if examples is None else example_digest(examples[info.t - 1]), "gate", info.prediction)
+             None if examples is None else example_digest(examples[info.t - 1]),
+             "audit" if info.t in audit else "gate", info.prediction)
             for rnd, info in asked])
         missing = [stored[info.t] for _, info in asked if stored[info.t].status == "pending"]
         if not missing:
@@ -903,9 +927,11 @@ class Session:
         state = self._restore()
         ledger.set_meta("status", "playing")
         labels = _LedgerLabels(self, oracle)
+        share = float(self.config.get("audit", 0.0) or 0.0)
+        audit = audit_rounds(share, state.budget.total, horizon, int(self.config.get("seed", 0))) if share else None
         game = Game(state.learner, state.gate, state.budget, state.follower, horizon=horizon, labels=labels,
                     max_pending=self.max_pending(oracle), position=state.position, awaited=state.awaited,
-                    unlabelled_ok=True)
+                    unlabelled_ok=True, audit=audit)
         if game.awaited:  # labels still awaited when the game was saved: ask again (a person may have quit)
             labels.request([(aw.round, aw.info) for aw in game.awaited])
         buffered: list[Record] = []
@@ -1012,6 +1038,9 @@ class Session:
         regrets = [r.regret for r in records if r.regret == r.regret]
         bought = [r for r in records if r.queried]
         extra = {}
+        audit = stream_audit(led)
+        if audit is not None:
+            extra["audit"] = audit
         if unlabelled:
             extra["mistakes_on_bought_rounds"] = {
                 "n": len(bought), "mistakes": int(sum(r.mistake for r in bought)),
