@@ -26,13 +26,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration"
 
-# The Label Studio round trip against a live server (~1 min). label-studio gets a venv of its own: installing it
-# into .venv would change numpy and other pins there. `make test` runs the same file on committed fixtures.
+# The Label Studio round trip and live sync against a live server (~2 min). label-studio gets a venv of its own:
+# installing it into .venv would change numpy and other pins there. `make test` runs the same files on committed
+# fixtures (an export, and the sync's HTTP exchanges replayed by a local server).
 LS_VENV := .venv-labelstudio
 test-integration: $(STAMP)
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet 'label-studio>=1.23' label-studio-sdk
-	LABEL_STUDIO_PYTHON=$(LS_VENV)/bin/python $(PY) -m pytest -q -rs tests/test_labelstudio.py
+	LABEL_STUDIO_PYTHON=$(LS_VENV)/bin/python $(PY) -m pytest -q -rs tests/test_labelstudio.py \
+		tests/test_labelstudio_sync.py
 
 # budgetsft vs VW / river / modAL, regret scaling and throughput -> benchmarks/RESULTS.md + figures (~30 min)
 bench: $(STAMP)

@@ -39,16 +39,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, timeout: float = 300.0) -> tuple[subprocess.Popen, float]:
-    """Start ``label-studio start`` on 127.0.0.1:port with its SQLite files in data_dir; (process, seconds)."""
+def start_server(data_dir: Path, port: int, timeout: float = 300.0,
+                 python: str | None = None) -> tuple[subprocess.Popen, float]:
+    """Start ``label-studio start`` on 127.0.0.1:port with its SQLite files in data_dir; (process, seconds).
+
+    ``python`` is the interpreter that has label-studio (default: this one).
+    """
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": ADMIN,
            "LABEL_STUDIO_PASSWORD": "budgetsft-live-test", "LABEL_STUDIO_USER_TOKEN": TOKEN,
            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false",
            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - the server writes it while it runs
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--no-browser", "--port", str(port),
-                             "--internal-host", "127.0.0.1", "--enable-legacy-api-token"],
+    proc = subprocess.Popen([python or sys.executable, "-m", "label_studio.server", "start", "--no-browser", "--port",
+                             str(port), "--internal-host", "127.0.0.1", "--enable-legacy-api-token"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/health"
     while time.perf_counter() - start < timeout:

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                     "config", "refit"}),
     ("features", {"features"}),
     ("experiments", {"realdata", "experiment", "plots"}),
-    ("sessions and backends", {"sessions", "ray_backend", "labelstudio"}),
+    ("sessions and backends", {"sessions", "ray_backend", "labelstudio", "labelstudio_sync"}),
     ("adapt", {"adapt"}),
     ("command line", {"cli", "__main__"}),
 ]

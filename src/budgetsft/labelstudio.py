@@ -64,7 +64,8 @@ from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
 from budgetsft.sessions.ledger import Ledger, Query
 
 __all__ = ["CONTROL", "OBJECT", "label_config", "choice_values", "session_key", "export_tasks", "write_tasks",
-           "config_path_for", "read_annotators", "import_export", "import_message", "LabelStudioExport"]
+           "config_path_for", "read_annotators", "import_export", "import_tasks", "import_message",
+           "LabelStudioExport"]
 
 CONTROL = "label"  # the <Choices> tag: an annotation result's "from_name"
 OBJECT = "prompt"  # the <Text> tag: an annotation result's "to_name"
@@ -306,6 +307,8 @@ def _load_export(path: Path) -> list:
 def import_export(ledger: Ledger, path: str | Path, *, annotators: str | Path | Mapping | None = None) -> dict:
     """Commit the labels of a Label Studio JSON export to the ledger: all or nothing, each query paid once.
 
+    Reads the file and hands its tasks to :func:`import_tasks`, which does the same with tasks in memory.
+
     Parameters
     ----------
     ledger : Ledger
@@ -335,10 +338,50 @@ def import_export(ledger: Ledger, path: str | Path, *, annotators: str | Path | 
     BudgetExhaustedError
         When the new labels do not fit the budget left; nothing is written.
     """
+    path = Path(path)
+    return _import_tasks(ledger, _load_export(path), annotators, str(path), {"file": str(path)},
+                         "keep fewer labels in the export (Label Studio can export selected tasks) and import again")
+
+
+def import_tasks(ledger: Ledger, tasks: Sequence, *, annotators: str | Path | Mapping | None = None,
+                 source: str = "Label Studio tasks", hint: str | None = None) -> dict:
+    """Commit the labels of Label Studio tasks (as its JSON export writes them) to the ledger, all or nothing.
+
+    What :func:`import_export` does with a file, on tasks already in memory
+    (``budgetsft labelstudio sync`` reads them from Label Studio's API).
+
+    Parameters
+    ----------
+    ledger : Ledger
+    tasks : sequence of dict
+        Label Studio tasks, each with its ``id``, ``data`` (as :func:`export_tasks`
+        wrote it) and ``annotations``.
+    annotators : path or mapping, optional
+        As in :func:`import_export`.
+    source : str
+        What the tasks are, for the messages (a file's path, a project's URL).
+    hint : str, optional
+        What to do when the labels do not fit the budget (ends that message).
+
+    Returns
+    -------
+    dict
+        As :func:`import_export`.
+
+    Raises
+    ------
+    DataError, BudgetExhaustedError
+        As :func:`import_export`; nothing is written.
+    """
+    return _import_tasks(ledger, tasks, annotators, source, {"source": source},
+                         hint or "the labels stay where they are; nothing was charged")
+
+
+def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event: dict, hint: str) -> dict:
     from budgetsft.sessions.session import Session
 
-    path = Path(path)
-    tasks = _load_export(path)
+    if isinstance(tasks, str | bytes) or not isinstance(tasks, Sequence):
+        raise DataError(f"{path}: Label Studio tasks come as a list. Got a {type(tasks).__name__}.")
     mapping = {} if annotators is None else read_annotators(annotators)
     session = Session(ledger)  # the candidates of each queried round (the stream is rebuilt on first use)
     key = session_key(ledger)
@@ -495,8 +538,7 @@ def import_export(ledger: Ledger, path: str | Path, *, annotators: str | Path | 
     if charge > left:
         raise BudgetExhaustedError(
             f"{path}: nothing imported: its {len(items)} new label(s) would charge {float(charge):g} {words} but "
-            f"only {float(left):g} of the budget's {ledger.budget_total:g} {words} remain; keep fewer labels in "
-            f"the export (Label Studio can export selected tasks) and import again.")
+            f"only {float(left):g} of the budget's {ledger.budget_total:g} {words} remain; {hint}.")
     try:  # one transaction: the ledger checks the budget again, exactly, counting live web leases as reserved
         added, dup = ledger.record_answers(items) if items else (0, 0)
     except BudgetExhaustedError as exc:
@@ -504,7 +546,7 @@ def import_export(ledger: Ledger, path: str | Path, *, annotators: str | Path | 
                                    f"budget ({exc})") from None
     duplicates += dup
     if added:
-        ledger.log("labelstudio_import", {"file": str(path), "added": added, "duplicates": duplicates})
+        ledger.log("labelstudio_import", {**event, "added": added, "duplicates": duplicates})
     return {"added": added, "duplicates": duplicates, "extra": extra, "cancelled": cancelled,
             "unlabelled": unlabelled, "charged": float(charge) if added else 0.0, "unit": unit, "tasks": len(tasks),
             "spent": ledger.spent(), "budget": ledger.budget_total, "pending": len(ledger.pending())}
