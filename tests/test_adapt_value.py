@@ -331,9 +331,9 @@ def test_adapt_on_a_session_export_and_on_its_ledger(work, env, tmp_path):
         _cli(["adapt", "--data", "topics.jsonl", "--labels", source, "--model", "./llama", "--epochs", "1",
               "--device", "cpu", "--out", out], env, work)
         reports[name] = json.loads((out / "report.json").read_text())
-        assert list(reports[name]["methods"]) == ["zero-shot", "labels"]
-        assert reports[name]["methods"]["labels"]["labels"] == [7]
-        assert set(reports[name]["paired"]) == {"labels-zero-shot"}
+        assert list(reports[name]["methods"]) == ["zero-shot", "labels", "random"]  # random: same size, gold
+        assert reports[name]["methods"]["labels"]["labels"] == reports[name]["methods"]["random"]["labels"] == [7]
+        assert set(reports[name]["paired"]) == {"labels-random", "labels-zero-shot"}
         ids = json.loads((out / "seed-0" / "selection.json").read_text())["labels"]
         assert ids == [row["id"] for row in bought]  # trained as bought, not re-selected
     assert reports["export"]["methods"] == reports["ledger"]["methods"]

@@ -266,6 +266,9 @@ def test_a_version_1_ledger_is_migrated_tokens_hashed_and_pickles_dropped(tmp_pa
         ALTER TABLE annotators RENAME COLUMN token_hash TO token;
         ALTER TABLE annotators DROP COLUMN revoked;
         ALTER TABLE queries DROP COLUMN example_digest;
+        ALTER TABLE queries DROP COLUMN purpose;
+        ALTER TABLE queries DROP COLUMN prediction;
+        ALTER TABLE queries DROP COLUMN applied_at;
         DROP TABLE passes;
         INSERT INTO annotators VALUES ('old', 'plain-token-v1', '1.0', 0);
         DELETE FROM meta WHERE key IN ('acks', 'ledger_id');
@@ -286,6 +289,33 @@ def test_a_version_1_ledger_is_migrated_tokens_hashed_and_pickles_dropped(tmp_pa
     sess.close()
 
 
+def test_a_version_3_ledger_gains_purposes_predictions_and_applied_rounds_and_plays_on(tmp_path):
+    """A window session saved by the version before unlabelled pools (schema 3), waiting for answers: it opens,
+    its queries read as the gate's, and it finishes with the records of the plain run once answered."""
+    cfg = {**_cfg(beta=0.2, window=50), "max_pending": 0}
+    ref = run(cfg)
+    path = tmp_path / "v3.db"
+    sess = Session.create(path, cfg, oracle={"name": "file"})
+    assert sess.play(FileOracle()).status == "waiting"
+    sess.close()
+    con = sqlite3.connect(path)
+    con.executescript("ALTER TABLE queries DROP COLUMN purpose; ALTER TABLE queries DROP COLUMN prediction; "
+                      "ALTER TABLE queries DROP COLUMN applied_at; "
+                      "UPDATE meta SET value = '3' WHERE key = 'schema_version';")
+    con.close()
+    gold = {r.round: r.gold for r in ref.records}
+    sess = Session.open(path)
+    assert sess.ledger.meta("schema_version") == "4"
+    pend = sess.ledger.pending()
+    assert pend and all(q.purpose == "gate" and q.applied_at is None for q in pend)
+    while True:
+        sess.ledger.record_answers([(q.id, gold[q.round], "f", 1.0, None) for q in sess.ledger.pending()])
+        if sess.play(FileOracle()).status == "finished":
+            break
+    assert sess.records() == ref.records
+    sess.close()
+
+
 def test_a_version_2_ledger_gains_the_passes_table(tmp_path):
     path = tmp_path / "v2.db"
     sess = Session.create(path, _cfg(beta=0.2, window=50), oracle={"name": "web"})
@@ -293,10 +323,12 @@ def test_a_version_2_ledger_gains_the_passes_table(tmp_path):
     alice = sess.ledger.add_annotator("alice")
     sess.close()
     con = sqlite3.connect(path)
-    con.executescript("DROP TABLE passes; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    con.executescript("DROP TABLE passes; ALTER TABLE queries DROP COLUMN purpose; "
+                      "ALTER TABLE queries DROP COLUMN prediction; ALTER TABLE queries DROP COLUMN applied_at; "
+                      "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     con.close()
     with Ledger.open(path) as led:
-        assert led.meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        assert led.meta("schema_version") == str(SCHEMA_VERSION) == "4"
         qid = led.pending()[0].id
         assert led.pass_query(qid, "alice") is True  # alice is the only annotator: nobody else will answer
         assert led.passes() == {"alice": 1} and led.query(qid).status == "skipped"

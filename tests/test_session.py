@@ -351,7 +351,7 @@ def test_terminal_oracle_through_a_real_pty(tmp_path):
     args = ["-m", "budgetsft", "run", "--rounds", "80", "--seed", "0", "--gate", "llf", "--beta", "0.1",
             "--session", str(db), "--oracle", "terminal", "--annotator", "ann", "--env", "synthetic"]
     child = pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=60, dimensions=(50, 200))
-    prompt = r"answer \[0-4\], s=skip, u=undo last, q=quit and save: "
+    prompt = r"answer \[0-4\] or a name, s=skip, u=undo last, q=quit and save: "
     child.expect(prompt)
     first_round = int(child.before.split("[round ")[1].split("/")[0])
     child.sendline("2")  # answer round A

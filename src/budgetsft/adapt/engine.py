@@ -672,26 +672,18 @@ def score_packed(
 def quiet_hf():
     """Silence the libraries while models load and adapters are built: no nested bars, no deprecation noise.
 
-    Turns off transformers' "Loading weights" bars and its info logging, and
-    ignores FutureWarning / DeprecationWarning raised from transformers, peft
-    and accelerate (e.g. peft calling ``is_gradient_checkpointing``), for the
-    duration of the block only; budgetsft's own bars and warnings are untouched.
+    Turns off transformers' "Loading weights" bars and its info logging
+    (:func:`budgetsft.features.models.quiet_loading`), and ignores FutureWarning /
+    DeprecationWarning raised from transformers, peft and accelerate (e.g. peft
+    calling ``is_gradient_checkpointing``), for the duration of the block only;
+    budgetsft's own bars and warnings are untouched.
     """
     import warnings
 
-    from transformers.utils import logging as hf_logging
+    from budgetsft.features.models import quiet_loading
 
-    bars = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            for category in (FutureWarning, DeprecationWarning):
-                for module in ("transformers", "peft", "accelerate"):
-                    warnings.filterwarnings("ignore", category=category, module=rf"{module}(\.|$)")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_loading(), warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            for module in ("transformers", "peft", "accelerate"):
+                warnings.filterwarnings("ignore", category=category, module=rf"{module}(\.|$)")
+        yield

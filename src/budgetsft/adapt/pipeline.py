@@ -20,7 +20,10 @@ method accuracy with a bootstrap 95 % interval, and paired differences
 With ``labels_file`` (a ``budgetsft session export`` JSONL or a session ledger)
 nothing is selected: that set is trained on (its own answers, e.g. a human
 annotator's) and compared with zero-shot on the test split of ``data``; test
-items that are in the file are left out of the test split.
+items that are in the file are left out of the test split. When the train split
+of ``data`` has gold answers, each seed also draws a ``random`` set of the same
+size from it (:func:`random_set`) and trains it with the same recipe, so the
+report says what the given labels bought over random ones (``labels-random``).
 
 The causal LM is ``model``: the packaged SmolLM2-135M-Instruct by default, or a
 local directory or Hugging Face id (:func:`budgetsft.features.models.resolve_model`);
@@ -48,7 +51,7 @@ from budgetsft.config import DEFAULT_CONFIG, GATES, LEARNERS, SEEDED_OFFSET, mer
 from budgetsft.data import Example
 from budgetsft.exceptions import ConfigError, DataError
 
-__all__ = ["select_labels", "run_adapt", "read_labels", "RECIPE"]
+__all__ = ["select_labels", "run_adapt", "read_labels", "random_set", "RECIPE"]
 
 #: The LoRA recipe of every labelled set (docs/method.md, "Adaptation").
 RECIPE: dict[str, Any] = {
@@ -62,6 +65,8 @@ RECIPE: dict[str, Any] = {
     "eval_batch_size": 32,
 }
 BASELINES = ("random", "first", "margin")
+#: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
+RANDOM_SET_STREAM = 3
 
 
 def _gate_config(name: str, beta: float, seed: int, learner: dict | None) -> dict:
@@ -205,6 +210,28 @@ def read_labels(path: str | Path) -> list[Example]:
     return examples
 
 
+def random_set(train: Sequence[Example], size: int, seed: int) -> list[Example] | None:
+    """A uniform random set of ``size`` labelled train examples, seeded (the comparison of ``--labels``).
+
+    Drawn without replacement from the examples of ``train`` that have a gold
+    answer, with ``numpy.random.default_rng([seed, RANDOM_SET_STREAM])``, and kept
+    in the order of ``train``. None when fewer than ``size`` have one.
+
+    Examples
+    --------
+    >>> train = [Example(str(i), "p", ("a", "b"), answer=i % 2) for i in range(10)]
+    >>> [ex.id for ex in random_set(train, 3, seed=0)] == [ex.id for ex in random_set(train, 3, seed=0)]
+    True
+    >>> random_set(train, 11, seed=0) is None
+    True
+    """
+    pool = [ex for ex in train if ex.answer is not None]
+    if size > len(pool):
+        return None
+    keep = np.sort(np.random.default_rng([seed, RANDOM_SET_STREAM]).choice(len(pool), size, replace=False))
+    return [pool[i] for i in keep]
+
+
 def _check_against(examples: Sequence[Example], dataset, path) -> None:
     """Every labelled example is in the data set with the same prompt and candidates."""
     known = {ex.id: ex for ex in [*dataset.train, *dataset.test]}
@@ -220,6 +247,19 @@ def _check_against(examples: Sequence[Example], dataset, path) -> None:
 
 
 # --------------------------------------------------------------------------- the run
+
+
+def _add_random_sets(plans: list[dict[str, Any]], size: int, data: str) -> str:
+    """Add each seed's ``random`` set beside ``labels`` when every seed has one; say what was done."""
+    drawn = [p.pop("random") for p in plans]
+    short = [p["seed"] for p, chosen in zip(plans, drawn, strict=True) if chosen is None]
+    if short:  # every seed has the same methods (seed_report), so none has a random set
+        return (f"random: not compared; the train split of {data!r} at seed {short[0]} has fewer than {size} "
+                "examples with a gold answer")
+    for p, chosen in zip(plans, drawn, strict=True):
+        p["sets"]["random"] = {"examples": chosen, "ids": [ex.id for ex in chosen], "head_accuracy": None}
+    return (f"random: {size} examples with their gold answers drawn uniformly from the train split of {data!r} "
+            f"at each seed (numpy default_rng([seed, {RANDOM_SET_STREAM}])), trained with the same recipe")
 
 
 def _seeded_test(test: list[Example], max_test: int | None, seed: int) -> list[Example]:
@@ -377,7 +417,8 @@ def run_adapt(
             test_all = [ex for ex in ds.test if ex.id not in taken]
             sets = {"labels": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
             plan = {"seed": seed, "sets": sets, "train_size": len(ds.train), "dropped_from_test": len(ds.test)
-                    - len(test_all), "budget": None, "features": None}
+                    - len(test_all), "budget": None, "features": None,
+                    "random": random_set(ds.train, len(given), seed)}
         else:
             with quiet_hf():
                 opts = {"model_name": model} if features == "causal" else None
@@ -399,6 +440,10 @@ def run_adapt(
         if not plan["test"]:
             raise DataError(f"seed {seed}: the test split of {data!r} is empty; nothing to evaluate on.")
         plans.append(plan)
+    random_note = None
+    if given is not None:
+        random_note = _add_random_sets(plans, len(given), data)
+        say(random_note)
 
     # ------------------------------------------------------------ the model and the frozen prefix
     with quiet_hf():
@@ -537,10 +582,11 @@ def run_adapt(
         })
 
     report = seed_report(results, gate=gate if given is None else "labels",
-                         baselines=[*baselines, "all"] if given is None else ["zero-shot"])
+                         baselines=[*baselines, "all"] if given is None else ["random", "zero-shot"])
     report.update(
         data=data, model=model, beta=None if given is not None else beta, mode=mode,
         labels_file=str(labels_file) if labels_file is not None else None, settings=settings,
+        **({"random_sets": random_note} if random_note is not None else {}),
         timing={"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "prefix_seconds": cache.seconds_,
                 "rates": dict(clock.rate)},
     )

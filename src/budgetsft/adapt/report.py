@@ -379,6 +379,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
                     f"({report.get('mode', 'stream')} mode, features {report['per_seed'][0].get('features')})")
     if report.get("labels_file"):
         what.append(f"labels from {report['labels_file']}")
+    if isinstance(report.get("random_sets"), str):  # with --labels: the random sets of the same size, or why none
+        what.append(report["random_sets"])
     sizes = report["test_sizes"]
     what.append(f"seeds {', '.join(map(str, seeds))}, test items per seed "
                 f"{sizes[0] if len(set(sizes)) == 1 else ', '.join(map(str, sizes))}")

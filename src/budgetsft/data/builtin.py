@@ -801,6 +801,7 @@ def _resolve(name: str, skip_invalid: bool = False) -> _Spec:
 # --------------------------------------------------------------------------- cleaning, split
 
 _DUPLICATE = "exact duplicate of an earlier item"
+_CONFLICT = "conflicting answers: the same prompt and candidates have another answer"
 _AMBIGUOUS = "ambiguous gold: the answer text is at several candidate indices"
 # The particulars of a reason (quoted values, parentheticals, numbers), dropped to count reasons by kind.
 _PARTICULARS = (
@@ -825,6 +826,8 @@ def _skip_reason(entry: str) -> tuple[str, str]:
         return where, _DUPLICATE
     if reason.startswith("ambiguous gold:"):
         return where, _AMBIGUOUS
+    if reason.startswith("conflicting answers:"):
+        return where, _CONFLICT
     for pattern, repl in _PARTICULARS:
         reason = pattern.sub(repl, reason)
     return where, reason.strip() or "unknown reason"
@@ -836,12 +839,39 @@ def _skip_reasons(skipped: Sequence[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _clean(items: list[tuple[str, Example]], dedupe: bool) -> tuple[list[Example], list[str]]:
-    """Drop (and report) examples whose gold text repeats, and exact duplicates."""
+def _text_key(ex: Example) -> tuple:
+    """What an example asks, whitespace-trimmed: its prompt and candidates (not its answer)."""
+    return ex.prompt.strip(), tuple(c.strip() for c in ex.candidates)
+
+
+def _conflicts(items: list[tuple[str, Example]]) -> dict[tuple, list[tuple[str, Example]]]:
+    """The labelled items of each text (prompt + candidates) that is labelled with more than one answer."""
+    groups: dict[tuple, list[tuple[str, Example]]] = {}
+    for where, ex in items:
+        if ex.answer is not None:
+            groups.setdefault(_text_key(ex), []).append((where, ex))
+    return {key: group for key, group in groups.items() if len({ex.answer for _, ex in group}) > 1}
+
+
+def _clean(items: list[tuple[str, Example]], dedupe: bool) -> tuple[list[Example], list[str], list[dict]]:
+    """Drop (and report) examples whose gold text repeats, exact duplicates, and conflicting duplicates.
+
+    A text (prompt + candidates, whitespace-trimmed) labelled with two different
+    answers is a conflict: with ``dedupe`` every labelled copy of it is dropped
+    (neither label can be trusted) and listed in ``skipped``; each conflict is
+    also returned as ``{"ids", "where", "answers"}`` (one entry per labelled copy).
+    Unlabelled copies are not in conflict with anything and are kept.
+    """
     kept: list[Example] = []
     skipped: list[str] = []
+    conflicts = _conflicts(items)
     first: dict[tuple, tuple[str, str]] = {}
     for where, ex in items:
+        if dedupe and ex.answer is not None and _text_key(ex) in conflicts:
+            others = [f"{w} (answer {e.answer})" for w, e in conflicts[_text_key(ex)] if e.answer != ex.answer]
+            skipped.append(f"{where}: conflicting answers: answer {ex.answer} here, the same prompt and candidates "
+                           f"have {', '.join(others[:3])}{' and more' if len(others) > 3 else ''}")
+            continue
         if ex.answer is not None:
             gold = ex.candidates[ex.answer].strip()
             same = [i for i, c in enumerate(ex.candidates) if c.strip() == gold]
@@ -859,7 +889,22 @@ def _clean(items: list[tuple[str, Example]], dedupe: bool) -> tuple[list[Example
                 continue
             first[key] = (where, ex.id)
         kept.append(ex)
-    return kept, skipped
+    found = [{"ids": [ex.id for _, ex in group], "where": [w for w, _ in group],
+              "answers": [ex.answer for _, ex in group]} for group in conflicts.values()]
+    return kept, skipped, found
+
+
+def _warn_conflicts(name: str, conflicts: list[dict], dropped: bool) -> None:
+    """One DataWarning line: how many texts carry conflicting answers, what was done, the first one."""
+    n, copies = len(conflicts), sum(len(c["ids"]) for c in conflicts)
+    c = conflicts[0]
+    first = " vs ".join(f"{w} (id {i!r}, answer {a})" for w, i, a in zip(c["where"], c["ids"], c["answers"],
+                                                                          strict=True))
+    done = (f"all {copies} labelled copies were dropped (neither label can be trusted)" if dropped else
+            f"their {copies} labelled copies were kept, as dedupe=False asks")
+    warnings.warn(f"{name}: {n} text{'s' if n != 1 else ''} (same prompt and candidates) "
+                  f"{'have' if n != 1 else 'has'} conflicting answers; {done}; first: {first} "
+                  "(all are listed in Dataset.meta['conflicts'])", DataWarning, stacklevel=3)
 
 
 def _check_split_args(test_fraction: Any, max_examples: Any, seed: Any, fn: str) -> None:
@@ -962,7 +1007,11 @@ def load_dataset(
         Use a seeded random subset of this many examples (before splitting).
     dedupe : bool, default True
         Drop exact duplicates (same prompt, candidates and answer) so that no item is
-        both in train and test; each dropped item is listed in ``meta["skipped"]``.
+        both in train and test, and conflicting duplicates: every labelled copy of a text
+        (prompt and candidates) that is labelled with two different answers, since neither
+        label can be trusted (unlabelled copies are kept). Each dropped item is listed in
+        ``meta["skipped"]``; the conflicts are warned about (one ``DataWarning``) even with
+        ``dedupe=False``, which keeps them.
     skip_invalid : bool, default False
         For a ``.jsonl`` path: skip invalid lines (with a ``DataWarning`` that counts them
         and names the first three; each is listed in ``meta["skipped"]``) instead of
@@ -974,7 +1023,9 @@ def load_dataset(
         ``meta`` holds ``source``, ``licence``, ``n_source`` (items read),
         ``n_examples`` (after cleaning, before ``max_examples``), ``n_skipped``,
         ``skipped`` (one ``"{where}: {reason}"`` per dropped item), ``skip_reasons``
-        (``{kind of reason: count}``, most frequent first), and the split arguments.
+        (``{kind of reason: count}``, most frequent first), ``n_conflicts`` (texts labelled
+        with conflicting answers) and ``conflicts`` (one ``{"ids", "where", "answers"}`` per
+        such text, its labelled copies in order), and the split arguments.
 
     Raises
     ------
@@ -995,7 +1046,9 @@ def load_dataset(
     spec = _resolve(name, skip_invalid)
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else None
     raw = spec.loader(cdir)
-    examples, dropped = _clean(raw.items, dedupe)
+    examples, dropped, conflicts = _clean(raw.items, dedupe)
+    if conflicts:
+        _warn_conflicts(name, conflicts, dedupe)
     skipped = [*raw.skipped, *dropped]
     if len(examples) < 2:
         raise DataError(
@@ -1018,6 +1071,8 @@ def load_dataset(
         "n_skipped": len(skipped),
         "skipped": skipped,
         "skip_reasons": _skip_reasons(skipped),
+        "n_conflicts": len(conflicts),
+        "conflicts": conflicts,
         "seed": int(seed),
         "test_fraction": float(test_fraction),
         "max_examples": max_examples,
@@ -1059,7 +1114,8 @@ def describe(dataset: Dataset) -> dict:
         ``name``, ``n_train``, ``n_test``, ``n_candidates`` (``{K: count}``),
         ``labels``, ``label_balance`` (``{"train": {...}, "test": {...}}`` counts of
         gold answers, keyed by label text when the data set has a fixed label set, else
-        by answer index), ``n_source`` (items read), ``n_skipped``, ``skip_reasons``
+        by answer index), ``n_source`` (items read), ``n_skipped``, ``n_conflicts`` (texts
+        labelled with conflicting answers, see :func:`load_dataset`), ``skip_reasons``
         (``{kind of reason: count}``, most frequent first), ``skip_first`` (``{kind of
         reason: where its first item was}``) and ``examples`` (two example dicts).
 
@@ -1090,6 +1146,7 @@ def describe(dataset: Dataset) -> dict:
         },
         "n_source": dataset.meta.get("n_source"),
         "n_skipped": dataset.meta.get("n_skipped", 0),
+        "n_conflicts": dataset.meta.get("n_conflicts", 0),
         "skip_reasons": reasons,
         "skip_first": first,
         "examples": [e.to_json() for e in every[:2]],

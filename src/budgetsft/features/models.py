@@ -76,6 +76,7 @@ __all__ = [
     "load_encoder",
     "check_chat_template",
     "render_chat",
+    "quiet_loading",
 ]
 
 logger = logging.getLogger("budgetsft.features")
@@ -125,6 +126,44 @@ def _offline() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars and info logging off for the block, then restored.
+
+    Loading a model draws transformers' "Loading weights" bars (and the hub's
+    download bars) on stderr: noise beside budgetsft's own bars, and stray
+    output in ``--json`` runs. Every load in this module runs inside this.
+    The libraries' state is put back as it was, so a caller who wants their
+    bars elsewhere keeps them.
+    """
+    import warnings
+
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hub_bars = not are_progress_bars_disabled()
+    verbosity = hf_logging.get_verbosity()
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 forbids it: the hub warns and keeps them
+        warnings.filterwarnings("ignore", message="Cannot disable progress bars")
+        hf_logging.disable_progress_bar()  # also the hub's
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()  # also the hub's: put back below as they were
+        if hub_bars:
+            enable_progress_bars()
+        elif bars:
+            from huggingface_hub.utils import disable_progress_bars
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Cannot disable progress bars")
+                disable_progress_bars()
 
 
 def _hub_offline() -> bool:
@@ -260,13 +299,14 @@ def _convert_gguf(pkg_dir: Path, gguf_file: str, root: Path, target: Path, name:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model cache
     try:
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32, local_files_only=True,
-            trust_remote_code=False,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(pkg_dir), gguf_file=gguf_file, local_files_only=True, trust_remote_code=False
-        )
+        with quiet_loading():
+            gguf_model = AutoModelForCausalLM.from_pretrained(
+                str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32, local_files_only=True,
+                trust_remote_code=False,
+            )
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(pkg_dir), gguf_file=gguf_file, local_files_only=True, trust_remote_code=False
+            )
         config_dict = gguf_model.config.to_dict()
         # A fresh model without the GGUF quantization config saves as plain safetensors.
         for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
@@ -611,7 +651,7 @@ def _from_pretrained(cls: Any, source: ModelSource, role: str, **kwargs: Any) ->
         raise _refused_code(source)  # said up front: a tokenizer would otherwise fail with a vaguer message
     guard = _offline() if source.kind == "packaged" else contextlib.nullcontext()
     try:
-        with guard, warnings.catch_warnings():
+        with guard, quiet_loading(), warnings.catch_warnings():
             # torch's weights-only unpickler notes the pickle protocol of a .bin file before refusing it.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return cls.from_pretrained(**source.load_kwargs(), trust_remote_code=False, **kwargs)

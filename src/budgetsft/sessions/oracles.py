@@ -202,9 +202,14 @@ def import_answers(ledger: Ledger, path: str | Path, *, default_annotator: str =
 class TerminalOracle:
     """An interactive prompt: the prompt, numbered candidates, and a choice.
 
-    Type a candidate's number to answer, ``s`` to skip (no charge; the round
-    counts as unqueried), ``u`` to undo the last answer (it is refunded and
-    asked again), ``q`` to quit and save (``budgetsft resume`` continues).
+    Type a candidate's number or its name to answer, ``s`` to skip (no charge;
+    the round counts as unqueried), ``u`` to undo the last answer (it is
+    refunded and asked again), ``q`` to quit and save (``budgetsft resume``
+    continues). A name is the candidate's text, ignoring case and the spaces
+    around it (``finance`` answers ``Finance``); a name that no candidate has,
+    or that several have, is not understood and asked again. A number is
+    always a candidate's number, and ``s``, ``u`` and ``q`` are always the
+    commands, even where a candidate's text is the same.
     """
 
     immediate = False  # the person may quit: the session checkpoints before asking
@@ -235,7 +240,7 @@ class TerminalOracle:
                       f"{ledger.budget_total:g} {ledger.budget_unit}]\n{item['prompt']}\n")
             for i, cand in enumerate(item["candidates"]):
                 self._say(f"  {i}) {cand}\n")
-            self._say(f"answer [0-{K - 1}], s=skip, u=undo last, q=quit and save: ")
+            self._say(f"answer [0-{K - 1}] or a name, s=skip, u=undo last, q=quit and save: ")
             line = self.stdin.readline()
             if line == "":  # end of input: save and stop
                 raise StopSession()
@@ -262,8 +267,12 @@ class TerminalOracle:
             try:
                 label = int(choice)
             except ValueError:
-                self._say(f"not understood: {choice!r}\n")
-                continue
+                named = _named(line.strip(), item["candidates"])
+                if len(named) != 1:
+                    why = f"; candidates {', '.join(map(str, named))} have that name, type a number" if named else ""
+                    self._say(f"not understood: {line.strip()!r}{why}\n")
+                    continue
+                label = named[0]
             if not 0 <= label < K:
                 self._say(f"no candidate {label}; choose 0-{K - 1}.\n")
                 continue
@@ -276,6 +285,12 @@ class TerminalOracle:
                 continue
             self._last = q
             todo.pop(0)
+
+
+def _named(name: str, candidates: list[str]) -> list[int]:
+    """The indices of the candidates whose text is ``name``, ignoring case and surrounding spaces."""
+    key = name.strip().casefold()
+    return [i for i, cand in enumerate(candidates) if key and cand.strip().casefold() == key]
 
 
 ORACLES = {"dataset": DatasetOracle, "file": FileOracle, "terminal": TerminalOracle, "web": WebOracle}
