@@ -264,3 +264,57 @@ def test_the_sweep_table_fits_80_columns_and_says_nothing_of_one_seed():
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
         assert ("±" in text) == (len(seeds) > 1), text
         assert "over 1 seeds" not in text
+
+
+def test_l3_an_export_from_another_ledger_with_the_same_config_is_refused(tmp_path):
+    from test_labelstudio import _scenario
+
+    from budgetsft.exceptions import DataError
+    from budgetsft.labelstudio import CONTROL, OBJECT, export_tasks, import_tasks
+    from budgetsft.sessions.session import Session
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    db_a, gold = _scenario(tmp_path / "a")
+    db_b, _ = _scenario(tmp_path / "b")  # the same config, another ledger
+    sess = Session.open(db_a)
+    tasks = export_tasks(sess)
+    sess.close()
+    t = next(t for t in tasks if t["data"]["status"] == "pending")
+    t["id"] = 1
+    t["annotations"] = [{"id": 1, "completed_by": {"email": "ana"}, "was_cancelled": False,
+                         "result": [{"from_name": CONTROL, "to_name": OBJECT, "type": "choices",
+                                     "value": {"choices": [t["data"]["options"][0]["value"]]}}]}]
+    with Ledger.open(db_b) as led:
+        with pytest.raises(DataError, match="another session file"):
+            import_tasks(led, [t])
+        assert led.answers()[0].annotator == "web" and len(led.answers()) == 1
+
+
+def test_l4_a_map_price_never_pays_a_revoked_annotator_and_l5_errors_are_capped(tmp_path):
+    from test_labelstudio import _scenario
+
+    from budgetsft.exceptions import DataError
+    from budgetsft.labelstudio import CONTROL, MAX_LISTED, OBJECT, export_tasks, import_tasks
+    from budgetsft.sessions.session import Session
+
+    db, _ = _scenario(tmp_path)
+    sess = Session.open(db)
+    tasks = export_tasks(sess)
+    sess.close()
+    t = next(t for t in tasks if t["data"]["status"] == "pending")
+    t["id"] = 1
+    t["annotations"] = [{"id": 1, "completed_by": 7, "was_cancelled": False,
+                         "result": [{"from_name": CONTROL, "to_name": OBJECT, "type": "choices",
+                                     "value": {"choices": [t["data"]["options"][0]["value"]]}}]}]
+    with Ledger.open(db) as led:
+        led.revoke_annotator("ana")
+        with pytest.raises(DataError, match="revoked"):
+            import_tasks(led, [t], annotators={"7": {"name": "ana", "cost": 1}})
+        assert len(led.answers()) == 1
+        foreign = [{"id": i, "data": {"query_id": i, "session": "0123456789abcdef"}, "annotations": []}
+                   for i in range(5000)]
+        with pytest.raises(DataError) as exc:
+            import_tasks(led, foreign)
+        msg = str(exc.value)
+        assert "5000 bad item(s)" in msg and f"and {5000 - MAX_LISTED} more" in msg and len(msg) < 5000

@@ -180,6 +180,8 @@ def test_fixture_is_an_export_of_this_scenario(tmp_path):
     _cli("session", "export", str(db), str(dest), "--format", "label-studio")
     tasks = json.loads(dest.read_text())
     export, _ = _load_fixture()
+    with Ledger.open(db) as led:
+        assert all(t["data"].pop("ledger") == led.meta("ledger_id") for t in tasks)
     assert [t["data"] for t in sorted(export, key=lambda t: t["id"])] == [t["data"] for t in tasks]
     # ... as Label Studio's "Export -> JSON" writes them: its own task ids, annotations with their authors.
     assert all({"id", "annotations", "predictions", "data"} <= set(t) for t in export)

@@ -72,6 +72,10 @@ OBJECT = "prompt"  # the <Text> tag: an annotation result's "to_name"
 MODEL_VERSION = "budgetsft-ledger"  # the "prediction" that shows a bought label
 
 
+# Bad tasks listed in an error message; the rest are counted (an export of 300k foreign tasks is one line).
+MAX_LISTED = 20
+
+
 def label_config() -> str:
     """The labeling config of a budgetsft project: the prompt, and one required choice among its candidates.
 
@@ -104,7 +108,7 @@ def _result(choice: str) -> list[dict]:
     return [{"from_name": CONTROL, "to_name": OBJECT, "type": "choices", "value": {"choices": [choice]}}]
 
 
-def export_tasks(session, queries: Sequence[Query] | None = None) -> list[dict]:
+def export_tasks(session, queries: Sequence[Query] | None = None, *, mark_ledger: bool = True) -> list[dict]:
     """The session's pending (largest latency first) then bought (by round) queries as Label Studio tasks.
 
     Parameters
@@ -112,6 +116,10 @@ def export_tasks(session, queries: Sequence[Query] | None = None) -> list[dict]:
     session : Session
     queries : sequence of Query, optional
         Only these queries (``budgetsft select --format label-studio``: the batch just picked).
+    mark_ledger : bool, default=True
+        Give each task the ledger's id (``data.ledger``), so that an export is taken back only by the
+        ledger file it came from, not by another one made with the same config (the sync, which knows
+        which tasks it pushed to its project, leaves it out).
 
     Returns
     -------
@@ -139,6 +147,8 @@ def export_tasks(session, queries: Sequence[Query] | None = None) -> list[dict]:
             "session": key,
             "status": q.status,
         }}
+        if mark_ledger:
+            task["data"]["ledger"] = ledger.meta("ledger_id")
         ans = answers.get(q.id)
         if ans is not None:
             task["predictions"] = [{"model_version": MODEL_VERSION, "score": 1.0, "result": _result(
@@ -385,6 +395,7 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
     mapping = {} if annotators is None else read_annotators(annotators)
     session = Session(ledger)  # the candidates of each queried round (the stream is rebuilt on first use)
     key = session_key(ledger)
+    ledger_id = ledger.meta("ledger_id")
     live = {a.name: a for a in ledger.annotators()}
     revoked = {a.name for a in ledger.annotators(include_revoked=True) if a.revoked is not None}
     described: dict[int, dict] = {}
@@ -409,6 +420,10 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
                                         f"annotate {ledger.path} --add-annotator {name} --cost PRICE`")
                         return None
                     return name, live[name].cost
+                if name in revoked and name not in live:
+                    bad(index, f"{where}: Label Studio annotator {shown} maps to {name!r}, which is revoked in "
+                                  f"this ledger: a revoked annotator is not paid, whatever the map's price")
+                    return None
                 if name in live and live[name].cost != cost:
                     bad(index, f"{where}: the map prices {name!r} at {cost:g} but the ledger's annotator "
                                   f"{name!r} costs {live[name].cost:g}; give one price")
@@ -440,6 +455,11 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
         if data.get("session") != key:
             bad(index, f"{where}: exported from another session (session {data.get('session')!r}, this one "
                           f"is {key!r})")
+            continue
+        if "ledger" in data and data["ledger"] != ledger_id:
+            bad(index, f"{where}: exported from another session file (ledger {str(data['ledger'])[:20]!r}; this "
+                          f"one is {ledger_id!r}), made with the same config: its query ids are not this "
+                          f"ledger's")
             continue
         q = ledger.query(qid)
         if q is None:
@@ -530,7 +550,9 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
         extra += len(found) - 1
     if errors:
         listed = [msg for _, msg in sorted(errors, key=lambda e: e[0])]
-        raise DataError(f"{path}: nothing imported: {len(listed)} bad item(s):\n  " + "\n  ".join(listed))
+        shown = listed[:MAX_LISTED]
+        more = f"\n  ... and {len(listed) - len(shown)} more" if len(listed) > len(shown) else ""
+        raise DataError(f"{path}: nothing imported: {len(listed)} bad item(s):\n  " + "\n  ".join(shown) + more)
     charge = sum((Fraction(ledger.price(cost)) for _, _, _, cost, _ in items), Fraction(0))
     left = Fraction(ledger.budget_total) - Fraction(ledger.meta("spent"))
     unit = ledger.budget_unit

@@ -332,7 +332,7 @@ def _remember(ledger, key: str, ids) -> None:
 def _push(session, client: LabelStudioClient, project: int, queries, key: str) -> int:
     if not queries:
         return 0
-    count = client.import_tasks(project, export_tasks(session, queries))
+    count = client.import_tasks(project, export_tasks(session, queries, mark_ledger=False))
     _remember(session.ledger, key, [q.id for q in queries])
     return count
 
