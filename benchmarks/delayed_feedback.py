@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for K in ks:
                 rows = [play_delayed(merge(DEFAULT_CONFIG, {**settings[name], "seed": s}), delay, K) for s in seeds]
 
-                def cell(key: str, fmt: str = ".1f") -> str:
+                def cell(key: str, fmt: str = ".1f", rows: list = rows) -> str:
                     vals = np.array([r[key] for r in rows], dtype=float)
                     if np.isnan(vals).all():
                         return "—"

@@ -16,20 +16,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_adapt_value import EXAMPLES, LABELS, WORDS  # the same 48 examples (38 train, 10 test)
 
 from budgetsft.data import Example, describe, load_dataset, write_jsonl
 from budgetsft.exceptions import DataWarning
-
-LABELS = ("business", "sports", "science")
-WORDS = {
-    "business": ["shares", "bank", "market", "profit", "merger", "loss", "retailer", "oil"],
-    "sports": ["striker", "team", "final", "coach", "match", "title", "club", "sprint"],
-    "science": ["telescope", "vaccine", "cells", "element", "probe", "fossil", "genome", "quantum"],
-}
-EXAMPLES = [
-    Example(f"{label}-{i}-{j}", f"The {words[i]} story of day {j}.", LABELS, answer=LABELS.index(label))
-    for j in range(2) for label, words in WORDS.items() for i in range(8)
-]  # 48 examples: 38 train, 10 test
 
 
 def _lines(path: Path, records: list[dict]) -> Path:

@@ -55,8 +55,8 @@ from budgetsft.adapt.lora import (
     PROMPT_TEMPLATE,
     encode_answer,
     has_chat_template,
-    token_ids,
     pad_id,
+    token_ids,
 )
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError

@@ -17,15 +17,15 @@ import torch
 
 from budgetsft._validation import check_choice, check_int
 from budgetsft.adapt.lora import (
+    answer_token_logprobs,
     autocast_context,
     check_examples,
-    torch_device,
     encode_answer,
     encode_prompt,
-    pad_id,
-    truncate_ids,
-    answer_token_logprobs,
     make_batch,
+    pad_id,
+    torch_device,
+    truncate_ids,
 )
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import DataError

@@ -368,7 +368,7 @@ def pool_report(session, *, seed: int | None = None) -> dict:
         head = refit(bought, seed=seed)
         order = {a.query_id: i for i, a in enumerate(answers)}
         hits = 0
-        for q, a in audit_done:
+        for _, a in audit_done:
             rest = [r for j, r in enumerate(bought) if j != order[a.query_id]]
             pred = RefitHead(head.C).fit(rest).predict(bought[order[a.query_id]])
             hits += int(pred == a.label)

@@ -53,7 +53,7 @@ from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
 from budgetsft.exceptions import ConfigError
 from budgetsft.experiment import amount as _amount
 from budgetsft.game import SKIPPED, UNLABELLED, Game, audit_rounds
-from budgetsft.sessions.ledger import Ledger, LedgerError, Query, example_digest
+from budgetsft.sessions.ledger import Ledger, LedgerError, example_digest
 
 __all__ = ["Session", "PlayOutcome", "StopSession", "SessionBusyError", "CheckpointError", "DataChangedError",
            "encode_state", "decode_state", "example_digest"]
