@@ -301,3 +301,15 @@ def test_l4_a_map_price_never_pays_a_revoked_annotator_and_l5_errors_are_capped(
             import_tasks(led, foreign)
         msg = str(exc.value)
         assert "5000 bad item(s)" in msg and f"and {5000 - MAX_LISTED} more" in msg and len(msg) < 5000
+
+
+def test_off_a_terminal_long_steps_print_a_progress_line(monkeypatch, capsys):
+    import budgetsft.cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_LINE_S", 0.0)
+    seen = cli._with_progress(lambda cb: [cb(n) for n in (1, 2, 4)] and "done", total=4, what="sweep cells",
+                              quiet=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert seen == "done" and lines[0].startswith("sweep cells: 1 of 4 (25 %)") and "left" in lines[0]
+    assert lines[-1].startswith("sweep cells: 4 of 4 (100 %)")
+    assert cli._with_progress(lambda cb: cb, total=4, what="x", quiet=True) is None  # quiet: no callback

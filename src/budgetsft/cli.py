@@ -952,10 +952,36 @@ def annotate(
     serve(path, host=host, port=port, lease_ttl=lease_ttl, stay=stay, on_finish=finished)
 
 
+# Off a terminal (a log, `script`, CI), long steps print a plain progress line this often instead of a bar.
+PROGRESS_LINE_S = 10.0
+
+
+def _progress_lines(total: int | None, what: str):
+    """A callback that prints ``what: n of total (…%), elapsed, ETA`` at most every :data:`PROGRESS_LINE_S`."""
+    import time
+
+    t0 = time.monotonic()
+    last = [t0]
+
+    def report(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_LINE_S:
+            return
+        last[0] = now
+        done = f"{n} of {total} ({100 * n / total:.0f} %)" if total else f"{n}"
+        eta = f", about {(now - t0) * (total - n) / n:.0f} s left" if total and 0 < n < total else ""
+        print(f"{what}: {done}, {now - t0:.0f} s{eta}", file=sys.stderr, flush=True)
+
+    return report
+
+
 def _with_progress(fn, total: int, what: str, quiet: bool):
-    """Run fn(callback) under a rich progress bar on stderr (hidden when quiet or not a TTY)."""
-    if quiet or not err.is_terminal:
+    """Run fn(callback) under a rich progress bar on stderr; off a terminal, a plain line every ~10 s; quiet:
+    nothing."""
+    if quiet:
         return fn(None)
+    if not err.is_terminal:
+        return fn(_progress_lines(total, what))
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as progress:
