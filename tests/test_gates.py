@@ -49,8 +49,8 @@ LEARNERS = {"ridge": lambda: RidgeLearner(radius=1.0), "logistic": LogisticLearn
 class SpyBudget(Budget):
     """A real budget that also checks the exact sum of prices after every purchase."""
 
-    def spend(self, cost: float = 1.0) -> None:
-        super().spend(cost)
+    def spend(self, cost: float = 1.0, *, settle: bool = False) -> None:
+        super().spend(cost, settle=settle)
         assert self._spent <= self._total
 
 

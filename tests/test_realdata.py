@@ -91,4 +91,4 @@ def test_cli_sweep_on_real_data_with_the_default_features():
     )
     assert proc.returncode == 0, proc.stderr
     assert "bbc-news (block features)" in proc.stdout
-    assert "refit_accuracy" in proc.stdout
+    assert "refit acc" in proc.stdout

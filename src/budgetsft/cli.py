@@ -696,8 +696,8 @@ def select(
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (audit draws). \\[default: 0]")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config for a new session; options override it.")
-                      ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config for a new session; options override it. "
+                                                     "\\[default: none: the built-in config]")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
     pending: Annotated[bool, typer.Option("--pending", help="Pick nothing: write the picks still awaiting an "
                                                             "answer again (a lost picks file).")] = False,
@@ -1603,7 +1603,8 @@ def labelstudio_sync(
                                               "gets budgetsft's labeling config.")],
     api_key: Annotated[str | None, typer.Option(envvar="LABEL_STUDIO_API_KEY", show_default=False,
                                                 help="Label Studio access token (Account & Settings): a personal "
-                                                     "access token or a legacy token.")] = None,
+                                                     "access token or a legacy token. \\[default: "
+                                                     "$LABEL_STUDIO_API_KEY]")] = None,
     batch: Annotated[int | None, typer.Option(help="Pool sessions: items to pick when nothing is pending. "
                                                    "\\[default: the session's batch]")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 10.0,
