@@ -291,3 +291,15 @@ def test_a_stream_session_with_an_audit_share_estimates_its_accuracy(tmp_path):
     lo, hi = audit["ci95"]
     assert lo - 0.03 <= truth <= hi + 0.03
     assert sess.ledger.spent() <= 300
+
+
+def test_adapt_on_a_pool_ledger_needs_a_labelled_test_file(pool200, tmp_path):
+    _, pool, gold = pool200
+    db = tmp_path / "a.db"
+    sess = Session.create(db, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 4}}))
+    picks = select_batch(sess, 4).picks
+    sess.ledger.record_answers([(p.query_id, gold[p.id], "ana", 1.0, 3) for p in picks])
+    sess.close()
+    res = subprocess.run(_cli("adapt", "--data", str(pool), "--labels", str(db), "--estimate-only"),
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "have no answer" in res.stderr

@@ -415,6 +415,13 @@ def run_adapt(
                 _check_against(given, ds, labels_file)
             taken = {ex.id for ex in given}
             test_all = [ex for ex in ds.test if ex.id not in taken]
+            unlabelled = sum(ex.answer is None for ex in test_all)
+            if unlabelled:
+                raise DataError(
+                    f"{data}: adapt scores the adapted model on the test split of --data, and {unlabelled} of its "
+                    f"{len(test_all)} test examples have no answer (an unlabelled pool), so there is nothing to "
+                    f"score it on. adapt --labels needs the data the labels were bought on with gold answers on its "
+                    f"test split; for an unlabelled pool, fine-tune on `budgetsft session export` elsewhere.")
             sets = {"labels": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
             plan = {"seed": seed, "sets": sets, "train_size": len(ds.train), "dropped_from_test": len(ds.test)
                     - len(test_all), "budget": None, "features": None,

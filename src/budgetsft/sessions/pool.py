@@ -128,6 +128,12 @@ def fitted_learner(session) -> object:
     return _replay(session, rounds, answers)[0]
 
 
+def _costs(rounds) -> list[float]:
+    """Each pool item's label price (1 when absent); a compact pool knows them without building any features."""
+    raw = rounds.cost if isinstance(getattr(rounds, "cost", None), Sequence) else (r.cost for r in rounds)
+    return [1.0 if c is None else float(c) for c in raw]
+
+
 def _reserve_price(ledger, cost: float) -> float:
     """What a pick holds of the budget until it is answered: 1 label, or its cost (cost budget)."""
     return 1.0 if ledger.budget_unit == "labels" else float(cost)
@@ -159,7 +165,7 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
     pending = [q for q in queries if q.status == "pending"]
     total, unit = ledger.budget_total, ledger.budget_unit
     spent, held = ledger.spent(), ledger.pending_reserve()
-    costs = [1.0 if r.cost is None else float(r.cost) for r in rounds]
+    costs = _costs(rounds)
 
     def result(picks: list[Pick], reason: str | None) -> Selection:
         return Selection(picks, reason, total, unit, ledger.spent(), ledger.pending_reserve(),
@@ -305,8 +311,7 @@ def _pool_status(ledger, session, pending) -> str:
     n_queries = len(ledger.queries())
     if n_queries >= len(session.stream()):
         return "finished"
-    cheapest = 1.0 if ledger.budget_unit == "labels" else min(
-        1.0 if r.cost is None else float(r.cost) for r in session.stream())
+    cheapest = 1.0 if ledger.budget_unit == "labels" else min(_costs(session.stream()))
     return "finished" if left + 1e-12 < cheapest else "ready"
 
 
