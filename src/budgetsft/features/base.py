@@ -48,7 +48,10 @@ class Featurizer(Protocol):
     A featuriser may also have ``pack(features) -> 1-D ndarray`` and
     ``unpack(packed, n_rows) -> features``, inverse bit for bit: the disk cache
     then stores the packed form (``block`` stores e(x) instead of K·L·(h+1)
-    numbers; see :mod:`budgetsft.features.cache`).
+    numbers; see :mod:`budgetsft.features.cache`). With
+    ``collect(packed_entries, n_rows) -> Sequence[ndarray]`` as well, it can
+    hold many examples in that form, expanded when read
+    (what :func:`~budgetsft.features.featurize` returns for it).
     """
 
     name: str

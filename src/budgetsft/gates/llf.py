@@ -286,8 +286,20 @@ def _stack_pool(pool) -> tuple[np.ndarray, np.ndarray, int | None]:
 
     Returns ``(X, starts, K)``: item i's candidates are ``X[starts[i]:starts[i + 1]]``; ``K`` is
     the common number of candidates, or None when it varies. X keeps the pool's float32 or
-    float64 dtype; an (n, K, d) array is used as it is (a view, no copy).
+    float64 dtype; an (n, K, d) array is used as it is (a view, no copy). A compact pool (one
+    with ``stack_rows()``, such as block features held as e(x): ``BlockFeatures``) gives its own
+    rows, an (N, d) matrix for reading that expands only the rows it is indexed with: the pass
+    reads it chunk by chunk (``_POOL_CHUNK_BYTES``), so the pool is never expanded whole.
     """
+    stack_rows = getattr(pool, "stack_rows", None)
+    if callable(stack_rows):
+        X, starts = stack_rows()
+        starts = np.asarray(starts, dtype=np.int64)
+        sizes = np.diff(starts)
+        if len(sizes) == 0 or sizes.min() < 1 or len(X.shape) != 2 or X.shape[0] != starts[-1]:
+            raise DataError(f"A compact pool must give every item at least one candidate row; got {len(sizes)} "
+                            f"items over rows of shape {X.shape}.")
+        return X, starts, int(sizes[0]) if (sizes == sizes[0]).all() else None
     if isinstance(pool, np.ndarray) and pool.ndim == 3:
         n, K, d = pool.shape
         if K < 1:
@@ -556,7 +568,9 @@ def select_pool(
 
     * the pool is one (N, d) array in its own dtype (float32 halves it): an
       (n, K, d) array is used as it is, a list of (K_i, d) arrays (K_i may
-      vary) is copied into one once;
+      vary) is copied into one once; a compact pool (``stack_rows()``: block
+      features held as e(x), ``BlockFeatures``) is expanded chunk by chunk as
+      the pass reads it, never whole;
     * per batch, one pass over the pool in chunks of items of about 8 MiB of
       float64 (``_POOL_CHUNK_BYTES``; Y and Y P of a chunk take as much
       again): scores, predictions (argmax, lowest index on ties) and ||y||²_P
@@ -577,7 +591,8 @@ def select_pool(
     learner : RidgeLearner or LogisticLearner
         A covariance learner: it must expose ``P_`` (created on first use) or
         ``apply_P(Y)`` (Y P for an (m, d) matrix) besides the Learner protocol.
-    pool : sequence of ndarray of shape (K_i, d), or ndarray of shape (n, K, d)
+    pool : sequence of ndarray of shape (K_i, d), ndarray of shape (n, K, d), or a compact pool
+        A compact pool is a sequence of (K_i, d) arrays with ``stack_rows()``, e.g. ``BlockFeatures``.
     budget : Budget
     label_fn : callable
         ``label_fn(i) -> gold index`` buys the label of pool item i.
