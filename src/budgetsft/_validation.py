@@ -88,4 +88,17 @@ def check_features(X: Any, *, where: str = "features", d: int | None = None) -> 
             f"{where}: features must be finite; found {arr[tuple(bad)]} at candidate {bad[0]}, "
             f"column {bad[1]}."
         )
+    big = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if big > MAX_FEATURE:
+        bad = np.unravel_index(int(np.argmax(np.abs(arr))), arr.shape)
+        raise DataError(
+            f"{where}: features must be at most {MAX_FEATURE:g} in magnitude (the learners square and sum them: "
+            f"larger values overflow float64); found {arr[bad]:g} at candidate {bad[0]}, column {bad[1]}. "
+            f"Rescale the features (normalise them, or divide them by a constant)."
+        )
     return arr
+
+
+# Largest feature magnitude a round may hold: squares and sums over d in the thousands stay far below float64's
+# 1.8e308, and P's rank-one updates (products of four feature values) too.
+MAX_FEATURE = 1e30

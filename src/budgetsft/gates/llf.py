@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -73,7 +74,7 @@ import numpy as np
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
-from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.exceptions import BudgetsftWarning, ConfigError, DataError
 
 __all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of"]
 
@@ -223,7 +224,10 @@ class LLFGate:
             return float(self.tau)
         if self._latencies is None:
             self._latencies = deque(maxlen=self._memory(info.horizon))
-        self._latencies.append(float(info.latency))
+        if math.isfinite(info.latency):
+            self._latencies.append(float(info.latency))
+        else:  # a NaN or infinite latency would make the quantile NaN or inf: it is counted, never ranked
+            self._note_nonfinite(info)
         self._n_seen += 1
         self._mean_price += (budget.price(info.cost) - self._mean_price) / self._n_seen
         q = self.query_rate(info.t, info.horizon, budget)
@@ -232,16 +236,33 @@ class LLFGate:
         floor = float(self.tau) if self.require_late else -math.inf
         if q >= 1.0:
             return floor
+        if not self._latencies:
+            return floor
         hist = np.fromiter(self._latencies, dtype=np.float64, count=len(self._latencies))
         return max(floor, float(np.quantile(hist, 1.0 - q)))
 
+    def _note_nonfinite(self, info: QueryInfo) -> None:
+        """Count a NaN or infinite latency (``nonfinite_``) and warn once per gate, naming the round."""
+        self.nonfinite_ = getattr(self, "nonfinite_", 0) + 1
+        if self.nonfinite_ == 1:
+            warnings.warn(f"round {info.t}: the latency is {info.latency} (the learner's scores or widths "
+                          f"overflowed or are undefined); LLF leaves such rounds out of its quantile and "
+                          f"{'buys an infinite one when the schedule allows' if info.latency > 0 else 'never buys a NaN one'}"
+                          f" (counted in the gate's nonfinite_).", BudgetsftWarning, stacklevel=4)
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
-        """Stream mode: buy iff the latency reaches τ_t and the budget affords the label."""
+        """Stream mode: buy iff the latency reaches τ_t and the budget affords the label.
+
+        A NaN latency (undefined) is never bought and never enters the quantile; +inf (an unbounded
+        width) is late whenever the schedule buys at all; both are counted in ``nonfinite_``.
+        """
         tau = self.threshold_at(info, budget)
+        if math.isnan(info.latency):
+            return False
         late = info.latency >= tau if self.calibrated else info.latency > tau
         if self.require_late:
             late = late and info.latency > self.tau
-        return bool(late and math.isfinite(info.latency)) and budget.can_afford(info.cost)
+        return bool(late and info.latency > -math.inf and tau < math.inf) and budget.can_afford(info.cost)
 
     def select_many(self, infos: Sequence[QueryInfo], budget: Budget) -> list[int]:
         """Window mode: indices into ``infos`` to query, chosen largest latency first.
@@ -258,7 +279,10 @@ class LLFGate:
         last = infos[-1]
         cap = self.allowance(last.t, last.horizon, budget)
         floor = -math.inf if (self.calibrated and not self.require_late) else self.tau
-        order = sorted(
+        for info in infos:
+            if not math.isfinite(info.latency):
+                self._note_nonfinite(info)
+        order = sorted(  # a NaN latency is never late (NaN > floor is False)
             (i for i, info in enumerate(infos) if info.latency > floor),
             key=lambda i: (-infos[i].latency, infos[i].t),
         )
