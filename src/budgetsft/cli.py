@@ -108,7 +108,8 @@ def _floats(text: str, name: str) -> list[float]:
 
 LEARNER_HELP = ("Learner: logistic, arow, ridge, ogd, sketch (rank-64 Frequent Directions, O(m d)). "
                 "\\[default: logistic, from the built-in config]")
-RADIUS_HELP = ("Confidence radius ρ of the learner: a number, auto (from the bought labels) or theory. "
+RADIUS_HELP = ("Confidence radius ρ of the learner: a number, auto (ridge, arow, sketch: a noise scale estimated from "
+               "the bought labels; logistic: the constant sqrt(2 log 10) = 2.146) or theory. "
                "\\[default: the learner's: auto; ogd 3.0]")
 
 
