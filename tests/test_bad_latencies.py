@@ -89,3 +89,30 @@ def test_features_too_large_for_float64_are_refused_before_play(scale):
     stream = [Round(features=rng.standard_normal((3, 4)) * scale, gold=0) for _ in range(5)]
     with pytest.raises(DataError, match=r"round 1: features must be at most 1e\+30 in magnitude.*Rescale"):
         list(play(stream, LogisticLearner(), LLFGate(), Budget(2.0)))
+
+
+def test_an_unknown_horizon_keeps_buying_at_the_budgets_pace():
+    """Issue 21, item 2: a 20,000-round stream of unknown length with B = 100 spends >= 0.98 B, spread over
+    the stream (before: the budget was gone by round 995)."""
+    from budgetsft.envs import LinearSoftmaxEnv
+
+    env = LinearSoftmaxEnv(d=8, K=4, rounds=20_000, seed=3)
+    stream = (r for r in env)  # a generator: no len, so the game does not know T
+    records = list(play(stream, LogisticLearner(), LLFGate(), Budget(100.0)))
+    bought = [r.round for r in records if r.queried]
+    assert len(records) == 20_000
+    assert len(bought) >= 98
+    assert sum(t > 1000 for t in bought) >= 30  # labels keep coming after T̂_0 = 10 B
+    assert sum(t > 7000 for t in bought) >= 3
+    quarters = [sum(q * 5000 < t <= (q + 1) * 5000 for t in bought) for q in range(4)]
+    assert all(n > 0 for n in quarters), quarters
+
+
+def test_the_doubling_schedule_releases_the_stated_shares():
+    from budgetsft.gates.llf import DOUBLING_RATIO
+
+    g = LLFGate()
+    b = Budget(100.0)
+    A = [g.schedule(t, None, b) for t in (1000, 3000, 7000, 15000, 31000)]
+    assert A == pytest.approx([100 * (1 - DOUBLING_RATIO ** (k + 1)) for k in range(5)])
+    assert all(x < y for x, y in zip(A, A[1:], strict=False)) and A[-1] < 100

@@ -44,10 +44,14 @@ largest latencies are filled first. A quantile is unchanged by any positive
 rescaling of the latencies, so the decisions do not hinge on the scale of
 the confidence radius ρ. The budget stays a hard cap.
 
-Without a known horizon the schedule assumes T̂ = ``horizon`` when given,
-else T̂ = 10·B (a 10 % budget); past T̂ the rest of the budget goes to the
-rounds whose latency tops the window's quantile at the rate β̂ = B / T̂ plus the
-same catch-up term.
+Without a known horizon the schedule assumes T̂ = ``horizon`` when given.
+Else it doubles (any horizon): epoch k covers rounds (T̂_0 (2^k − 1), T̂_0
+(2^{k+1} − 1)] with T̂_0 = 10·B (a 10 % budget) and gets the share
+(1 − r) r^k of the budget, r = 0.4, spent within the epoch on the same
+front-loaded curve ((t − start) / length)^p. By the end of epoch k the
+schedule has released B (1 − r^{k+1}): 60 % by T̂_0, 98.5 % by 20 T̂_0 (a
+20,000-round stream at B = 100), and labels keep coming however long the
+stream runs (before: the budget was gone by T̂_0).
 
 ``threshold="fixed"`` is the plain gate of the first build: τ_t = ``tau``,
 raised to +inf while spending is ahead of the schedule when ``pacing=True``.
@@ -191,9 +195,26 @@ class LLFGate:
         return 10.0 * max(budget.total, 1.0)
 
     def schedule(self, t: int, horizon: int | None, budget: Budget) -> float:
-        """A(t) = B·min(1, t/T)^p: what the calibrated gate aims to have spent by the end of round t."""
+        """A(t) = B·min(1, t/T)^p: what the calibrated gate aims to have spent by the end of round t.
+
+        With no horizon at all (neither the game's nor ``self.horizon``), the doubling schedule of the
+        module docstring.
+        """
+        if horizon is None and self.horizon is None:
+            return self._doubling(t, budget)
         T = self._horizon(horizon, budget)
         return budget.total * min(1.0, t / T) ** self.pacing_power
+
+    def _doubling(self, t: int, budget: Budget) -> float:
+        """Any horizon: epoch k of length T̂_0 2^k releases (1 − r) r^k of B along (elapsed / length)^p."""
+        T0 = max(10.0 * budget.total, 1.0)
+        if t <= 0:
+            return 0.0
+        k = int(math.floor(math.log2(t / T0 + 1.0)))
+        start, length = T0 * (2.0 ** k - 1.0), T0 * 2.0 ** k
+        released = 1.0 - DOUBLING_RATIO ** k
+        within = min(1.0, max(0.0, (t - start) / length)) ** self.pacing_power
+        return budget.total * (released + (1.0 - DOUBLING_RATIO) * DOUBLING_RATIO ** k * within)
 
     def allowance(self, t: int, horizon: int | None, budget: Budget) -> float:
         """Most that may have been spent by the end of round t (inf for an unpaced fixed gate)."""
@@ -205,8 +226,8 @@ class LLFGate:
         """q_t: the share of rounds the calibrated gate should buy now, in [0, 1]."""
         A = self.schedule(t, horizon, budget)
         rate = A - self.schedule(t - 1, horizon, budget)
-        if t > self._horizon(horizon, budget):  # unknown T, past T̂: the 10 % rate on what is left
-            rate = budget.total / self._horizon(horizon, budget)
+        if horizon is None and self.horizon is not None and t > self.horizon:  # past the stated T̂
+            rate = budget.total / self.horizon
         # A deviation from the schedule is repaid over the next `memory` rounds, or over the
         # rounds left when fewer remain, so that a known horizon ends with the budget spent.
         left = self._horizon(horizon, budget) - t + 1
@@ -302,6 +323,8 @@ class LLFGate:
 # block Y and Y P take about as much again). 8 MiB holds ~550 items at K = 5, d = 384: blocks
 # that large keep the (pairs, d) x (d, d) products at full BLAS speed.
 _POOL_CHUNK_BYTES = 1 << 23
+# The doubling schedule's ratio r: epoch k (of length T̂_0 2^k) gets (1 − r) r^k of the budget.
+DOUBLING_RATIO = 0.4
 _REFRESH_BLOCK = 32  # items whose latency is brought up to date at once, doubled while needed
 
 
