@@ -313,3 +313,20 @@ def test_off_a_terminal_long_steps_print_a_progress_line(monkeypatch, capsys):
     assert seen == "done" and lines[0].startswith("sweep cells: 1 of 4 (25 %)") and "left" in lines[0]
     assert lines[-1].startswith("sweep cells: 4 of 4 (100 %)")
     assert cli._with_progress(lambda cb: cb, total=4, what="x", quiet=True) is None  # quiet: no callback
+
+
+def test_off_a_terminal_the_featuriser_prints_lines_not_a_redrawn_bar(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from budgetsft.features.cache import _LineWriter\n"
+            "from tqdm.auto import tqdm\n"
+            "bar = tqdm(total=3, desc='features[block]', unit='ex', file=_LineWriter(sys.stderr), mininterval=0,"
+            " ascii=True)\n"
+            "for _ in range(3):\n    bar.update(1)\n"
+            "bar.close()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "\r" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x]
+    assert lines[-1].startswith("features[block]: 100%") and "3/3" in lines[-1]

@@ -441,6 +441,21 @@ def store(ex: Example, arr: np.ndarray, todo: dict[str, list[int]], out: list[np
         cache.write(k, arr)
 
 
+class _LineWriter:
+    """A file for tqdm off a terminal: each refresh becomes one line (tqdm redraws with a carriage return)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def takes_progress(featurizer: Featurizer) -> bool:
     try:
         return "progress" in inspect.signature(featurizer.transform_many).parameters
@@ -540,9 +555,12 @@ def featurize(
         from tqdm.auto import tqdm
 
         kwargs = {"progress": False} if takes_progress(featurizer) else {}
+        tty = sys.stderr.isatty()
+        # Off a terminal (a log, `script`, CI) a redrawn bar is one endless line: print a plain line every ~10 s.
         bar = tqdm(
             total=len(firsts), desc=f"features[{featurizer.name}]", unit="ex",
-            file=sys.stderr, disable=not progress,
+            file=sys.stderr if tty else _LineWriter(sys.stderr), disable=not progress,
+            mininterval=0.1 if tty else 10.0, ascii=None if tty else True,
         )
         for s in range(0, len(firsts), chunk_size):
             chunk = [examples[i] for i in firsts[s : s + chunk_size]]
