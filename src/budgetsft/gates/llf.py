@@ -266,7 +266,7 @@ class LLFGate:
         """Count a NaN or infinite latency (``nonfinite_``) and warn once per gate, naming the round."""
         self.nonfinite_ = getattr(self, "nonfinite_", 0) + 1
         if self.nonfinite_ == 1:
-            rule = "buys an infinite one when the schedule allows" if info.latency > 0 else "never buys a NaN one"
+            rule = "buys it when the schedule allows" if info.latency == math.inf else "never buys it"
             warnings.warn(f"round {info.t}: the latency is {info.latency} (the learner's scores or widths "
                           f"overflowed or are undefined); LLF leaves such rounds out of its quantile and {rule} "
                           f"(counted in the gate's nonfinite_).", BudgetsftWarning, stacklevel=4)
