@@ -82,13 +82,13 @@ def check_features(X: Any, *, where: str = "features", d: int | None = None) -> 
         raise DataError(f"{where}: a round needs K >= 2 candidates; got K = {arr.shape[0]}.")
     if d is not None and arr.shape[1] != d:
         raise DataError(f"{where}: features must have d = {d} columns; got shape {arr.shape}.")
-    if not np.all(np.isfinite(arr)):
+    big = float(np.max(np.abs(arr))) if arr.size else 0.0  # one pass: NaN and inf show up in the max too
+    if not math.isfinite(big):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(
             f"{where}: features must be finite; found {arr[tuple(bad)]} at candidate {bad[0]}, "
             f"column {bad[1]}."
         )
-    big = float(np.max(np.abs(arr))) if arr.size else 0.0
     if big > MAX_FEATURE:
         bad = np.unravel_index(int(np.argmax(np.abs(arr))), arr.shape)
         raise DataError(
