@@ -247,11 +247,14 @@ class Game:
             probe.hold(group[i][2].cost)
         out = set()
         for i, (_, _, info) in enumerate(group):
-            if self.audit(info.t) and probe.can_afford(info.cost):
+            if not self.audit(info.t):
+                continue
+            if i in chosen:  # drawn for the audit and chosen by the gate too: an audit round all the same
                 self.audited.add(info.t)
-                if i not in chosen:
-                    probe.hold(info.cost)
-                    out.add(i)
+            elif probe.can_afford(info.cost):
+                probe.hold(info.cost)
+                self.audited.add(info.t)
+                out.add(i)
         return out
 
     def _must_wait(self) -> bool:
