@@ -303,3 +303,23 @@ def test_adapt_on_a_pool_ledger_needs_a_labelled_test_file(pool200, tmp_path):
     res = subprocess.run(_cli("adapt", "--data", str(pool), "--labels", str(db), "--estimate-only"),
                          capture_output=True, text=True)
     assert res.returncode != 0 and "Traceback" not in res.stderr and "have no answer" in res.stderr
+
+
+def test_a_cost_budget_with_an_audit_share_never_holds_more_than_it_has(tmp_path):
+    """Items of different prices, a money budget, a large audit share: every batch fits what is left."""
+    pool, gold = _write_pool(tmp_path, 120, seed=4, name="priced")
+    lines = _read(pool)
+    for k, x in enumerate(lines):
+        x["cost"] = [0.5, 1.0, 3.0][k % 3]
+    pool.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 12.5, "unit": "cost"}, "audit": 0.5},
+                      batch=6)
+    sess = Session.create(tmp_path / "c.db", cfg)
+    for _ in range(20):
+        sel = select_batch(sess)
+        led = sess.ledger
+        assert led.spent() + led.pending_reserve() <= 12.5 + 1e-9
+        if not sel.picks:
+            break
+        led.record_answers([(p.query_id, gold[p.id], "ana", p.cost, 3) for p in sel.picks])
+    assert sess.ledger.spent() <= 12.5 and any(q.purpose == "audit" for q in sess.ledger.queries())

@@ -66,8 +66,9 @@ class Pick:
     cost: float
 
     def to_json(self) -> dict:
+        latency = self.latency if self.purpose == "gate" and math.isfinite(self.latency) else None
         return {"query_id": self.query_id, "id": self.id, "prompt": self.prompt, "candidates": self.candidates,
-                "purpose": self.purpose, "latency": self.latency if math.isfinite(self.latency) else None,
+                "purpose": self.purpose, "latency": latency,
                 "prediction": self.prediction, "cost": self.cost}
 
 
@@ -198,8 +199,16 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
         target = int(math.floor(eps * (len(live) + n_fit) + 0.5))
         n_audit = max(0, min(n_fit, target - audits_so_far))
     rng = np.random.default_rng([int(cfg.get("seed", 0)), len(queries), 0xA0D17])
-    audit = sorted(int(i) for i in rng.choice(np.flatnonzero(affordable), size=n_audit, replace=False)) \
-        if n_audit else []
+    audit: list[int] = []
+    room = Fraction(left)
+    for i in rng.permutation(np.flatnonzero(affordable)) if n_audit else ():  # uniform, while they fit
+        price = Fraction(_reserve_price(ledger, costs[int(i)]))
+        if price <= room:
+            audit.append(int(i))
+            room -= price
+            if len(audit) == n_audit:
+                break
+    audit.sort()
     if progress is not None:
         progress(f"scoring {int(available.sum())} unlabelled item(s)")
     # Rounds over compact block features hand the pass their pool as it is (expanded chunk by chunk, never whole).
