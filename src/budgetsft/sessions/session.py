@@ -566,7 +566,8 @@ class _LedgerLabels:
         if q is None or q.status == "pending":
             return None
         if q.applied_at is None:
-            ledger.mark_applied(q.id, now)
+            if now != info.t:  # taken late: log where (taken at its own round needs no log: a replay does the same)
+                ledger.mark_applied(q.id, now)
         elif q.applied_at > now:  # a replay: the game took it later the first time
             return None
         if q.status == "skipped":
