@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/featurize_throughput.py [--n 64] [--k 4] [--repeats 3] [--full]
       (also --only encoder|causal, --causal-dtype bf16|fp32|both)
+      .venv/bin/python benchmarks/featurize_throughput.py --prefix [--data bbc-news] [--n 64]
 
 For each featuriser (encoder: all-MiniLM-L6-v2; causal: SmolLM2-135M-Instruct)
 on n synthetic multiple-choice examples with K candidates (disk cache off,
@@ -18,6 +19,16 @@ memo cleared), the table shows examples/s of
 * e2e: one plain ``transform_many`` call, for reference;
 
 and overhead = feat time / bare time - 1 (target <= 10%).
+
+``--prefix`` instead times the two causal paths side by side on the first n
+training examples of a data set (``--data``, default bbc-news: long articles,
+K = 5 topics): the per-sequence path (``prefix_cache=False``, K full
+prompt + candidate sequences per example) and the prefix-shared one (the
+default: one prompt forward per example, its KV cache shared by the K
+candidates). Each is one ``transform_many`` call (tokenising included) per
+repeat, the two alternating, best of repeats; the table gives examples/s, the
+speed-up, and the largest feature difference between the paths on the
+examples whose prompt was not truncated (same tokens on both paths).
 
 Featuriser and bare forward run back to back on each batch, alternating, and
 each batch keeps its best time over the repeats: on a shared machine a burst
@@ -160,6 +171,62 @@ def bench_causal(examples: list[Example], repeats: int, dtype: str, full: bool) 
             None if t_full is None else n / t_full, n / t_e2e, total / t_bare - 1)
 
 
+def bench_prefix(examples: list[Example], repeats: int, dtype: str) -> tuple:
+    """examples/s of the per-sequence and the prefix-shared causal paths."""
+    from budgetsft.features import CausalFeaturizer
+
+    new = CausalFeaturizer(device="cpu", dtype=dtype, progress=False)
+    new._ensure_loaded()
+    old = CausalFeaturizer(model=new.model, tokenizer=new.tokenizer, device="cpu", dtype=dtype,
+                           progress=False, prefix_cache=False)
+    old._ensure_loaded()
+    new.transform_many(examples[:2])  # warm-up
+    old.transform_many(examples[:2])
+    t_old, t_new = np.inf, np.inf
+    feats: dict[str, list] = {}
+
+    def run(f, key):
+        t0 = time.perf_counter()
+        feats[key] = f.transform_many(examples)
+        return time.perf_counter() - t0
+
+    for r in range(repeats):
+        if r % 2:
+            t_new = min(t_new, run(new, "new"))
+            t_old = min(t_old, run(old, "old"))
+        else:
+            t_old = min(t_old, run(old, "old"))
+            t_new = min(t_new, run(new, "new"))
+    # Same tokens on both paths where no sequence was cut.
+    whole = [i for i, (p, cands) in enumerate(new.encode_prefix_many(examples))
+             if len(p) + max(len(c) for c in cands) < new.max_length]
+    diff = max((float(np.abs(feats["old"][i] - feats["new"][i]).max()) for i in whole), default=float("nan"))
+    n = len(examples)
+    n_seq = sum(len(ex.candidates) for ex in examples)
+    return n, n_seq, n / t_old, n / t_new, t_old / t_new, len(whole), diff, new.dtype_
+
+
+def main_prefix(args) -> int:
+    import torch
+
+    from budgetsft.data import load_dataset
+
+    examples = load_dataset(args.data, seed=0).train[: args.n]
+    dtypes = ["bf16", "fp32"] if args.causal_dtype == "both" else [args.causal_dtype]
+    rows = [bench_prefix(examples, args.repeats, dt) for dt in dtypes]
+    print(f"causal featuriser, per-sequence vs prefix-shared: {args.data}, first {args.n} train "
+          f"examples, torch {torch.__version__}, {torch.get_num_threads()} threads, cache off, "
+          f"best of {args.repeats}")
+    header = (f"{'dtype':<6} {'examples':>8} {'seqs':>6} {'old ex/s':>9} {'prefix ex/s':>12} "
+              f"{'speed-up':>9} {'max |diff| (untruncated)':>25}")
+    print(header)
+    print("-" * len(header))
+    for n, n_seq, old, new, ratio, n_whole, diff, dt in rows:
+        print(f"{dt:<6} {n:8d} {n_seq:6d} {old:9.3f} {new:12.3f} {ratio:8.2f}x "
+              f"{diff:14.2e} (on {n_whole:3d} ex)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="examples per featuriser")
@@ -168,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="also time the full LM forward")
     parser.add_argument("--only", choices=["encoder", "causal"], help="run one featuriser")
     parser.add_argument("--causal-dtype", default="bf16", choices=["bf16", "fp32", "both"])
+    parser.add_argument("--prefix", action="store_true",
+                        help="causal per-sequence vs prefix-shared path on --data")
+    parser.add_argument("--data", default="bbc-news", help="data set of --prefix")
     args = parser.parse_args(argv)
+    if args.prefix:
+        return main_prefix(args)
 
     import torch
 

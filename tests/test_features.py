@@ -282,6 +282,65 @@ def test_causal_plain_format_and_last_pooling(tiny_llama, smol_tokenizer):
         assert arr.shape == (len(ex.candidates), 34) and np.all(np.isfinite(arr))
 
 
+def _full_forward_features(model, ids, start, end, pooling):
+    """Reference features of one sequence: the whole LM on prompt + candidate."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_hidden_states=True)
+    logp = out.logits[0].log_softmax(-1)
+    mean_logp = logp[torch.arange(start - 1, end - 1), torch.tensor(ids[start:end])].mean().item()
+    hidden = out.hidden_states[-1][0]
+    pooled = hidden[start:end].mean(0) if pooling == "mean" else hidden[end - 1]
+    return np.concatenate([pooled.numpy(), [mean_logp, 1.0]])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("prompt_format", ["chat", "plain"])
+def test_causal_prefix_cache_matches_per_sequence_path(tiny_llama, smol_tokenizer, pooling, prompt_format):
+    options = dict(model=tiny_llama, tokenizer=smol_tokenizer, device="cpu", dtype="fp32",
+                   max_length=40, pooling=pooling, prompt_format=prompt_format, progress=False)
+    new = CausalFeaturizer(**options)
+    old = CausalFeaturizer(**options, prefix_cache=False, batch_size=3)
+    long = Example("long", "blah " * 60 + "Which city?", ("Paris", "Rome is the answer here", ""))
+    examples = [*MCQ, long]  # K = 4, 2, 3, 5 (one empty candidate), 3
+    got = new.transform_many(examples)
+    want = old.transform_many(examples)
+    encoded = new.encode_prefix_many(examples)
+    for arr, ex, w, (prompt, cands) in zip(got, examples, want, encoded, strict=True):
+        assert arr.shape == (len(ex.candidates), 34)
+        if ex is long:
+            # One truncation shared by all candidates: the longest one just fits.
+            assert len(prompt) + max(len(c) for c in cands) == 40
+            assert prompt[: len(new.format_.prefix)] == list(new.format_.prefix)
+            ref = np.stack([
+                _full_forward_features(tiny_llama, prompt + c, len(prompt), len(prompt) + len(c), pooling)
+                for c in cands
+            ])
+            np.testing.assert_allclose(arr, ref, rtol=1e-4, atol=1e-4)
+            # the per-sequence path keeps more prompt for the shorter candidates
+            assert not np.allclose(arr, w, atol=1e-4)
+        else:
+            np.testing.assert_allclose(arr, w, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_prefix_cache_is_in_the_settings(tiny_llama, smol_tokenizer):
+    options = dict(model=tiny_llama, tokenizer=smol_tokenizer, dtype="fp32")
+    new = CausalFeaturizer(**options)
+    old = CausalFeaturizer(**options, prefix_cache=False)
+    assert new.settings()["prefix_cache"] is True and "prefix_cache" not in old.settings()
+    assert featurizer_key(new) != featurizer_key(old)
+
+
+def test_causal_prefix_cache_cuts_a_too_long_candidate(tiny_llama, smol_tokenizer):
+    f = CausalFeaturizer(model=tiny_llama, tokenizer=smol_tokenizer, device="cpu", dtype="bf16",
+                         max_length=16, progress=False)
+    ex = Example("e", "A question?", ("word " * 40, "short"))
+    with pytest.warns(UserWarning, match="cut on the right"):
+        arr = f.transform_many([ex])[0]
+    assert arr.shape == (2, 34) and np.all(np.isfinite(arr))
+    (prompt, cands), = f.encode_prefix_many([ex])
+    assert len(prompt) == 1 and len(cands[0]) == 15
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
@@ -290,6 +349,7 @@ def test_causal_plain_format_and_last_pooling(tiny_llama, smol_tokenizer):
         ({"max_length": 1}, "max_length"),
         ({"batch_size": 0}, "batch_size"),
         ({"prompt_format": "xml"}, "prompt_format"),
+        ({"prefix_cache": "yes"}, "prefix_cache"),
     ],
 )
 def test_causal_bad_options(options, match):

@@ -33,12 +33,26 @@ than ``max_length`` lose prompt tokens from the left (the template header
 first stays, the user text is cut), never candidate tokens (unless the
 candidate alone is longer than ``max_length - 1``, which is cut with a warning).
 
-Batching is padding-aware: the (example, candidate) sequences are sorted by
-length and cut into batches of ``batch_size``, padded on the right. With right
-padding a causal model never lets a real token attend to a pad token, so no
-attention mask is needed, and outputs at real positions do not depend on the
-batch. Logits are computed only at the candidate positions (not for the whole
-vocabulary at every position).
+Prefix sharing (``prefix_cache=True``, the default): every candidate of an
+example shares one prompt, so the model reads the prompt once per example
+(batch of 1, ``use_cache=True``), its key/value cache is repeated K times and
+one batched forward reads the K candidates' tokens, right-padded, with
+position ids continuing from the prompt length. The log-probability of each
+candidate's first token comes from the prompt's last position, the others from
+the candidate positions. The prompt is truncated **once per example**, to
+``max_length`` minus the longest candidate, so the prefix is the same for all
+candidates (the per-sequence path cuts each sequence separately, so a shorter
+candidate could keep a few more prompt tokens). Where the truncation is the same
+the features equal the per-sequence ones up to float rounding. On a prompt of
+P tokens and K candidates of a few tokens this reads about P + K·n tokens
+instead of K·(P + n).
+
+Per-sequence path (``prefix_cache=False``): the (example, candidate) sequences
+are sorted by length and cut into batches of ``batch_size``, padded on the
+right. With right padding a causal model never lets a real token attend to a
+pad token, so no attention mask is needed, and outputs at real positions do
+not depend on the batch. Both paths compute logits only at the candidate
+positions (not for the whole vocabulary at every position).
 """
 
 from __future__ import annotations
@@ -163,13 +177,18 @@ class CausalFeaturizer:
     max_length : int, default=512
         Most tokens per sequence; prompts are truncated from the left.
     batch_size : int, default=16
-        Sequences per forward pass.
+        Sequences per forward pass (``prefix_cache=False``; with the prefix
+        cache each forward reads one prompt, then its K candidates).
     pooling : {"mean", "last"}, default="mean"
         Mean over the candidate tokens, or the last candidate token.
     prompt_format : {"auto", "chat", "plain"}, default="auto"
         "auto" uses "chat" when the tokenizer has a chat template.
+    prefix_cache : bool, default=True
+        Read each prompt once and share its key/value cache across the
+        candidates (one prompt truncation per example, see the module notes);
+        False runs every (prompt + candidate) sequence in full.
     progress : bool, default=True
-        tqdm bar (stderr) over sequences.
+        tqdm bar (stderr) over examples (over sequences with ``prefix_cache=False``).
     cache_dir : path-like, optional
         Root of the budgetsft cache for the converted model.
 
@@ -204,6 +223,7 @@ class CausalFeaturizer:
         batch_size: int = 16,
         pooling: str = "mean",
         prompt_format: str = "auto",
+        prefix_cache: bool = True,
         progress: bool = True,
         cache_dir: Any = None,
     ) -> None:
@@ -228,6 +248,11 @@ class CausalFeaturizer:
         self.prompt_format = check_choice(
             owner, "prompt_format", prompt_format, ("auto", "chat", "plain")
         )
+        if not isinstance(prefix_cache, bool):
+            raise ConfigError(
+                f"The 'prefix_cache' parameter of {owner} must be a bool. Got {prefix_cache!r}."
+            )
+        self.prefix_cache = prefix_cache
         self.progress = progress
         self.cache_dir = cache_dir
         self._injected = model is not None
@@ -316,7 +341,7 @@ class CausalFeaturizer:
                 self._fingerprint = model_fingerprint(self.model)
                 self._weights_version = version
         fmt = self.format_
-        return {
+        out = {
             "model": self._fingerprint if self._injected else identity,
             "prompt_format": fmt.kind,
             "format_ids": [list(fmt.prefix), list(fmt.suffix), list(fmt.terminator)],
@@ -327,6 +352,11 @@ class CausalFeaturizer:
             "logprob": "mean",
             "dtype": self.dtype_,
         }
+        if self.prefix_cache:
+            # One prompt truncation per example: not the per-sequence path's features.
+            out["truncation"] = "left, shared by the candidates"
+            out["prefix_cache"] = True
+        return out
 
     # ------------------------------------------------------------------ tokenise
     def encode_many(self, examples: Sequence[Example]) -> list[tuple[list[int], int, int]]:
@@ -364,27 +394,74 @@ class CausalFeaturizer:
         limit = self.max_length
         if len(prompt) + len(cand) <= limit:
             return prompt + cand, len(prompt), len(prompt) + len(cand)
-        if len(cand) > limit - 1:
-            if not self._warned_long:
-                warnings.warn(
-                    f"{type(self).__name__}: example {ex.id!r} has a candidate of {len(cand)} "
-                    f"tokens, more than max_length - 1 = {limit - 1}; it is cut on the right "
-                    "(warned once).",
-                    BudgetsftWarning,
-                    stacklevel=4,
-                )
-                self._warned_long = True
-            cand = cand[: limit - 1]
-        room = limit - len(cand)
+        cand = self._cut_candidate(ex, cand, stacklevel=5)
+        prompt = self._cut_prompt(prompt, limit - len(cand), n_prefix, n_suffix)
+        return prompt + cand, len(prompt), len(prompt) + len(cand)
+
+    def _cut_candidate(self, ex: Example, cand: list[int], stacklevel: int = 4) -> list[int]:
+        """Cut a candidate longer than ``max_length - 1`` on the right (warned once)."""
+        limit = self.max_length
+        if len(cand) <= limit - 1:
+            return cand
+        if not self._warned_long:
+            warnings.warn(
+                f"{type(self).__name__}: example {ex.id!r} has a candidate of {len(cand)} "
+                f"tokens, more than max_length - 1 = {limit - 1}; it is cut on the right "
+                "(warned once).",
+                BudgetsftWarning,
+                stacklevel=stacklevel,
+            )
+            self._warned_long = True
+        return cand[: limit - 1]
+
+    @staticmethod
+    def _cut_prompt(prompt: list[int], room: int, n_prefix: int, n_suffix: int) -> list[int]:
+        """Keep at most ``room`` prompt tokens: the template, then the end of the user text."""
+        if len(prompt) <= room:
+            return prompt
         head, body, tail = prompt[:n_prefix], prompt[n_prefix : len(prompt) - n_suffix], prompt[
             len(prompt) - n_suffix :
         ]
         if room >= len(head) + len(tail) + 1:
             keep = room - len(head) - len(tail)
-            prompt = head + body[len(body) - keep :] + tail
-        else:  # not even the template fits: keep the last tokens before the candidate
-            prompt = prompt[len(prompt) - room :]
-        return prompt + cand, len(prompt), len(prompt) + len(cand)
+            return head + body[len(body) - keep :] + tail
+        # not even the template fits: keep the last tokens before the candidate
+        return prompt[len(prompt) - room :]
+
+    def encode_prefix_many(self, examples: Sequence[Example]) -> list[tuple[list[int], list[list[int]]]]:
+        """Shared prompt ids and candidate ids of every example (prefix-cache path).
+
+        The prompt is cut once per example, to ``max_length`` minus its longest
+        candidate, so every candidate continues the same prefix.
+
+        Returns
+        -------
+        list of (prompt_ids, [candidate_ids, ...]), one per example
+            ``prompt_ids + candidate_ids`` is at most ``max_length`` tokens.
+        """
+        self._ensure_setup()
+        fmt = self.format_
+        tok = self.tokenizer
+        prompts = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+        flat_cands = [fmt.candidate_prefix + c for ex in examples for c in ex.candidates]
+        cand_ids = tok(flat_cands, add_special_tokens=False)["input_ids"] if flat_cands else []
+        out: list[tuple[list[int], list[list[int]]]] = []
+        j = 0
+        for ex, p_ids in zip(examples, prompts, strict=True):
+            prompt_ids = list(fmt.prefix) + list(p_ids) + list(fmt.suffix)
+            cands = []
+            for _ in ex.candidates:
+                cand = list(cand_ids[j]) + list(fmt.terminator)
+                j += 1
+                if not cand:
+                    raise DataError(
+                        f"{type(self).__name__}: example {ex.id!r} has an empty candidate and "
+                        "the tokenizer has no end-of-turn token to score instead."
+                    )
+                cands.append(self._cut_candidate(ex, cand))
+            room = self.max_length - max(len(c) for c in cands)
+            out.append((self._cut_prompt(prompt_ids, room, len(fmt.prefix), len(fmt.suffix)), cands))
+        return out
 
     def batches(self, encoded: Sequence[tuple[list[int], int, int]]) -> list[SequenceBatch]:
         """Length-sorted, right-padded batches of ``batch_size`` sequences.
@@ -457,6 +534,79 @@ class CausalFeaturizer:
             ones = torch.ones(b, 1, device=hidden.device)
             return torch.cat([pooled, mean_logp[:, None], ones], dim=1)
 
+    def forward_prefix(self, prompt: list[int], cands: Sequence[list[int]]) -> Any:
+        """Features of one example's candidates, reading the prompt once.
+
+        Parameters
+        ----------
+        prompt : list of int
+            The shared prompt ids (at least one token).
+        cands : sequence of K lists of int
+            Each candidate's ids (at least one token each).
+
+        Returns
+        -------
+        float32 tensor of shape (K, h + 2)
+        """
+        import torch
+
+        from budgetsft.features.models import autocast
+
+        self._ensure_loaded()
+        dev = self.device_
+        k = len(cands)
+        lengths = torch.tensor([len(c) for c in cands], device=dev)
+        width = max(len(c) for c in cands)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        ids = np.full((k, width), pad, dtype=np.int64)
+        for r, c in enumerate(cands):
+            ids[r, : len(c)] = c
+        ids_t = torch.from_numpy(ids).to(dev)
+        p = len(prompt)
+        # no_grad rather than inference_mode: under no_grad autocast keeps its bf16 copies
+        # of the weights until the outermost autocast region ends, so transform_many casts
+        # them once per call instead of once per forward pass.
+        with torch.no_grad():
+            with autocast(dev, self.dtype_):
+                first = self._decoder(
+                    input_ids=torch.tensor([prompt], device=dev), use_cache=True
+                )
+                cache = first.cache
+                cache.batch_repeat_interleave(k)
+                # Right padding + causal attention: no real token sees a pad, no mask needed;
+                # positions continue from the prompt.
+                positions = torch.arange(p, p + width, device=dev).expand(k, width)
+                hidden = self._decoder(
+                    input_ids=ids_t, cache=cache, position_ids=positions, use_cache=True
+                ).last_hidden_state
+            h = hidden.shape[-1]
+            # Candidate token j is predicted at candidate position j - 1; token 0 by the prompt's end.
+            rows = torch.repeat_interleave(torch.arange(k, device=dev), lengths)
+            offsets = torch.cumsum(lengths, 0) - lengths
+            pos = torch.arange(int(lengths.sum()), device=dev) - offsets[rows]
+            targets = ids_t[rows, pos]
+            later = pos > 0
+            with autocast(dev, self.dtype_):
+                logits_first = self._head(first.last_hidden_state[0, -1:])
+                logits_rest = self._head(hidden[rows[later], pos[later] - 1])
+            logp = torch.empty(len(rows), device=dev)
+            logp[~later] = torch.log_softmax(logits_first.float(), dim=-1)[0, targets[~later]]
+            logp[later] = torch.log_softmax(logits_rest.float(), dim=-1).gather(
+                1, targets[later][:, None]
+            )[:, 0]
+            counts = lengths.to(torch.float32)
+            mean_logp = torch.zeros(k, device=dev).index_add_(0, rows, logp) / counts
+            if self.pooling == "mean":
+                pooled = torch.zeros(k, h, device=dev).index_add_(
+                    0, rows, hidden[rows, pos].float()
+                ) / counts[:, None]
+            else:
+                pooled = hidden[torch.arange(k, device=dev), lengths - 1].float()
+            ones = torch.ones(k, 1, device=dev)
+            return torch.cat([pooled, mean_logp[:, None], ones], dim=1)
+
     def transform_many(
         self, examples: Sequence[Example], *, progress: bool | None = None
     ) -> list[np.ndarray]:
@@ -479,10 +629,27 @@ class CausalFeaturizer:
             return []
         self._ensure_loaded()
         show = self.progress if progress is None else progress
-        encoded = self.encode_many(examples)
-        flat = np.empty((len(encoded), self.dim), dtype=np.float64)
         from tqdm.auto import tqdm
 
+        if self.prefix_cache:
+            out = []
+            bar = tqdm(
+                total=len(examples), desc="causal", unit="ex", file=sys.stderr,
+                disable=not show, leave=False,
+            )
+            import torch
+
+            from budgetsft.features.models import autocast
+
+            with torch.no_grad(), autocast(self.device_, self.dtype_):
+                for prompt, cands in self.encode_prefix_many(examples):
+                    feats = self.forward_prefix(prompt, cands)
+                    out.append(feats.cpu().numpy().astype(np.float64))
+                    bar.update(1)
+            bar.close()
+            return out
+        encoded = self.encode_many(examples)
+        flat = np.empty((len(encoded), self.dim), dtype=np.float64)
         bar = tqdm(
             total=len(encoded), desc="causal", unit="seq", file=sys.stderr,
             disable=not show, leave=False,
