@@ -60,7 +60,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,14 +369,20 @@ class CausalFeaturizer:
         """
         self._ensure_setup()
         fmt = self.format_
+        return [self._truncate(ex, prompt_ids, cand, len(fmt.prefix), len(fmt.suffix))
+                for ex, prompt_ids, cands in self._tokenized(examples) for cand in cands]
+
+    def _tokenized(self, examples: Sequence[Example]) -> Iterator[tuple[Example, list[int], list[list[int]]]]:
+        """Each example with its formatted prompt ids and its candidates' ids (terminator included), uncut."""
+        self._ensure_setup()
+        fmt = self.format_
         tok = self.tokenizer
         prompts = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
         flat_cands = [fmt.candidate_prefix + c for ex in examples for c in ex.candidates]
         cand_ids = tok(flat_cands, add_special_tokens=False)["input_ids"] if flat_cands else []
-        out: list[tuple[list[int], int, int]] = []
         j = 0
         for ex, p_ids in zip(examples, prompts, strict=True):
-            prompt_ids = list(fmt.prefix) + list(p_ids) + list(fmt.suffix)
+            cands = []
             for _ in ex.candidates:
                 cand = list(cand_ids[j]) + list(fmt.terminator)
                 j += 1
@@ -385,8 +391,8 @@ class CausalFeaturizer:
                         f"{type(self).__name__}: example {ex.id!r} has an empty candidate and "
                         "the tokenizer has no end-of-turn token to score instead."
                     )
-                out.append(self._truncate(ex, prompt_ids, cand, len(fmt.prefix), len(fmt.suffix)))
-        return out
+                cands.append(cand)
+            yield ex, list(fmt.prefix) + list(p_ids) + list(fmt.suffix), cands
 
     def _truncate(
         self, ex: Example, prompt: list[int], cand: list[int], n_prefix: int, n_suffix: int
@@ -441,24 +447,9 @@ class CausalFeaturizer:
         """
         self._ensure_setup()
         fmt = self.format_
-        tok = self.tokenizer
-        prompts = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
-        flat_cands = [fmt.candidate_prefix + c for ex in examples for c in ex.candidates]
-        cand_ids = tok(flat_cands, add_special_tokens=False)["input_ids"] if flat_cands else []
         out: list[tuple[list[int], list[list[int]]]] = []
-        j = 0
-        for ex, p_ids in zip(examples, prompts, strict=True):
-            prompt_ids = list(fmt.prefix) + list(p_ids) + list(fmt.suffix)
-            cands = []
-            for _ in ex.candidates:
-                cand = list(cand_ids[j]) + list(fmt.terminator)
-                j += 1
-                if not cand:
-                    raise DataError(
-                        f"{type(self).__name__}: example {ex.id!r} has an empty candidate and "
-                        "the tokenizer has no end-of-turn token to score instead."
-                    )
-                cands.append(self._cut_candidate(ex, cand))
+        for ex, prompt_ids, raw in self._tokenized(examples):
+            cands = [self._cut_candidate(ex, cand) for cand in raw]
             room = self.max_length - max(len(c) for c in cands)
             out.append((self._cut_prompt(prompt_ids, room, len(fmt.prefix), len(fmt.suffix)), cands))
         return out
