@@ -19,6 +19,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from test_feature_cache_compact import unit_vectors
 
 from budgetsft.base import Round
 from budgetsft.budget import Budget
@@ -37,24 +38,17 @@ from budgetsft.realdata import CompactRounds, load_streams, to_rounds
 LABELS = ("business", "entertainment", "politics", "sport", "tech")
 
 
-def _unit_vectors(texts, progress=False):
-    rows = []
-    for t in texts:
-        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
-        v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
-        rows.append(v / np.linalg.norm(v))
-    return np.asarray(rows, dtype=np.float64)
 
 
 @pytest.fixture
 def fixed_encoder(monkeypatch):
-    """Every SentenceEncoder embeds with _unit_vectors (load_streams builds its own featuriser)."""
-    monkeypatch.setattr(SentenceEncoder, "embed_many", lambda self, texts, progress=False: _unit_vectors(texts))
+    """Every SentenceEncoder embeds with unit_vectors (load_streams builds its own featuriser)."""
+    monkeypatch.setattr(SentenceEncoder, "embed_many", lambda self, texts, progress=False: unit_vectors(texts))
 
 
 def _featurizer() -> BlockFeaturizer:
     f = BlockFeaturizer(labels=LABELS, progress=False)
-    f.encoder.embed_many = _unit_vectors
+    f.encoder.embed_many = unit_vectors
     return f
 
 

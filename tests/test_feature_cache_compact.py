@@ -30,6 +30,16 @@ from budgetsft.features.cache import MAGIC_V1, open_cache
 LABELS = ("business", "entertainment", "politics", "sport", "tech")
 
 
+def unit_vectors(texts, progress=False) -> np.ndarray:
+    """Deterministic unit float32 vectors of 384 numbers per text, as float64 (what the encoder returns)."""
+    rows = []
+    for t in texts:
+        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+        v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
+        rows.append(v / np.linalg.norm(v))
+    return np.asarray(rows, dtype=np.float64)
+
+
 class FixedEncoderBlock(BlockFeaturizer):
     """Block features over deterministic unit float32 vectors (what the encoder returns, without the model)."""
 
@@ -39,12 +49,7 @@ class FixedEncoderBlock(BlockFeaturizer):
 
         def embed_many(texts, progress=False):
             self.calls += 1
-            rows = []
-            for t in texts:
-                seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
-                v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
-                rows.append(v / np.linalg.norm(v))
-            return np.asarray(rows, dtype=np.float64)
+            return unit_vectors(texts)
 
         self.encoder.embed_many = embed_many
 
