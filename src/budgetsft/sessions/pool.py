@@ -44,7 +44,7 @@ from budgetsft.exceptions import BudgetExhaustedError, ConfigError
 from budgetsft.experiment import amount
 from budgetsft.sessions.ledger import example_digest
 
-__all__ = ["POOL_MODE", "Pick", "Selection", "is_pool", "pool_config", "fitted_learner", "select_batch",
+__all__ = ["POOL_MODE", "Pick", "Selection", "is_pool", "pool_config", "select_batch",
            "play_pool", "pool_report", "wilson_interval", "DEFAULT_BATCH", "pending_picks"]
 
 POOL_MODE = "pool"
@@ -122,13 +122,6 @@ def _replay(session, rounds: Sequence[Round], answers) -> tuple[object, object]:
     return learner, follower
 
 
-def fitted_learner(session) -> object:
-    """The session's learner after every label received so far, in the order the picks were made."""
-    rounds = session.stream()
-    answers = sorted(session.ledger.answers(), key=lambda a: a.query_id)
-    return _replay(session, rounds, answers)[0]
-
-
 def _costs(rounds) -> list[float]:
     """Each pool item's label price (1 when absent); a compact pool knows them without building any features."""
     raw = rounds.cost if isinstance(getattr(rounds, "cost", None), Sequence) else (r.cost for r in rounds)
@@ -183,9 +176,9 @@ def select_batch(session, n: int | None = None, *, progress: Callable[[str], Non
             return result([], f"the budget is spent or held: {spent:g} of {total:g} {unit} spent and {held:g} "
                               f"held by {len(pending)} pending pick(s). Answer (or skip) them, then select again.")
         return result([], f"the budget is spent: {spent:g} of {total:g} {unit}. Nothing more will be picked.")
-    if progress is not None:
-        progress(f"fitting the model on {len(ledger.answers())} label(s)")
     answers = sorted(ledger.answers(), key=lambda a: a.query_id)
+    if progress is not None:
+        progress(f"fitting the model on {len(answers)} label(s)")
     learner, _ = _replay(session, rounds, answers)
     # How many picks fit: under a budget of labels, whole labels; under a cost budget the greedy stops itself.
     n_fit = n if unit == "cost" else min(n, int(math.floor(float(left) + 1e-9)))
@@ -378,8 +371,8 @@ def pool_report(session, *, seed: int | None = None) -> dict:
     rounds = session.stream()
     bought = _labelled_rounds(rounds, answers)
     audit_done = [(q, by_query[q.id]) for q in queries if q.purpose == "audit" and q.id in by_query]
+    head = refit(bought, seed=seed) if bought and (audit_done or cfg.get("eval")) else None  # fitted once
     if audit_done and len(bought) >= 2:
-        head = refit(bought, seed=seed)
         order = {a.query_id: i for i, a in enumerate(answers)}
         hits = 0
         for _, a in audit_done:
@@ -396,8 +389,7 @@ def pool_report(session, *, seed: int | None = None) -> dict:
                            "estimator": "no answered audit item yet (or fewer than 2 labels): no estimate"}
     if cfg.get("eval"):
         test = session.eval_rounds()
-        if bought and test:
-            head = refit(bought, seed=seed)
+        if head is not None and test:
             report["eval"] = {"file": cfg["eval"], "n": len(test), "accuracy": head.accuracy(test),
                               "estimator": "accuracy of the head refit on the bought labels, on the labelled "
                                            "evaluation file"}

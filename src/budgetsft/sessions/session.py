@@ -1035,22 +1035,8 @@ class Session:
         led = self.ledger
         records = self.records()
         unlabelled = any(r.gold == UNLABELLED for r in records)
-        mistakes = None if unlabelled else sum(r.mistake for r in records)
         regrets = [r.regret for r in records if r.regret == r.regret]
-        bought = [r for r in records if r.queried]
-        extra = {}
-        audit = stream_audit(led)
-        if audit is not None:
-            extra["audit"] = audit
-        if unlabelled:
-            extra["mistakes_on_bought_rounds"] = {
-                "n": len(bought), "mistakes": int(sum(r.mistake for r in bought)),
-                "note": "the prediction before the label arrived, on the rounds the gate bought: biased towards "
-                        "hard items, not an error rate of the model; the other rounds have no gold"}
-        return {**self._report(led, records, mistakes, regrets, unlabelled), **extra}
-
-    def _report(self, led, records, mistakes, regrets, unlabelled) -> dict:
-        return {
+        report = {
             "path": str(led.path),
             "status": self.status,
             "rounds_played": len(records),
@@ -1062,10 +1048,20 @@ class Session:
             "labels_bought": len(led.answers()),
             "pending": len(led.pending()),
             "by_annotator": led.labels_by_annotator(),
-            "mistakes": None if mistakes is None else int(mistakes),
+            "mistakes": None if unlabelled else int(sum(r.mistake for r in records)),
             "hinge_loss": None if unlabelled else float(sum(r.hinge_loss for r in records)),
             "pseudo_regret": float(sum(regrets)) if regrets else float("nan"),
         }
+        audit = stream_audit(led)
+        if audit is not None:
+            report["audit"] = audit
+        if unlabelled:
+            bought = [r for r in records if r.queried]
+            report["mistakes_on_bought_rounds"] = {
+                "n": len(bought), "mistakes": int(sum(r.mistake for r in bought)),
+                "note": "the prediction before the label arrived, on the rounds the gate bought: biased towards "
+                        "hard items, not an error rate of the model; the other rounds have no gold"}
+        return report
 
     def export_labels(self) -> list[dict]:
         """The bought labelled set, one canonical example per answer (SPEC §8 JSONL lines)."""
