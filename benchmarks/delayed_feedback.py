@@ -37,7 +37,7 @@ class DelayedGold:
         self.delay = delay
         self.answered_up_to = 0  # a wait ends when people have answered everything asked before it
 
-    def request(self, asked) -> None:
+    def request(self, asked, audit=frozenset()) -> None:
         pass
 
     def arrival(self, rnd, info, now: int):

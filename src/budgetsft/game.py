@@ -220,11 +220,7 @@ class Game:
                ) -> Iterator[Record]:
         asked = [(rnd, info) for i, (rnd, _, info) in enumerate(group) if i in chosen]
         if asked:
-            audit = frozenset(info.t for _, info in asked if info.t in self.audited)
-            if audit:
-                self.labels.request(asked, audit=audit)
-            else:
-                self.labels.request(asked)
+            self.labels.request(asked, audit=frozenset(info.t for _, info in asked if info.t in self.audited))
         for i, (rnd, X, info) in enumerate(group):
             if i not in chosen:
                 yield resolve(rnd, X, info, False, self.learner, self.follower, self.budget)
