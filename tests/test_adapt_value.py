@@ -195,7 +195,7 @@ def test_bootstrap_intervals_on_a_hand_computed_case():
     a = [[1, 1, 1, 0], [1, 0, 1, 0]]
     b = [[1, 0, 1, 0], [0, 0, 1, 1]]
     R, seed = 500, 11
-    boot = PairedBootstrap([4, 4], n_resamples=R, seed=seed)
+    boot = PairedBootstrap([4, 4], n_resamples=R, seed=seed, interval="bootstrap")  # the two-level bootstrap
     assert boot.mean(a) == (3 / 4 + 2 / 4) / 2 == 0.625
     assert boot.paired(a, b)["mean"] == pytest.approx(((3 - 2) / 4 + (2 - 2) / 4) / 2) == 0.125
 
@@ -235,8 +235,8 @@ def test_bootstrap_intervals_on_a_hand_computed_case():
 
 def test_seeds_that_disagree_widen_the_interval_to_noise():
     # a − b is +0.20 at seed 0 and −0.05 at seeds 1 and 2 (400 items each, flipped items only: tight item noise).
-    # Items alone call the mean (+0.033) real; with the seeds resampled the interval holds 0, as three seeds that
-    # disagree should.
+    # Items alone call the mean (+0.033) real; counting the seeds (the default seed-level t interval, and the
+    # earlier two-level bootstrap) the interval holds 0, as three seeds that disagree should.
     n = 400
     rng = np.random.default_rng(3)
     b = [rng.integers(0, 2, size=n) for _ in range(3)]
@@ -248,8 +248,9 @@ def test_seeds_that_disagree_widen_the_interval_to_noise():
         a.append(v)
     items = PairedBootstrap([n] * 3, n_resamples=2000, resample_seeds=False).paired(a, b)
     both = PairedBootstrap([n] * 3, n_resamples=2000).paired(a, b)
-    assert items["mean"] == both["mean"] == pytest.approx((0.2 - 0.05 - 0.05) / 3)
-    assert not items["within_noise"] and both["within_noise"]
+    two_level = PairedBootstrap([n] * 3, n_resamples=2000, interval="bootstrap").paired(a, b)
+    assert items["mean"] == both["mean"] == two_level["mean"] == pytest.approx((0.2 - 0.05 - 0.05) / 3)
+    assert not items["within_noise"] and both["within_noise"] and two_level["within_noise"]
     assert both["ci95"][1] - both["ci95"][0] > 3 * (items["ci95"][1] - items["ci95"][0])
     # one seed: nothing to resample between seeds; the two agree exactly
     one = [PairedBootstrap([n], n_resamples=500, resample_seeds=r).paired(a[:1], b[:1]) for r in (True, False)]

@@ -1379,8 +1379,8 @@ def adapt(
 
     Every seed: llf, random, first and margin buy B = ⌊β n⌋ labels of the train split as `budgetsft run` does,
     one LoRA (same recipe: --epochs passes over the set) is trained per set and on all labels, and each is scored
-    on the test split beside zero-shot. report.md says which differences are within noise (paired bootstrap over
-    seeds and test items).
+    on the test split beside zero-shot. report.md says which differences are within noise (a seed-level t interval,
+    paired; a test-item bootstrap with one seed).
     A time estimate is printed before the start.
 
     Examples:

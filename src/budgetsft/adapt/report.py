@@ -5,7 +5,7 @@ adapted model than a random or first-B set, and how close does it come to
 fine-tuning on every label?
 
 * :func:`seed_report` / :func:`write_seed_report`: the report of
-  ``budgetsft adapt`` over several seeds, with paired bootstrap intervals
+  ``budgetsft adapt`` over several seeds, with paired intervals
   (:mod:`budgetsft.adapt.stats`) that say which differences are noise;
   ``report.json``, ``report.md`` and ``accuracy.png``.
 * :func:`compare_adaptations`: one seed, one fresh LoRA per named training set
@@ -288,7 +288,12 @@ def compare_adaptations(
 
 def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: Sequence[str],
                 n_resamples: int | None = None, bootstrap_seed: int | None = None) -> dict[str, Any]:
-    """Accuracy of every method and paired differences ``gate − baseline``, with bootstrap 95 % intervals.
+    """Accuracy of every method and paired differences ``gate − baseline``, with 95 % intervals.
+
+    The intervals are :class:`budgetsft.adapt.stats.PairedBootstrap`'s default:
+    a seed-level Student t interval with two seeds or more, a percentile
+    bootstrap over the test items with one; ``bootstrap["interval"]`` names
+    which (``"seed-t"`` or ``"items-bootstrap"``).
 
     Parameters
     ----------
@@ -311,7 +316,7 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
         "ci95", "labels": [per seed]}}, "paired": {"llf-random": {"mean", "ci95",
         "per_seed", "within_noise"}, ...}, "bootstrap": {...}, "per_seed": [...]}``.
     """
-    from budgetsft.adapt.stats import BOOTSTRAP_SEED, N_RESAMPLES, PairedBootstrap
+    from budgetsft.adapt.stats import BOOTSTRAP_SEED, INTERVAL_METHODS, N_RESAMPLES, PairedBootstrap
 
     if not results:
         raise ConfigError("seed_report needs the results of at least one seed.")
@@ -341,9 +346,7 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
         "methods": methods,
         "paired": paired,
         "bootstrap": {"n_resamples": n_resamples, "seed": bootstrap_seed, "level": 0.95,
-                      "method": "two-level percentile bootstrap: seeds resampled with replacement, and test items "
-                                "with replacement within each seed (the same resample for every method: paired); "
-                                "statistic averaged over the drawn seeds"},
+                      "interval": boot.interval_method_, "method": INTERVAL_METHODS[boot.interval_method_]},
         "per_seed": per_seed,
     }
 
@@ -425,13 +428,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
                      f"accuracy ({methods[gate]['mean']:.4f} vs {methods['all']['mean']:.4f}).")
     if words:
         lines += ["In words: " + " ".join(words), ""]
-    b = report.get("bootstrap", {})
-    lines += ["![accuracy against labels](accuracy.png)", "",
-              f"Intervals: two-level percentile bootstrap, {b.get('n_resamples')} replicates (numpy "
-              f"default_rng({b.get('seed')})): the seeds resampled with replacement, and the test items with "
-              "replacement within each seed; the same resample for every method (paired differences), statistic "
-              "averaged over the drawn seeds. A difference is within noise when its interval contains 0. "
-              f"{_seeds_caveat(len(seeds))}", ""]
+    lines += ["![accuracy against labels](accuracy.png)", "", _intervals_words(report.get("bootstrap", {}), len(seeds)),
+              ""]
     t = report.get("timing")
     if t:
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
@@ -439,15 +437,47 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _seeds_caveat(n: int) -> str:
-    """What resampling the seeds does, said for the number of seeds there are."""
+def _intervals_words(b: Mapping[str, Any], n: int) -> str:
+    """The paragraph of report.md that says how the intervals were computed (``b``: the report's "bootstrap")."""
+    within = "A difference is within noise when its interval contains 0."
+    method = b.get("interval", "seeds-items-bootstrap" if n > 1 else "items-bootstrap")
+    if method == "seed-t":
+        from scipy import stats
+
+        q = float(stats.t.ppf(0.975, n - 1))
+        return (f"Intervals: Student t on the {n} per-seed values, mean ± {q:.2f} × sd / √{n} ({n - 1} degree"
+                f"{'s' if n > 2 else ''} of freedom; sd the standard deviation of the per-seed values), never "
+                "narrower than the normal interval of the test-item noise alone; a paired difference uses the "
+                "per-seed differences, both methods read on the same test items. It covers the mean over seeds "
+                "95 % of the time when the per-seed values are normal, approximately otherwise. "
+                f"{within} {_seeds_caveat(n, q)}")
+    if method == "items-bootstrap":
+        what = ("the test items resampled with replacement within each seed; the same resample for every method "
+                "(paired differences)")
+    else:
+        what = ("the seeds resampled with replacement, and the test items with replacement within each seed; the "
+                "same resample for every method (paired differences), statistic averaged over the drawn seeds")
+    kind = "two-level percentile bootstrap" if method == "seeds-items-bootstrap" else "percentile bootstrap"
+    return (f"Intervals: {kind}, {b.get('n_resamples')} replicates (numpy default_rng({b.get('seed')})): {what}. "
+            f"{within} {_seeds_caveat(n)}")
+
+
+def _seeds_caveat(n: int, q: float | None = None) -> str:
+    """What counting the seeds does, said for the number of seeds there are (``q``: the t quantile)."""
     if n == 1:
         return ("With one seed only the test items are resampled: the intervals do not count the variation "
                 "between label sets drawn the same way or between LoRA runs (run several seeds, --seeds 0,1,2, "
                 "for that).")
-    what = ("Resampling seeds counts the variation between label sets drawn the same way and between LoRA "
+    if q is None:
+        what = ("Resampling seeds counts the variation between label sets drawn the same way and between LoRA "
+                "runs, not only between test items")
+        return f"{what}; with {n} seeds it is coarse." if n < 10 else f"{what}."
+    what = ("The spread between seeds counts the variation between label sets drawn the same way and between LoRA "
             "runs, not only between test items")
-    return f"{what}; with {n} seeds it is coarse." if n < 10 else f"{what}."
+    if n < 10:
+        return (f"{what}; with {n} seeds it is coarse: the spread is estimated from {n} values, hence the t quantile "
+                f"{q:.2f} (1.96 with many seeds) and wide intervals; more seeds narrow them.")
+    return f"{what}."
 
 
 def _chance(report: Mapping[str, Any]) -> float | None:
