@@ -1370,6 +1370,12 @@ def adapt(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads of torch. \\[default: torch's, or 1 when a timed "
                                                      "warm-up finds one thread faster]")] = None,
+    recipes: Annotated[str, typer.Option(help="Training recipes, comma-separated: plain (LoRA on the bought gold "
+                                              "labels) and distill (plus the head's labels, refit on the bought "
+                                              "ones, for the rest of the train split; for the gate's and random's "
+                                              "sets, reported as <set>/distill).")] = "plain",
+    distill_weight: Annotated[float, typer.Option(help="distill: weight of a pseudo-label relative to a gold "
+                                                       "one, times the head's probability of it.")] = 1.0,
     estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Recompute --out's report.md/.json and "
                                                                    "accuracy.png from its saved predictions "
@@ -1388,6 +1394,7 @@ def adapt(
     budgetsft adapt --data bbc-news --beta 0.1 --seeds 0,1,2 --out runs/adapt-bbc
     budgetsft adapt --data bbc-news --budget 170 --seeds 0,1,2 --out runs/adapt-bbc   # 170 labels
     budgetsft adapt --data bbc-news --seeds 0,1,2 --estimate-only
+    budgetsft adapt --data bbc-news --baselines random --recipes plain,distill --seeds 0,1,2 --out runs/distill
     budgetsft adapt --data sarcasm --max-examples 3000 --seeds 0,1,2 --out runs/adapt-sarcasm
     budgetsft adapt --data bbc-news --labels bought.jsonl --out runs/adapt-mine     # a session's export or ledger
     budgetsft adapt --out runs/adapt-bbc --report-only                  # the report again, from saved predictions
@@ -1421,7 +1428,8 @@ def adapt(
                        labels_file=labels, include_all=not no_all, max_examples=max_examples, max_test=max_test,
                        max_prompt_tokens=max_prompt_tokens, lora_layers=lora_layers, epochs=epochs, lr=lr,
                        lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
-                       threads=threads, estimate_only=estimate_only)
+                       threads=threads, estimate_only=estimate_only,
+                       recipes=[r.strip() for r in recipes.split(",") if r.strip()], distill_weight=distill_weight)
     if estimate_only:
         out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")
         return

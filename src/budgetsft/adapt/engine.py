@@ -504,6 +504,7 @@ def train_lora(
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> tuple[Any, list[float]]:
     """LoRA on the layers above ``cache.split``, trained from the cached prefix states.
 
@@ -529,6 +530,11 @@ def train_lora(
         A fractional value trains ``ceil(epochs * n / batch_size)`` steps.
     on_step : callable (step, loss) -> None, optional
         Called after each optimiser step (steps counted from 1).
+    weights : sequence of float, optional
+        A weight in [0, 1] per key. Each answer token's log-likelihood is
+        multiplied by its example's weight before the batch mean, so a weight
+        of 1 is a gold label and a pseudo-label of weight 0.3 pulls 0.3 as
+        hard. None: every weight is 1, the plain loss.
 
     Returns
     -------
@@ -546,6 +552,16 @@ def train_lora(
     answers = [int(a) for a in answers]
     if not keys:
         raise ConfigError(f"{owner} got 0 examples: there is nothing to fine-tune on.")
+    w_all = None
+    if weights is not None:
+        w_all = np.asarray(weights, dtype=np.float64)
+        if w_all.shape != (len(keys),):
+            raise ConfigError(f"The 'weights' parameter of {owner} must hold one weight per key ({len(keys)}); "
+                              f"got {w_all.size}.")
+        bad = np.flatnonzero(~((w_all >= 0) & (w_all <= 1)))  # NaN fails both
+        if len(bad):
+            raise ConfigError(f"The 'weights' parameter of {owner} must be in [0, 1]; weight {bad[0]} (key "
+                              f"{keys[bad[0]]!r}) is {w_all[bad[0]]}.")
 
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -588,7 +604,12 @@ def train_lora(
                 hidden, batch = cache.gold_batch([keys[i] for i in idx], [answers[i] for i in idx], device)
                 with autocast_context(device, dtype), _train_attention(device):
                     out = top.run(hidden, batch.position_ids, None, split, top.n_layers)
-                    loss = -top.logprobs(out, batch).mean()
+                    lp = top.logprobs(out, batch)
+                    if w_all is None:
+                        loss = -lp.mean()
+                    else:  # each answer token weighted by its example's weight (batch.owner: token -> example)
+                        w = torch.as_tensor(w_all[idx], dtype=lp.dtype, device=lp.device)
+                        loss = -(lp * w[batch.owner]).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if max_grad_norm is not None:

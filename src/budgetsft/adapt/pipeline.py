@@ -65,6 +65,11 @@ RECIPE: dict[str, Any] = {
     "eval_batch_size": 32,
 }
 BASELINES = ("random", "first", "margin")
+#: Training recipes: ``plain`` (LoRA on the bought gold labels) and ``distill`` (plus the refit head's labels for
+#: the rest of the train split, :func:`distill_set`).
+RECIPES = ("plain", "distill")
+#: The weight of a pseudo-label relative to a gold one, times the head's probability of it (:func:`distill_set`).
+DISTILL_WEIGHT = 1.0
 #: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
 RANDOM_SET_STREAM = 3
 
@@ -143,6 +148,51 @@ def select_labels(
     out["all"] = {"examples": list(streams.dataset.train), "ids": [ex.id for ex in streams.dataset.train],
                   "head_accuracy": head_all}
     return out
+
+
+def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str], *, seed: int = 0,
+                weight: float = DISTILL_WEIGHT) -> dict[str, Any]:
+    """The ``distill`` training set of one selection: its gold labels, plus the refit head's labels for the rest.
+
+    The head is :func:`budgetsft.refit.refit` on the bought rounds alone (C by cross-validation on them, as
+    `budgetsft run` refits). Every unbought train round gets the head's answer, argmax_a q(a) with
+    q = softmax(θᵀφ(x, a)) (temperature 1: the head's own calibrated probabilities), as a pseudo-label of
+    weight ``weight`` · q(answer), so a pseudo-label pulls as hard as the head is sure of it, and never harder
+    than a gold label (weight 1). The test split is never read except to report the head's accuracy.
+
+    Returns ``{"examples", "ids", "weights", "pseudo": {id: [answer, weight]}, "head_accuracy"}``.
+    """
+    from dataclasses import replace
+
+    from budgetsft.refit import refit
+
+    weight = check_float("distill_set", "weight", weight, low=0.0, high=1.0, low_open=True)
+    bought = set(bought_ids)
+    rounds = [r for r in train if r.id in bought]
+    if not rounds:
+        raise DataError("distill needs at least one bought label to refit the head on; the selection bought none.")
+    head = refit(rounds, seed=seed)
+    examples, weights, pseudo = [], [], {}
+    for r in train:
+        ex = by_id[r.id]
+        if r.id in bought:
+            examples.append(ex)
+            weights.append(1.0)
+            continue
+        s = np.asarray(r.features, dtype=np.float64) @ head.coef_
+        q = np.exp(s - s.max())
+        q /= q.sum()
+        a = int(np.argmax(q))  # lowest index on ties, the game's rule
+        examples.append(replace(ex, answer=a))
+        weights.append(float(weight * q[a]))
+        pseudo[r.id] = [a, weights[-1]]
+    return {"examples": examples, "ids": [ex.id for ex in examples], "weights": weights, "pseudo": pseudo,
+            "head_accuracy": head.accuracy(test) if test else None}
+
+
+def _file_name(method: str) -> str:
+    """A method's name as a file or folder name: ``llf/distill`` -> ``llf-distill``."""
+    return method.replace("/", "-")
 
 
 # --------------------------------------------------------------------------- --labels FILE
@@ -356,14 +406,22 @@ def run_adapt(
     threads: int | None = None,
     estimate_only: bool = False,
     progress: bool = True,
+    recipes: Sequence[str] = ("plain",),
+    distill_weight: float = DISTILL_WEIGHT,
 ) -> dict[str, Any]:
     """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
+
+    ``recipes``: ``plain`` trains on each bought set; ``distill`` also trains, for the gate's selection and
+    ``random``'s, on the bought gold labels plus the refit head's labels for the rest of the train split
+    (:func:`distill_set`, pseudo-labels weighted ``distill_weight`` · the head's probability), reported as
+    ``<selection>/distill``.
 
     Files written::
 
         report.json, report.md, accuracy.png   every seed together (budgetsft.adapt.report)
         seed-<s>/adapters/<method>/            LoRA adapters (save_pretrained; base = ``model``, a directory absolute)
-        seed-<s>/labels/<method>.jsonl         each training set, canonical JSONL
+        seed-<s>/labels/<method>.jsonl         each training set, canonical JSONL (gold labels only)
+        seed-<s>/pseudo/<selection>.json       a distill set's pseudo-labels: {id: [answer, weight]}
         seed-<s>/selection.json                the ids of each set
         seed-<s>/predictions.json              test ids, each method's scores and correctness
 
@@ -394,6 +452,14 @@ def run_adapt(
     dtype = check_choice(owner, "dtype", dtype, ("auto", "bf16", "fp32"))
     if max_test is not None:
         max_test = check_int(owner, "max_test", max_test, low=1)
+    recipes = tuple(dict.fromkeys(check_choice(owner, "recipes", r, RECIPES) for r in recipes))
+    if "plain" not in recipes:
+        raise ConfigError(f"The 'recipes' parameter of {owner} must include 'plain' (random/plain is the reference "
+                          f"every recipe is compared with). Got {list(recipes)!r}.")
+    distill_weight = check_float(owner, "distill_weight", distill_weight, low=0.0, high=1.0, low_open=True)
+    if "distill" in recipes and labels_file is not None:
+        raise ConfigError("The distill recipe refits a head on the features of the train split, which adapt only "
+                          "has when it selects the labels itself; drop --labels or use --recipes plain.")
     out = Path(out_dir)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     resolve_model(model, "causal")  # a bad name fails before anything is featurised
@@ -437,6 +503,14 @@ def run_adapt(
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
             sets = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
                                  all_head=False)
+            if "distill" in recipes:
+                by_id = {ex.id: ex for ex in ds.train}
+                for sel in dict.fromkeys((gate, "random")):
+                    if sel in sets:
+                        say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(sets[sel]['ids'])} labels "
+                            f"labels the other {len(streams.train) - len(sets[sel]['ids'])} train items")
+                        sets[f"{sel}/distill"] = distill_set(streams.train, streams.test, by_id, sets[sel]["ids"],
+                                                             seed=seed, weight=distill_weight)
             if not include_all:
                 sets.pop("all")
             test_all = list(ds.test)
@@ -547,7 +621,11 @@ def run_adapt(
             f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
         for name, s in plan["sets"].items():
             examples = s["examples"]
-            _write_jsonl(where / "labels" / f"{name}.jsonl", examples)
+            if "pseudo" in s:  # a distill set: its gold labels are the selection's file; the head's labels apart
+                (where / "pseudo").mkdir(parents=True, exist_ok=True)
+                (where / "pseudo" / f"{name.split('/')[0]}.json").write_text(json.dumps(s["pseudo"]) + "\n")
+            else:
+                _write_jsonl(where / "labels" / f"{_file_name(name)}.jsonl", examples)
             if not examples:
                 scores[name] = scores["zero-shot"]
                 timing[name] = {"train_seconds": None, "score_seconds": None}
@@ -558,14 +636,15 @@ def run_adapt(
                 peft_model, history = train_lora(
                     fresh, cache, [ex.id for ex in examples], [ex.answer for ex in examples], epochs=epochs, lr=lr,
                     lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype,
-                    progress=progress, desc=f"seed {seed} train {name} ({len(examples)} labels)")
+                    progress=progress, desc=f"seed {seed} train {name} ({len(examples)} labels)",
+                    weights=s.get("weights"))
             dt = time.perf_counter() - t
             b = min(batch_size, len(examples))
             clock.done("train", math.ceil(epochs * len(examples) / b) * b, dt)
             timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
             _evaluate(peft_model, name, **score_kw)
             with quiet_hf():
-                save_adapters(peft_model, where / "adapters" / name)
+                save_adapters(peft_model, where / "adapters" / _file_name(name))
             acc = float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
             say(f"seed {seed} {name}: {len(examples)} labels, accuracy {acc:.4f} (train {_minutes(dt)}) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
@@ -585,14 +664,23 @@ def run_adapt(
             "labels": {"zero-shot": 0, **{k: len(s["examples"]) for k, s in plan["sets"].items()}},
             "head_accuracy": {k: s["head_accuracy"] for k, s in plan["sets"].items()},
             "correct": correct, "timing": timing,
-            "adapters": {k: f"seed-{seed}/adapters/{k}" for k, s in plan["sets"].items() if s["examples"]},
+            "adapters": {k: f"seed-{seed}/adapters/{_file_name(k)}" for k, s in plan["sets"].items() if s["examples"]},
         })
 
+    comparisons = []
+    if "distill" in recipes:
+        for a, b in ((f"{gate}/distill", "random/distill"), (f"{gate}/distill", "random"),
+                     ("random/distill", "random"), (f"{gate}/distill", gate)):
+            comparisons.append((a, b))
     report = seed_report(results, gate=gate if given is None else "labels",
-                         baselines=[*baselines, "all"] if given is None else ["random", "zero-shot"])
+                         baselines=[*baselines, "all"] if given is None else ["random", "zero-shot"],
+                         comparisons=comparisons)
     report.update(
         data=data, model=model, beta=None if given is not None else beta, mode=mode,
         labels_file=str(labels_file) if labels_file is not None else None, settings=settings,
+        recipes=list(recipes), **({"distill": {"weight": distill_weight, "temperature": 1.0,
+                                              "labels": "argmax of the refit head, weight × its probability"}}
+                                  if "distill" in recipes else {}),
         **({"random_sets": random_note} if random_note is not None else {}),
         timing={"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "prefix_seconds": cache.seconds_,
                 "rates": dict(clock.rate)},

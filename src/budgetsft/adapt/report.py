@@ -287,7 +287,8 @@ def compare_adaptations(
 
 
 def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: Sequence[str],
-                n_resamples: int | None = None, bootstrap_seed: int | None = None) -> dict[str, Any]:
+                n_resamples: int | None = None, bootstrap_seed: int | None = None,
+                comparisons: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Accuracy of every method and paired differences ``gate − baseline``, with 95 % intervals.
 
     The intervals are :class:`budgetsft.adapt.stats.PairedBootstrap`'s default:
@@ -308,6 +309,10 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
     n_resamples, bootstrap_seed : int, optional
         Default :data:`budgetsft.adapt.stats.N_RESAMPLES` and
         :data:`~budgetsft.adapt.stats.BOOTSTRAP_SEED`.
+    comparisons : sequence of (a, b)
+        Further paired differences a − b (e.g. ``("llf/distill", "random")``), reported in
+        ``comparisons`` as ``{"a", "b", "mean", "ci95", "within_noise"}``; pairs with a method
+        that is not present are left out.
 
     Returns
     -------
@@ -338,8 +343,14 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
         if b in methods and gate in methods and b != gate:
             paired[f"{gate}-{b}"] = boot.paired([r["correct"][gate] for r in results],
                                                 [r["correct"][b] for r in results])
+    compared = []
+    for a, b in comparisons:
+        if a in methods and b in methods and a != b:
+            d = boot.paired([r["correct"][a] for r in results], [r["correct"][b] for r in results])
+            compared.append({"a": a, "b": b, "mean": d["mean"], "ci95": d["ci95"], "within_noise": d["within_noise"]})
     per_seed = [{k: v for k, v in r.items() if k != "correct"} for r in results]
     return {
+        "comparisons": compared,
         "seeds": [int(r["seed"]) for r in results],
         "test_sizes": [int(r["test_size"]) for r in results],
         "gate": gate,
@@ -405,6 +416,13 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         for name, p in paired.items():
             lines.append(f"| {name.replace('-', ' − ', 1)} | {p['mean']:+.4f} | {_ci(p['ci95'], '+.4f')} | "
                          f"{', '.join(f'{d:+.4f}' for d in p['per_seed'])} | {_verdict(name, p)} |")
+    compared = report.get("comparisons", [])
+    if compared:
+        lines += ["", "| comparison | mean | 95 % CI | verdict |", "|---|---:|---|---|"]
+        for c in compared:
+            verdict = ("within noise" if c["within_noise"] else
+                       f"{c['a'] if c['mean'] > 0 else c['b']} is better (the interval excludes 0)")
+            lines.append(f"| {c['a']} − {c['b']} | {c['mean']:+.4f} | {_ci(c['ci95'], '+.4f')} | {verdict} |")
     lines.append("")
     words = []
     for name, p in paired.items():
@@ -516,7 +534,8 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
         results.append({**row, "correct": correct})
     gate = old.get("gate", "llf")
     baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
-    report = {**old, **seed_report(results, gate=gate, baselines=baselines)}
+    comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", []) if isinstance(c, dict) and "a" in c and "b" in c]
+    report = {**old, **seed_report(results, gate=gate, baselines=baselines, comparisons=comparisons)}
     try:
         write_seed_report(report, out)
     except OSError as exc:

@@ -1,0 +1,150 @@
+"""The distill recipe (issue 20, item 3): LoRA on the bought gold labels plus the refit head's labels for the rest.
+
+Real parts throughout: the refit head, a tiny random-weight Llama trained by ``train_lora``, the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_adapt_value import EXAMPLES, _cli, _llama, env, tok, work  # noqa: E402,F401  (fixtures)
+
+from budgetsft.adapt.engine import PrefixCache, encode, train_lora  # noqa: E402
+from budgetsft.adapt.lora import pad_id  # noqa: E402
+from budgetsft.adapt.pipeline import distill_set, run_adapt  # noqa: E402
+from budgetsft.base import Round  # noqa: E402
+from budgetsft.data import Example  # noqa: E402
+from budgetsft.exceptions import ConfigError, DataError  # noqa: E402
+from budgetsft.refit import refit  # noqa: E402
+
+from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
+
+
+def _pool(n: int = 60, d: int = 6, K: int = 3, seed: int = 0):
+    """n rounds whose gold is the argmax of a fixed θ over K candidates, with their Examples."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(size=d)
+    rounds, examples = [], {}
+    for i in range(n):
+        X = rng.normal(size=(K, d))
+        gold = int(np.argmax(X @ theta))
+        rounds.append(Round(X, gold, id=f"x{i}"))
+        examples[f"x{i}"] = Example(f"x{i}", f"item {i}", ("a", "b", "c"), answer=gold)
+    return rounds, examples
+
+
+def test_distill_set_keeps_gold_and_labels_the_rest_with_the_heads_answers():
+    rounds, by_id = _pool()
+    bought = [r.id for r in rounds[:20]]
+    out = distill_set(rounds, rounds[40:], by_id, bought, seed=0, weight=0.5)
+    assert out["ids"] == [r.id for r in rounds]
+    head = refit(rounds[:20], seed=0)
+    for r, ex, w in zip(rounds, out["examples"], out["weights"], strict=True):
+        if r.id in bought:  # gold, full weight, no pseudo-label
+            assert ex.answer == r.gold and w == 1.0 and r.id not in out["pseudo"]
+            continue
+        s = r.features @ head.coef_
+        q = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        assert ex.answer == int(np.argmax(s)) and out["pseudo"][r.id] == [ex.answer, w]
+        assert w == pytest.approx(0.5 * q.max()) and 0.5 / 3 <= w <= 0.5
+        assert ex.prompt == by_id[r.id].prompt  # only the answer changes
+    # the head is the one refit on the bought labels: its accuracy on the held-out rounds is reported
+    assert out["head_accuracy"] == pytest.approx(head.accuracy(rounds[40:]))
+    # the pseudo-labels are mostly right on this separable pool, and not copied from the gold
+    pseudo_right = np.mean([out["pseudo"][r.id][0] == r.gold for r in rounds[20:]])
+    assert 0.6 < pseudo_right
+
+
+def test_distill_set_rejects_a_bad_weight_and_an_empty_selection():
+    rounds, by_id = _pool(n=10)
+    with pytest.raises(ConfigError, match="weight"):
+        distill_set(rounds, [], by_id, [rounds[0].id], weight=1.5)
+    with pytest.raises(DataError, match="at least one bought label"):
+        distill_set(rounds, [], by_id, [])
+
+
+@pytest.fixture(scope="module")
+def cached(tok):
+    """A tiny Llama and the prefix cache of the first 12 examples."""
+    model = _llama(len(tok))
+    cache = PrefixCache(model, 1, dtype="fp32", batch_size=8, pad_token_id=pad_id(tok))
+    items = EXAMPLES[:12]
+    cache.add_many([e.id for e in items], [encode(e, tok, max_prompt_tokens=16) for e in items])
+    return model, cache, items
+
+
+def _train(cached, **kw):
+    import copy
+
+    model, cache, items = cached
+    _, history = train_lora(copy.deepcopy(model), cache, [e.id for e in items], [e.answer for e in items],
+                            epochs=1, batch_size=4, dtype="fp32", progress=False, seed=0, **kw)
+    return history
+
+
+def test_unit_weights_are_the_plain_loss_and_weights_change_it(cached):
+    plain = _train(cached)
+    assert _train(cached, weights=[1.0] * 12) == plain  # bit for bit
+    half = _train(cached, weights=[0.5] * 12)
+    assert half[0] == pytest.approx(plain[0] / 2, rel=1e-5)  # the first step's loss, before any update
+    assert _train(cached, weights=[1.0] * 6 + [0.0] * 6) != plain
+
+
+@pytest.mark.parametrize("weights", [[1.0] * 11, [1.2] + [1.0] * 11, [float("nan")] * 12, [-0.1] + [1.0] * 11])
+def test_bad_weights_are_refused_naming_the_parameter(cached, weights):
+    with pytest.raises(ConfigError, match="'weights'"):
+        _train(cached, weights=weights)
+
+
+def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, env, tmp_path):
+    out = tmp_path / "adapt"
+    _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
+          "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size", "4",
+          "--device", "cpu", "--out", out], env, work)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["zero-shot", "llf", "random", "llf/distill", "random/distill"]
+    assert report["methods"]["llf"]["labels"] == [7, 7]
+    assert report["methods"]["llf/distill"]["labels"] == [38, 38]  # every train item: 7 gold + 31 pseudo
+    assert report["recipes"] == ["plain", "distill"] and report["distill"]["weight"] == 1.0
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert pairs == {("llf/distill", "random/distill"), ("llf/distill", "random"), ("random/distill", "random"),
+                     ("llf/distill", "llf")}
+    for c in report["comparisons"]:
+        acc = report["methods"]
+        assert c["mean"] == pytest.approx(acc[c["a"]]["mean"] - acc[c["b"]]["mean"])
+        assert c["ci95"][0] <= c["mean"] <= c["ci95"][1]
+    for seed in (0, 1):
+        where = out / f"seed-{seed}"
+        assert (where / "adapters" / "llf-distill" / "adapter_config.json").is_file()
+        pseudo = json.loads((where / "pseudo" / "llf.json").read_text())
+        gold_ids = [json.loads(line)["id"] for line in (where / "labels" / "llf.jsonl").read_text().splitlines()]
+        assert len(pseudo) == 31 and not set(pseudo) & set(gold_ids)
+        assert all(0 < w <= 1 for _, w in pseudo.values())
+        assert not (where / "labels" / "llf-distill.jsonl").exists()  # pseudo-labels never pass for gold
+    md = (out / "report.md").read_text()
+    assert "| comparison |" in md and "llf/distill − random" in md
+    # the comparisons survive --report-only
+    (out / "report.md").unlink()
+    _cli(["adapt", "--out", out, "--report-only"], env, work)
+    assert json.loads((out / "report.json").read_text())["comparisons"] == report["comparisons"]
+
+
+def test_distill_needs_plain_and_its_own_selection(work, tmp_path):
+    with pytest.raises(ConfigError, match="must include 'plain'"):
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", recipes=("distill",), progress=False)
+    with pytest.raises(ConfigError, match="'recipes'"):
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", recipes=("plain", "soft"), progress=False)
+    with pytest.raises(ConfigError, match="drop --labels"):
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", recipes=("plain", "distill"),
+                  labels_file=work / "topics.jsonl", progress=False)
