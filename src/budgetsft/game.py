@@ -39,8 +39,9 @@ def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> 
     gaps = scores[pred] - scores
     lat = widths - gaps
     lat[pred] = -np.inf
-    masked = np.where(np.arange(len(scores)) == pred, -np.inf, scores)
-    runner = int(np.argmax(masked))
+    masked = np.array(scores, dtype=np.float64)
+    masked[pred] = -np.inf
+    runner = int(masked.argmax())
     return QueryInfo(
         t=t,
         horizon=horizon,
@@ -49,7 +50,7 @@ def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> 
         prediction=pred,
         runner_up=runner,
         widths=widths,
-        latency=float(np.max(lat)),
+        latency=float(lat.max()),
         gap=float(gaps[runner]),
         uncertainty=float(nsq[runner]),
         cost=cost,
@@ -77,7 +78,7 @@ def check_round(rnd: Round, t: int, *, unlabelled_ok: bool = False) -> tuple[np.
         raise DataError(f"round {t}: 'cost' must be a finite number >= 0. Got {cost!r}.")
     if rnd.expected_rewards is not None:
         p = np.asarray(rnd.expected_rewards, dtype=np.float64)
-        if p.shape != (K,) or not np.all(np.isfinite(p)):
+        if p.shape != (K,) or not np.isfinite(p).all():
             raise DataError(
                 f"round {t}: 'expected_rewards' must be {K} finite numbers; got shape {p.shape}."
             )
@@ -233,8 +234,9 @@ class Game:
                 yield resolve(rnd, X, info, False, self.learner, self.follower, self.budget)
             else:
                 label, price = got
-                yield resolve(dataclasses.replace(rnd, gold=int(label)), X, info, True, self.learner,
-                              self.follower, self.budget, price=price)
+                if rnd.gold is None or int(rnd.gold) != int(label):  # the simulation's label is the round's gold
+                    rnd = dataclasses.replace(rnd, gold=int(label))
+                yield resolve(rnd, X, info, True, self.learner, self.follower, self.budget, price=price)
 
     def _audits(self, group, chosen: set[int]) -> set[int]:
         """The audit rounds of a decided group that the budget affords after the gate's picks."""
@@ -378,7 +380,7 @@ def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, 
     hinge = max(0.0, 1.0 - float(scores[gold] - scores[hardest]))
     if rnd.expected_rewards is not None:
         p = np.asarray(rnd.expected_rewards, dtype=np.float64)
-        regret = float(np.max(p) - p[info.prediction])
+        regret = float(p.max() - p[info.prediction])
     else:
         regret = math.nan
     if queried:

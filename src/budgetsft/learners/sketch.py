@@ -64,12 +64,18 @@ from budgetsft.exceptions import DataError
 from budgetsft.learners._covariance import CovarianceMixin, RadiusSpec
 from budgetsft.learners.logistic import sigmoid
 
+try:  # the gufuncs behind np.linalg.solve / inv / eigh: the same LAPACK calls without the wrappers' checks
+    from numpy.linalg import _umath_linalg
+except ImportError:  # pragma: no cover
+    _umath_linalg = None
+
 __all__ = ["SketchLearner"]
 
 SHRINKAGE = {"drop": 0.0, "add": 1.0, "half": 0.5}
 # A residual direction below this fraction of the row it came from is rounding (or energy below its
 # square of the row's): dropped, which only lowers SᵀS and keeps 0 ⪯ G - SᵀS. float32 rounds at ~1e-6.
 _DROP = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
+_ORTHO_TOL = {dt: 1e3 * np.finfo(dt).eps for dt in _DROP}  # rows of B orthonormal to 1e3 ε
 _CHUNK = 4096  # rows of Y per block in apply_P: bounds its (rows, r) temporaries
 
 
@@ -108,7 +114,10 @@ class SketchLearner(CovarianceMixin):
         V̂ (module docstring). The Newton steps use λ + α/2 whatever it is.
     d : int, optional
     dtype : {"float64", "float32"}, default="float64"
-        Precision of Q, θ and b (the small core M, H stays float64).
+        Precision of Q, θ, b and the small cores M, H (float32: their
+        eigendecomposition and inverses in single-precision LAPACK too).
+        Scores and widths are float64 either way; on the test streams float32
+        agrees with float64 to a few 1e-6 relative (``tests/test_sketch.py``).
 
     Examples
     --------
@@ -164,9 +173,10 @@ class SketchLearner(CovarianceMixin):
         self.d_ = d
         self.Q_ = np.zeros((2 * self.rank + 4, d), dtype=dtype)  # rows [:n_directions_] orthonormal
         self.n_directions_ = 0
-        self.M_ = np.zeros((0, 0))  # SᵀS = Qᵀ M Q
-        self.H_ = np.zeros((0, 0))  # (cI + M)⁻¹, the widths' core
-        self.H_step_ = np.zeros((0, 0))  # ((λ + α/2)I + M)⁻¹, the Newton steps' core
+        self.M_ = np.zeros((0, 0), dtype=dtype)  # SᵀS = Qᵀ M Q
+        # The two cores, stacked (one call updates both): H_ = (cI + M)⁻¹, the widths' one, and
+        # H_step_ = ((λ + α/2)I + M)⁻¹, the Newton steps' one (the properties below).
+        self._HH = np.zeros((2, 0, 0), dtype=dtype)
         self.alpha_ = 0.0
         self.n_shrinks_ = 0
         self.b_ = np.zeros(d, dtype=dtype)
@@ -193,6 +203,26 @@ class SketchLearner(CovarianceMixin):
             X = self._converted(X)
         return X
 
+    @property
+    def H_(self) -> np.ndarray:
+        """(cI + M)⁻¹ of shape (r, r), the widths' core."""
+        return self._HH[0]
+
+    @property
+    def H_step_(self) -> np.ndarray:
+        """((λ + α/2)I + M)⁻¹ of shape (r, r), the Newton steps' core."""
+        return self._HH[1]
+
+    def __getattr__(self, name: str):
+        # A learner restored from a checkpoint written before the two cores were stacked holds H_ and
+        # H_step_ as arrays of its own: stack them on first use.
+        legacy = self.__dict__
+        if name == "_HH" and "H_" in legacy and "H_step_" in legacy:
+            self._HH = np.stack([legacy.pop("H_"), legacy.pop("H_step_")]).astype(self.Q_.dtype)
+            self.M_ = self.M_.astype(self.Q_.dtype)
+            return self._HH
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def _c(self) -> float:
         """c = λ + κα, the isotropic part of the widths' V̂ (``shrinkage``)."""
         return float(self.lam) + SHRINKAGE[self.shrinkage] * self.alpha_
@@ -216,9 +246,12 @@ class SketchLearner(CovarianceMixin):
         G = self._project(X)
         c = self._c()
         diff = X[ref] - X
-        g = (G[:, [ref]] - G).astype(np.float64)  # Q (x_ref - x_a)
+        g = G[:, ref : ref + 1] - G  # Q (x_ref - x_a)
+        Hg = self.H_ @ g
+        if g.dtype != np.float64:  # the squared norms in float64 (they may nearly cancel)
+            g = g.astype(np.float64)
         nsq = np.einsum("kd,kd->k", diff, diff, dtype=np.float64) - np.einsum("rk,rk->k", g, g)
-        nsq += c * np.einsum("rk,rk->k", g, self.H_ @ g)
+        nsq += c * np.einsum("rk,rk->k", g, Hg)
         nsq /= c
         np.maximum(nsq, 0.0, out=nsq)
         return self.current_radius() * np.sqrt(nsq), nsq
@@ -283,40 +316,47 @@ class SketchLearner(CovarianceMixin):
         pairs = self._pairs(X, gold, alternative)
         idx = np.asarray(pairs)
         Z = X[gold] - X[idx]  # (n, d) pair features
-        QZ = (G[:, [gold]] - G[:, idx]).astype(np.float64)  # (r, n) = Q Zᵀ, from the width step
+        QZ = G[:, gold : gold + 1] - G[:, idx]  # (r, n) = Q Zᵀ, from the width step
         Q = self.Q_[: self.n_directions_]
         c = self._c_step()
         # One pass over Q for both: U = Z P̂ (rows P̂ z, P̂ the steps' one) and Z's residuals off span(Q).
-        back = np.concatenate([QZ - c * (self.H_step_ @ QZ), QZ], axis=1).T.astype(Q.dtype, copy=False) @ Q
+        back = np.concatenate([QZ - c * (self.H_step_ @ QZ), QZ], axis=1).T @ Q
         n = len(pairs)
         U = Z - back[:n]
         U /= c
-        weights = np.empty(n)
+        weights = [0.0] * n
+        coef, b, eta, w_min = self.coef_, self.b_, self.eta, self.w_min
         for i in range(n):
-            z, u = Z[i], U[i].copy()  # P̂ z with the earlier pairs of this round applied
-            p = sigmoid(float(z @ self.coef_))
-            w = max(p * (1.0 - p), self.w_min)
+            z, u = Z[i], U[i]  # P̂ z with the earlier pairs of this round applied (only later rows change)
+            p = sigmoid(float(z @ coef))
+            w = max(p * (1.0 - p), w_min)
             denom = 1.0 + w * float(z @ u)
             # P̂' z = u / (1 + w zᵀu) (Sherman–Morrison); Newton step on -log σ(m), as LogisticLearner.
-            self.coef_ += u * (self.eta * (1.0 - p) / denom)
-            self.n_updates_ += 1
+            coef += u * (eta * (1.0 - p) / denom)
             if i + 1 < n:  # the later pairs' P̂ z under P̂' = P̂ - w u uᵀ / denom
                 _ger_inplace(U[i + 1 :], -w / denom, U[i + 1 :] @ z, u)
-            self.b_ += (1.0 - p) * z
+            b += (1.0 - p) * z
             weights[i] = w
+        self.n_updates_ += n
         sqrt_w = np.sqrt(weights)
-        self._absorb(QZ * sqrt_w, (Z - back[n:]) * sqrt_w.astype(Z.dtype)[:, None])
+        R = Z - back[n:]
+        sqrt_w = sqrt_w.astype(Z.dtype, copy=False)
+        R *= sqrt_w[:, None]
+        QZ *= sqrt_w
+        self._absorb(QZ, R)
 
     def _absorb(self, C: np.ndarray, R: np.ndarray) -> None:
         """Add rows y_i to the sketch from C = Q yᵢ (r, n) and R, their residuals off span(Q) (n, d);
         shrink when it holds 2m directions."""
         r = self.n_directions_
         Q = self.Q_[:r]
-        r_norm = np.linalg.norm(R, axis=1)
+        r_norm = np.sqrt(np.add.reduce(R * R, axis=1))  # np.linalg.norm(R, axis=1), without its dispatch
         y_norm = np.sqrt(r_norm**2 + np.einsum("rn,rn->n", C, C))  # ||yᵢ||² = ||Q yᵢ||² + ||residual||²
         drop = _DROP[R.dtype]
-        again = (drop * y_norm < r_norm) & (r_norm < 0.5 * y_norm)
-        if r and again.any():  # cancellation: project those residuals once more (twice is enough)
+        # (n ≤ K - 1 entries: compared as Python floats, the same float64 comparisons as numpy's)
+        again = [drop * y < e < 0.5 * y for e, y in zip(r_norm.tolist(), y_norm.tolist(), strict=True)]
+        if r and any(again):  # cancellation: project those residuals once more (twice is enough)
+            again = np.array(again)
             extra = Q @ R[again].T
             R[again] -= extra.T.astype(Q.dtype) @ Q
             C[:, again] += extra
@@ -327,11 +367,13 @@ class SketchLearner(CovarianceMixin):
             grown[:r] = Q
             self.Q_ = grown
         self.Q_[r : r + k] = basis
-        Ybar = np.vstack([C, coords]) if k else C  # (r + k, n): the rows in the basis Q
-        self.M_ = _grown(self.M_, k, 0.0)
-        self.M_ += Ybar @ Ybar.T
-        self.H_ = _woodbury(_grown(self.H_, k, 1.0 / self._c()), Ybar)
-        self.H_step_ = _woodbury(_grown(self.H_step_, k, 1.0 / self._c_step()), Ybar)
+        Ybar = np.concatenate((C, coords)) if k else C  # (r + k, n): the rows in the basis Q
+        self.M_ = _grown(self.M_[None], k, (0.0,))[0]
+        # Ybar Ybarᵀ: float64 keeps numpy's A Aᵀ (BLAS syrk, then a copy of the triangle: its results stay
+        # bit for bit); float32 takes the general product of a copy, several times faster at r ≈ 2m.
+        self.M_ += Ybar @ (Ybar.T if Ybar.dtype == np.float64 else np.ascontiguousarray(Ybar.T))
+        self._HH = _grown(self._HH, k, (1.0 / self._c(), 1.0 / self._c_step()))
+        _woodbury(self._HH, Ybar)
         self.n_directions_ = r + k
         if self.n_directions_ >= 2 * self.rank:
             self._shrink()
@@ -340,18 +382,21 @@ class SketchLearner(CovarianceMixin):
     def _shrink(self) -> None:
         """Frequent Directions: keep the top m directions of SᵀS, each shrunk by the (m+1)-th eigenvalue."""
         m, r = self.rank, self.n_directions_
-        s2, U = np.linalg.eigh(self.M_)
+        s2, U = np.linalg.eigh(self.M_) if self.M_.dtype == np.float64 else _eigh_single(self.M_)
         s2, U = s2[::-1], U[:, ::-1]  # descending
         shrink = max(float(s2[m]), 0.0)
         kept = np.maximum(s2[:m] - shrink, 0.0)
-        self.Q_[:m] = U[:, :m].T.astype(self.Q_.dtype) @ self.Q_[:r]
+        self.Q_[:m] = U[:, :m].T.astype(self.Q_.dtype, copy=False) @ self.Q_[:r]
         self.Q_[m:r] = 0.0
         self.alpha_ += shrink
         self.n_directions_ = m
         self.n_shrinks_ += 1
         self.M_ = np.diag(kept)
-        self.H_ = np.diag(1.0 / (self._c() + kept))
-        self.H_step_ = np.diag(1.0 / (self._c_step() + kept))
+        HH = np.zeros((2, m, m), dtype=self.Q_.dtype)
+        diag = np.arange(m)
+        HH[0, diag, diag] = 1.0 / (self._c() + kept)
+        HH[1, diag, diag] = 1.0 / (self._c_step() + kept)
+        self._HH = HH
 
     def state_dict(self) -> dict:
         """Learned state (copies), for checkpoints."""
@@ -370,26 +415,74 @@ class SketchLearner(CovarianceMixin):
         }
 
 
-def _grown(A: np.ndarray, k: int, diagonal: float) -> np.ndarray:
-    """A (r, r) padded to (r + k, r + k) with ``diagonal`` on the k new diagonal entries (A itself if k = 0)."""
+def _raise_singular(err, flag):
+    raise np.linalg.LinAlgError("Singular matrix")
+
+
+def _raise_eigh(err, flag):
+    raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+
+def _solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``np.linalg.solve`` for a small float64 (n, n) A and (n, k) B: the same LAPACK call, without its checks."""
+    with np.errstate(call=_raise_singular, invalid="call", over="ignore", divide="ignore", under="ignore"):
+        return _umath_linalg.solve(A, B, signature="dd->d")
+
+
+def _inv(A: np.ndarray) -> np.ndarray:
+    """``np.linalg.inv`` of small float32 (..., n, n) matrices, in float32 LAPACK (numpy's computes in float64)."""
+    with np.errstate(call=_raise_singular, invalid="call", over="ignore", divide="ignore", under="ignore"):
+        return _umath_linalg.inv(A, signature="f->f")
+
+
+def _eigh_single(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.linalg.eigh`` of a symmetric float32 A in float32 LAPACK (numpy's computes in float64)."""
+    with np.errstate(call=_raise_eigh, invalid="call", over="ignore", divide="ignore", under="ignore"):
+        return _umath_linalg.eigh_lo(A, signature="f->ff")
+
+
+def _eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.linalg.eigh`` of a small symmetric A: the same LAPACK call (in float64, the result in A's dtype)."""
+    with np.errstate(call=_raise_eigh, invalid="call", over="ignore", divide="ignore", under="ignore"):
+        w, V = _umath_linalg.eigh_lo(A, signature="d->dd")
+    return w.astype(A.dtype, copy=False), V.astype(A.dtype, copy=False)
+
+
+if _umath_linalg is None:  # pragma: no cover - a numpy without the private gufuncs
+    _solve, _eigh, _inv, _eigh_single = np.linalg.solve, np.linalg.eigh, np.linalg.inv, np.linalg.eigh  # noqa: F811
+
+
+def _grown(A: np.ndarray, k: int, diagonals: tuple[float, ...]) -> np.ndarray:
+    """A stack (s, r, r) padded to (s, r + k, r + k), ``diagonals[i]`` on the k new diagonal entries of A[i]
+    (A itself if k = 0)."""
     if not k:
         return A
-    r = A.shape[0]
-    out = np.zeros((r + k, r + k))
-    out[:r, :r] = A
-    out[range(r, r + k), range(r, r + k)] = diagonal
+    r = A.shape[1]
+    out = np.zeros((A.shape[0], r + k, r + k), dtype=A.dtype)
+    out[:, :r, :r] = A
+    for core, diagonal in zip(out, diagonals, strict=True):
+        for i in range(r, r + k):
+            core[i, i] = diagonal
     return out
 
 
-def _woodbury(H: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """(H⁻¹ + Y Yᵀ)⁻¹ = H - HY (I + YᵀHY)⁻¹ YᵀH, in place, for the (r, n) rows Y of a round."""
+def _woodbury(H: np.ndarray, Y: np.ndarray) -> None:
+    """(H⁻¹ + Y Yᵀ)⁻¹ = H - HY (I + YᵀHY)⁻¹ YᵀH, in place, for the (r, n) rows Y of a round.
+
+    H is a stack (s, r, r) of cores: the stacked products and solves make the same BLAS/LAPACK calls on
+    each core as one call per core would, in fewer numpy calls. In float32 the (n, n) inverse replaces
+    the solve with r right-hand sides."""
     HY = H @ Y
     if Y.shape[1] == 1:  # one pair (the common round): Sherman–Morrison, no solve
-        h = HY[:, 0]
-        H -= np.outer(h, h) / (1.0 + float(Y[:, 0] @ h))
-        return H
-    H -= HY @ np.linalg.solve(np.eye(Y.shape[1]) + Y.T @ HY, HY.T)
-    return H
+        y = Y[:, 0]
+        h = HY[..., 0]  # (s, r)
+        step = h[:, :, None] * h[:, None, :]
+        step /= np.array([1.0 + float(y @ hi) for hi in h], dtype=H.dtype)[:, None, None]
+        H -= step
+    elif H.dtype == np.float64:
+        H -= HY @ _solve(np.eye(Y.shape[1]) + Y.T @ HY, np.swapaxes(HY, -1, -2))
+    else:
+        H -= (HY @ _inv(np.eye(Y.shape[1], dtype=H.dtype) + Y.T @ HY)) @ np.swapaxes(HY, -1, -2)
 
 
 def _ger_inplace(A: np.ndarray, alpha: float, x: np.ndarray, y: np.ndarray) -> None:
@@ -409,20 +502,20 @@ def _orthonormal_rows(R: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarr
     restores it). n ≤ K - 1 is small.
     """
     if R.shape[0] == 1:  # one pair (the common round): the normalised row, no eigendecomposition
-        norm = float(np.linalg.norm(R[0]))
+        norm = float(np.sqrt(R[0].dot(R[0])))  # np.linalg.norm(R[0]), without its dispatch
         if norm <= floor:
-            return R[:0], np.zeros((0, 1))
-        return R / R.dtype.type(norm), np.array([[norm]])
-    lam, V = np.linalg.eigh(R @ R.T)
+            return R[:0], np.zeros((0, 1), dtype=R.dtype)
+        return R / R.dtype.type(norm), np.array([[norm]], dtype=R.dtype)
+    lam, V = _eigh(R @ R.T)
     keep = lam > floor * floor
     lam, V = lam[keep], V[:, keep]
     root = np.sqrt(lam)
-    B = (V.T.astype(R.dtype) @ R) / root[:, None].astype(R.dtype)
+    B = (V.T.astype(R.dtype, copy=False) @ R) / root[:, None].astype(R.dtype, copy=False)
     coords = root[:, None] * V.T
     gram = B @ B.T
-    if B.shape[0] and np.abs(gram - np.eye(B.shape[0])).max() > 1e3 * np.finfo(R.dtype).eps:
+    if B.shape[0] and np.abs(gram - np.eye(B.shape[0])).max() > _ORTHO_TOL[R.dtype]:
         lam2, V2 = np.linalg.eigh(gram)
         root2 = np.sqrt(lam2)
         B = (V2.T.astype(R.dtype) @ B) / root2[:, None].astype(R.dtype)
         coords = (root2[:, None] * V2.T) @ coords
-    return B, coords.astype(np.float64)
+    return B, coords.astype(R.dtype, copy=False)
