@@ -45,11 +45,11 @@ def main() -> None:
             env = LinearSoftmaxEnv(d=20, K=5, rounds=args.rounds, seed=s)
             recs = play((r for r in env), LogisticLearner(), LLFGate(), Budget(args.budget))  # no len: T unknown
             bought = np.array([r.round for r in recs if r.queried])
-            per_seed.append([int(((bought > a) & (bought <= b)).sum()) for a, b in zip(edges, edges[1:])])
+            per_seed.append([int(((bought > a) & (bought <= b)).sum()) for a, b in zip(edges, edges[1:], strict=False)])
     print(f"LLF with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, T̂₀ = {T0:,}, seeds {seeds}\n")
     print("| rounds | released by the schedule | " + " | ".join(f"bought, seed {s}" for s in seeds) + " |")
     print("|---|---:|" + "---:|" * len(seeds))
-    for i, (a, b) in enumerate(zip(edges, edges[1:])):
+    for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
         print(f"| {a + 1:,}–{b:,} | {released[i]:.1f} | " + " | ".join(str(p[i]) for p in per_seed) + " |")
     totals = [sum(p) for p in per_seed]
     print(f"| all | {released.sum():.1f} | " + " | ".join(str(t) for t in totals) + " |")

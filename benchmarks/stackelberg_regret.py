@@ -127,7 +127,7 @@ def regret_curve(stream: str, learner: str, Ts: Sequence[int], seed: int, *, com
 def local_slopes(Ts: Sequence[int], R: Sequence[float]) -> list[float]:
     """log(R_{i+1}/R_i) / log(T_{i+1}/T_i) between consecutive horizons (NaN where a regret is ≤ 0)."""
     out = []
-    for (t0, r0), (t1, r1) in zip(zip(Ts, R), zip(Ts[1:], R[1:])):
+    for (t0, r0), (t1, r1) in zip(zip(Ts, R, strict=True), zip(Ts[1:], R[1:], strict=True), strict=False):
         out.append(math.log(r1 / r0) / math.log(t1 / t0) if r0 > 0 and r1 > 0 else math.nan)
     return out
 
@@ -135,7 +135,7 @@ def local_slopes(Ts: Sequence[int], R: Sequence[float]) -> list[float]:
 def target_met(Ts: Sequence[int], slopes: Sequence[float]) -> bool | None:
     """Whether every local slope from a horizon ≥ TARGET_FROM is ≤ TARGET_SLOPE (a NaN slope fails);
     None when there is no such slope (e.g. ``--quick``)."""
-    tail = [s for T, s in zip(Ts, slopes) if T >= TARGET_FROM]
+    tail = [s for T, s in zip(Ts, slopes, strict=False) if T >= TARGET_FROM]
     return all(s <= TARGET_SLOPE for s in tail) if tail else None
 
 
@@ -225,7 +225,7 @@ def markdown(table: dict, Ts: Sequence[int], seeds: Sequence[int], *, comparator
                   f"every local slope ≤ {TARGET_SLOPE:g} from {TARGET_FROM:,} | comparator | seconds |",
               "|---|---|---:|---:|---|---|---:|"]
     for (stream, learner), row in table.items():
-        tail = [s for T, s in zip(Ts, row["local"]) if T >= TARGET_FROM]
+        tail = [s for T, s in zip(Ts, row["local"], strict=False) if T >= TARGET_FROM]
         lines.append(f"| {stream} | {learner} | **{row['slope']:.3f}** | "
                      + (f"{max(tail):.3f}" if tail else "—")
                      + f" | {_YES_NO[row['target_met']]} | {', '.join(row['methods'])} "

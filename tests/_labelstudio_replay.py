@@ -163,10 +163,15 @@ def run_pool_scenario(sync_pass: Callable[[], dict], gold: dict[str, str], user:
 
 
 def stream_session(workdir: Path) -> Path:
-    """A stream session with a web oracle: its first window of queries waits for people."""
+    """A stream session with a web oracle: its first window of queries waits for people.
+
+    The learner is pinned to the one the cassette was recorded with (the logistic learner's first-build
+    curvature floor, ``floor: constant``): the second pass's picks depend on what it learnt from the first."""
     db = workdir / "stream.db"
-    budgetsft("run", "--rounds", "200", "--window", "50", "--beta", "0.1", "--seed", "3", "--session", str(db),
-              "--oracle", "web")
+    config = workdir / "recorded_learner.yaml"
+    config.write_text("learner: {name: logistic, floor: constant}\n")
+    budgetsft("run", "--config", str(config), "--rounds", "200", "--window", "50", "--beta", "0.1", "--seed", "3",
+              "--session", str(db), "--oracle", "web")
     from budgetsft.sessions.ledger import Ledger
 
     with Ledger.open(db) as led:

@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 from test_adapt_value import EXAMPLES, _cli, _llama, env, tok, work  # noqa: E402,F401  (fixtures)
 
 from budgetsft.adapt.engine import PrefixCache, encode, train_lora  # noqa: E402
@@ -27,8 +28,6 @@ from budgetsft.base import Round  # noqa: E402
 from budgetsft.data import Example  # noqa: E402
 from budgetsft.exceptions import ConfigError, DataError  # noqa: E402
 from budgetsft.refit import refit  # noqa: E402
-
-from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 
 def _pool(n: int = 60, d: int = 6, K: int = 3, seed: int = 0):
@@ -75,7 +74,7 @@ def test_distill_set_rejects_a_bad_weight_and_an_empty_selection():
 
 
 @pytest.fixture(scope="module")
-def cached(tok):
+def cached(tok):  # noqa: F811
     """A tiny Llama and the prefix cache of the first 12 examples."""
     model = _llama(len(tok))
     cache = PrefixCache(model, 1, dtype="fp32", batch_size=8, pad_token_id=pad_id(tok))
@@ -107,7 +106,7 @@ def test_bad_weights_are_refused_naming_the_parameter(cached, weights):
         _train(cached, weights=weights)
 
 
-def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, env, tmp_path):
+def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, env, tmp_path):  # noqa: F811
     out = tmp_path / "adapt"
     _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
           "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size", "4",
@@ -140,7 +139,7 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
     assert json.loads((out / "report.json").read_text())["comparisons"] == report["comparisons"]
 
 
-def test_distill_needs_plain_and_its_own_selection(work, tmp_path):
+def test_distill_needs_plain_and_its_own_selection(work, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="must include 'plain'"):
         run_adapt(str(work / "topics.jsonl"), tmp_path / "a", recipes=("distill",), progress=False)
     with pytest.raises(ConfigError, match="'recipes'"):

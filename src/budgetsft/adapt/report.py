@@ -534,7 +534,8 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
         results.append({**row, "correct": correct})
     gate = old.get("gate", "llf")
     baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
-    comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", []) if isinstance(c, dict) and "a" in c and "b" in c]
+    comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", [])
+                   if isinstance(c, dict) and "a" in c and "b" in c]
     report = {**old, **seed_report(results, gate=gate, baselines=baselines, comparisons=comparisons)}
     try:
         write_seed_report(report, out)

@@ -185,7 +185,7 @@ class LogisticLearner(CovarianceMixin):
                 p = sigmoid(m)
                 g = 1.0 - p  # -d/dm of -log σ(m)
                 w = p * g
-            # the floor: scaled, a pair ranked with confidence (g → 0) adds no curvature; constant, every pair adds w_min
+            # the floor: scaled, a pair ranked with confidence (g → 0) adds none; constant, every pair adds w_min
             w = max(w, self.w_min * g if scaled else self.w_min)
             denom = 1.0 + w * float(z @ u)
             # P' z = u / (1 + w zᵀu) by Sherman–Morrison; Newton step on the pair loss.
