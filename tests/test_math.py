@@ -49,7 +49,7 @@ def test_learner_state_matches_naive_after_many_updates(cls):
         if cls is LogisticLearner:
             m = float(z @ learner.coef_) if hasattr(learner, "coef_") else 0.0
             p = 1 / (1 + np.exp(-m))
-            w = max(p * (1 - p), learner.w_min)
+            w = max(p * (1 - p), learner.w_min * (1 - p))  # the scaled floor (floor="scaled", the default)
         elif cls is AROWLearner:  # weight 1/r, only on hinge violations
             m = float(z @ learner.coef_) if hasattr(learner, "coef_") else 0.0
             w = 1.0 / learner.r if m < 1.0 else 0.0

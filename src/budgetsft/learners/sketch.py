@@ -92,8 +92,9 @@ class SketchLearner(CovarianceMixin):
 
     Parameters
     ----------
-    lam, eta, w_min, sigma, delta, S, update
-        As in :class:`~budgetsft.learners.LogisticLearner`.
+    lam, eta, w_min, floor, sigma, delta, S, update
+        As in :class:`~budgetsft.learners.LogisticLearner` (``floor="scaled"``: the
+        curvature floor w_min (1 - σ(m)); ``"constant"``: w_min, the first build's).
     radius : float, "auto" or "theory", default="auto"
         ``"auto"``: ρ = √(2 log(1/δ)), as the logistic learner (σ̂ = 1).
         ``"theory"``: the OFUL radius made to hold for the sketch,
@@ -146,11 +147,13 @@ class SketchLearner(CovarianceMixin):
         shrinkage: str = "drop",
         d: int | None = None,
         dtype: str = "float64",
+        floor: str = "scaled",
     ) -> None:
         self.lam = lam
         self.radius = radius
         self.eta = eta
         self.w_min = w_min
+        self.floor = floor
         self.sigma = sigma
         self.delta = delta
         self.S = S
@@ -164,6 +167,7 @@ class SketchLearner(CovarianceMixin):
         self._check_common("SketchLearner")
         check_float("SketchLearner", "eta", self.eta, low=0.0, low_open=True)
         check_float("SketchLearner", "w_min", self.w_min, low=0.0, high=0.25, low_open=True)
+        check_choice("SketchLearner", "floor", self.floor, ("scaled", "constant"))
         check_int("SketchLearner", "rank", self.rank, low=1)
         check_choice("SketchLearner", "shrinkage", self.shrinkage, tuple(SHRINKAGE))
 
@@ -326,10 +330,11 @@ class SketchLearner(CovarianceMixin):
         U /= c
         weights = [0.0] * n
         coef, b, eta, w_min = self.coef_, self.b_, self.eta, self.w_min
+        scaled = self.floor == "scaled"
         for i in range(n):
             z, u = Z[i], U[i]  # P̂ z with the earlier pairs of this round applied (only later rows change)
             p = sigmoid(float(z @ coef))
-            w = max(p * (1.0 - p), w_min)
+            w = max(p * (1.0 - p), w_min * (1.0 - p) if scaled else w_min)
             denom = 1.0 + w * float(z @ u)
             # P̂' z = u / (1 + w zᵀu) (Sherman–Morrison); Newton step on -log σ(m), as LogisticLearner.
             coef += u * (eta * (1.0 - p) / denom)
