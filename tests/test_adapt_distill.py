@@ -114,7 +114,7 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["zero-shot", "llf", "random", "llf/distill", "random/distill"]
     assert report["methods"]["llf"]["labels"] == [7, 7]
-    assert report["methods"]["llf/distill"]["labels"] == [38, 38]  # every train item: 7 gold + 31 pseudo
+    assert report["methods"]["llf/distill"]["labels"] == [7, 7]  # the gold labels; the other 31 are the head's
     assert report["recipes"] == ["plain", "distill"] and report["distill"]["weight"] == 1.0
     pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
     assert pairs == {("llf/distill", "random/distill"), ("llf/distill", "random"), ("random/distill", "random"),

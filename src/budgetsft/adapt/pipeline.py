@@ -661,7 +661,9 @@ def run_adapt(
             "seed": seed, "test_size": len(test_keys), "train_size": plan["train_size"], "budget": plan["budget"],
             "chance": float(np.mean([1.0 / len(ex.candidates) for ex in plan["test"]])),
             "features": plan["features"], "dropped_from_test": plan["dropped_from_test"],
-            "labels": {"zero-shot": 0, **{k: len(s["examples"]) for k, s in plan["sets"].items()}},
+            # gold labels used (a distill set's pseudo-labels are not labels anybody paid for)
+            "labels": {"zero-shot": 0, **{k: len(s["examples"]) - len(s.get("pseudo", ()))
+                                          for k, s in plan["sets"].items()}},
             "head_accuracy": {k: s["head_accuracy"] for k, s in plan["sets"].items()},
             "correct": correct, "timing": timing,
             "adapters": {k: f"seed-{seed}/adapters/{_file_name(k)}" for k, s in plan["sets"].items() if s["examples"]},
