@@ -264,7 +264,10 @@ def test_ctrl_c_stops_the_loop_cleanly(pool):
     with _replayer(db, _exchanges("pool", [0])) as server:
         proc = subprocess.Popen([sys.executable, "-m", "budgetsft", "labelstudio", "sync", str(db), "--url",
                                  server.url, "--project", str(project), "--interval", "600"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                # a suite started in the background (`make test &`) inherits SIGINT ignored, and
+                                # Python then installs no KeyboardInterrupt handler: give the child the default back
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         first = proc.stdout.readline()  # the first pass is done: the loop now waits for the next
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=60)
