@@ -630,13 +630,15 @@ def run_adapt(
                 scores[name] = scores["zero-shot"]
                 timing[name] = {"train_seconds": None, "score_seconds": None}
                 continue
+            n_pseudo = len(s.get("pseudo", ()))
+            what = f"{len(examples) - n_pseudo} labels" + (f" + {n_pseudo} of the head's" if n_pseudo else "")
             t = time.perf_counter()
             with quiet_hf():
                 fresh = copy.deepcopy(base)
                 peft_model, history = train_lora(
                     fresh, cache, [ex.id for ex in examples], [ex.answer for ex in examples], epochs=epochs, lr=lr,
                     lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype,
-                    progress=progress, desc=f"seed {seed} train {name} ({len(examples)} labels)",
+                    progress=progress, desc=f"seed {seed} train {name} ({what})",
                     weights=s.get("weights"))
             dt = time.perf_counter() - t
             b = min(batch_size, len(examples))
@@ -646,7 +648,7 @@ def run_adapt(
             with quiet_hf():
                 save_adapters(peft_model, where / "adapters" / _file_name(name))
             acc = float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
-            say(f"seed {seed} {name}: {len(examples)} labels, accuracy {acc:.4f} (train {_minutes(dt)}) "
+            say(f"seed {seed} {name}: {what}, accuracy {acc:.4f} (train {_minutes(dt)}) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
             del fresh, peft_model
             gc.collect()
