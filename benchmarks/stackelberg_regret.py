@@ -51,6 +51,7 @@ from threadpoolctl import threadpool_limits
 from budgetsft.budget import Budget
 from budgetsft.comparator import solve
 from budgetsft.config import ENVS, LEARNERS
+from budgetsft.experiment import Recorder
 from budgetsft.game import play
 from budgetsft.regret import comparator_loss, loglog_slope
 
@@ -64,26 +65,6 @@ S = 10.0
 DEFAULT_TS = (1000, 2000, 4000, 8000, 16000, 32000, 64000)
 TARGET_SLOPE = 0.6  # every local slope from TARGET_FROM on
 TARGET_FROM = 8000
-
-
-class _Recording:
-    """An env that keeps the rounds it yields (the adversarial env picks them with the learner), keeping its
-    ``bind`` and its length (the horizon)."""
-
-    def __init__(self, env) -> None:
-        self.env, self.rounds = env, []
-
-    def __len__(self) -> int:
-        return len(self.env)
-
-    def bind(self, learner) -> None:
-        if hasattr(self.env, "bind"):
-            self.env.bind(learner)
-
-    def __iter__(self):
-        for r in self.env:
-            self.rounds.append(r)
-            yield r
 
 
 def stream_seed(seed: int, T: int, fresh_draws: bool = False) -> int:
@@ -103,14 +84,15 @@ def regret_at(stream: str, learner: str, T: int, seed: int, *, comparator: str =
     hinge − comp_loss (a lower bound), ``method`` and the seconds of the play and of the comparator.
     """
     spec = dict(STREAMS[stream], rounds=int(T), seed=stream_seed(seed, T, fresh_draws))
-    src = _Recording(ENVS[spec.pop("name")](**spec))
+    played: list = []
+    src = Recorder(ENVS[spec.pop("name")](**spec), played)
     t0 = time.perf_counter()
     recs = list(play(src, LEARNERS[learner](), _full_gate(), Budget(float(T)), horizon=int(T)))
     t1 = time.perf_counter()
-    if len(recs) != T or len(src.rounds) != T:  # pragma: no cover - the env always yields T rounds
-        raise RuntimeError(f"{stream}: expected {T} rounds, got {len(recs)} records and {len(src.rounds)} rounds")
+    if len(recs) != T or len(played) != T:  # pragma: no cover - the env always yields T rounds
+        raise RuntimeError(f"{stream}: expected {T} rounds, got {len(recs)} records and {len(played)} rounds")
     hinge = math.fsum(r.hinge_loss for r in recs)
-    c = solve(src.rounds, S=S, method=comparator, cache=False)
+    c = solve(played, S=S, method=comparator, cache=False)
     return {"T": int(T), "seed": int(seed), "hinge": hinge, "comp_loss": c.loss, "comp_lower": c.lower,
             "regret": hinge - c.lower, "regret_low": hinge - c.loss, "method": c.method,
             "play_s": t1 - t0, "comparator_s": time.perf_counter() - t1}

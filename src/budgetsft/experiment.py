@@ -17,8 +17,9 @@ from budgetsft.game import play
 from budgetsft.refit import refit_accuracy
 from budgetsft.regret import summarize
 
-__all__ = ["RunResult", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells", "held_out_accuracy",
-           "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy", "comparator_method", "amount", "real_streams"]
+__all__ = ["RunResult", "Recorder", "run", "run_summary", "stream_of", "budget_for", "sweep", "sweep_cells",
+           "held_out_accuracy", "SUMMARY_KEYS", "aggregate", "bought_refit_accuracy", "comparator_method", "amount",
+           "real_streams"]
 
 # Keys every run summary carries (the CLI's --json contract), in print order.
 SUMMARY_KEYS = (
@@ -118,7 +119,7 @@ def run(
     start = time.perf_counter()
     records: list[Record] = []
     played: list[Round] = []
-    source = _Recorder(stream, played)
+    source = Recorder(stream, played)
     # One round is a few (K, d) x (d, d) products: BLAS threads only add contention
     # (20x slower at d = 768 on a loaded 2-core machine; benchmarks/learner_throughput.py).
     with threadpool_limits(limits=1, user_api="blas"):
@@ -203,8 +204,9 @@ def real_streams(cfg: dict):
                         progress=bool(cfg.get("progress", False)), **data)
 
 
-class _Recorder:
-    """Wraps a stream, keeping each round it yields (for the hindsight comparator)."""
+class Recorder:
+    """Wraps a stream, keeping each round it yields (for the hindsight comparator), with the stream's length
+    (the horizon) and its ``bind`` (an env that picks its contexts with the learner)."""
 
     def __init__(self, stream, sink: list[Round]) -> None:
         self._stream = stream

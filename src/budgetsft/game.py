@@ -39,9 +39,7 @@ def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> 
     gaps = scores[pred] - scores
     lat = widths - gaps
     lat[pred] = -np.inf
-    masked = np.array(scores, dtype=np.float64)
-    masked[pred] = -np.inf
-    runner = int(masked.argmax())
+    runner = _math.best_alternative(scores, pred)
     return QueryInfo(
         t=t,
         horizon=horizon,

@@ -109,6 +109,12 @@ class RefitHead:
     def predict(self, rnd: Round) -> int:
         return int(np.argmax(np.asarray(rnd.features, dtype=np.float64) @ self.coef_))
 
+    def predict_proba(self, rnd: Round) -> np.ndarray:
+        """P(a | x) = softmax_a ⟨θ, φ(x, a)⟩ over the round's candidates."""
+        s = np.asarray(rnd.features, dtype=np.float64) @ self.coef_
+        q = np.exp(s - s.max())
+        return q / q.sum()
+
     def accuracy(self, rounds: Sequence[Round]) -> float:
         if not rounds:
             return math.nan

@@ -179,9 +179,7 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
             examples.append(ex)
             weights.append(1.0)
             continue
-        s = np.asarray(r.features, dtype=np.float64) @ head.coef_
-        q = np.exp(s - s.max())
-        q /= q.sum()
+        q = head.predict_proba(r)
         a = int(np.argmax(q))  # lowest index on ties, the game's rule
         examples.append(replace(ex, answer=a))
         weights.append(float(weight * q[a]))

@@ -460,9 +460,9 @@ def _intervals_words(b: Mapping[str, Any], n: int) -> str:
     within = "A difference is within noise when its interval contains 0."
     method = b.get("interval", "seeds-items-bootstrap" if n > 1 else "items-bootstrap")
     if method == "seed-t":
-        from scipy import stats
+        from budgetsft.adapt.stats import t_quantile
 
-        q = float(stats.t.ppf(0.975, n - 1))
+        q = t_quantile(n, 0.95)
         return (f"Intervals: Student t on the {n} per-seed values, mean ± {q:.2f} × sd / √{n} ({n - 1} degree"
                 f"{'s' if n > 2 else ''} of freedom; sd the standard deviation of the per-seed values), never "
                 "narrower than the normal interval of the test-item noise alone; a paired difference uses the "

@@ -95,7 +95,7 @@ from scipy import stats as _scipy_stats
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.exceptions import ConfigError
 
-__all__ = ["PairedBootstrap", "N_RESAMPLES", "BOOTSTRAP_SEED", "INTERVALS", "INTERVAL_METHODS"]
+__all__ = ["PairedBootstrap", "N_RESAMPLES", "BOOTSTRAP_SEED", "INTERVALS", "INTERVAL_METHODS", "t_quantile"]
 
 #: Bootstrap replicates of every bootstrap interval in the report.
 N_RESAMPLES = 10_000
@@ -114,6 +114,11 @@ INTERVAL_METHODS = {
                              "with replacement within each seed (the same resample for every method: paired); "
                              "statistic averaged over the drawn seeds",
 }
+
+
+def t_quantile(n_seeds: int, level: float = 0.95) -> float:
+    """``t_{(1 + level)/2, S − 1}``, the quantile of the seed-t interval over S = ``n_seeds`` (nan with one seed)."""
+    return float(_scipy_stats.t.ppf(0.5 + level / 2, n_seeds - 1)) if n_seeds > 1 else math.nan
 
 
 class PairedBootstrap:
@@ -249,8 +254,7 @@ class PairedBootstrap:
 
     def t_quantile(self) -> float:
         """The t quantile of the seed-t interval, ``t_{(1 + level)/2, S − 1}`` (nan with one seed)."""
-        S = len(self.sizes)
-        return float(_scipy_stats.t.ppf(0.5 + self.level / 2, S - 1)) if S > 1 else math.nan
+        return t_quantile(len(self.sizes), self.level)
 
     def standard_error(self, per_seed: Sequence[Sequence[float]]) -> float:
         """The seed-t interval's ``se = sd_s(x) / sqrt(S)``, the spread of the per-seed values (nan with one seed)."""
