@@ -112,13 +112,29 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
           "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size", "4",
           "--device", "cpu", "--out", out], env, work)
     report = json.loads((out / "report.json").read_text())
-    assert list(report["methods"]) == ["zero-shot", "llf", "random", "llf/distill", "random/distill"]
-    assert report["methods"]["llf"]["labels"] == [7, 7]
+    assert list(report["methods"]) == ["zero-shot", "llf/head", "llf/plain", "llf/distill", "random/head",
+                                       "random/plain", "random/distill"]
+    assert report["methods"]["llf/plain"]["labels"] == [7, 7] and report["methods"]["llf/head"]["labels"] == [7, 7]
     assert report["methods"]["llf/distill"]["labels"] == [7, 7]  # the gold labels; the other 31 are the head's
     assert report["recipes"] == ["plain", "distill"] and report["distill"]["weight"] == 1.0
-    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
-    assert pairs == {("llf/distill", "random/distill"), ("llf/distill", "random"), ("random/distill", "random"),
-                     ("llf/distill", "llf")}
+    pairs = [(c["a"], c["b"]) for c in report["comparisons"]]
+    rec = report["recommended"]
+    assert pairs[0] == (rec, "random/plain")  # the recommended model against random/plain comes first
+    assert set(pairs) >= {("llf/plain", "random/plain"), ("llf/distill", "random/distill"),
+                          ("llf/distill", "random/plain"), ("llf/head", "random/head"), ("llf/head", "random/plain"),
+                          ("random/distill", "random/plain"), ("llf/distill", "llf/plain")}
+    # the recommendation: 3-fold CV of the gate's three models on its 7 bought labels, every seed
+    cv = report["recommendation"]["cv"]
+    assert set(cv) == {"llf/head", "llf/plain", "llf/distill"} and report["recommendation"]["folds"] == 3
+    for t in cv.values():
+        assert len(t["accuracy"]) == 2 and all(0 <= a <= 1 for a in t["accuracy"])
+        assert t["mean"] == pytest.approx(np.mean(t["accuracy"]))
+    best = max(t["mean"] for t in cv.values())
+    assert cv[rec]["mean"] == best
+    assert all(row["recommended"] in cv and set(row["cv"]) == set(cv) for row in report["per_seed"])
+    # gold NLL beside accuracy: the mean of -log p(gold) over the test items, a positive number per method
+    for name, m in report["methods"].items():
+        assert m["nll"]["mean"] > 0 and m["nll"]["ci95"][0] <= m["nll"]["mean"] <= m["nll"]["ci95"][1], name
     for c in report["comparisons"]:
         acc = report["methods"]
         assert c["mean"] == pytest.approx(acc[c["a"]]["mean"] - acc[c["b"]]["mean"])
@@ -132,7 +148,18 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
         assert all(0 < w <= 1 for _, w in pseudo.values())
         assert not (where / "labels" / "llf-distill.jsonl").exists()  # pseudo-labels never pass for gold
     md = (out / "report.md").read_text()
-    assert "| comparison |" in md and "llf/distill − random" in md
+    assert "| comparison |" in md and "llf/distill − random/distill" in md
+    assert f"**Recommended: {rec}**" in md and "| selection | head | plain | distill |" in md
+    # the model handed back: load_adapted(run folder) is the recommended model of the first seed, callable
+    from budgetsft.adapt import load_adapted
+
+    model = load_adapted(out)
+    assert model.method == rec and model.seed == 0
+    test_ids = json.loads((out / "seed-0" / "predictions.json").read_text())["test_ids"]
+    rows = [json.loads(line) for line in (work / "topics.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["id"] in set(test_ids[:4])]
+    probs = model(test)
+    assert len(probs) == 4 and all(abs(p.sum() - 1) < 1e-6 for p in probs)
     # the comparisons survive --report-only
     (out / "report.md").unlink()
     _cli(["adapt", "--out", out, "--report-only"], env, work)

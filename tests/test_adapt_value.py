@@ -280,13 +280,16 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
     assert "estimate:" in proc.stderr and "Loading weights" not in proc.stderr
     assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
     report = json.loads((out / "report.json").read_text())
-    names = ["zero-shot", "llf", "random", "first", "margin", "all"]
+    sels = ["llf", "random", "first", "margin", "all"]
+    names = ["zero-shot", *(f"{sel}/{r}" for sel in sels for r in ("head", "plain"))]
     assert list(report["methods"]) == names
     for m in report["methods"].values():
         assert len(m["accuracy"]) == 2 and m["ci95"][0] <= m["mean"] <= m["ci95"][1]
         assert m["mean"] == pytest.approx(np.mean(m["accuracy"]))
-    assert report["methods"]["llf"]["labels"] == [7, 7] and report["methods"]["all"]["labels"] == [38, 38]
-    assert set(report["paired"]) == {"llf-random", "llf-first", "llf-margin", "llf-all"}
+    assert report["methods"]["llf/plain"]["labels"] == [7, 7] and report["methods"]["all/plain"]["labels"] == [38, 38]
+    assert report["methods"]["llf/head"]["labels"] == [7, 7]
+    assert set(report["paired"]) == {f"llf/plain-{b}/plain" for b in ("random", "first", "margin", "all")}
+    assert report["recommended"] in {"llf/plain", "llf/head"} and report["recommendation"]["folds"] == 3
     for p in report["paired"].values():
         assert set(p) == {"mean", "ci95", "per_seed", "within_noise"}
     md = (out / "report.md").read_text()
@@ -302,8 +305,9 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
     assert bad.returncode != 0 and "seed-1/predictions.json" in bad.stderr and "Traceback" not in bad.stderr
     # every seed's adapters record the model's absolute path, and reload from it
     for seed in (0, 1):
-        for name in names[1:]:
-            cfg = json.loads((out / f"seed-{seed}" / "adapters" / name / "adapter_config.json").read_text())
+        for name in (n for n in names if n.endswith("/plain")):
+            cfg = json.loads((out / f"seed-{seed}" / "adapters" / name.replace("/", "-") / "adapter_config.json")
+                             .read_text())
             assert cfg["base_model_name_or_path"] == str((work / "llama").resolve())
     # the labels are those `budgetsft run` buys with each gate at that seed
     selection = json.loads((out / "seed-1" / "selection.json").read_text())
@@ -332,9 +336,11 @@ def test_adapt_on_a_session_export_and_on_its_ledger(work, env, tmp_path):
         _cli(["adapt", "--data", "topics.jsonl", "--labels", source, "--model", "./llama", "--epochs", "1",
               "--device", "cpu", "--out", out], env, work)
         reports[name] = json.loads((out / "report.json").read_text())
-        assert list(reports[name]["methods"]) == ["zero-shot", "labels", "random"]  # random: same size, gold
-        assert reports[name]["methods"]["labels"]["labels"] == reports[name]["methods"]["random"]["labels"] == [7]
-        assert set(reports[name]["paired"]) == {"labels-random", "labels-zero-shot"}
+        methods = reports[name]["methods"]
+        assert list(methods) == ["zero-shot", "labels/plain", "random/plain"]  # random: same size, gold
+        assert methods["labels/plain"]["labels"] == methods["random/plain"]["labels"] == [7]
+        assert set(reports[name]["paired"]) == {"labels/plain-random/plain", "labels/plain-zero-shot"}
+        assert reports[name]["recommended"] == "labels/plain"
         ids = json.loads((out / "seed-0" / "selection.json").read_text())["labels"]
         assert ids == [row["id"] for row in bought]  # trained as bought, not re-selected
     assert reports["export"]["methods"] == reports["ledger"]["methods"]

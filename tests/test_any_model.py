@@ -20,7 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from budgetsft.adapt import finetune_lora, format_example, load_adapted, make_batch, save_adapters  # noqa: E402
+from budgetsft.adapt import finetune_lora, format_example, make_batch, save_adapters  # noqa: E402
+from budgetsft.adapt.lora import load_adapted  # noqa: E402
 from budgetsft.data import Example, write_jsonl  # noqa: E402
 from budgetsft.exceptions import ConfigError  # noqa: E402
 from budgetsft.features import featurize, featurizer_key  # noqa: E402
@@ -327,8 +328,12 @@ def test_adapt_with_a_local_llama_records_its_absolute_path(models, jsonl, cache
     assert report["model"] == f"./{path.name}"  # the report says what was typed
     (seed,) = report["per_seed"]
     assert seed["chance"] == pytest.approx(1 / 3)  # three labels: a guess is right one time in three
-    assert set(seed["adapters"]) >= {"llf", "all"}
-    for where in seed["adapters"].values():  # the adapters, a base that loads from any folder
+    assert set(seed["models"]) >= {"llf/plain", "all/plain", "llf/head"}
+    for name, where in seed["models"].items():  # the adapters, a base that loads from any folder
+        card = json.loads((out / where / "budgetsft_model.json").read_text())
+        if name.endswith("/head"):  # the head's causal features name the model by its absolute path too
+            assert card["featurizer"]["options"]["model_name"] == str(path.resolve())
+            continue
         config = json.loads((out / where / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == str(path.resolve())
     (saved,) = _settings(cache, "causal")  # the gate's head read the same model

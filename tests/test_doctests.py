@@ -24,6 +24,8 @@ MODULES = [
     "budgetsft.data.jsonl",
     "budgetsft.data.builtin",
     "budgetsft.features.base",
+    "budgetsft.adapt.recommend",
+    "budgetsft.adapt.handback",
 ]
 
 

@@ -230,7 +230,8 @@ def test_an_unreachable_hub_still_loads_a_hub_id_from_the_local_cache(no_hub, wo
 
 
 def test_adapters_record_an_absolute_base_and_take_a_base_override(work, tokenizer, monkeypatch):
-    from budgetsft.adapt import finetune_lora, load_adapted, save_adapters
+    from budgetsft.adapt import finetune_lora, save_adapters
+    from budgetsft.adapt.lora import load_adapted
     from budgetsft.data import Example
 
     _tiny_llama(work / "tiny-llama", tokenizer)

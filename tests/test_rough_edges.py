@@ -75,9 +75,9 @@ def test_adapt_labels_is_compared_with_random_sets_of_the_same_size(llama_dir, t
     finally:
         torch.set_num_threads(threads)
 
-    assert list(report["methods"]) == ["zero-shot", "labels", "random"]
-    assert report["methods"]["labels"]["labels"] == report["methods"]["random"]["labels"] == [6, 6]
-    assert set(report["paired"]) == {"labels-random", "labels-zero-shot"}
+    assert list(report["methods"]) == ["zero-shot", "labels/plain", "random/plain"]
+    assert report["methods"]["labels/plain"]["labels"] == report["methods"]["random/plain"]["labels"] == [6, 6]
+    assert set(report["paired"]) == {"labels/plain-random/plain", "labels/plain-zero-shot"}
     from budgetsft.adapt.pipeline import random_set
 
     drawn = []
@@ -91,11 +91,11 @@ def test_adapt_labels_is_compared_with_random_sets_of_the_same_size(llama_dir, t
         saved = (out / f"seed-{seed}" / "labels" / "random.jsonl").read_text().splitlines()
         rows = [json.loads(line) for line in saved]
         assert [r["answer"] for r in rows] == [gold[r["id"]] for r in rows]
-        assert (out / f"seed-{seed}" / "adapters" / "random" / "adapter_config.json").is_file()
+        assert (out / f"seed-{seed}" / "adapters" / "random-plain" / "adapter_config.json").is_file()
         drawn.append(selection["random"])
     assert drawn[0] != drawn[1]  # one draw per seed
     md = (out / "report.md").read_text()
-    assert "| labels − random |" in md and "random: 6 examples with their gold answers" in md
+    assert "| labels/plain − random/plain |" in md and "random: 6 examples with their gold answers" in md
     assert json.loads((out / "report.json").read_text())["random_sets"].startswith("random: 6 examples")
     # too few gold answers in the train split: no random set
     assert random_set(train0, len(train0) + 1, 0) is None

@@ -1376,6 +1376,10 @@ def adapt(
                                               "sets, reported as <set>/distill).")] = "plain",
     distill_weight: Annotated[float, typer.Option(help="distill: weight of a pseudo-label relative to a gold "
                                                        "one, times the head's probability of it.")] = 1.0,
+    distill_passes: Annotated[float | None, typer.Option(help="distill: passes over the head's labels (the gold "
+                                                              "ones get --epochs). \\[default: --epochs]")] = None,
+    cv_folds: Annotated[int, typer.Option(help="Folds of the cross-validation on the gate's bought labels that "
+                                               "picks the recommended model (head, plain, distill); 0: none.")] = 3,
     estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Recompute --out's report.md/.json and "
                                                                    "accuracy.png from its saved predictions "
@@ -1429,7 +1433,8 @@ def adapt(
                        max_prompt_tokens=max_prompt_tokens, lora_layers=lora_layers, epochs=epochs, lr=lr,
                        lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
                        threads=threads, estimate_only=estimate_only,
-                       recipes=[r.strip() for r in recipes.split(",") if r.strip()], distill_weight=distill_weight)
+                       recipes=[r.strip() for r in recipes.split(",") if r.strip()], distill_weight=distill_weight,
+                       distill_passes=distill_passes, cv_folds=cv_folds)
     if estimate_only:
         out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")
         return

@@ -30,7 +30,7 @@ from scipy.optimize import minimize
 from budgetsft.base import Round
 from budgetsft.exceptions import DataError
 
-__all__ = ["RefitHead", "refit", "refit_accuracy", "C_GRID"]
+__all__ = ["RefitHead", "refit", "refit_accuracy", "stratified_folds", "C_GRID"]
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 # L-BFGS stopping rule: relative decrease of the objective below FTOL, or MAXITER iterations.
@@ -136,7 +136,7 @@ class RefitHead:
         return nll / len(rounds)
 
 
-def _folds(rounds: Sequence[Round], k: int, seed: int) -> np.ndarray:
+def stratified_folds(rounds: Sequence[Round], k: int, seed: int) -> np.ndarray:
     """Fold of each round, stratified by gold index (seeded round-robin within each gold index)."""
     rng = np.random.default_rng([seed, 11])
     fold = np.empty(len(rounds), dtype=int)
@@ -162,7 +162,7 @@ def refit(bought: Sequence[Round], *, folds: int = 3, seed: int = 0,
         raise DataError("refit needs at least one bought round; the gate bought none.")
     if len(bought) < 2 * folds:
         return RefitHead(C=1.0).fit(bought)
-    fold = _folds(bought, folds, seed)
+    fold = stratified_folds(bought, folds, seed)
     grid = sorted(float(c) for c in grid)
     scores = np.zeros(len(grid))
     for f in range(folds):

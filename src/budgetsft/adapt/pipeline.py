@@ -151,7 +151,7 @@ def select_labels(
 
 
 def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str], *, seed: int = 0,
-                weight: float = DISTILL_WEIGHT) -> dict[str, Any]:
+                weight: float = DISTILL_WEIGHT, head=None) -> dict[str, Any]:
     """The ``distill`` training set of one selection: its gold labels, plus the refit head's labels for the rest.
 
     The head is :func:`budgetsft.refit.refit` on the bought rounds alone (C by cross-validation on them, as
@@ -159,6 +159,7 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
     q = softmax(θᵀφ(x, a)) (temperature 1: the head's own calibrated probabilities), as a pseudo-label of
     weight ``weight`` · q(answer), so a pseudo-label pulls as hard as the head is sure of it, and never harder
     than a gold label (weight 1). The test split is never read except to report the head's accuracy.
+    ``head``: that refit head when the caller has it already (the same fit).
 
     Returns ``{"examples", "ids", "weights", "pseudo": {id: [answer, weight]}, "head_accuracy"}``.
     """
@@ -171,7 +172,7 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
     rounds = [r for r in train if r.id in bought]
     if not rounds:
         raise DataError("distill needs at least one bought label to refit the head on; the selection bought none.")
-    head = refit(rounds, seed=seed)
+    head = refit(rounds, seed=seed) if head is None else head
     examples, weights, pseudo = [], [], {}
     for r in train:
         ex = by_id[r.id]
@@ -186,6 +187,39 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
         pseudo[r.id] = [a, weights[-1]]
     return {"examples": examples, "ids": [ex.id for ex in examples], "weights": weights, "pseudo": pseudo,
             "head_accuracy": head.accuracy(test) if test else None}
+
+
+def _training_list(s: dict[str, Any], epochs: float, passes: float | None
+                   ) -> tuple[list[str], list[int], list[float] | None, float]:
+    """Keys, answers, weights and epochs LoRA trains a set on.
+
+    A plain set: ``epochs`` passes over it. A distill set with ``passes`` (pseudo-label passes) below ``epochs``:
+    each gold label listed ``round(epochs / passes)`` times beside every pseudo-label once, and ``passes`` passes
+    over that list, so the gold labels get the plain recipe's passes and the head's labels fewer.
+    """
+    examples = s["examples"]
+    keys, answers = [ex.id for ex in examples], [ex.answer for ex in examples]
+    weights = s.get("weights")
+    if "pseudo" not in s or passes is None or passes >= epochs:
+        return keys, answers, weights, epochs
+    repeat = max(1, round(epochs / passes))
+    copies = [1 if k in s["pseudo"] else repeat for k in keys]
+    idx = [i for i, c in enumerate(copies) for _ in range(c)]
+    return ([keys[i] for i in idx], [answers[i] for i in idx],
+            None if weights is None else [weights[i] for i in idx], passes)
+
+
+def _cross_validates(plan: dict[str, Any], selection: str, folds: int) -> bool:
+    """Whether the recommendation cross-validates this seed's models of ``selection``: two models at least
+    (the head needs the features adapt has only when it selects) and ``2 * folds`` bought labels."""
+    return (folds >= 2 and f"{selection}/head" in plan["heads"]
+            and len(plan["sets"][f"{selection}/plain"]["ids"]) >= 2 * folds)
+
+
+def _train_work(n: int, epochs: float, batch_size: int) -> int:
+    """Examples LoRA processes on a list of ``n`` over ``epochs`` passes (whole batches)."""
+    b = min(batch_size, n)
+    return math.ceil(epochs * n / b) * b
 
 
 def _file_name(method: str) -> str:
@@ -305,9 +339,80 @@ def _add_random_sets(plans: list[dict[str, Any]], size: int, data: str) -> str:
         return (f"random: not compared; the train split of {data!r} at seed {short[0]} has fewer than {size} "
                 "examples with a gold answer")
     for p, chosen in zip(plans, drawn, strict=True):
-        p["sets"]["random"] = {"examples": chosen, "ids": [ex.id for ex in chosen], "head_accuracy": None}
+        p["sets"]["random/plain"] = {"examples": chosen, "ids": [ex.id for ex in chosen], "head_accuracy": None}
     return (f"random: {size} examples with their gold answers drawn uniformly from the train split of {data!r} "
             f"at each seed (numpy default_rng([seed, {RANDOM_SET_STREAM}])), trained with the same recipe")
+
+
+def _method_order(names) -> list[str]:
+    """zero-shot, then each selection's models in the order head, plain, distill (selections as first seen)."""
+    names = list(names)
+    sels = list(dict.fromkeys(n.split("/")[0] for n in names if "/" in n))
+    rank = {"head": 0, "plain": 1, "distill": 2}
+    rest = sorted((n for n in names if "/" in n),
+                  key=lambda n: (sels.index(n.split("/")[0]), rank.get(n.split("/", 1)[1], 3)))
+    return [n for n in names if "/" not in n] + rest
+
+
+def _comparisons(gate: str, recipes: Sequence[str], selecting: bool) -> list[tuple[str, str]]:
+    """The paired comparisons of the report: for every recipe R, ``gate/R`` against ``random/R`` and
+    ``random/plain``; ``random/distill`` against ``random/plain``; ``gate/distill`` against ``gate/plain``."""
+    if not selecting:
+        return [(f"{gate}/plain", "random/plain")]
+    pairs = []
+    for r in ("plain", "distill", "head"):
+        if r in recipes:
+            pairs += [(f"{gate}/{r}", f"random/{r}"), (f"{gate}/{r}", "random/plain")]
+    if "distill" in recipes:
+        pairs += [("random/distill", "random/plain"), (f"{gate}/distill", f"{gate}/plain")]
+    return [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
+
+
+def _recommend_seed(plan, sel: str, recipes: Sequence[str], folds: int, seed: int, *, train_set, cache,
+                    eval_batch_size: int, dtype: str, clock, distill_weight: float, say) -> tuple[dict, str]:
+    """Cross-validate the seed's models of selection ``sel`` on its bought labels; the table and the pick."""
+    from budgetsft.adapt.engine import score_packed
+    from budgetsft.adapt.recommend import cross_validate, recommend
+
+    by_id, rounds = plan["by_id"], plan["train_rounds"]
+    bought = [rounds[i] for i in plan["sets"][f"{sel}/plain"]["ids"]]
+
+    def make_set(recipe: str, train_ids: list[str], held_out: list[str]) -> dict[str, Any]:
+        if recipe == "plain":
+            return {"examples": [by_id[i] for i in train_ids], "ids": list(train_ids)}
+        skip = set(held_out)  # the held-out fold gets no pseudo-label: it is the fold's test
+        return distill_set([r for r in rounds.values() if r.id not in skip], None, by_id, train_ids, seed=seed,
+                           weight=distill_weight)
+
+    def score(model, keys: list[str]) -> list[np.ndarray]:
+        t = time.perf_counter()
+        out = score_packed(model, cache, keys, batch_size=eval_batch_size, dtype=dtype, progress=False)
+        clock.done("score", len(keys), time.perf_counter() - t)
+        return out
+
+    lora = [r for r in ("plain", "distill") if r in recipes]
+    cv = cross_validate(sel, bought, recipes=[*lora, "head"], folds=folds, seed=seed, make_set=make_set,
+                        train=lambda s: train_set(s, seed, f"seed {seed} cross-validation")[0], score=score, say=say)
+    return cv, recommend(cv)
+
+
+def _recommendation(results: Sequence[dict[str, Any]], folds: int, sel: str) -> dict[str, Any]:
+    """report.json's ``recommendation``: the method handed back, the rule, the cross-validated table."""
+    from budgetsft.adapt.recommend import RULE, recommend_over_seeds
+
+    cvs = [r.get("cv") for r in results]
+    if all(cvs):
+        method, table = recommend_over_seeds(cvs)
+        return {"method": method, "selection": sel, "folds": folds, "rule": RULE.format(folds=folds), "cv": table,
+                "per_seed": [r.get("recommended") for r in results]}
+    if sel == "labels":
+        return {"method": "labels/plain", "selection": sel, "folds": None, "cv": None,
+                "rule": "the only model trained on the given labels (a head needs the features of a selection run)",
+                "per_seed": ["labels/plain"] * len(results)}
+    why = ("--cv-folds 0: no recommendation asked for" if folds < 2 else
+           f"fewer than {2 * folds} bought labels at some seed, too few for {folds}-fold cross-validation")
+    return {"method": None, "selection": sel, "folds": folds, "cv": None, "rule": why,
+            "per_seed": [None] * len(results)}
 
 
 def _seeded_test(test: list[Example], max_test: int | None, seed: int) -> list[Example]:
@@ -406,6 +511,8 @@ def run_adapt(
     progress: bool = True,
     recipes: Sequence[str] = ("plain",),
     distill_weight: float = DISTILL_WEIGHT,
+    distill_passes: float | None = None,
+    cv_folds: int = 3,
 ) -> dict[str, Any]:
     """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
 
@@ -431,11 +538,14 @@ def run_adapt(
     import torch
 
     from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
+    from budgetsft.adapt.handback import save_head, write_model_card
     from budgetsft.adapt.lora import pad_id, save_adapters
+    from budgetsft.adapt.recommend import candidate_nll
     from budgetsft.adapt.report import seed_report, write_seed_report
     from budgetsft.data import load_dataset
     from budgetsft.features.models import bf16_supported, load_causal_lm, resolve_device, resolve_model
     from budgetsft.realdata import load_streams
+    from budgetsft.refit import refit
 
     owner = "run_adapt"
     if threads is not None:
@@ -455,6 +565,9 @@ def run_adapt(
         raise ConfigError(f"The 'recipes' parameter of {owner} must include 'plain' (random/plain is the reference "
                           f"every recipe is compared with). Got {list(recipes)!r}.")
     distill_weight = check_float(owner, "distill_weight", distill_weight, low=0.0, high=1.0, low_open=True)
+    cv_folds = check_int(owner, "cv_folds", cv_folds, low=0)
+    if distill_passes is not None:
+        distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
     if "distill" in recipes and labels_file is not None:
         raise ConfigError("The distill recipe refits a head on the features of the train split, which adapt only "
                           "has when it selects the labels itself; drop --labels or use --recipes plain.")
@@ -469,6 +582,7 @@ def run_adapt(
         with quiet_hf():  # a ledger re-opens its session (data, features)
             given = read_labels(labels_file)
 
+    gate_name = gate if labels_file is None else "labels"  # the selection the user hands a model back from
     # ------------------------------------------------------------ the label sets of every seed
     plans: list[dict[str, Any]] = []
     labels_of_data = None
@@ -486,10 +600,10 @@ def run_adapt(
                     f"{len(test_all)} test examples have no answer (an unlabelled pool), so there is nothing to "
                     f"score it on. adapt --labels needs the data the labels were bought on with gold answers on its "
                     f"test split; for an unlabelled pool, fine-tune on `budgetsft session export` elsewhere.")
-            sets = {"labels": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
-            plan = {"seed": seed, "sets": sets, "train_size": len(ds.train), "dropped_from_test": len(ds.test)
-                    - len(test_all), "budget": None, "features": None,
-                    "random": random_set(ds.train, len(given), seed)}
+            sets = {"labels/plain": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
+            plan = {"seed": seed, "sets": sets, "heads": {}, "train_size": len(ds.train),
+                    "dropped_from_test": len(ds.test) - len(test_all), "budget": None, "features": None,
+                    "random": random_set(ds.train, len(given), seed), "train_rounds": None}
         else:
             with quiet_hf():
                 opts = {"model_name": model} if features == "causal" else None
@@ -499,21 +613,27 @@ def run_adapt(
             budget = math.floor(beta * len(streams.train) + 1e-9)
             say(f"seed {seed}: selecting labels with {gate} ({mode} mode) and {', '.join(baselines)} at β = {beta} "
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
-            sets = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
-                                 all_head=False)
-            if "distill" in recipes:
-                by_id = {ex.id: ex for ex in ds.train}
-                for sel in dict.fromkeys((gate, "random")):
-                    if sel in sets:
-                        say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(sets[sel]['ids'])} labels "
-                            f"labels the other {len(streams.train) - len(sets[sel]['ids'])} train items")
-                        sets[f"{sel}/distill"] = distill_set(streams.train, streams.test, by_id, sets[sel]["ids"],
-                                                             seed=seed, weight=distill_weight)
+            chosen = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
+                                   all_head=False)
             if not include_all:
-                sets.pop("all")
+                chosen.pop("all")
+            train_rounds = {r.id: r for r in streams.train}
+            test_rounds = {r.id: r for r in streams.test}
+            by_id = {ex.id: ex for ex in ds.train}
+            sets, heads = {}, {}
+            for sel, chosen_set in chosen.items():
+                sets[f"{sel}/plain"] = chosen_set
+                if chosen_set["ids"]:  # the refit head: a model of its own, and the teacher of distill
+                    heads[f"{sel}/head"] = refit([train_rounds[i] for i in chosen_set["ids"]], seed=seed)
+                if "distill" in recipes and sel in (gate, "random") and chosen_set["ids"]:
+                    say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(chosen_set['ids'])} labels "
+                        f"labels the other {len(streams.train) - len(chosen_set['ids'])} train items")
+                    sets[f"{sel}/distill"] = distill_set(streams.train, streams.test, by_id, chosen_set["ids"],
+                                                         seed=seed, weight=distill_weight, head=heads[f"{sel}/head"])
             test_all = list(ds.test)
-            plan = {"seed": seed, "sets": sets, "train_size": len(streams.train), "dropped_from_test": 0,
-                    "budget": budget, "features": streams.featurizer}
+            plan = {"seed": seed, "sets": sets, "heads": heads, "train_size": len(streams.train),
+                    "dropped_from_test": 0, "budget": budget, "features": streams.featurizer,
+                    "train_rounds": train_rounds, "test_rounds": test_rounds, "by_id": by_id}
         labels_of_data = ds.labels
         plan["test"] = _seeded_test(test_all, max_test, seed)
         if not plan["test"]:
@@ -545,9 +665,21 @@ def run_adapt(
     clock = _Clock()
     n_sets = {p["seed"]: {k: len(s["examples"]) for k, s in p["sets"].items()} for p in plans}
     clock.work["prefix"] = len(encoded)
-    clock.work["train"] = sum(math.ceil(epochs * n / min(batch_size, n)) * min(batch_size, n)
-                              for d in n_sets.values() for n in d.values() if n)
+    lists = [_training_list(s, epochs, distill_passes) for p in plans for s in p["sets"].values() if s["examples"]]
+    clock.work["train"] = sum(_train_work(len(k), e, batch_size) for k, _, _, e in lists)
     clock.work["score"] = sum(len(p["test"]) * (1 + sum(1 for n in n_sets[p["seed"]].values() if n)) for p in plans)
+    for p in plans:  # the cross-validation of the gate's models: each fold trains on (k-1)/k of the bought labels
+        n = len(p["sets"][f"{gate_name}/plain"]["ids"])
+        if not _cross_validates(p, gate_name, cv_folds):
+            continue
+        fold_n = n - n // cv_folds
+        clock.work["train"] += cv_folds * _train_work(fold_n, epochs, batch_size)
+        if "distill" in recipes:
+            pseudo = p["train_size"] - n
+            gold = fold_n * (1 if distill_passes is None else max(1, round(epochs / distill_passes)))
+            clock.work["train"] += cv_folds * _train_work(gold + pseudo, epochs if distill_passes is None
+                                                          else distill_passes, batch_size)
+        clock.work["score"] += n * len([r for r in recipes if r in ("plain", "distill")])
 
     # warm-up: a few throw-away training steps (at 1 thread too, on a CPU), the prefix of a batch (kept), one
     # scoring batch; the rates project the rest of the run
@@ -601,7 +733,27 @@ def run_adapt(
     settings = {"epochs": epochs, "lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_layers": n_layers - split,
                 "n_layers": n_layers, "batch_size": batch_size, "max_prompt_tokens": max_prompt_tokens,
                 "eval_batch_size": eval_batch_size, "dtype": dtype, "device": dev, "normalize": "mean",
-                "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay"}
+                "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay",
+                "cv_folds": cv_folds}
+    labels_list = list(labels_of_data) if labels_of_data is not None else None
+    played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
+    model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # a directory: from any folder
+    fz_options = {"labels": labels_list} if played == "block" else {"model_name": model_ref} if played == "causal" \
+        else {}
+
+    def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
+        """A fresh LoRA on a set with the run's recipe: (model, history, seconds)."""
+        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
+        t = time.perf_counter()
+        with quiet_hf():
+            trained, history = train_lora(
+                copy.deepcopy(base), cache, t_keys, t_answers, epochs=t_epochs, lr=lr, lora_r=lora_r,
+                lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype, progress=bar, desc=desc,
+                weights=t_weights)
+        dt = time.perf_counter() - t
+        clock.done("train", _train_work(len(t_keys), t_epochs, batch_size), dt)
+        return trained, history, dt
+
     for plan in plans:
         seed = plan["seed"]
         where = out / f"seed-{seed}"
@@ -610,77 +762,98 @@ def run_adapt(
         scores: dict[str, list[np.ndarray]] = {}
         timing: dict[str, dict[str, float | None]] = {}
 
+        def accuracy_of(name: str) -> float:
+            return float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
+
         score_kw = {"cache": cache, "keys": test_keys, "batch_size": eval_batch_size, "dtype": dtype,
                     "progress": progress, "clock": clock, "scores": scores, "timing": timing, "seed": seed}
         _evaluate(base, "zero-shot", **score_kw)
         timing["zero-shot"]["train_seconds"] = None
-        acc0 = float(np.mean([np.argmax(s) == g for s, g in zip(scores["zero-shot"], gold, strict=True)]))
-        say(f"seed {seed} zero-shot: accuracy {acc0:.4f} on {len(test_keys)} test items "
+        say(f"seed {seed} zero-shot: accuracy {accuracy_of('zero-shot'):.4f} on {len(test_keys)} test items "
             f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+        for name, head in plan["heads"].items():  # the refit heads: no LLM training, scored on the test rounds
+            sel = name.split("/")[0]
+            scores[name] = [np.log(np.maximum(head.predict_proba(plan["test_rounds"][k]), 1e-300))
+                            for k in test_keys]
+            timing[name] = {"train_seconds": None, "score_seconds": None}
+            save_head(where / "heads" / sel, head, method=name, seed=seed, featurizer=plan["features"],
+                      options=fz_options, labels=labels_list)
+            say(f"seed {seed} {name}: the head refit on {len(plan['sets'][f'{sel}/plain']['ids'])} labels, "
+                f"accuracy {accuracy_of(name):.4f}")
         for name, s in plan["sets"].items():
             examples = s["examples"]
+            sel = name.split("/")[0]
             if "pseudo" in s:  # a distill set: its gold labels are the selection's file; the head's labels apart
                 (where / "pseudo").mkdir(parents=True, exist_ok=True)
-                (where / "pseudo" / f"{name.split('/')[0]}.json").write_text(json.dumps(s["pseudo"]) + "\n")
+                (where / "pseudo" / f"{sel}.json").write_text(json.dumps(s["pseudo"]) + "\n")
             else:
-                _write_jsonl(where / "labels" / f"{_file_name(name)}.jsonl", examples)
+                _write_jsonl(where / "labels" / f"{_file_name(sel)}.jsonl", examples)
             if not examples:
                 scores[name] = scores["zero-shot"]
                 timing[name] = {"train_seconds": None, "score_seconds": None}
                 continue
             n_pseudo = len(s.get("pseudo", ()))
             what = f"{len(examples) - n_pseudo} labels" + (f" + {n_pseudo} of the head's" if n_pseudo else "")
-            t = time.perf_counter()
-            with quiet_hf():
-                fresh = copy.deepcopy(base)
-                peft_model, history = train_lora(
-                    fresh, cache, [ex.id for ex in examples], [ex.answer for ex in examples], epochs=epochs, lr=lr,
-                    lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype,
-                    progress=progress, desc=f"seed {seed} train {name} ({what})",
-                    weights=s.get("weights"))
-            dt = time.perf_counter() - t
-            b = min(batch_size, len(examples))
-            clock.done("train", math.ceil(epochs * len(examples) / b) * b, dt)
+            peft_model, history, dt = train_set(s, seed, f"seed {seed} train {name} ({what})")
             timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
             _evaluate(peft_model, name, **score_kw)
+            folder = where / "adapters" / _file_name(name)
             with quiet_hf():
-                save_adapters(peft_model, where / "adapters" / _file_name(name))
-            acc = float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
-            say(f"seed {seed} {name}: {what}, accuracy {acc:.4f} (train {_minutes(dt)}) "
+                save_adapters(peft_model, folder)
+            write_model_card(folder, {"kind": "lora", "method": name, "seed": seed, "labels": labels_list,
+                                      "max_prompt_tokens": max_prompt_tokens, "lora_layers": n_layers - split,
+                                      "model": model_ref})
+            say(f"seed {seed} {name}: {what}, accuracy {accuracy_of(name):.4f} (train {_minutes(dt)}) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
-            del fresh, peft_model
+            del peft_model
             gc.collect()
+        cv, pick = None, None
+        if _cross_validates(plan, gate_name, cv_folds):
+            cv, pick = _recommend_seed(plan, gate_name, recipes, cv_folds, seed, train_set=train_set, cache=cache,
+                                       eval_batch_size=eval_batch_size, dtype=dtype, clock=clock,
+                                       distill_weight=distill_weight, say=lambda m: say(f"seed {seed} cv {m}"))
+            say(f"seed {seed}: recommended {pick} (cross-validated on the bought labels) "
+                f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+        scores = {m: scores[m] for m in _method_order(scores)}
         correct = {m: [int(np.argmax(v) == g) for v, g in zip(sc, gold, strict=True)] for m, sc in scores.items()}
+        nll = {m: [candidate_nll(v, g) for v, g in zip(sc, gold, strict=True)] for m, sc in scores.items()}
         where.mkdir(parents=True, exist_ok=True)
-        (where / "selection.json").write_text(json.dumps({k: s["ids"] for k, s in plan["sets"].items()}, indent=1)
-                                              + "\n")
+        bought_ids = {k.split("/")[0]: s["ids"] for k, s in plan["sets"].items() if k.endswith("/plain")}
+        (where / "selection.json").write_text(json.dumps(bought_ids, indent=1) + "\n")
         (where / "predictions.json").write_text(json.dumps({
             "test_ids": test_keys, "gold": gold.tolist(),
             "scores": {m: [v.tolist() for v in sc] for m, sc in scores.items()}, "correct": correct}) + "\n")
+        used = {k: len(s["examples"]) - len(s.get("pseudo", ())) for k, s in plan["sets"].items()}
+        used.update({k: len(plan["sets"][f"{k.split('/')[0]}/plain"]["ids"]) for k in plan["heads"]})
         results.append({
             "seed": seed, "test_size": len(test_keys), "train_size": plan["train_size"], "budget": plan["budget"],
             "chance": float(np.mean([1.0 / len(ex.candidates) for ex in plan["test"]])),
             "features": plan["features"], "dropped_from_test": plan["dropped_from_test"],
             # gold labels used (a distill set's pseudo-labels are not labels anybody paid for)
-            "labels": {"zero-shot": 0, **{k: len(s["examples"]) - len(s.get("pseudo", ()))
-                                          for k, s in plan["sets"].items()}},
-            "head_accuracy": {k: s["head_accuracy"] for k, s in plan["sets"].items()},
-            "correct": correct, "timing": timing,
-            "adapters": {k: f"seed-{seed}/adapters/{_file_name(k)}" for k, s in plan["sets"].items() if s["examples"]},
+            "labels": {m: 0 if m == "zero-shot" else used[m] for m in scores},
+            "correct": correct, "nll": nll, "timing": timing,
+            "models": {**{k: f"seed-{seed}/adapters/{_file_name(k)}" for k, s in plan["sets"].items()
+                          if s["examples"]},
+                       **{k: f"seed-{seed}/heads/{_file_name(k.split('/')[0])}" for k in plan["heads"]}},
+            "cv": cv, "recommended": pick,
         })
 
-    comparisons = []
-    if "distill" in recipes:
-        for a, b in ((f"{gate}/distill", "random/distill"), (f"{gate}/distill", "random"),
-                     ("random/distill", "random"), (f"{gate}/distill", gate)):
-            comparisons.append((a, b))
-    report = seed_report(results, gate=gate if given is None else "labels",
-                         baselines=[*baselines, "all"] if given is None else ["random", "zero-shot"],
-                         comparisons=comparisons)
+    comparisons = _comparisons(gate_name, [*recipes, "head"], given is None)
+    report = seed_report(results, gate=f"{gate_name}/plain",
+                         baselines=[f"{b}/plain" for b in [*baselines, "all"]] if given is None
+                         else ["random/plain", "zero-shot"], comparisons=comparisons)
+    report["recommendation"] = _recommendation(results, cv_folds, gate_name)
+    report["recommended"] = report["recommendation"]["method"]
+    if report["recommended"] is not None:  # the recommended model against random/plain, first in the list
+        extra = seed_report(results, gate=f"{gate_name}/plain", baselines=[],
+                            comparisons=[(report["recommended"], "random/plain")])["comparisons"]
+        report["comparisons"] = extra + [c for c in report["comparisons"]
+                                         if (c["a"], c["b"]) != (report["recommended"], "random/plain")]
     report.update(
-        data=data, model=model, beta=None if given is not None else beta, mode=mode,
+        data=data, model=model, out=str(out), labels=labels_list, beta=None if given is not None else beta, mode=mode,
         labels_file=str(labels_file) if labels_file is not None else None, settings=settings,
         recipes=list(recipes), **({"distill": {"weight": distill_weight, "temperature": 1.0,
+                                              "pseudo_passes": epochs if distill_passes is None else distill_passes,
                                               "labels": "argmax of the refit head, weight × its probability"}}
                                   if "distill" in recipes else {}),
         **({"random_sets": random_note} if random_note is not None else {}),

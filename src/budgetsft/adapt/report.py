@@ -334,10 +334,16 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
                               f"{results[0]['seed']} has {names}.")
     boot = PairedBootstrap([int(r["test_size"]) for r in results], n_resamples=n_resamples, seed=bootstrap_seed)
     methods = {}
+    with_nll = all(isinstance(r.get("nll"), Mapping) and list(r["nll"]) == names for r in results)
+    nll_boot = PairedBootstrap([int(r["test_size"]) for r in results], n_resamples=n_resamples, seed=bootstrap_seed,
+                               bounds=None)
     for m in names:
         s = boot.summary([r["correct"][m] for r in results])
         methods[m] = {"accuracy": s["per_seed"], "mean": s["mean"], "ci95": s["ci95"],
                       "labels": [int(r["labels"][m]) for r in results]}
+        if with_nll:  # gold NLL of the model's distribution over the candidates (lower is better)
+            n = nll_boot.summary([r["nll"][m] for r in results])
+            methods[m]["nll"] = {"per_seed": n["per_seed"], "mean": n["mean"], "ci95": n["ci95"]}
     paired = {}
     for b in baselines:
         if b in methods and gate in methods and b != gate:
@@ -348,7 +354,7 @@ def seed_report(results: Sequence[Mapping[str, Any]], *, gate: str, baselines: S
         if a in methods and b in methods and a != b:
             d = boot.paired([r["correct"][a] for r in results], [r["correct"][b] for r in results])
             compared.append({"a": a, "b": b, "mean": d["mean"], "ci95": d["ci95"], "within_noise": d["within_noise"]})
-    per_seed = [{k: v for k, v in r.items() if k != "correct"} for r in results]
+    per_seed = [{k: v for k, v in r.items() if k not in ("correct", "nll")} for r in results]
     return {
         "comparisons": compared,
         "seeds": [int(r["seed"]) for r in results],
@@ -405,12 +411,22 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
                   f"batch {s['batch_size']}, AdamW lr {s['lr']:g} decaying linearly to 0; prompt = label "
                   f"instruction + the first {s['max_prompt_tokens']} tokens of the text; {s['dtype']} on "
                   f"{s['device']}; a candidate's score is the mean log-likelihood of its tokens.", ""]
-    lines += ["| method | labels | accuracy per seed | mean | 95 % CI |", "|---|---:|---|---:|---|"]
+    lines += _recommendation_lines(report)
+    with_nll = all("nll" in m for m in methods.values())
+    lines += ["| method | labels | accuracy per seed | mean | 95 % CI |" + (" gold NLL | 95 % CI |" if with_nll else ""),
+              "|---|---:|---|---:|---|" + ("---:|---|" if with_nll else "")]
     for name, m in methods.items():
         labels = m["labels"]
         lab = str(labels[0]) if len(set(labels)) == 1 else f"{np.mean(labels):.0f} ({min(labels)}–{max(labels)})"
-        lines.append(f"| {name} | {lab} | {', '.join(f'{a:.4f}' for a in m['accuracy'])} | {m['mean']:.4f} | "
-                     f"{_ci(m['ci95'])} |")
+        shown = f"**{name}** (recommended)" if name == report.get("recommended") else name
+        lines.append(f"| {shown} | {lab} | {', '.join(f'{a:.4f}' for a in m['accuracy'])} | {m['mean']:.4f} | "
+                     f"{_ci(m['ci95'])} |" + (f" {m['nll']['mean']:.3f} | {_ci(m['nll']['ci95'], '.3f')} |"
+                                              if with_nll else ""))
+    grid = _selection_grid(methods)
+    if grid:
+        lines += ["", "Selection × recipe (mean accuracy over seeds; head: the refit linear head, plain: LoRA on the "
+                  "gold labels, distill: LoRA on the gold labels plus the head's labels for the rest of the train "
+                  "split):", "", *grid]
     if paired:
         lines += ["", "| paired difference | mean | 95 % CI | per seed | verdict |", "|---|---:|---|---|---|"]
         for name, p in paired.items():
@@ -441,9 +457,11 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         words.append(f"Zero-shot accuracy ({zero['mean']:.4f}, 95 % CI {_ci(zero['ci95'])}) is {where} chance "
                      f"({chance:.4f}, one over the number of candidates): the base model does not do this task "
                      "before fine-tuning, so every gain over zero-shot is learnt from the labels.")
-    if gate in methods and "all" in methods and methods["all"]["mean"] > 0:
-        words.append(f"{gate} reaches {methods[gate]['mean'] / methods['all']['mean']:.3f}× the all-labels "
-                     f"accuracy ({methods[gate]['mean']:.4f} vs {methods['all']['mean']:.4f}).")
+    every = "all/plain" if "all/plain" in methods else "all"
+    for name in dict.fromkeys([gate, report.get("recommended")]):
+        if name in methods and every in methods and methods[every]["mean"] > 0:
+            words.append(f"{name} reaches {methods[name]['mean'] / methods[every]['mean']:.3f}× the all-labels "
+                         f"accuracy ({methods[name]['mean']:.4f} vs {methods[every]['mean']:.4f}).")
     if words:
         lines += ["In words: " + " ".join(words), ""]
     lines += ["![accuracy against labels](accuracy.png)", "", _intervals_words(report.get("bootstrap", {}), len(seeds)),
@@ -453,6 +471,43 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
                   "before the start).", ""]
     return "\n".join(lines)
+
+
+def _recommendation_lines(report: Mapping[str, Any]) -> list[str]:
+    """The paragraph of report.md that says which model is handed back and why."""
+    rec = report.get("recommendation")
+    if not isinstance(rec, Mapping):
+        return []
+    method = rec.get("method")
+    if method is None:
+        return [f"No model is recommended: {rec.get('rule')}.", ""]
+    load = f"`budgetsft.adapt.load_adapted(\"{report.get('out', '<this folder>')}\")`"
+    if not rec.get("cv"):
+        return [f"**Recommended: {method}**, {rec.get('rule')}. Load it with {load}.", ""]
+    cv = rec["cv"]
+    table = ", ".join(f"{m} {t['mean']:.4f}" for m, t in sorted(cv.items(), key=lambda kv: -kv[1]["mean"]))
+    picks = rec.get("per_seed") or []
+    agree = sum(p == method for p in picks)
+    lines = [f"**Recommended: {method}**, by {rec.get('folds')}-fold cross-validation on the bought labels alone "
+             f"(no test item is read): cross-validated accuracy, mean over seeds, {table}. Seeds that pick it on "
+             f"their own: {agree} of {len(picks)}. Load it with {load}; "
+             "`load_adapted(folder, method=..., seed=...)` loads any other model of the table.",
+             "", "Rule: " + str(rec.get("rule")) + ". The bought labels of a confidence gate are the rounds it was "
+             "least sure of, so cross-validated accuracies sit below test accuracies: only their order is used.", ""]
+    return lines
+
+
+def _selection_grid(methods: Mapping[str, Any]) -> list[str]:
+    """A selection × recipe table of mean accuracies (rows: selections; columns: head, plain, distill)."""
+    recipes = [r for r in ("head", "plain", "distill") if any(n.endswith(f"/{r}") for n in methods)]
+    sels = list(dict.fromkeys(n.split("/")[0] for n in methods if "/" in n))
+    if len(recipes) < 2:
+        return []
+    lines = ["| selection | " + " | ".join(recipes) + " |", "|---|" + "---:|" * len(recipes)]
+    for sel in sels:
+        cells = [f"{methods[f'{sel}/{r}']['mean']:.4f}" if f"{sel}/{r}" in methods else "–" for r in recipes]
+        lines.append(f"| {sel} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _intervals_words(b: Mapping[str, Any], n: int) -> str:
@@ -531,7 +586,7 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
             _read_json(pred, f"the saved predictions of seed {row['seed']} are missing"), pred, row,
             field=f"per_seed[{i}]", methods=methods)
         methods = list(correct)
-        results.append({**row, "correct": correct})
+        results.append({**row, "correct": correct, **_saved_nll(_read_json(pred, "missing"), correct)})
     gate = old.get("gate", "llf")
     baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
     comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", [])
@@ -542,6 +597,30 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise DataError(f"--out {out}: cannot write the report there ({type(exc).__name__}: {exc}).") from None
     return report
+
+
+def _saved_nll(pred: Mapping[str, Any], correct: Mapping[str, list[int]]) -> dict[str, Any]:
+    """``{"nll": method -> per-item gold NLL}`` from a seed's saved scores, or ``{}`` when they do not fit
+    (an older run without scores, or an edited file: the accuracy is still rebuilt)."""
+    from budgetsft.adapt.recommend import candidate_nll
+
+    gold, scores = pred.get("gold"), pred.get("scores")
+    if not isinstance(gold, list) or not isinstance(scores, dict) or set(scores) != set(correct):
+        return {}
+    out = {}
+    try:
+        for m in correct:
+            rows = scores[m]
+            if len(rows) != len(gold):
+                return {}
+            if not all(_is_int(g, 0, len(v) - 1) for v, g in zip(rows, gold, strict=True)):
+                return {}
+            out[m] = [candidate_nll(v, g) for v, g in zip(rows, gold, strict=True)]
+    except (TypeError, ValueError, IndexError):
+        return {}
+    if not all(math.isfinite(x) for v in out.values() for x in v):
+        return {}
+    return {"nll": out}
 
 
 #: Most test items one seed of a saved report may hold (a bound for hand-edited files).

@@ -1,0 +1,149 @@
+"""Which model `budgetsft adapt` hands back: cross-validation on the bought labels alone (SPEC §7).
+
+A user who bought B labels has no test split to choose between the models trained on them: the refit
+head over the selection's features (``<sel>/head``), LoRA on the gold labels (``<sel>/plain``) and LoRA on
+the gold labels plus the head's labels for the rest of the pool (``<sel>/distill``). Each is scored by
+k-fold cross-validation on the bought labels: the bought set is cut into ``folds`` folds, stratified by the
+gold answer (seeded, :func:`budgetsft.refit.stratified_folds`); for each fold the model is trained, with its own
+recipe and the run's seed, on the other folds only (a distill fold's head is refit on those folds, and the
+held-out items get no pseudo-label), and it answers the held-out fold. The recommended model has the
+highest pooled held-out accuracy; ties go to the lower held-out NLL, then to the order plain, distill, head.
+
+What it guarantees, and what not: nothing outside the bought labels is read, so the choice is one a user
+with an unlabelled pool can make. The bought labels of a confidence gate are the rounds it was least sure
+of, harder than a random test item: every model's cross-validated accuracy is below its test accuracy, and
+the ranking, not the level, is what is used. With 170 labels a fold answer is worth 0.6 points: models
+within about 3 points of each other are a toss-up, and the rule then picks one of them.
+
+Examples
+--------
+>>> cv = {"llf/plain": {"accuracy": 0.81, "nll": 0.6}, "llf/head": {"accuracy": 0.86, "nll": 0.5}}
+>>> recommend(cv)
+'llf/head'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from budgetsft.exceptions import ConfigError
+
+__all__ = ["RULE", "RECIPE_ORDER", "candidate_nll", "cross_validate", "recommend", "recommend_over_seeds"]
+
+#: How the recommended model is chosen, in words (report.json's ``recommendation.rule``).
+RULE = ("highest pooled accuracy of {folds}-fold cross-validation on the bought labels alone (stratified by "
+        "answer, each fold's model trained on the other folds with its own recipe); ties: lower cross-validated "
+        "NLL, then plain, distill, head")
+#: Tie order of the recipes (last resort): the LLM first.
+RECIPE_ORDER = ("plain", "distill", "head")
+
+
+def candidate_nll(scores: Sequence[float], gold: int) -> float:
+    """−log of the gold candidate's probability under softmax(scores) (scores: log-likelihoods or logits)."""
+    s = np.asarray(scores, dtype=np.float64)
+    m = float(s.max())
+    return float(m + math.log(float(np.exp(s - m).sum())) - s[int(gold)])
+
+
+def cross_validate(
+    selection: str,
+    bought: Sequence[Any],
+    *,
+    recipes: Sequence[str],
+    folds: int,
+    seed: int,
+    make_set: Callable[[str, list[str], list[str]], dict[str, Any]] | None = None,
+    train: Callable[[dict[str, Any]], Any] | None = None,
+    score: Callable[[Any, list[str]], list[np.ndarray]] | None = None,
+    say: Callable[[str], None] = lambda msg: None,
+) -> dict[str, dict[str, float]]:
+    """Held-out accuracy and NLL of each recipe's model on the bought rounds, by ``folds``-fold CV.
+
+    Parameters
+    ----------
+    selection : str
+        The selection's name (``"llf"``); the methods are ``<selection>/<recipe>``.
+    bought : sequence of Round
+        The bought rounds (features and gold).
+    recipes : sequence of {"head", "plain", "distill"}
+    folds : int
+        At least 2; the bought set needs ``2 * folds`` rounds.
+    make_set : callable (recipe, train_ids, held_out_ids) -> training set
+        The training set of a LoRA recipe on one fold (``plain``: the gold labels of ``train_ids``;
+        ``distill``: plus the labels of a head refit on them for the pool, none for the held-out ids).
+    train : callable (training set) -> model
+        A fresh LoRA trained with the run's recipe.
+    score : callable (model, keys) -> list of score vectors
+
+    Returns
+    -------
+    dict
+        ``{"<selection>/<recipe>": {"accuracy", "nll", "folds", "n"}}``.
+    """
+    from budgetsft.refit import refit, stratified_folds
+
+    bought = list(bought)
+    if folds < 2 or len(bought) < 2 * folds:
+        raise ConfigError(f"cross_validate needs folds >= 2 and at least 2 * folds bought rounds; got folds = "
+                          f"{folds} and {len(bought)} rounds.")
+    unknown = [r for r in recipes if r not in RECIPE_ORDER]
+    if unknown:
+        raise ConfigError(f"cross_validate: unknown recipe {unknown[0]!r}; valid: {', '.join(RECIPE_ORDER)}.")
+    fold = stratified_folds(bought, folds, seed)
+    gold = {r.id: int(r.gold) for r in bought}
+    out: dict[str, dict[str, float]] = {}
+    for recipe in recipes:
+        correct: list[int] = []
+        nll: list[float] = []
+        for f in range(folds):
+            train_rounds = [r for r, k in zip(bought, fold, strict=True) if k != f]
+            held = [r for r, k in zip(bought, fold, strict=True) if k == f]
+            keys = [r.id for r in held]
+            if recipe == "head":
+                head = refit(train_rounds, seed=seed)
+                scores = [np.log(np.maximum(head.predict_proba(r), 1e-300)) for r in held]
+            else:
+                if make_set is None or train is None or score is None:
+                    raise ConfigError(f"cross_validate: the recipe {recipe!r} needs make_set, train and score.")
+                model = train(make_set(recipe, [r.id for r in train_rounds], keys))
+                scores = score(model, keys)
+                del model
+            for k, sc in zip(keys, scores, strict=True):
+                correct.append(int(np.argmax(sc) == gold[k]))
+                nll.append(candidate_nll(sc, gold[k]))
+        out[f"{selection}/{recipe}"] = {"accuracy": float(np.mean(correct)), "nll": float(np.mean(nll)),
+                                        "folds": folds, "n": len(bought)}
+        say(f"{selection}/{recipe}: cross-validated accuracy {out[f'{selection}/{recipe}']['accuracy']:.4f}, "
+            f"NLL {out[f'{selection}/{recipe}']['nll']:.3f} ({folds} folds of the {len(bought)} bought labels)")
+    return out
+
+
+def _key(name: str, accuracy: float, nll: float) -> tuple:
+    recipe = name.rsplit("/", 1)[-1]
+    order = RECIPE_ORDER.index(recipe) if recipe in RECIPE_ORDER else len(RECIPE_ORDER)
+    return (-accuracy, nll, order, name)
+
+
+def recommend(cv: Mapping[str, Mapping[str, float]]) -> str:
+    """The method with the highest cross-validated accuracy (ties: lower NLL, then plain, distill, head)."""
+    if not cv:
+        raise ConfigError("recommend needs the cross-validation of at least one model.")
+    return min(cv, key=lambda m: _key(m, cv[m]["accuracy"], cv[m]["nll"]))
+
+
+def recommend_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, float]]]) -> tuple[str, dict[str, dict]]:
+    """The recommendation of several seeds: the same rule on the cross-validated values averaged over seeds.
+
+    Returns the method and ``{method: {"accuracy": [per seed], "mean", "nll": [per seed], "nll_mean"}}``.
+    """
+    names = list(per_seed[0])
+    table = {m: {"accuracy": [float(cv[m]["accuracy"]) for cv in per_seed],
+                 "nll": [float(cv[m]["nll"]) for cv in per_seed]} for m in names}
+    for t in table.values():
+        t["mean"] = float(np.mean(t["accuracy"]))
+        t["nll_mean"] = float(np.mean(t["nll"]))
+    return recommend({m: {"accuracy": t["mean"], "nll": t["nll_mean"]} for m, t in table.items()}), table
