@@ -293,16 +293,47 @@ def test_a_stream_session_with_an_audit_share_estimates_its_accuracy(tmp_path):
     assert sess.ledger.spent() <= 300
 
 
-def test_adapt_on_a_pool_ledger_needs_a_labelled_test_file(pool200, tmp_path):
+def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_path):
+    """An unlabelled pool and a person's labels: adapt trains LoRA on them and hands the model back, unscored."""
+    pytest.importorskip("peft")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_adapt_value import _llama  # the tiny random-weight Llama of the adapt tests
+
     _, pool, gold = pool200
     db = tmp_path / "a.db"
-    sess = Session.create(db, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 4}}))
-    picks = select_batch(sess, 4).picks
+    sess = Session.create(db, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 6}}))
+    picks = select_batch(sess, 6).picks
     sess.ledger.record_answers([(p.query_id, gold[p.id], "ana", 1.0, 3) for p in picks])
     sess.close()
-    res = subprocess.run(_cli("adapt", "--data", str(pool), "--labels", str(db), "--estimate-only"),
-                         capture_output=True, text=True)
-    assert res.returncode != 0 and "Traceback" not in res.stderr and "have no answer" in res.stderr
+    from budgetsft.adapt import load_adapted
+    from budgetsft.adapt.pipeline import run_adapt
+    from budgetsft.exceptions import DataError
+    from budgetsft.features.models import load_causal_tokenizer
+
+    tokenizer = load_causal_tokenizer()
+    llama = tmp_path / "llama"
+    _llama(len(tokenizer)).save_pretrained(llama)
+    tokenizer.save_pretrained(llama)
+    out = tmp_path / "adapt"
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        report = run_adapt(str(pool), out, labels_file=db, model=str(llama), seeds=(0,), epochs=1, batch_size=4,
+                           max_prompt_tokens=16, device="cpu", threads=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["recommended"] == "labels/plain" and report["unscored"].startswith("an unlabelled pool")
+    assert report["methods"]["labels/plain"]["labels"] == [6]
+    model = load_adapted(out)
+    assert model.method == "labels/plain" and model.kind == "lora"
+    rows = [json.loads(line) for line in pool.read_text().splitlines()][:3]
+    probs = model(rows)
+    assert len(probs) == 3 and all(abs(p.sum() - 1) < 1e-6 for p in probs)
+    with pytest.raises(DataError, match="no test predictions"):
+        from budgetsft.adapt.report import rebuild_report
+
+        rebuild_report(out)
 
 
 def test_a_cost_budget_with_an_audit_share_never_holds_more_than_it_has(tmp_path):

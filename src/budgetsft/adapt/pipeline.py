@@ -481,6 +481,86 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
     timing.setdefault(name, {})["score_seconds"] = dt
 
 
+def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[str] | None, *, labels_file,
+                   seeds: Sequence[int], model: str, dev: str, dtype: str, epochs: float, lr: float, lora_r: int,
+                   lora_alpha: float, lora_layers: int, batch_size: int, max_prompt_tokens: int,
+                   eval_batch_size: int, estimate_only: bool, progress: bool, say) -> dict[str, Any]:
+    """``--labels`` on an unlabelled pool: LoRA on the bought labels for each seed, saved and handed back.
+
+    Nothing is scored (nothing in the pool has a gold answer) and nothing else is trained, so the model handed
+    back is ``labels/plain``; report.json says so and has no test numbers.
+    """
+    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, train_lora
+    from budgetsft.adapt.handback import write_model_card
+    from budgetsft.adapt.lora import pad_id, save_adapters
+    from budgetsft.features.models import load_causal_lm
+
+    with quiet_hf():
+        base, tokenizer = load_causal_lm(model, device=dev)
+    base.requires_grad_(False)
+    n_layers = int(base.config.num_hidden_layers)
+    split = max(0, n_layers - lora_layers)
+    encoded = {ex.id: encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels) for ex in given}
+    check_decoder(base, tokenizer, encoded[given[0].id])
+    cache = PrefixCache(base, split, dtype=dtype, batch_size=eval_batch_size, pad_token_id=pad_id(tokenizer))
+    cache.add_many(list(encoded), list(encoded.values()))
+    keys, answers = [ex.id for ex in given], [ex.answer for ex in given]
+    warm = keys[:batch_size]
+    rate, _ = _training_rate(base, cache, warm, answers[:batch_size],
+                             lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype)
+    estimate = len(seeds) * _train_work(len(keys), epochs, batch_size) / rate
+    say(f"{data}: an unlabelled pool, so there is nothing to score a model on; training LoRA on the "
+        f"{len(given)} labels of {labels_file} only (labels/plain, the model handed back)")
+    say(f"estimate: {_minutes(estimate)} on {dev} ({dtype}): train {len(seeds)} × {len(keys)} labels × "
+        f"{epochs:g} epochs at {rate:.1f}/s")
+    if estimate_only:
+        return {"estimate_seconds": estimate, "rates": {"train": rate}, "work": {"train": len(seeds) * len(keys)}}
+    model_ref = str(Path(model).resolve()) if Path(model).exists() else model
+    rows = []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        with quiet_hf():
+            trained, history = train_lora(copy.deepcopy(base), cache, keys, answers, epochs=epochs, lr=lr,
+                                          lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed,
+                                          dtype=dtype, progress=progress, desc=f"seed {seed} train labels/plain")
+            folder = out / f"seed-{seed}" / "adapters" / "labels-plain"
+            save_adapters(trained, folder)
+        write_model_card(folder, {"kind": "lora", "method": "labels/plain", "seed": seed,
+                                  "labels": list(labels) if labels is not None else None,
+                                  "max_prompt_tokens": max_prompt_tokens, "lora_layers": n_layers - split,
+                                  "model": model_ref})
+        _write_jsonl(out / f"seed-{seed}" / "labels" / "labels.jsonl", given)
+        rows.append({"seed": seed, "labels": {"labels/plain": len(given)}, "first_loss": history[0],
+                     "final_loss": float(np.mean(history[-5:])),
+                     "models": {"labels/plain": f"seed-{seed}/adapters/labels-plain"}})
+        say(f"seed {seed} labels/plain: {len(given)} labels, final loss {rows[-1]['final_loss']:.3f}")
+        del trained
+        gc.collect()
+    report = {
+        "data": data, "model": model, "out": str(out), "labels": list(labels) if labels is not None else None,
+        "labels_file": str(labels_file), "unscored": "an unlabelled pool: no gold answer to score a model on",
+        "seeds": list(seeds), "methods": {"labels/plain": {"labels": [len(given)] * len(seeds)}},
+        "recommended": "labels/plain",
+        "recommendation": {"method": "labels/plain", "selection": "labels", "folds": None, "cv": None,
+                           "rule": "the only model trained on the given labels (an unlabelled pool: no test split "
+                                   "and no head)", "per_seed": ["labels/plain"] * len(seeds)},
+        "per_seed": rows, "settings": {"epochs": epochs, "lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha,
+                                       "lora_layers": n_layers - split, "batch_size": batch_size,
+                                       "max_prompt_tokens": max_prompt_tokens, "dtype": dtype, "device": dev},
+        "timing": {"estimate_seconds": estimate, "wall_seconds": time.perf_counter() - t0},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(
+        f"# LoRA on {len(given)} bought labels ({data}, an unlabelled pool)\n\n"
+        f"Model {model}; labels from {labels_file}; seeds {', '.join(map(str, seeds))}.\n\n"
+        "**Recommended: labels/plain**, the only model trained on these labels. The pool has no gold answers, so "
+        "no accuracy is reported: score it on a labelled file of your own, or keep an audit share in the session "
+        f"(`--audit`). Load it with `budgetsft.adapt.load_adapted(\"{out}\")`.\n",
+        encoding="utf-8")
+    return report
+
+
 def run_adapt(
     data: str,
     out_dir: str | Path,
@@ -593,13 +673,12 @@ def run_adapt(
                 _check_against(given, ds, labels_file)
             taken = {ex.id for ex in given}
             test_all = [ex for ex in ds.test if ex.id not in taken]
-            unlabelled = sum(ex.answer is None for ex in test_all)
-            if unlabelled:
-                raise DataError(
-                    f"{data}: adapt scores the adapted model on the test split of --data, and {unlabelled} of its "
-                    f"{len(test_all)} test examples have no answer (an unlabelled pool), so there is nothing to "
-                    f"score it on. adapt --labels needs the data the labels were bought on with gold answers on its "
-                    f"test split; for an unlabelled pool, fine-tune on `budgetsft session export` elsewhere.")
+            if any(ex.answer is None for ex in (*ds.train, *ds.test)):  # an unlabelled pool: train, hand back
+                return _train_on_pool(data, out, given, ds.labels, labels_file=labels_file, seeds=seeds,
+                                      model=model, dev=dev, dtype=dtype, epochs=epochs, lr=lr, lora_r=lora_r,
+                                      lora_alpha=lora_alpha, lora_layers=lora_layers, batch_size=batch_size,
+                                      max_prompt_tokens=max_prompt_tokens, eval_batch_size=eval_batch_size,
+                                      estimate_only=estimate_only, progress=progress, say=say)
             sets = {"labels/plain": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
             plan = {"seed": seed, "sets": sets, "heads": {}, "train_size": len(ds.train),
                     "dropped_from_test": len(ds.test) - len(test_all), "budget": None, "features": None,

@@ -577,7 +577,11 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: a file, not the output folder of `budgetsft adapt`.")
     path = out / "report.json"
-    old = check_saved_report(_read_json(path, f"no report here; `budgetsft adapt --out {out}` writes one"), path)
+    saved = _read_json(path, f"no report here; `budgetsft adapt --out {out}` writes one")
+    if isinstance(saved, dict) and saved.get("unscored"):
+        raise DataError(f"{path}: this run trained on {saved['unscored'].split(':')[0]}, so it has no test "
+                        "predictions to rebuild a report from.")
+    old = check_saved_report(saved, path)
     results = []
     methods: list[str] | None = None
     for i, row in enumerate(old["per_seed"]):
