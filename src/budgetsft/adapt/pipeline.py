@@ -344,6 +344,11 @@ def _add_random_sets(plans: list[dict[str, Any]], size: int, data: str) -> str:
             f"at each seed (numpy default_rng([seed, {RANDOM_SET_STREAM}])), trained with the same recipe")
 
 
+def _accuracy(scores: Sequence[np.ndarray], gold: np.ndarray) -> float:
+    """Share of items whose highest-scored candidate is the gold one."""
+    return float(np.mean([np.argmax(v) == g for v, g in zip(scores, gold, strict=True)]))
+
+
 def _method_order(names) -> list[str]:
     """zero-shot, then each selection's models in the order head, plain, distill (selections as first seen)."""
     names = list(names)
@@ -841,15 +846,12 @@ def run_adapt(
         scores: dict[str, list[np.ndarray]] = {}
         timing: dict[str, dict[str, float | None]] = {}
 
-        def accuracy_of(name: str) -> float:
-            return float(np.mean([np.argmax(v) == g for v, g in zip(scores[name], gold, strict=True)]))
-
         score_kw = {"cache": cache, "keys": test_keys, "batch_size": eval_batch_size, "dtype": dtype,
                     "progress": progress, "clock": clock, "scores": scores, "timing": timing, "seed": seed}
         _evaluate(base, "zero-shot", **score_kw)
         timing["zero-shot"]["train_seconds"] = None
-        say(f"seed {seed} zero-shot: accuracy {accuracy_of('zero-shot'):.4f} on {len(test_keys)} test items "
-            f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+        say(f"seed {seed} zero-shot: accuracy {_accuracy(scores['zero-shot'], gold):.4f} on {len(test_keys)} test "
+            f"items [{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
         for name, head in plan["heads"].items():  # the refit heads: no LLM training, scored on the test rounds
             sel = name.split("/")[0]
             scores[name] = [np.log(np.maximum(head.predict_proba(plan["test_rounds"][k]), 1e-300))
@@ -858,7 +860,7 @@ def run_adapt(
             save_head(where / "heads" / sel, head, method=name, seed=seed, featurizer=plan["features"],
                       options=fz_options, labels=labels_list)
             say(f"seed {seed} {name}: the head refit on {len(plan['sets'][f'{sel}/plain']['ids'])} labels, "
-                f"accuracy {accuracy_of(name):.4f}")
+                f"accuracy {_accuracy(scores[name], gold):.4f}")
         for name, s in plan["sets"].items():
             examples = s["examples"]
             sel = name.split("/")[0]
@@ -882,7 +884,7 @@ def run_adapt(
             write_model_card(folder, {"kind": "lora", "method": name, "seed": seed, "labels": labels_list,
                                       "max_prompt_tokens": max_prompt_tokens, "lora_layers": n_layers - split,
                                       "model": model_ref})
-            say(f"seed {seed} {name}: {what}, accuracy {accuracy_of(name):.4f} (train {_minutes(dt)}) "
+            say(f"seed {seed} {name}: {what}, accuracy {_accuracy(scores[name], gold):.4f} (train {_minutes(dt)}) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
             del peft_model
             gc.collect()
@@ -890,7 +892,7 @@ def run_adapt(
         if _cross_validates(plan, gate_name, cv_folds):
             cv, pick = _recommend_seed(plan, gate_name, recipes, cv_folds, seed, train_set=train_set, cache=cache,
                                        eval_batch_size=eval_batch_size, dtype=dtype, clock=clock,
-                                       distill_weight=distill_weight, say=lambda m: say(f"seed {seed} cv {m}"))
+                                       distill_weight=distill_weight, say=lambda m, s=seed: say(f"seed {s} cv {m}"))
             say(f"seed {seed}: recommended {pick} (cross-validated on the bought labels) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
         scores = {m: scores[m] for m in _method_order(scores)}

@@ -413,7 +413,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
                   f"{s['device']}; a candidate's score is the mean log-likelihood of its tokens.", ""]
     lines += _recommendation_lines(report)
     with_nll = all("nll" in m for m in methods.values())
-    lines += ["| method | labels | accuracy per seed | mean | 95 % CI |" + (" gold NLL | 95 % CI |" if with_nll else ""),
+    lines += ["| method | labels | accuracy per seed | mean | 95 % CI |" + (" gold NLL | 95 % CI |" if with_nll
+                                                                          else ""),
               "|---|---:|---|---:|---|" + ("---:|---|" if with_nll else "")]
     for name, m in methods.items():
         labels = m["labels"]
