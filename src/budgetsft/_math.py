@@ -18,6 +18,7 @@ __all__ = [
     "confidence_radius",
     "argmax_lowest",
     "best_alternative",
+    "softmax",
 ]
 
 
@@ -79,6 +80,13 @@ def confidence_radius(logdet_ratio: float, *, sigma: float, delta: float, lam: f
 def argmax_lowest(scores: np.ndarray) -> int:
     """argmax with ties broken by the lowest index (``np.argmax`` already does this)."""
     return int(np.argmax(scores))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, shifted by the max (no overflow), in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def best_alternative(scores: np.ndarray, exclude: int) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 
+from budgetsft._math import softmax
 from budgetsft.base import Round
 from budgetsft.exceptions import DataError
 
@@ -81,7 +82,8 @@ class RefitHead:
     Examples
     --------
     >>> import numpy as np
-    >>> from budgetsft.base import Round
+    >>> from budgetsft._math import softmax
+from budgetsft.base import Round
     >>> X = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> head = RefitHead(C=10.0).fit([Round(X, 0), Round(X[::-1].copy(), 1)])
     >>> head.predict(Round(X, 0))
@@ -111,9 +113,11 @@ class RefitHead:
 
     def predict_proba(self, rnd: Round) -> np.ndarray:
         """P(a | x) = softmax_a ⟨θ, φ(x, a)⟩ over the round's candidates."""
-        s = np.asarray(rnd.features, dtype=np.float64) @ self.coef_
-        q = np.exp(s - s.max())
-        return q / q.sum()
+        return softmax(np.asarray(rnd.features, dtype=np.float64) @ self.coef_)
+
+    def predict_log_proba(self, rnd: Round) -> np.ndarray:
+        """log P(a | x), floored at log(1e-300) (a probability that underflowed to 0 stays finite)."""
+        return np.log(np.maximum(self.predict_proba(rnd), 1e-300))
 
     def accuracy(self, rounds: Sequence[Round]) -> float:
         if not rounds:

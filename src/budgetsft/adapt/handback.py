@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from budgetsft._math import softmax
 from budgetsft._validation import check_choice, check_int
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
@@ -260,12 +261,6 @@ def as_examples(examples: Any, owner: str) -> list[Example]:
                             f"'candidates'; got {type(ex).__name__}.")
         out.append(ex)
     return out
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64)
-    q = np.exp(s - s.max())
-    return q / q.sum()
 
 
 class AdaptedModel:

@@ -486,6 +486,22 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
     timing.setdefault(name, {})["score_seconds"] = dt
 
 
+def _model_ref(model: str) -> str:
+    """How a model card names the base model: a directory as its absolute path (found from any folder)."""
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def _save_lora_card(folder: Path, method: str, seed: int, *, labels: Sequence[str] | None, max_prompt_tokens: int,
+                    lora_layers: int, model: str) -> Path:
+    """The model card of saved adapters: what ``load_adapted`` needs to score as adapt scored."""
+    from budgetsft.adapt.handback import write_model_card
+
+    return write_model_card(folder, {"kind": "lora", "method": method, "seed": seed,
+                                     "labels": list(labels) if labels is not None else None,
+                                     "max_prompt_tokens": max_prompt_tokens, "lora_layers": lora_layers,
+                                     "model": _model_ref(model)})
+
+
 def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[str] | None, *, labels_file,
                    seeds: Sequence[int], model: str, dev: str, dtype: str, epochs: float, lr: float, lora_r: int,
                    lora_alpha: float, lora_layers: int, batch_size: int, max_prompt_tokens: int,
@@ -496,7 +512,6 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
     back is ``labels/plain``; report.json says so and has no test numbers.
     """
     from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, train_lora
-    from budgetsft.adapt.handback import write_model_card
     from budgetsft.adapt.lora import pad_id, save_adapters
     from budgetsft.features.models import load_causal_lm
 
@@ -520,7 +535,6 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
         f"{epochs:g} epochs at {rate:.1f}/s")
     if estimate_only:
         return {"estimate_seconds": estimate, "rates": {"train": rate}, "work": {"train": len(seeds) * len(keys)}}
-    model_ref = str(Path(model).resolve()) if Path(model).exists() else model
     rows = []
     t0 = time.perf_counter()
     for seed in seeds:
@@ -530,10 +544,8 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
                                           dtype=dtype, progress=progress, desc=f"seed {seed} train labels/plain")
             folder = out / f"seed-{seed}" / "adapters" / "labels-plain"
             save_adapters(trained, folder)
-        write_model_card(folder, {"kind": "lora", "method": "labels/plain", "seed": seed,
-                                  "labels": list(labels) if labels is not None else None,
-                                  "max_prompt_tokens": max_prompt_tokens, "lora_layers": n_layers - split,
-                                  "model": model_ref})
+        _save_lora_card(folder, "labels/plain", seed, labels=labels, max_prompt_tokens=max_prompt_tokens,
+                        lora_layers=n_layers - split, model=model)
         _write_jsonl(out / f"seed-{seed}" / "labels" / "labels.jsonl", given)
         rows.append({"seed": seed, "labels": {"labels/plain": len(given)}, "first_loss": history[0],
                      "final_loss": float(np.mean(history[-5:])),
@@ -623,7 +635,7 @@ def run_adapt(
     import torch
 
     from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
-    from budgetsft.adapt.handback import save_head, write_model_card
+    from budgetsft.adapt.handback import save_head
     from budgetsft.adapt.lora import pad_id, save_adapters
     from budgetsft.adapt.recommend import candidate_nll
     from budgetsft.adapt.report import seed_report, write_seed_report
@@ -821,9 +833,8 @@ def run_adapt(
                 "cv_folds": cv_folds}
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
-    model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # a directory: from any folder
-    fz_options = {"labels": labels_list} if played == "block" else {"model_name": model_ref} if played == "causal" \
-        else {}
+    fz_options = ({"labels": labels_list} if played == "block" else
+                  {"model_name": _model_ref(model)} if played == "causal" else {})
 
     def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
         """A fresh LoRA on a set with the run's recipe: (model, history, seconds)."""
@@ -854,8 +865,7 @@ def run_adapt(
             f"items [{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
         for name, head in plan["heads"].items():  # the refit heads: no LLM training, scored on the test rounds
             sel = name.split("/")[0]
-            scores[name] = [np.log(np.maximum(head.predict_proba(plan["test_rounds"][k]), 1e-300))
-                            for k in test_keys]
+            scores[name] = [head.predict_log_proba(plan["test_rounds"][k]) for k in test_keys]
             timing[name] = {"train_seconds": None, "score_seconds": None}
             save_head(where / "heads" / sel, head, method=name, seed=seed, featurizer=plan["features"],
                       options=fz_options, labels=labels_list)
@@ -881,9 +891,8 @@ def run_adapt(
             folder = where / "adapters" / _file_name(name)
             with quiet_hf():
                 save_adapters(peft_model, folder)
-            write_model_card(folder, {"kind": "lora", "method": name, "seed": seed, "labels": labels_list,
-                                      "max_prompt_tokens": max_prompt_tokens, "lora_layers": n_layers - split,
-                                      "model": model_ref})
+            _save_lora_card(folder, name, seed, labels=labels_list, max_prompt_tokens=max_prompt_tokens,
+                            lora_layers=n_layers - split, model=model)
             say(f"seed {seed} {name}: {what}, accuracy {_accuracy(scores[name], gold):.4f} (train {_minutes(dt)}) "
                 f"[{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
             del peft_model

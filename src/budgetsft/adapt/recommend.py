@@ -105,7 +105,7 @@ def cross_validate(
             keys = [r.id for r in held]
             if recipe == "head":
                 head = refit(train_rounds, seed=seed)
-                scores = [np.log(np.maximum(head.predict_proba(r), 1e-300)) for r in held]
+                scores = [head.predict_log_proba(r) for r in held]
             else:
                 if make_set is None or train is None or score is None:
                     raise ConfigError(f"cross_validate: the recipe {recipe!r} needs make_set, train and score.")

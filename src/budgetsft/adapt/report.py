@@ -587,11 +587,10 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     methods: list[str] | None = None
     for i, row in enumerate(old["per_seed"]):
         pred = out / f"seed-{row['seed']}" / "predictions.json"
-        correct = check_saved_predictions(
-            _read_json(pred, f"the saved predictions of seed {row['seed']} are missing"), pred, row,
-            field=f"per_seed[{i}]", methods=methods)
+        stored = _read_json(pred, f"the saved predictions of seed {row['seed']} are missing")
+        correct = check_saved_predictions(stored, pred, row, field=f"per_seed[{i}]", methods=methods)
         methods = list(correct)
-        results.append({**row, "correct": correct, **_saved_nll(_read_json(pred, "missing"), correct)})
+        results.append({**row, "correct": correct, **_saved_nll(stored, correct)})
     gate = old.get("gate", "llf")
     baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
     comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", [])

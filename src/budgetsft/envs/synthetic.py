@@ -12,17 +12,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from budgetsft._math import softmax
 from budgetsft._validation import check_float, check_int, check_seed
 from budgetsft.base import Round
 from budgetsft.exceptions import ConfigError
 
 __all__ = ["LinearSoftmaxEnv", "DriftingEnv", "AdversarialContextEnv", "softmax"]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - np.max(logits, axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 class LinearSoftmaxEnv:
