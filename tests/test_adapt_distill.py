@@ -110,7 +110,7 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
     out = tmp_path / "adapt"
     _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
           "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size", "4",
-          "--device", "cpu", "--out", out], env, work)
+          "--device", "cpu", "--audit", "0", "--out", out], env, work)
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["zero-shot", "llf/head", "llf/plain", "llf/distill", "random/head",
                                        "random/plain", "random/distill"]
@@ -129,8 +129,9 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
     for t in cv.values():
         assert len(t["accuracy"]) == 2 and all(0 <= a <= 1 for a in t["accuracy"])
         assert t["mean"] == pytest.approx(np.mean(t["accuracy"]))
-    best = max(t["mean"] for t in cv.values())
-    assert cv[rec]["mean"] == best
+    assert report["recommendation"]["validation"] == "cv"
+    best = min(t["nll_mean"] for t in cv.values())
+    assert cv[rec]["nll_mean"] == best
     assert all(row["recommended"] in cv and set(row["cv"]) == set(cv) for row in report["per_seed"])
     # gold NLL beside accuracy: the mean of -log p(gold) over the test items, a positive number per method
     for name, m in report["methods"].items():
@@ -164,6 +165,44 @@ def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, en
     (out / "report.md").unlink()
     _cli(["adapt", "--out", out, "--report-only"], env, work)
     assert json.loads((out / "report.json").read_text())["comparisons"] == report["comparisons"]
+
+
+def test_adapt_recommends_on_audit_labels_that_no_model_trained_on(work, env, tmp_path):  # noqa: F811
+    out = tmp_path / "audit"
+    _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.3",
+          "--baselines", "random", "--no-all", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+          "--audit", "0.5", "--out", out], env, work)
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipes"] == ["plain", "distill"]  # the default when adapt selects
+    rec = report["recommendation"]
+    assert rec["validation"] == "audit" and rec["folds"] is None and "audit labels" in rec["rule"]
+    budget = report["per_seed"][0]["budget"]
+    for i, seed in enumerate((0, 1)):
+        where = out / f"seed-{seed}"
+        audit = json.loads((where / "audit.json").read_text())
+        held = set(audit["ids"])
+        assert held and audit["selection"] == "llf" and rec["audit"][i] == len(held)
+        assert set(audit["scores"]) == {"llf/head", "llf/plain", "llf/distill"}
+        # held out of every model of the gate's selection: no gold label, no pseudo-label
+        trained = [json.loads(line)["id"] for line in (where / "labels" / "llf.jsonl").read_text().splitlines()]
+        pseudo = json.loads((where / "pseudo" / "llf.json").read_text())
+        assert not held & set(trained) and not held & set(pseudo)
+        assert [json.loads(line)["id"] for line in
+                (where / "labels" / "llf-audit.jsonl").read_text().splitlines()] == audit["ids"]
+        # the selection is every label bought, audit ones included: the budget, as random's
+        selection = json.loads((where / "selection.json").read_text())
+        assert set(selection["llf"]) == held | set(trained) and len(selection["llf"]) == budget
+        assert len(selection["random"]) == budget
+        # the table of each seed is the models' NLL and accuracy on the audit items, from the saved scores
+        from budgetsft.adapt.recommend import held_out_table
+
+        assert report["per_seed"][i]["cv"] == held_out_table(
+            {m: [np.array(v) for v in rows] for m, rows in audit["scores"].items()}, audit["gold"])
+    for name in ("llf/head", "llf/plain", "llf/distill"):  # compared at the same budget: audit labels count
+        assert report["methods"][name]["labels"] == [budget, budget]
+    table = rec["cv"]
+    assert report["recommended"] == min(table, key=lambda m: (table[m]["nll_mean"], -table[m]["mean"]))
+    assert "by its gold NLL on the audit labels" in (out / "report.md").read_text()
 
 
 def test_distill_needs_plain_and_its_own_selection(work, tmp_path):  # noqa: F811

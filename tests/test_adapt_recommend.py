@@ -1,4 +1,4 @@
-"""The recommendation of `budgetsft adapt`: cross-validation on the bought labels alone (issue 20, item 4).
+"""The recommendation of `budgetsft adapt`: held-out NLL on an audit share or by cross-validation (issue 20, item 4).
 
 Real parts: the refit head, real rounds; the LoRA recipes are covered end to end in test_adapt_distill.py.
 """
@@ -10,7 +10,13 @@ import math
 import numpy as np
 import pytest
 
-from budgetsft.adapt.recommend import candidate_nll, cross_validate, recommend, recommend_over_seeds
+from budgetsft.adapt.recommend import (
+    candidate_nll,
+    cross_validate,
+    held_out_table,
+    recommend,
+    recommend_over_seeds,
+)
 from budgetsft.base import Round
 from budgetsft.exceptions import ConfigError
 
@@ -34,12 +40,14 @@ def test_candidate_nll_is_minus_log_softmax_of_the_gold():
     assert candidate_nll([0.0, 0.0, 0.0, 0.0], 2) == pytest.approx(math.log(4))
 
 
-def test_recommend_takes_accuracy_then_nll_then_the_llm():
-    assert recommend({"a/plain": {"accuracy": 0.8, "nll": 0.1}, "a/head": {"accuracy": 0.9, "nll": 0.9}}) == "a/head"
-    assert recommend({"a/plain": {"accuracy": 0.9, "nll": 0.5}, "a/head": {"accuracy": 0.9, "nll": 0.4}}) == "a/head"
+def test_recommend_takes_nll_then_accuracy_then_the_llm():
+    assert recommend({"a/plain": {"accuracy": 0.9, "nll": 0.6}, "a/head": {"accuracy": 0.8, "nll": 0.3}}) == "a/head"
+    assert recommend({"a/plain": {"accuracy": 0.9, "nll": 0.4}, "a/head": {"accuracy": 0.8, "nll": 0.4}}) == "a/plain"
     tie = {"a/head": {"accuracy": 0.9, "nll": 0.4}, "a/distill": {"accuracy": 0.9, "nll": 0.4},
            "a/plain": {"accuracy": 0.9, "nll": 0.4}}
     assert recommend(tie) == "a/plain"
+    del tie["a/plain"]
+    assert recommend(tie) == "a/distill"
     with pytest.raises(ConfigError):
         recommend({})
 
@@ -49,8 +57,24 @@ def test_recommend_over_seeds_averages_each_model_over_the_seeds():
                 {"x/head": {"accuracy": 0.6, "nll": 0.9}, "x/plain": {"accuracy": 0.85, "nll": 0.4}}]
     method, table = recommend_over_seeds(per_seed)
     assert table["x/head"]["mean"] == pytest.approx(0.75) and table["x/plain"]["mean"] == pytest.approx(0.775)
-    assert method == "x/plain"  # one seed each, but plain's mean is higher
+    assert table["x/head"]["nll_mean"] == pytest.approx(0.6) and table["x/plain"]["nll_mean"] == pytest.approx(0.5)
+    assert method == "x/plain"  # one seed each, but plain's mean NLL is lower
     assert table["x/head"]["accuracy"] == [0.9, 0.6]
+
+
+def test_held_out_table_scores_each_model_on_the_held_out_items():
+    gold = [0, 1, 2, 1]
+    sure = [np.eye(3)[g] * 5.0 for g in gold]  # right and confident
+    wrong = [np.eye(3)[(g + 1) % 3] * 5.0 for g in gold]  # wrong and confident
+    t = held_out_table({"s/head": sure, "s/plain": wrong}, gold)
+    assert t["s/head"]["accuracy"] == 1.0 and t["s/plain"]["accuracy"] == 0.0 and t["s/head"]["n"] == 4
+    assert t["s/head"]["nll"] == pytest.approx(candidate_nll(sure[0], 0))
+    assert t["s/plain"]["nll"] > 4.0
+    assert recommend(t) == "s/head"
+    with pytest.raises(ConfigError, match="3 score vectors for 4 items"):
+        held_out_table({"s/head": sure[:3]}, gold)
+    with pytest.raises(ConfigError):
+        held_out_table({"s/head": []}, [])
 
 
 def test_cross_validated_head_accuracy_tells_signal_from_noise():

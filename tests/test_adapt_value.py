@@ -276,7 +276,8 @@ def test_seed_report_schema_and_determinism():
 def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tmp_path):
     out = tmp_path / "adapt"
     proc = _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
-                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", out], env, work)
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--recipes", "plain", "--audit", "0",
+                 "--out", out], env, work)
     assert "estimate:" in proc.stderr and "Loading weights" not in proc.stderr
     assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
     report = json.loads((out / "report.json").read_text())

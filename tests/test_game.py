@@ -165,3 +165,24 @@ def test_cost_budget_counts_prices():
     assert res.summary["budget"] == pytest.approx(total)
     assert res.summary["spent"] <= total
     assert res.summary["spent"] > total - 3.0  # `first` fills it up to the last label that fits
+
+
+def test_an_audit_share_buys_uniform_rounds_within_the_budget():
+    """run() with ``audit``: the audit rounds are bought whatever the gate says, inside the budget, seeded."""
+    from budgetsft.game import audit_rounds
+
+    cfg = {"env": {"rounds": 600, "d": 5}, "gate": {"name": "llf", "beta": 0.1},
+           "comparator": "none", "test_rounds": 0, "seed": 3, "audit": 0.4}
+    res = run(cfg)
+    queried = [r.round for r in res.records if r.queried]
+    drawn = res.summary["audit_rounds"]
+    assert len(queried) <= 60 and set(drawn) <= set(queried)
+    assert 10 <= len(drawn) <= 40  # about 0.4 * 60 = 24
+    assert all(audit_rounds(0.4, 60, 600, 3)(t) for t in drawn)  # drawn from (seed, t) alone
+    assert run(cfg).summary["audit_rounds"] == drawn  # seeded: the same rounds
+    plain = [r.round for r in run({**cfg, "audit": 0.0}).records if r.queried]
+    assert "audit_rounds" not in run({**cfg, "audit": 0.0}).summary and plain != queried
+    # `first` spends its budget on rounds 1..60: an audit round is one of them (none is bought after)
+    first = run({**cfg, "gate": {"name": "first", "beta": 0.1}})
+    assert [r.round for r in first.records if r.queried] == list(range(1, 61))
+    assert set(first.summary["audit_rounds"]) <= set(range(1, 61))

@@ -121,10 +121,11 @@ def _radius(text: str) -> float | str:
     except ValueError:
         raise ConfigError(f"'--radius' must be a number, 'auto' or 'theory'. Got {text!r}.") from None
 
-FEATURES_HELP = ("Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal. "
+FEATURES_HELP = ("Featuriser for --data: auto (block on a fixed label set, else encoder), block, encoder, causal, "
+                 "grad (projected LoRA gradients of --model). "
                  "\\[default: auto]")
 MODEL_HELP = ("Model of the featuriser: a local directory (save_pretrained) or a Hugging Face id org/name. "
-              "\\[default: the packaged one: smollm2-135m-instruct for causal, all-minilm-l6-v2 otherwise]")
+              "\\[default: the packaged one: smollm2-135m-instruct for causal and grad, all-minilm-l6-v2 otherwise]")
 DATA_HELP = ("Real data set instead of --env: bbc-news, medmcqa, logiqa, sarcasm (see `budgetsft data list`), "
              "hf:NAME[:CONFIG] or a .jsonl file. \\[default: none: play --env]")
 ENV_HELP = "Environment: synthetic, drifting, adversarial. \\[default: synthetic, from the built-in config]"
@@ -1373,13 +1374,18 @@ def adapt(
     recipes: Annotated[str, typer.Option(help="Training recipes, comma-separated: plain (LoRA on the bought gold "
                                               "labels) and distill (plus the head's labels, refit on the bought "
                                               "ones, for the rest of the train split; for the gate's and random's "
-                                              "sets, reported as <set>/distill).")] = "plain",
+                                              "sets, reported as <set>/distill). \\[default: plain,distill; plain "
+                                              "with --labels]")] = "auto",
     distill_weight: Annotated[float, typer.Option(help="distill: weight of a pseudo-label relative to a gold "
                                                        "one, times the head's probability of it.")] = 1.0,
     distill_passes: Annotated[float | None, typer.Option(help="distill: passes over the head's labels (the gold "
                                                               "ones get --epochs). \\[default: --epochs]")] = None,
-    cv_folds: Annotated[int, typer.Option(help="Folds of the cross-validation on the gate's bought labels that "
-                                               "picks the recommended model (head, plain, distill); 0: none.")] = 3,
+    audit: Annotated[float, typer.Option(help="Share of the gate's budget drawn uniformly at random and held out "
+                                              "of training; the model (head, plain, distill) with the lowest gold "
+                                              "NLL on these audit labels is recommended. 0: none (then --cv-folds "
+                                              "decides).")] = 0.1,
+    cv_folds: Annotated[int, typer.Option(help="With --audit 0: folds of the cross-validation on the gate's bought "
+                                               "labels that picks the recommended model; 0: none.")] = 3,
     estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Recompute --out's report.md/.json and "
                                                                    "accuracy.png from its saved predictions "
@@ -1398,7 +1404,8 @@ def adapt(
     budgetsft adapt --data bbc-news --beta 0.1 --seeds 0,1,2 --out runs/adapt-bbc
     budgetsft adapt --data bbc-news --budget 170 --seeds 0,1,2 --out runs/adapt-bbc   # 170 labels
     budgetsft adapt --data bbc-news --seeds 0,1,2 --estimate-only
-    budgetsft adapt --data bbc-news --baselines random --recipes plain,distill --seeds 0,1,2 --out runs/distill
+    budgetsft adapt --data bbc-news --baselines random --no-all --seeds 0,1,2,3,4 --out runs/adapt-bbc
+    budgetsft adapt --data bbc-news --recipes plain --audit 0 --seeds 0,1,2 --out runs/quick  # no distill, no audit
     budgetsft adapt --data sarcasm --max-examples 3000 --seeds 0,1,2 --out runs/adapt-sarcasm
     budgetsft adapt --data bbc-news --labels bought.jsonl --out runs/adapt-mine     # a session's export or ledger
     budgetsft adapt --out runs/adapt-bbc --report-only                  # the report again, from saved predictions
@@ -1433,8 +1440,8 @@ def adapt(
                        max_prompt_tokens=max_prompt_tokens, lora_layers=lora_layers, epochs=epochs, lr=lr,
                        lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
                        threads=threads, estimate_only=estimate_only,
-                       recipes=[r.strip() for r in recipes.split(",") if r.strip()], distill_weight=distill_weight,
-                       distill_passes=distill_passes, cv_folds=cv_folds)
+                       recipes=None if recipes == "auto" else [r.strip() for r in recipes.split(",") if r.strip()],
+                       distill_weight=distill_weight, distill_passes=distill_passes, cv_folds=cv_folds, audit=audit)
     if estimate_only:
         out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")
         return
@@ -1448,7 +1455,7 @@ def featurize(
     data: Annotated[str, typer.Option(help="Data set: a name (see `budgetsft data list`), hf:NAME[:CONFIG] or a "
                                            ".jsonl file.")],
     features: Annotated[str, typer.Option(help="Featuriser: auto (block on a fixed label set, else encoder), "
-                                                "encoder, causal, block.")] = "auto",
+                                                "encoder, causal, block, grad.")] = "auto",
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_examples: Annotated[int | None, typer.Option(help="Seeded subset of the data set. "
@@ -1482,6 +1489,8 @@ def featurize(
     if features == "block":
         if ds.labels is None:
             raise ConfigError(f"the 'block' featuriser needs a fixed label set; data set {data!r} has none.")
+        options["labels"] = ds.labels
+    if features == "grad" and ds.labels is not None:  # as `run` featurises: adapt's label instruction
         options["labels"] = ds.labels
     if backend == "ray":
         from budgetsft.ray_backend import featurize_ray

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from budgetsft.base import Record, Round
 from budgetsft.budget import Budget
 from budgetsft.config import DEFAULT_CONFIG, build, merge, validate_config
-from budgetsft.game import play
+from budgetsft.game import audit_rounds, play
 from budgetsft.refit import refit_accuracy
 from budgetsft.regret import summarize
 
@@ -116,6 +116,8 @@ def run(
             test = env.test_rounds(int(cfg["test_rounds"]))
     budget = budget_for(cfg, stream)
     learner, gate, follower = objs["learner"], objs["gate"], objs["follower"]
+    share = float(cfg.get("audit", 0.0) or 0.0)
+    audit = audit_rounds(share, budget.total, len(stream), int(cfg.get("seed", 0))) if share else None
     start = time.perf_counter()
     records: list[Record] = []
     played: list[Round] = []
@@ -123,12 +125,14 @@ def run(
     # One round is a few (K, d) x (d, d) products: BLAS threads only add contention
     # (20x slower at d = 768 on a loaded 2-core machine; benchmarks/learner_throughput.py).
     with threadpool_limits(limits=1, user_api="blas"):
-        for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream)):
+        for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream), audit=audit):
             records.append(rec)
             if progress is not None:
                 progress(len(records))
     seconds = time.perf_counter() - start
     summary = run_summary(cfg, records, played, budget, learner, test, seconds)
+    if audit is not None:  # the audit rounds: queried rounds drawn for the audit (bought whatever the gate said)
+        summary["audit_rounds"] = [r.round for r in records if r.queried and audit(r.round)]
     return RunResult(config=cfg, records=records, rounds=played, summary=summary, learner=learner)
 
 

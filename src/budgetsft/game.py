@@ -313,6 +313,7 @@ def play(
     *,
     follower=None,
     horizon: int | None = None,
+    audit: Callable[[int], bool] | None = None,
 ) -> Iterator[Record]:
     """Play the budgeted Stackelberg game over ``stream``, yielding one :class:`Record` per round.
 
@@ -332,6 +333,9 @@ def play(
     follower : Follower, default=BestResponseFollower()
     horizon : int, optional
         T, for gates that pace themselves; defaults to ``len(stream)``.
+    audit : callable, optional
+        ``audit(t)`` (:func:`audit_rounds`): round t is bought whatever the gate says while the budget
+        affords it. The audit rounds of the game are the queried rounds t with ``audit(t)`` true.
 
     Yields
     ------
@@ -348,7 +352,7 @@ def play(
         horizon = len(stream)  # type: ignore[arg-type]
     if hasattr(stream, "bind"):
         stream.bind(learner)  # type: ignore[union-attr]
-    yield from Game(learner, gate, budget, follower, horizon=horizon).rounds(stream)
+    yield from Game(learner, gate, budget, follower, horizon=horizon, audit=audit).rounds(stream)
 
 
 def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,

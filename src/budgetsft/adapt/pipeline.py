@@ -72,6 +72,11 @@ RECIPES = ("plain", "distill")
 DISTILL_WEIGHT = 1.0
 #: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
 RANDOM_SET_STREAM = 3
+#: Second entry of the seed sequence of a pool-mode audit draw.
+AUDIT_STREAM = 4
+#: The default audit share of ``adapt``: about a tenth of the gate's budget is drawn uniformly at random and held
+#: out of training, to choose the model handed back (docs/method.md, "The model handed back").
+AUDIT_SHARE = 0.1
 
 
 def _gate_config(name: str, beta: float, seed: int, learner: dict | None) -> dict:
@@ -95,6 +100,7 @@ def select_labels(
     batch_size: int = 8,
     all_head: bool = True,
     progress: bool = False,
+    audit: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Labelled train sets bought by ``gate`` and by each baseline at the same budget, plus ``all``.
 
@@ -103,11 +109,16 @@ def select_labels(
     on stderr over the labels bought in pool mode. ``all_head=False`` skips the
     full-information run that gives ``all`` its head accuracy (None then).
 
+    ``audit`` (a share ε in [0, 1)): the gate's budget includes about εB rounds drawn uniformly at random and
+    bought whatever the gate says (:func:`budgetsft.game.audit_rounds`, as a session's ``--audit`` draws
+    them; in pool mode ⌊εB + ½⌋ items drawn uniformly from the pool before the gate picks the rest). Their ids
+    are the gate set's ``"audit_ids"`` (also in ``"ids"``). The baselines draw none.
+
     Returns
     -------
     dict
         name -> {"examples": list of Example, "ids": list of str,
-        "head_accuracy": held-out accuracy of the scoring head trained on them}.
+        "head_accuracy": held-out accuracy of the scoring head trained on them, "audit_ids": list of str}.
     """
     from budgetsft.experiment import held_out_accuracy, run
 
@@ -116,12 +127,15 @@ def select_labels(
         if name not in GATES:
             raise ConfigError(f"unknown gate {name!r}; valid: {', '.join(sorted(GATES))}.")
     check_float("select_labels", "beta", beta, low=0.0, high=1.0, low_open=True)
+    audit = check_float("select_labels", "audit", audit, low=0.0, high=1.0, high_open=True)
     train, test = streams.train, streams.test
     by_id = {ex.id: ex for ex in streams.dataset.train}
     out: dict[str, dict[str, Any]] = {}
     names = [gate] + [b for b in baselines if b != gate]
     for name in names:
         cfg = _gate_config(name, beta, seed, learner)
+        share = audit if name == gate else 0.0
+        audit_ids: list[str] = []
         if name == gate and mode == "pool":
             from tqdm.auto import tqdm
 
@@ -129,19 +143,27 @@ def select_labels(
 
             spec = dict(cfg["learner"])
             head = LEARNERS[spec.pop("name")](**spec)
-            budget = Budget.from_beta(beta, len(train))
-            with tqdm(total=int(budget.total), desc=f"{name} pool selection", unit="label",
+            total = int(Budget.from_beta(beta, len(train)).total)
+            n_audit = min(total, math.floor(share * total + 0.5))
+            drawn = set(np.random.default_rng([seed, AUDIT_STREAM]).choice(len(train), n_audit, replace=False)
+                         .tolist()) if n_audit else set()
+            rest = [i for i in range(len(train)) if i not in drawn]
+            with tqdm(total=total - n_audit, desc=f"{name} pool selection", unit="label",
                       disable=not progress, file=sys.stderr, leave=False) as bar:
-                bought = select_pool(head, [r.features for r in train], budget, lambda i: train[i].gold,
-                                     batch_size=batch_size, costs=[r.cost for r in train],
-                                     progress=lambda k: bar.update(k - bar.n))
-            ids = [train[i].id for i in bought]
+                picked = select_pool(head, [train[i].features for i in rest], Budget(float(total - n_audit)),
+                                     lambda j: train[rest[j]].gold, batch_size=batch_size,
+                                     costs=[train[i].cost for i in rest], progress=lambda k: bar.update(k - bar.n))
+            audit_ids = [train[i].id for i in sorted(drawn)]
+            ids = sorted([rest[j] for j in picked] + sorted(drawn))
+            ids = [train[i].id for i in ids]
             acc = held_out_accuracy(head, test)
         else:
-            res = run(cfg, stream=train, test=test)
+            res = run({**cfg, "audit": share}, stream=train, test=test)
             ids = [r.id for r in res.records if r.queried]
+            drawn_rounds = set(res.summary.get("audit_rounds", ()))
+            audit_ids = [r.id for r in res.records if r.queried and r.round in drawn_rounds]
             acc = res.summary["test_accuracy"]
-        out[name] = {"examples": [by_id[i] for i in ids], "ids": ids, "head_accuracy": acc}
+        out[name] = {"examples": [by_id[i] for i in ids], "ids": ids, "head_accuracy": acc, "audit_ids": audit_ids}
     head_all = None
     if all_head:
         head_all = run(_gate_config("full", 1.0, seed, learner), stream=train, test=test).summary["test_accuracy"]
@@ -403,18 +425,21 @@ def _recommend_seed(plan, sel: str, recipes: Sequence[str], folds: int, seed: in
 
 def _recommendation(results: Sequence[dict[str, Any]], folds: int, sel: str) -> dict[str, Any]:
     """report.json's ``recommendation``: the method handed back, the rule, the cross-validated table."""
-    from budgetsft.adapt.recommend import RULE, recommend_over_seeds
+    from budgetsft.adapt.recommend import AUDIT_RULE, RULE, recommend_over_seeds
 
     cvs = [r.get("cv") for r in results]
     if all(cvs):
         method, table = recommend_over_seeds(cvs)
-        return {"method": method, "selection": sel, "folds": folds, "rule": RULE.format(folds=folds), "cv": table,
+        audit = [int(r.get("audit") or 0) for r in results]
+        how = ({"validation": "audit", "audit": audit, "folds": None, "rule": AUDIT_RULE} if all(audit) else
+               {"validation": "cv", "folds": folds, "rule": RULE.format(folds=folds)})
+        return {"method": method, "selection": sel, **how, "cv": table,
                 "per_seed": [r.get("recommended") for r in results]}
     if sel == "labels":
         return {"method": "labels/plain", "selection": sel, "folds": None, "cv": None,
                 "rule": "the only model trained on the given labels (a head needs the features of a selection run)",
                 "per_seed": ["labels/plain"] * len(results)}
-    why = ("--cv-folds 0: no recommendation asked for" if folds < 2 else
+    why = ("--audit 0 and --cv-folds 0: no recommendation asked for" if folds < 2 else
            f"fewer than {2 * folds} bought labels at some seed, too few for {folds}-fold cross-validation")
     return {"method": None, "selection": sel, "folds": folds, "cv": None, "rule": why,
             "per_seed": [None] * len(results)}
@@ -606,17 +631,18 @@ def run_adapt(
     threads: int | None = None,
     estimate_only: bool = False,
     progress: bool = True,
-    recipes: Sequence[str] = ("plain",),
+    recipes: Sequence[str] | None = None,
     distill_weight: float = DISTILL_WEIGHT,
     distill_passes: float | None = None,
     cv_folds: int = 3,
+    audit: float = AUDIT_SHARE,
 ) -> dict[str, Any]:
     """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
 
     ``recipes``: ``plain`` trains on each bought set; ``distill`` also trains, for the gate's selection and
     ``random``'s, on the bought gold labels plus the refit head's labels for the rest of the train split
     (:func:`distill_set`, pseudo-labels weighted ``distill_weight`` · the head's probability), reported as
-    ``<selection>/distill``.
+    ``<selection>/distill``. None (the default): both when adapt selects, ``plain`` with ``labels_file``.
 
     Files written::
 
@@ -626,6 +652,12 @@ def run_adapt(
         seed-<s>/pseudo/<selection>.json       a distill set's pseudo-labels: {id: [answer, weight]}
         seed-<s>/selection.json                the ids of each set
         seed-<s>/predictions.json              test ids, each method's scores and correctness
+
+    ``audit`` (share ε of the gate's budget, default :data:`AUDIT_SHARE`): about εB of the gate's labels are
+    drawn uniformly at random (:func:`select_labels`) and held out of every model of the gate's selection; each
+    model answers them and the one with the lowest gold NLL on them is recommended
+    (:func:`budgetsft.adapt.recommend.recommend`). With ``audit=0`` the recommendation cross-validates on the
+    bought labels instead (``cv_folds``, biased against the gate's own head: docs/method.md).
 
     ``estimate_only`` stops after the time estimate (nothing is trained). ``threads``
     sets torch's CPU threads; None keeps torch's default unless a timed warm-up
@@ -657,12 +689,15 @@ def run_adapt(
     dtype = check_choice(owner, "dtype", dtype, ("auto", "bf16", "fp32"))
     if max_test is not None:
         max_test = check_int(owner, "max_test", max_test, low=1)
+    if recipes is None:  # the default: distill too when adapt selects (it needs the selection's features)
+        recipes = RECIPES if labels_file is None else ("plain",)
     recipes = tuple(dict.fromkeys(check_choice(owner, "recipes", r, RECIPES) for r in recipes))
     if "plain" not in recipes:
         raise ConfigError(f"The 'recipes' parameter of {owner} must include 'plain' (random/plain is the reference "
                           f"every recipe is compared with). Got {list(recipes)!r}.")
     distill_weight = check_float(owner, "distill_weight", distill_weight, low=0.0, high=1.0, low_open=True)
     cv_folds = check_int(owner, "cv_folds", cv_folds, low=0)
+    audit = check_float(owner, "audit", audit, low=0.0, high=1.0, high_open=True)
     if distill_passes is not None:
         distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
     if "distill" in recipes and labels_file is not None:
@@ -710,26 +745,35 @@ def run_adapt(
             say(f"seed {seed}: selecting labels with {gate} ({mode} mode) and {', '.join(baselines)} at β = {beta} "
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
             chosen = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
-                                   all_head=False)
+                                   all_head=False, audit=audit)
             if not include_all:
                 chosen.pop("all")
             train_rounds = {r.id: r for r in streams.train}
             test_rounds = {r.id: r for r in streams.test}
             by_id = {ex.id: ex for ex in ds.train}
             sets, heads = {}, {}
+            held = chosen[gate].get("audit_ids") or []
+            if held:  # the audit labels choose the model handed back: no model of the gate's selection sees them
+                kept = [i for i in chosen[gate]["ids"] if i not in set(held)]
+                chosen[gate] = {**chosen[gate], "ids": kept, "examples": [by_id[i] for i in kept]}
+                say(f"seed {seed}: {len(held)} of {gate}'s {len(kept) + len(held)} labels were drawn uniformly at "
+                    f"random (audit share {audit}); they are held out to choose the model handed back")
             for sel, chosen_set in chosen.items():
                 sets[f"{sel}/plain"] = chosen_set
                 if chosen_set["ids"]:  # the refit head: a model of its own, and the teacher of distill
                     heads[f"{sel}/head"] = refit([train_rounds[i] for i in chosen_set["ids"]], seed=seed)
                 if "distill" in recipes and sel in (gate, "random") and chosen_set["ids"]:
+                    skip = set(held) if sel == gate else set()  # an audit item gets no pseudo-label either
+                    pool = [r for r in streams.train if r.id not in skip]
                     say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(chosen_set['ids'])} labels "
-                        f"labels the other {len(streams.train) - len(chosen_set['ids'])} train items")
-                    sets[f"{sel}/distill"] = distill_set(streams.train, streams.test, by_id, chosen_set["ids"],
+                        f"labels the other {len(pool) - len(chosen_set['ids'])} train items")
+                    sets[f"{sel}/distill"] = distill_set(pool, streams.test, by_id, chosen_set["ids"],
                                                          seed=seed, weight=distill_weight, head=heads[f"{sel}/head"])
             test_all = list(ds.test)
             plan = {"seed": seed, "sets": sets, "heads": heads, "train_size": len(streams.train),
                     "dropped_from_test": 0, "budget": budget, "features": streams.featurizer,
-                    "train_rounds": train_rounds, "test_rounds": test_rounds, "by_id": by_id}
+                    "train_rounds": train_rounds, "test_rounds": test_rounds, "by_id": by_id,
+                    "audit": [by_id[i] for i in held]}
         labels_of_data = ds.labels
         plan["test"] = _seeded_test(test_all, max_test, seed)
         if not plan["test"]:
@@ -749,7 +793,7 @@ def run_adapt(
     pad = pad_id(tokenizer)
     every: dict[str, Example] = {}
     for plan in plans:
-        for ex in [*plan["test"], *(e for s in plan["sets"].values() for e in s["examples"])]:
+        for ex in [*plan["test"], *(e for s in plan["sets"].values() for e in s["examples"]), *plan.get("audit", ())]:
             every.setdefault(ex.id, ex)
     encoded = {k: encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels_of_data)
                for k, ex in every.items()}
@@ -764,9 +808,11 @@ def run_adapt(
     lists = [_training_list(s, epochs, distill_passes) for p in plans for s in p["sets"].values() if s["examples"]]
     clock.work["train"] = sum(_train_work(len(k), e, batch_size) for k, _, _, e in lists)
     clock.work["score"] = sum(len(p["test"]) * (1 + sum(1 for n in n_sets[p["seed"]].values() if n)) for p in plans)
+    for p in plans:  # the gate's LoRA models answer the audit items
+        clock.work["score"] += len(p.get("audit", ())) * sum(1 for r in recipes if f"{gate_name}/{r}" in p["sets"])
     for p in plans:  # the cross-validation of the gate's models: each fold trains on (k-1)/k of the bought labels
         n = len(p["sets"][f"{gate_name}/plain"]["ids"])
-        if not _cross_validates(p, gate_name, cv_folds):
+        if p.get("audit") or not _cross_validates(p, gate_name, cv_folds):
             continue
         fold_n = n - n // cv_folds
         clock.work["train"] += cv_folds * _train_work(fold_n, epochs, batch_size)
@@ -830,7 +876,7 @@ def run_adapt(
                 "n_layers": n_layers, "batch_size": batch_size, "max_prompt_tokens": max_prompt_tokens,
                 "eval_batch_size": eval_batch_size, "dtype": dtype, "device": dev, "normalize": "mean",
                 "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay",
-                "cv_folds": cv_folds}
+                "cv_folds": cv_folds, "audit": audit if given is None else None}
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
     fz_options = ({"labels": labels_list} if played == "block" else
@@ -859,6 +905,21 @@ def run_adapt(
 
         score_kw = {"cache": cache, "keys": test_keys, "batch_size": eval_batch_size, "dtype": dtype,
                     "progress": progress, "clock": clock, "scores": scores, "timing": timing, "seed": seed}
+        audit_keys = [ex.id for ex in plan.get("audit", ())]
+        audit_gold = [int(ex.answer) for ex in plan.get("audit", ())]
+        held_out: dict[str, list[np.ndarray]] = {}  # the gate's models' scores of the audit items
+
+        def answer_audit(name: str, model=None, head=None) -> None:
+            if not audit_keys or name.split("/")[0] != gate_name:
+                return
+            if head is not None:
+                held_out[name] = [head.predict_log_proba(plan["train_rounds"][k]) for k in audit_keys]
+                return
+            t = time.perf_counter()
+            held_out[name] = score_packed(model, cache, audit_keys, batch_size=eval_batch_size, dtype=dtype,
+                                          progress=False)
+            clock.done("score", len(audit_keys), time.perf_counter() - t)
+
         _evaluate(base, "zero-shot", **score_kw)
         timing["zero-shot"]["train_seconds"] = None
         say(f"seed {seed} zero-shot: accuracy {_accuracy(scores['zero-shot'], gold):.4f} on {len(test_keys)} test "
@@ -866,6 +927,7 @@ def run_adapt(
         for name, head in plan["heads"].items():  # the refit heads: no LLM training, scored on the test rounds
             sel = name.split("/")[0]
             scores[name] = [head.predict_log_proba(plan["test_rounds"][k]) for k in test_keys]
+            answer_audit(name, head=head)
             timing[name] = {"train_seconds": None, "score_seconds": None}
             save_head(where / "heads" / sel, head, method=name, seed=seed, featurizer=plan["features"],
                       options=fz_options, labels=labels_list)
@@ -888,6 +950,7 @@ def run_adapt(
             peft_model, history, dt = train_set(s, seed, f"seed {seed} train {name} ({what})")
             timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
             _evaluate(peft_model, name, **score_kw)
+            answer_audit(name, model=peft_model)
             folder = where / "adapters" / _file_name(name)
             with quiet_hf():
                 save_adapters(peft_model, folder)
@@ -898,7 +961,19 @@ def run_adapt(
             del peft_model
             gc.collect()
         cv, pick = None, None
-        if _cross_validates(plan, gate_name, cv_folds):
+        if held_out:
+            from budgetsft.adapt.recommend import held_out_table, recommend
+
+            cv = held_out_table(held_out, audit_gold)
+            pick = recommend(cv)
+            _write_jsonl(where / "labels" / f"{_file_name(gate_name)}-audit.jsonl", plan["audit"])
+            (where / "audit.json").write_text(json.dumps({
+                "selection": gate_name, "ids": audit_keys, "gold": audit_gold,
+                "scores": {m: [v.tolist() for v in sc] for m, sc in held_out.items()}}) + "\n")
+            say(f"seed {seed}: on the {len(audit_keys)} audit labels, " + ", ".join(
+                f"{m} NLL {t['nll']:.3f} accuracy {t['accuracy']:.4f}" for m, t in cv.items())
+                + f": recommended {pick} [{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+        elif _cross_validates(plan, gate_name, cv_folds):
             cv, pick = _recommend_seed(plan, gate_name, recipes, cv_folds, seed, train_set=train_set, cache=cache,
                                        eval_batch_size=eval_batch_size, dtype=dtype, clock=clock,
                                        distill_weight=distill_weight, say=lambda m, s=seed: say(f"seed {s} cv {m}"))
@@ -909,12 +984,18 @@ def run_adapt(
         nll = {m: [candidate_nll(v, g) for v, g in zip(sc, gold, strict=True)] for m, sc in scores.items()}
         where.mkdir(parents=True, exist_ok=True)
         bought_ids = {k.split("/")[0]: s["ids"] for k, s in plan["sets"].items() if k.endswith("/plain")}
+        if audit_keys:  # every label the gate bought, the audit ones included, in the order of the stream
+            order = {r: i for i, r in enumerate(plan["train_rounds"])}
+            bought_ids[gate_name] = sorted([*bought_ids[gate_name], *audit_keys], key=order.__getitem__)
         (where / "selection.json").write_text(json.dumps(bought_ids, indent=1) + "\n")
         (where / "predictions.json").write_text(json.dumps({
             "test_ids": test_keys, "gold": gold.tolist(),
             "scores": {m: [v.tolist() for v in sc] for m, sc in scores.items()}, "correct": correct}) + "\n")
         used = {k: len(s["examples"]) - len(s.get("pseudo", ())) for k, s in plan["sets"].items()}
         used.update({k: len(plan["sets"][f"{k.split('/')[0]}/plain"]["ids"]) for k in plan["heads"]})
+        for k in used:  # the audit labels were paid for too: the gate's models are compared at the same budget
+            if k.split("/")[0] == gate_name:
+                used[k] += len(audit_keys)
         results.append({
             "seed": seed, "test_size": len(test_keys), "train_size": plan["train_size"], "budget": plan["budget"],
             "chance": float(np.mean([1.0 / len(ex.candidates) for ex in plan["test"]])),
@@ -925,7 +1006,7 @@ def run_adapt(
             "models": {**{k: f"seed-{seed}/adapters/{_file_name(k)}" for k, s in plan["sets"].items()
                           if s["examples"]},
                        **{k: f"seed-{seed}/heads/{_file_name(k.split('/')[0])}" for k in plan["heads"]}},
-            "cv": cv, "recommended": pick,
+            "cv": cv, "recommended": pick, "audit": len(audit_keys),
         })
 
     comparisons = _comparisons(gate_name, [*recipes, "head"], given is None)

@@ -486,15 +486,26 @@ def _recommendation_lines(report: Mapping[str, Any]) -> list[str]:
     if not rec.get("cv"):
         return [f"**Recommended: {method}**, {rec.get('rule')}. Load it with {load}.", ""]
     cv = rec["cv"]
-    table = ", ".join(f"{m} {t['mean']:.4f}" for m, t in sorted(cv.items(), key=lambda kv: -kv[1]["mean"]))
+    table = ", ".join(f"{m} {t['nll_mean']:.3f} (accuracy {t['mean']:.4f})"
+                      for m, t in sorted(cv.items(), key=lambda kv: kv[1]["nll_mean"]))
     picks = rec.get("per_seed") or []
     agree = sum(p == method for p in picks)
-    lines = [f"**Recommended: {method}**, by {rec.get('folds')}-fold cross-validation on the bought labels alone "
-             f"(no test item is read): cross-validated accuracy, mean over seeds, {table}. Seeds that pick it on "
+    if rec.get("validation") == "audit":
+        n = rec.get("audit") or []
+        how = (f"by its gold NLL on the audit labels ({', '.join(map(str, n))} per seed: drawn uniformly at random "
+               "within the gate's budget and held out of every model's training; no test item is read)")
+        caveat = ("The audit items are a uniform sample of the pool, so these are unbiased estimates for models "
+                  "trained on the other labels; with a few dozen items, models within a few points of accuracy are "
+                  "a toss-up.")
+    else:
+        how = f"by {rec.get('folds')}-fold cross-validation on the bought labels alone (no test item is read)"
+        caveat = ("The bought labels of a confidence gate are the rounds it was least sure of, so cross-validated "
+                  "values are worse than test values and biased against the gate's own head: only their order is "
+                  "used; an audit share (--audit) removes that bias.")
+    lines = [f"**Recommended: {method}**, {how}: held-out NLL, mean over seeds, {table}. Seeds that pick it on "
              f"their own: {agree} of {len(picks)}. Load it with {load}; "
              "`load_adapted(folder, method=..., seed=...)` loads any other model of the table.",
-             "", "Rule: " + str(rec.get("rule")) + ". The bought labels of a confidence gate are the rounds it was "
-             "least sure of, so cross-validated accuracies sit below test accuracies: only their order is used.", ""]
+             "", "Rule: " + str(rec.get("rule")) + ". " + caveat, ""]
     return lines
 
 

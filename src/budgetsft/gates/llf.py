@@ -63,8 +63,9 @@ The schedule's default p = 0.3 and the memory T/16 were chosen on the
 low-noise synthetic stream, bbc-news and sarcasm together, and hold across
 radii (``benchmarks/radius_sensitivity.py``); a drifting stream wants a
 flatter schedule (p = 0.5, ``configs/drifting_paced.yaml``). Rules that set
-the schedule from the latency mass instead were tried and none held on
-every stream (``benchmarks/pacing_schedules.py``, docs/method.md).
+the schedule from the latency mass, or replace it by dual-price pacing
+(Balseiro, Lu & Mirrokni 2020), were tried and none held on every stream
+(``benchmarks/pacing_schedules.py``, docs/method.md).
 """
 
 from __future__ import annotations
