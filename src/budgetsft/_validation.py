@@ -42,6 +42,16 @@ def check_float(
     return x
 
 
+def is_int(value: Any, low: int | None = None, high: int | None = None) -> bool:
+    """Whether ``value`` is an int (not a bool) within [low, high] (either bound None: open).
+
+    >>> is_int(3), is_int(True), is_int(3.0), is_int(-1, low=0), is_int(5, 0, 4)
+    (True, False, False, False, False)
+    """
+    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+            and (high is None or value <= high))
+
+
 def check_int(owner: str, name: str, value: Any, *, low: int | None = None) -> int:
     """Return ``value`` as an int after checking it is an integer ``>= low``."""
     expected = "an int" if low is None else f"an int >= {low}"

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from budgetsft._validation import is_int
 from budgetsft.exceptions import BudgetExhaustedError, ConfigError, DataError
 from budgetsft.sessions.ledger import Ledger, Query
 
@@ -293,10 +294,6 @@ class _Label:
     order: tuple
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _load_export(path: Path) -> list:
     if not path.is_file():
         raise DataError(f"{path}: no such Label Studio export.")
@@ -441,14 +438,14 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
 
     for index, task in enumerate(tasks):
         tid = task.get("id") if isinstance(task, dict) else None
-        tname = f"task {tid}" if _is_int(tid) or isinstance(tid, str) else f"task #{index + 1} (no id)"
+        tname = f"task {tid}" if is_int(tid) or isinstance(tid, str) else f"task #{index + 1} (no id)"
         where = tname
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             bad(index, f"{where}: not a Label Studio task (no 'data' object)")
             continue
         data = task["data"]
         qid = data.get("query_id")
-        if not _is_int(qid):
+        if not is_int(qid):
             bad(index, f"{where}: not a budgetsft task (its data has no integer 'query_id'; got {qid!r})")
             continue
         where = f"{tname} (query {qid})"
@@ -515,7 +512,7 @@ def _import_tasks(ledger: Ledger, tasks: Sequence, annotators, path: str, event:
                 bad(index, f"{at}: choice {chosen[0]!r} is not among the candidates of query {qid} "
                               f"(round {q.round}): {choices!r}")
                 continue
-            order = (str(ann.get("created_at") or ""), aid if _is_int(aid) else 0, index, n)
+            order = (str(ann.get("created_at") or ""), aid if is_int(aid) else 0, index, n)
             labels.setdefault(qid, []).append(_Label(tname, at, f"annotation {aid if aid is not None else n + 1}",
                                                      choices.index(chosen[0]), ann.get("completed_by"), order))
     items, duplicates, extra = [], 0, 0

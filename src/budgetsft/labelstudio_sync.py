@@ -59,6 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from budgetsft._validation import is_int
 from budgetsft.exceptions import BudgetExhaustedError, BudgetsftError, ConfigError, DataError
 from budgetsft.labelstudio import (
     CONTROL,
@@ -249,12 +250,8 @@ class LabelStudioClient:
     def user_emails(self) -> dict[int, str]:
         """Label Studio user id -> email (``GET /api/users/``)."""
         users = self.request("GET", "/api/users/")
-        return {u["id"]: u["email"] for u in users if isinstance(u, dict) and _is_int(u.get("id"))
+        return {u["id"]: u["email"] for u in users if isinstance(u, dict) and is_int(u.get("id"))
                 and isinstance(u.get("email"), str) and u["email"].strip()} if isinstance(users, list) else {}
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def is_budgetsft_config(xml: str) -> bool:
@@ -350,7 +347,7 @@ def _with_authors(tasks: list[dict], client: LabelStudioClient, mapping: dict, l
     email); with ``cost``, one known nowhere is paid that price under its email.
     """
     ids = {a["completed_by"] for t in tasks for a in t.get("annotations") or []
-           if isinstance(a, dict) and not a.get("was_cancelled") and _is_int(a.get("completed_by"))}
+           if isinstance(a, dict) and not a.get("was_cancelled") and is_int(a.get("completed_by"))}
     unknown = {i for i in ids if str(i) not in mapping and str(i) not in live}
     if not unknown:
         return tasks, mapping
@@ -450,7 +447,7 @@ def sync_once(session, client: LabelStudioClient, project: int, *, batch: int | 
         if not isinstance(data, dict) or data.get("session") != key:
             foreign += 1
             continue
-        q = ledger.query(data["query_id"]) if _is_int(data.get("query_id")) else None
+        q = ledger.query(data["query_id"]) if is_int(data.get("query_id")) else None
         if q is not None:
             held.setdefault(q.id, []).append(task)
         if q is None or q.status == "pending":  # an unknown query is reported by the import, all or nothing

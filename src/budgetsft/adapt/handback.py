@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from budgetsft._math import softmax
-from budgetsft._validation import check_choice, check_int
+from budgetsft._validation import check_choice, check_int, is_int
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
 
@@ -58,10 +58,6 @@ _KEYS = {"lora": ("max_prompt_tokens", "lora_layers", "model"), "head": ("featur
 # --------------------------------------------------------------------------- #
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def card_problem(card: Any) -> str | None:
     """What is wrong with a model card (a sentence naming the field), or None when it is valid."""
     from budgetsft.features.base import FEATURIZERS
@@ -77,15 +73,15 @@ def card_problem(card: Any) -> str | None:
     labels = card["labels"]
     checks = [
         ("method", isinstance(card["method"], str) and bool(card["method"]), "a non-empty string"),
-        ("seed", _is_int(card["seed"]), "an int"),
+        ("seed", is_int(card["seed"]), "an int"),
         ("labels", labels is None or (isinstance(labels, list) and all(isinstance(x, str) for x in labels)),
          "a list of strings or null"),
     ]
     if kind == "lora":
         checks += [
-            ("max_prompt_tokens", _is_int(card["max_prompt_tokens"]) and card["max_prompt_tokens"] >= 1,
+            ("max_prompt_tokens", is_int(card["max_prompt_tokens"]) and card["max_prompt_tokens"] >= 1,
              "an int >= 1"),
-            ("lora_layers", _is_int(card["lora_layers"]) and card["lora_layers"] >= 1, "an int >= 1"),
+            ("lora_layers", is_int(card["lora_layers"]) and card["lora_layers"] >= 1, "an int >= 1"),
             ("model", isinstance(card["model"], str) and bool(card["model"]), "a non-empty string"),
         ]
     else:
@@ -94,7 +90,7 @@ def card_problem(card: Any) -> str | None:
             ("featurizer", isinstance(fz, Mapping) and fz.get("name") in FEATURIZERS
              and isinstance(fz.get("options", {}), Mapping),
              f"{{'name': one of {', '.join(map(repr, FEATURIZERS))}, 'options': {{...}}}}"),
-            ("dim", _is_int(card["dim"]) and card["dim"] >= 1, "an int >= 1"),
+            ("dim", is_int(card["dim"]) and card["dim"] >= 1, "an int >= 1"),
             ("C", isinstance(card["C"], int | float) and not isinstance(card["C"], bool) and card["C"] > 0,
              "a number > 0"),
         ]

@@ -151,7 +151,7 @@ def select_labels(
             with tqdm(total=total - n_audit, desc=f"{name} pool selection", unit="label",
                       disable=not progress, file=sys.stderr, leave=False) as bar:
                 picked = select_pool(head, [train[i].features for i in rest], Budget(float(total - n_audit)),
-                                     lambda j: train[rest[j]].gold, batch_size=batch_size,
+                                     lambda j, rest=rest: train[rest[j]].gold, batch_size=batch_size,
                                      costs=[train[i].cost for i in rest], progress=lambda k: bar.update(k - bar.n))
             audit_ids = [train[i].id for i in sorted(drawn)]
             ids = sorted([rest[j] for j in picked] + sorted(drawn))
@@ -398,7 +398,6 @@ def _comparisons(gate: str, recipes: Sequence[str], selecting: bool) -> list[tup
 def _recommend_seed(plan, sel: str, recipes: Sequence[str], folds: int, seed: int, *, train_set, cache,
                     eval_batch_size: int, dtype: str, clock, distill_weight: float, say) -> tuple[dict, str]:
     """Cross-validate the seed's models of selection ``sel`` on its bought labels; the table and the pick."""
-    from budgetsft.adapt.engine import score_packed
     from budgetsft.adapt.recommend import cross_validate, recommend
 
     by_id, rounds = plan["by_id"], plan["train_rounds"]
@@ -412,10 +411,7 @@ def _recommend_seed(plan, sel: str, recipes: Sequence[str], folds: int, seed: in
                            weight=distill_weight)
 
     def score(model, keys: list[str]) -> list[np.ndarray]:
-        t = time.perf_counter()
-        out = score_packed(model, cache, keys, batch_size=eval_batch_size, dtype=dtype, progress=False)
-        clock.done("score", len(keys), time.perf_counter() - t)
-        return out
+        return _score_keys(model, cache, keys, batch_size=eval_batch_size, dtype=dtype, clock=clock)
 
     lora = [r for r in ("plain", "distill") if r in recipes]
     cv = cross_validate(sel, bought, recipes=[*lora, "head"], folds=folds, seed=seed, make_set=make_set,
@@ -509,6 +505,16 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
     dt = time.perf_counter() - t
     clock.done("score", len(keys), dt)
     timing.setdefault(name, {})["score_seconds"] = dt
+
+
+def _score_keys(model, cache, keys: list[str], *, batch_size: int, dtype: str, clock: _Clock) -> list[np.ndarray]:
+    """Score ``keys`` with ``model`` (no bar), counting the work on ``clock``."""
+    from budgetsft.adapt.engine import score_packed
+
+    t = time.perf_counter()
+    out = score_packed(model, cache, keys, batch_size=batch_size, dtype=dtype, progress=False)
+    clock.done("score", len(keys), time.perf_counter() - t)
+    return out
 
 
 def _model_ref(model: str) -> str:
@@ -908,18 +914,6 @@ def run_adapt(
         audit_keys = [ex.id for ex in plan.get("audit", ())]
         audit_gold = [int(ex.answer) for ex in plan.get("audit", ())]
         held_out: dict[str, list[np.ndarray]] = {}  # the gate's models' scores of the audit items
-
-        def answer_audit(name: str, model=None, head=None) -> None:
-            if not audit_keys or name.split("/")[0] != gate_name:
-                return
-            if head is not None:
-                held_out[name] = [head.predict_log_proba(plan["train_rounds"][k]) for k in audit_keys]
-                return
-            t = time.perf_counter()
-            held_out[name] = score_packed(model, cache, audit_keys, batch_size=eval_batch_size, dtype=dtype,
-                                          progress=False)
-            clock.done("score", len(audit_keys), time.perf_counter() - t)
-
         _evaluate(base, "zero-shot", **score_kw)
         timing["zero-shot"]["train_seconds"] = None
         say(f"seed {seed} zero-shot: accuracy {_accuracy(scores['zero-shot'], gold):.4f} on {len(test_keys)} test "
@@ -927,7 +921,8 @@ def run_adapt(
         for name, head in plan["heads"].items():  # the refit heads: no LLM training, scored on the test rounds
             sel = name.split("/")[0]
             scores[name] = [head.predict_log_proba(plan["test_rounds"][k]) for k in test_keys]
-            answer_audit(name, head=head)
+            if audit_keys and sel == gate_name:
+                held_out[name] = [head.predict_log_proba(plan["train_rounds"][k]) for k in audit_keys]
             timing[name] = {"train_seconds": None, "score_seconds": None}
             save_head(where / "heads" / sel, head, method=name, seed=seed, featurizer=plan["features"],
                       options=fz_options, labels=labels_list)
@@ -950,7 +945,9 @@ def run_adapt(
             peft_model, history, dt = train_set(s, seed, f"seed {seed} train {name} ({what})")
             timing[name] = {"train_seconds": dt, "first_loss": history[0], "final_loss": float(np.mean(history[-5:]))}
             _evaluate(peft_model, name, **score_kw)
-            answer_audit(name, model=peft_model)
+            if audit_keys and sel == gate_name:
+                held_out[name] = _score_keys(peft_model, cache, audit_keys, batch_size=eval_batch_size, dtype=dtype,
+                                             clock=clock)
             folder = where / "adapters" / _file_name(name)
             with quiet_hf():
                 save_adapters(peft_model, folder)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from budgetsft._validation import check_choice, check_float, check_int, check_seed
+from budgetsft._validation import check_choice, check_float, check_int, check_seed, is_int
 from budgetsft.adapt.evaluate import accuracy
 from budgetsft.adapt.lora import check_examples, finetune_lora, save_adapters
 from budgetsft.data.schema import Example
@@ -628,7 +628,7 @@ def _saved_nll(pred: Mapping[str, Any], correct: Mapping[str, list[int]]) -> dic
             rows = scores[m]
             if len(rows) != len(gold):
                 return {}
-            if not all(_is_int(g, 0, len(v) - 1) for v, g in zip(rows, gold, strict=True)):
+            if not all(is_int(g, 0, len(v) - 1) for v, g in zip(rows, gold, strict=True)):
                 return {}
             out[m] = [candidate_nll(v, g) for v, g in zip(rows, gold, strict=True)]
     except (TypeError, ValueError, IndexError):
@@ -667,11 +667,6 @@ def _bad(path: Path, field: str, expected: str, value: Any) -> DataError:
                       "edited (run `budgetsft adapt` again to rewrite it).")
 
 
-def _is_int(value: Any, low: int = 0, high: int | None = None) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -704,18 +699,18 @@ def check_saved_report(report: Any, path: str | Path = "report.json") -> dict[st
         where = f"per_seed[{i}]"
         if not isinstance(row, dict):
             raise _bad(path, where, "an object", row)
-        if not _is_int(row.get("seed")):
+        if not is_int(row.get("seed"), 0):
             raise _bad(path, f"{where}.seed", "an integer >= 0", row.get("seed"))
         if row["seed"] in seen:
             raise _bad(path, f"{where}.seed", "a seed not listed before", row["seed"])
         seen.add(row["seed"])
-        if not _is_int(row.get("test_size"), 1, MAX_TEST_SIZE):
+        if not is_int(row.get("test_size"), 1, MAX_TEST_SIZE):
             raise _bad(path, f"{where}.test_size", f"an integer in [1, {MAX_TEST_SIZE:,}]", row.get("test_size"))
         labels = row.get("labels")
         if not isinstance(labels, dict) or not labels:
             raise _bad(path, f"{where}.labels", "an object: method -> labels used", labels)
         for name, n in labels.items():
-            if not _is_int(n):
+            if not is_int(n, 0):
                 raise _bad(path, f"{where}.labels.{name}", "an integer >= 0", n)
     paired = report.get("paired", {})
     if not isinstance(paired, dict):
