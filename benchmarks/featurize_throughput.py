@@ -3,6 +3,8 @@
 Run:  .venv/bin/python benchmarks/featurize_throughput.py [--n 64] [--k 4] [--repeats 3] [--full]
       (also --only encoder|causal, --causal-dtype bf16|fp32|both)
       .venv/bin/python benchmarks/featurize_throughput.py --prefix [--data bbc-news] [--n 64]
+      .venv/bin/python benchmarks/featurize_throughput.py --grad [--data bbc-news] [--n 20] [--grad-dims 512,4096]
+      (any mode: --threads N sets torch's threads)
 
 For each featuriser (encoder: all-MiniLM-L6-v2; causal: SmolLM2-135M-Instruct)
 on n synthetic multiple-choice examples with K candidates (disk cache off,
@@ -29,6 +31,16 @@ candidates). Each is one ``transform_many`` call (tokenising included) per
 repeat, the two alternating, best of repeats; the table gives examples/s, the
 speed-up, and the largest feature difference between the paths on the
 examples whose prompt was not truncated (same tokens on both paths).
+
+``--grad`` times the gradient featuriser (``features: grad``, default
+settings: LoRA B of the top 4 layers, r = 16, projected to ``--grad-dims``)
+beside the causal one (default settings, prefix-shared path) on the first n
+training examples of ``--data``: one ``transform_many`` call per repeat each,
+alternating, best of repeats; the table gives examples/s and the tokens each
+reads per example (causal: the article up to 512 tokens through all layers;
+grad: adapt's format, the label instruction and the first 64 tokens of the
+text, through the frozen layers once and through the adapted top layers with a
+backward once per candidate).
 
 Featuriser and bare forward run back to back on each batch, alternating, and
 each batch keeps its best time over the repeats: on a shared machine a burst
@@ -227,6 +239,66 @@ def main_prefix(args) -> int:
     return 0
 
 
+def bench_grad(examples: list[Example], labels, repeats: int, dims: list[int], dtype: str) -> list[tuple]:
+    """examples/s of the causal featuriser and of the gradient featuriser at each projection dim."""
+    from budgetsft.adapt.engine import encode
+    from budgetsft.features import CausalFeaturizer, GradFeaturizer
+
+    causal = CausalFeaturizer(device="cpu", dtype=dtype, progress=False)
+    runs: list[tuple[str, object]] = [("causal", causal)]
+    for d in dims:
+        runs.append((f"grad dim {d}", GradFeaturizer(device="cpu", dtype=dtype, dim=d, labels=labels,
+                                                     progress=False)))
+    for _, f in runs:  # warm-up: loading, kernel selection, grad's one-off decoder check
+        f.transform_many(examples[:1])
+    best = {name: np.inf for name, _ in runs}
+    feats: dict[str, list] = {}
+    for r in range(repeats):
+        order = runs if r % 2 == 0 else runs[::-1]
+        for name, f in order:
+            t0 = time.perf_counter()
+            feats[name] = f.transform_many(examples)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    n = len(examples)
+    n_cand = sum(len(ex.candidates) for ex in examples)
+    enc_c = causal.encode_prefix_many(examples)
+    tok_causal = sum(len(p) + sum(len(c) for c in cands) for p, cands in enc_c) / n
+    enc_g = [encode(ex, causal.tokenizer, max_prompt_tokens=64, labels=labels) for ex in examples]
+    tok_bottom = sum(e.length for e in enc_g) / n
+    tok_top = sum(len(e.prompt) * len(e.answers) + sum(len(a) for a in e.answers) for e in enc_g) / n
+    rows = []
+    for name, f in runs:
+        norms = np.linalg.norm(np.concatenate(feats[name]), axis=1)
+        n_layers = int(causal.model.config.num_hidden_layers)
+        tokens = f"{tok_causal:.0f} x {n_layers} layers" if name == "causal" else \
+            f"{tok_bottom:.0f} x {f.split_} + {tok_top:.0f} x {n_layers - f.split_} fwd+bwd"
+        rows.append((name, int(f.dim), n / best[name], n_cand / best[name], best[name] / n, tokens,
+                     float(np.median(norms)), getattr(f, "dtype_", dtype)))
+    return rows
+
+
+def main_grad(args) -> int:
+    import torch
+
+    from budgetsft.data import load_dataset
+
+    ds = load_dataset(args.data, seed=0)
+    examples = ds.train[: args.n]
+    dims = [int(x) for x in args.grad_dims.split(",") if x.strip()]
+    rows = bench_grad(examples, ds.labels, args.repeats, dims, args.causal_dtype if args.causal_dtype != "both"
+                      else "bf16")
+    print(f"causal vs grad featuriser: {args.data}, first {args.n} train examples "
+          f"(K = {len(examples[0].candidates)}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"cache off, best of {args.repeats}")
+    header = (f"{'featurizer':<14} {'d':>5} {'dtype':>5} {'ex/s':>7} {'cand/s':>7} {'s/ex':>6} "
+              f"{'median |phi|':>12}  tokens read per example")
+    print(header)
+    print("-" * len(header))
+    for name, d, ex_s, cand_s, s_ex, tokens, norm, dt in rows:
+        print(f"{name:<14} {d:5d} {dt:>5} {ex_s:7.3f} {cand_s:7.3f} {s_ex:6.2f} {norm:12.3f}  {tokens}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="examples per featuriser")
@@ -237,10 +309,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--causal-dtype", default="bf16", choices=["bf16", "fp32", "both"])
     parser.add_argument("--prefix", action="store_true",
                         help="causal per-sequence vs prefix-shared path on --data")
-    parser.add_argument("--data", default="bbc-news", help="data set of --prefix")
+    parser.add_argument("--data", default="bbc-news", help="data set of --prefix and --grad")
+    parser.add_argument("--grad", action="store_true",
+                        help="causal vs gradient featuriser (features: grad) on --data")
+    parser.add_argument("--grad-dims", default="512", help="projection dims of --grad, comma-separated")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 on a CPU shared with other jobs: OpenMP barriers stall several)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.prefix:
         return main_prefix(args)
+    if args.grad:
+        return main_grad(args)
 
     import torch
 

@@ -24,6 +24,7 @@ MODULES = [
     "budgetsft.data.jsonl",
     "budgetsft.data.builtin",
     "budgetsft.features.base",
+    "budgetsft.features.grad",
     "budgetsft.adapt.recommend",
     "budgetsft.adapt.handback",
 ]

@@ -110,7 +110,17 @@ def block(encoder):
     )
 
 
-@pytest.fixture(params=["encoder", "causal", "block"])
+@pytest.fixture(scope="module")
+def grad(tiny_llama, smol_tokenizer):
+    from budgetsft.features.grad import GradFeaturizer
+
+    return GradFeaturizer(
+        model=tiny_llama, tokenizer=smol_tokenizer, device="cpu", dtype="fp32", dim=48, lora_layers=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(params=["encoder", "causal", "block", "grad"])
 def any_featurizer(request):
     return request.getfixturevalue(request.param)
 

@@ -64,7 +64,7 @@ ENVS: dict[str, Callable] = {
     "adversarial": AdversarialContextEnv,
 }
 # Featurisers of a `data` run; "auto" is block on a fixed label set, else encoder (realdata.resolve_features).
-FEATURES = ("auto", "block", "causal", "encoder")
+FEATURES = ("auto", "block", "causal", "encoder", "grad")
 # Keys of the gate section that configure the budget, not the gate object.
 BUDGET_KEYS = ("beta", "budget", "unit")
 # Components that own a random generator receive a seed derived from the run seed.

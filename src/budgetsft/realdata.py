@@ -201,6 +201,8 @@ def load_streams(
         if ds.labels is None:
             raise DataError(f"the 'block' featuriser needs a fixed label set; data set {data!r} has none.")
         opts.setdefault("labels", ds.labels)
+    if features == "grad" and ds.labels is not None:  # adapt's instruction lists the labels: the same score
+        opts.setdefault("labels", ds.labels)
     fz = make_featurizer(features, **opts)
     # compact: block features stay e(x) per example, expanded round by round (CompactRounds)
     res = featurize(list(ds.train) + list(ds.test), fz, cache_dir=cache_dir, progress=progress, compact=True)

@@ -6,7 +6,10 @@ Featurisers (picked by name with :func:`make_featurizer`):
   concat(e(x) ⊙ e(a), e(a), 1), d = 769;
 * ``"causal"`` -- :class:`CausalFeaturizer`, SmolLM2-135M-Instruct on prompt +
   candidate: mean-pooled last hidden state, mean log-prob, bias, d = 578;
-* ``"block"`` -- :class:`BlockFeaturizer`, e(x) in the block of the label, d = L·385.
+* ``"block"`` -- :class:`BlockFeaturizer`, e(x) in the block of the label, d = L·385;
+* ``"grad"`` -- :class:`GradFeaturizer`, a seeded random projection of the
+  gradient of the candidate's mean log-likelihood with respect to adapt's LoRA
+  B matrices at their initialisation (the linearised LoRA step), d = ``dim`` (512).
 
 :func:`featurize` computes only what the disk cache lacks. The default models
 come from PyPI packages and load offline; ``model_name`` takes any other one,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from budgetsft.features.block import BlockFeaturizer
     from budgetsft.features.causal import CausalFeaturizer
     from budgetsft.features.encoder import EncoderFeaturizer, SentenceEncoder
+    from budgetsft.features.grad import GradFeaturizer
     from budgetsft.features.models import (
         causal_lm_path,
         default_cache_dir,
@@ -67,6 +71,7 @@ __all__ = [
     "SentenceEncoder",
     "CausalFeaturizer",
     "BlockFeaturizer",
+    "GradFeaturizer",
     "load_causal_lm",
     "load_causal_tokenizer",
     "causal_lm_path",
@@ -81,6 +86,7 @@ _LAZY = {
     "SentenceEncoder": "budgetsft.features.encoder",
     "CausalFeaturizer": "budgetsft.features.causal",
     "BlockFeaturizer": "budgetsft.features.block",
+    "GradFeaturizer": "budgetsft.features.grad",
     "load_causal_lm": "budgetsft.features.models",
     "load_causal_tokenizer": "budgetsft.features.models",
     "causal_lm_path": "budgetsft.features.models",

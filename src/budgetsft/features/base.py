@@ -2,7 +2,7 @@
 
 A featuriser turns canonical examples (prompt + K candidates) into one matrix
 φ(x, a) of shape (K, dim) per example. Implementations live in
-``encoder.py``, ``causal.py`` and ``block.py``, which import this module;
+``encoder.py``, ``causal.py``, ``block.py`` and ``grad.py``, which import this module;
 they are picked by short registered names with :func:`make_featurizer`,
 which imports the one it builds (this module imports none of them).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +40,7 @@ class Featurizer(Protocol):
     Attributes
     ----------
     name : str
-        Registered short name (``"encoder"``, ``"causal"``, ``"block"``).
+        Registered short name (``"encoder"``, ``"causal"``, ``"block"``, ``"grad"``).
     dim : int
         d, the number of feature columns.
 
@@ -73,6 +74,7 @@ FEATURIZERS: dict[str, str] = {
     "encoder": "budgetsft.features.encoder:EncoderFeaturizer",
     "causal": "budgetsft.features.causal:CausalFeaturizer",
     "block": "budgetsft.features.block:BlockFeaturizer",
+    "grad": "budgetsft.features.grad:GradFeaturizer",
 }
 
 
@@ -81,7 +83,7 @@ def make_featurizer(kind: str, **options: Any) -> Featurizer:
 
     Parameters
     ----------
-    kind : {"encoder", "causal", "block"}
+    kind : {"encoder", "causal", "block", "grad"}
     **options
         Passed to the featuriser's constructor (e.g. ``labels=(...)`` for
         ``block``, ``dtype="fp32"`` for ``causal``).
@@ -93,14 +95,15 @@ def make_featurizer(kind: str, **options: Any) -> Featurizer:
     Raises
     ------
     ConfigError
-        When ``kind`` is not registered, or an option is invalid.
+        When ``kind`` is not registered, an option is not one of the
+        featuriser's parameters, or its value is invalid.
 
     Examples
     --------
     >>> make_featurizer("ngram")
     Traceback (most recent call last):
     ...
-    budgetsft.exceptions.ConfigError: The 'kind' parameter of make_featurizer must be one of 'encoder', 'causal', 'block'. Got 'ngram'.
+    budgetsft.exceptions.ConfigError: The 'kind' parameter of make_featurizer must be one of 'encoder', 'causal', 'block', 'grad'. Got 'ngram'.
     """  # noqa: E501
     if kind not in FEATURIZERS:
         raise ConfigError(
@@ -109,7 +112,16 @@ def make_featurizer(kind: str, **options: Any) -> Featurizer:
             + f". Got {kind!r}."
         )
     module, _, name = FEATURIZERS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)(**options)
+    cls = getattr(importlib.import_module(module), name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = [key for key in options if key not in params]
+        if unknown:  # a typo in a config's `features:` section: say which key, not a TypeError
+            raise ConfigError(
+                f"The {unknown[0]!r} option of the {kind!r} featuriser is not one of its parameters: "
+                + ", ".join(params) + "."
+            )
+    return cls(**options)
 
 
 def featurizer_key(featurizer: Featurizer) -> str:

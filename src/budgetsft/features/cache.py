@@ -83,7 +83,7 @@ from budgetsft.data.schema import Example
 from budgetsft.exceptions import BudgetsftWarning, DataError
 from budgetsft.features.base import Featurizer, check_examples, example_key, featurizer_key
 
-__all__ = ["FeatureResult", "FeatureCache", "FeatureCacheWarning", "featurize", "takes_progress"]
+__all__ = ["FeatureResult", "FeatureCache", "FeatureCacheWarning", "featurize", "progress_bar", "takes_progress"]
 
 logger = logging.getLogger("budgetsft.features")
 
@@ -456,6 +456,21 @@ class _LineWriter:
         self.stream.flush()
 
 
+def progress_bar(total: int, desc: str, *, unit: str = "ex", disable: bool = False, leave: bool = True) -> Any:
+    """A tqdm bar on stderr with rate and ETA; off a terminal, one plain line every ~10 s.
+
+    Off a terminal (a log, ``script``, CI) a redrawn bar is one endless line, so each refresh is written as
+    a line of its own (:class:`_LineWriter`), at most every 10 s.
+    """
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr if tty else _LineWriter(sys.stderr), disable=disable,
+        leave=leave, mininterval=0.1 if tty else 10.0, ascii=None if tty else True,
+    )
+
+
 def takes_progress(featurizer: Featurizer) -> bool:
     try:
         return "progress" in inspect.signature(featurizer.transform_many).parameters
@@ -552,16 +567,8 @@ def featurize(
 
     firsts = [positions[0] for positions in todo.values()]
     if firsts:
-        from tqdm.auto import tqdm
-
         kwargs = {"progress": False} if takes_progress(featurizer) else {}
-        tty = sys.stderr.isatty()
-        # Off a terminal (a log, `script`, CI) a redrawn bar is one endless line: print a plain line every ~10 s.
-        bar = tqdm(
-            total=len(firsts), desc=f"features[{featurizer.name}]", unit="ex",
-            file=sys.stderr if tty else _LineWriter(sys.stderr), disable=not progress,
-            mininterval=0.1 if tty else 10.0, ascii=None if tty else True,
-        )
+        bar = progress_bar(len(firsts), f"features[{featurizer.name}]", disable=not progress)
         for s in range(0, len(firsts), chunk_size):
             chunk = [examples[i] for i in firsts[s : s + chunk_size]]
             arrays = featurizer.transform_many(chunk, **kwargs)
