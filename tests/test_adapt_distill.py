@@ -213,3 +213,32 @@ def test_distill_needs_plain_and_its_own_selection(work, tmp_path):  # noqa: F81
     with pytest.raises(ConfigError, match="drop --labels"):
         run_adapt(str(work / "topics.jsonl"), tmp_path / "a", recipes=("plain", "distill"),
                   labels_file=work / "topics.jsonl", progress=False)
+
+
+def test_adapt_selects_on_gradient_features_of_the_model_it_tunes(work, env, tmp_path):  # noqa: F811
+    """--features grad: the gate's features are the gradients of the tiny Llama's own LoRA; its head is handed back
+    as a callable model that featurises new examples the same way."""
+    out = tmp_path / "grad"
+    _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--features", "grad", "--seeds", "0",
+          "--beta", "0.3", "--baselines", "random", "--no-all", "--recipes", "plain", "--audit", "0",
+          "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", out], env, work)
+    report = json.loads((out / "report.json").read_text())
+    assert report["per_seed"][0]["features"] == "grad"
+    assert {"llf/head", "llf/plain", "random/head", "random/plain"} <= set(report["methods"])
+    card = json.loads((out / "seed-0" / "heads" / "llf" / "budgetsft_model.json").read_text())
+    assert card["featurizer"]["name"] == "grad"
+    opts = card["featurizer"]["options"]
+    assert opts["model_name"] == str((work / "llama").resolve()) and opts["lora_layers"] == 4
+    assert opts["labels"] == report["labels"]
+    from budgetsft.adapt import load_adapted
+
+    head = load_adapted(out, method="llf/head")
+    pred = json.loads((out / "seed-0" / "predictions.json").read_text())
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (work / "topics.jsonl").read_text().splitlines()}
+    test = [rows[i] for i in pred["test_ids"][:3]]
+    probs = head(test)
+    # the handed-back head scores new examples as adapt scored the test split (same features, same coefficients)
+    saved = [np.exp(np.array(v) - np.max(v)) / np.exp(np.array(v) - np.max(v)).sum()
+             for v in pred["scores"]["llf/head"][:3]]
+    for p, q in zip(probs, saved, strict=True):
+        assert np.allclose(p, q, atol=1e-5)

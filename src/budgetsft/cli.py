@@ -1345,8 +1345,8 @@ def adapt(
     seeds: Annotated[str, typer.Option(help="Seeds (split, gates, LoRA), comma-separated: one run each.")] = "0",
     features: Annotated[str, typer.Option(help="Features of the gates' scoring head: auto (what `budgetsft run` "
                                                "uses: block on a fixed label set, else encoder), block, encoder, "
-                                               "causal.")] = "auto",
-    model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal): "
+                                               "causal, grad (the gradients of the LoRA adapt trains).")] = "auto",
+    model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal or grad): "
                                             "smollm2-135m-instruct (packaged), a local directory or a Hugging Face "
                                             "id org/name.")] = "smollm2-135m-instruct",
     mode: Annotated[str, typer.Option(help="stream (one pass, as `budgetsft run`) or pool (batched LLF "

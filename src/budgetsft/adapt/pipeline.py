@@ -507,6 +507,19 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
     timing.setdefault(name, {})["score_seconds"] = dt
 
 
+def _feature_options(features: str, model: str, *, lora_layers: int, lora_r: int, lora_alpha: float,
+                     max_prompt_tokens: int) -> dict[str, Any] | None:
+    """The featuriser options of the gate's features: ``causal`` reads the fine-tuned model; ``grad`` takes the
+    gradient w.r.t. the very LoRA adapt trains (its layers, rank, α and prompt; projection seed 0, so every seed
+    reads one cached set of features)."""
+    if features == "causal":
+        return {"model_name": model}
+    if features == "grad":
+        return {"model_name": model, "lora_layers": lora_layers, "lora_r": lora_r, "lora_alpha": lora_alpha,
+                "max_prompt_tokens": max_prompt_tokens}
+    return None
+
+
 def _score_keys(model, cache, keys: list[str], *, batch_size: int, dtype: str, clock: _Clock) -> list[np.ndarray]:
     """Score ``keys`` with ``model`` (no bar), counting the work on ``clock``."""
     from budgetsft.adapt.engine import score_packed
@@ -743,7 +756,8 @@ def run_adapt(
                     "random": random_set(ds.train, len(given), seed), "train_rounds": None}
         else:
             with quiet_hf():
-                opts = {"model_name": model} if features == "causal" else None
+                opts = _feature_options(features, model, lora_layers=lora_layers, lora_r=lora_r,
+                                        lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens)
                 streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device,
                                        progress=progress, feature_options=opts)
             ds = streams.dataset
@@ -886,7 +900,10 @@ def run_adapt(
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
     fz_options = ({"labels": labels_list} if played == "block" else
-                  {"model_name": _model_ref(model)} if played == "causal" else {})
+                  {**(_feature_options(played, model, lora_layers=lora_layers, lora_r=lora_r,
+                                       lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens) or {}),
+                   "model_name": _model_ref(model), **({"labels": labels_list} if played == "grad" else {})}
+                  if played in ("causal", "grad") else {})
 
     def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
         """A fresh LoRA on a set with the run's recipe: (model, history, seconds)."""
