@@ -1346,9 +1346,9 @@ def adapt(
     features: Annotated[str, typer.Option(help="Features of the gates' scoring head: auto (what `budgetsft run` "
                                                "uses: block on a fixed label set, else encoder), block, encoder, "
                                                "causal, grad (the gradients of the LoRA adapt trains).")] = "auto",
-    model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal or grad): "
-                                            "smollm2-135m-instruct (packaged), a local directory or a Hugging Face "
-                                            "id org/name.")] = "smollm2-135m-instruct",
+    model: Annotated[str, typer.Option(help="Causal LM to fine-tune (and to featurise with, for --features causal "
+                                            "or grad): smollm2-135m-instruct (packaged), a local directory or a "
+                                            "Hugging Face id org/name.")] = "smollm2-135m-instruct",
     mode: Annotated[str, typer.Option(help="stream (one pass, as `budgetsft run`) or pool (batched LLF "
                                            "selection).")] = "stream",
     labels: Annotated[Path | None, typer.Option(help="Fine-tune on this already-bought set instead of selecting: "
