@@ -255,3 +255,27 @@ def test_adapt_pool_selection_shows_a_progress_bar(capsys):
     assert "llf pool selection" in err and "/8 " in err  # a bar over B = 8 labels
     select_labels(streams, "llf", 0.1, mode="pool", baselines=())
     assert capsys.readouterr().err == ""  # quiet by default
+
+
+def test_adapt_pool_selection_with_an_audit_share_spends_the_same_budget():
+    """mode="pool" with an audit: ⌊εB + ½⌋ uniform picks first, the gate picks the rest; B in all, seeded."""
+    from types import SimpleNamespace
+
+    from _streams import random_stream
+
+    from budgetsft.adapt.pipeline import select_labels
+    from budgetsft.data import Example
+
+    rounds = random_stream(300, 5, 4, 0)
+    train, test = rounds[:250], rounds[250:]
+    examples = [Example(id=r.id, prompt="q", candidates=("a", "b", "c", "d"), answer=r.gold) for r in train]
+    streams = SimpleNamespace(train=train, test=test, dataset=SimpleNamespace(train=examples))
+    plain = select_labels(streams, "llf", 0.2, mode="pool", baselines=())["llf"]
+    sets = select_labels(streams, "llf", 0.2, mode="pool", baselines=(), audit=0.25, seed=1)["llf"]
+    assert len(plain["ids"]) == len(sets["ids"]) == 50 and plain["audit_ids"] == []
+    assert len(sets["audit_ids"]) == 13 and set(sets["audit_ids"]) <= set(sets["ids"])  # ⌊0.25 · 50 + ½⌋
+    assert len(set(sets["ids"])) == 50  # no item bought twice
+    again = select_labels(streams, "llf", 0.2, mode="pool", baselines=(), audit=0.25, seed=1)["llf"]
+    assert again["ids"] == sets["ids"] and again["audit_ids"] == sets["audit_ids"]
+    other = select_labels(streams, "llf", 0.2, mode="pool", baselines=(), audit=0.25, seed=2)["llf"]
+    assert other["audit_ids"] != sets["audit_ids"]
