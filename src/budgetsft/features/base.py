@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +77,17 @@ FEATURIZERS: dict[str, str] = {
     "block": "budgetsft.features.block:BlockFeaturizer",
     "grad": "budgetsft.features.grad:GradFeaturizer",
 }
+
+
+def check_model_args(owner: str, model: Any, tokenizer: Any) -> None:
+    """A featuriser's in-memory ``model`` and ``tokenizer``: both or neither, and never a name passed as ``model``."""
+    if isinstance(model, str | os.PathLike):
+        raise ConfigError(
+            f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
+            f"name, directory or hub id as 'model_name'. Got {model!r}."
+        )
+    if (model is None) != (tokenizer is None):
+        raise ConfigError(f"The 'model' and 'tokenizer' parameters of {owner} must be given together.")
 
 
 def make_featurizer(kind: str, **options: Any) -> Featurizer:

@@ -57,7 +57,6 @@ positions (not for the whole vocabulary at every position).
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -69,7 +68,7 @@ import numpy as np
 from budgetsft._validation import check_choice, check_int
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import BudgetsftWarning, ConfigError, DataError
-from budgetsft.features.base import check_examples
+from budgetsft.features.base import check_examples, check_model_args
 
 __all__ = ["CausalFeaturizer", "PromptFormat", "SequenceBatch"]
 
@@ -228,15 +227,7 @@ class CausalFeaturizer:
         cache_dir: Any = None,
     ) -> None:
         owner = type(self).__name__
-        if isinstance(model, str | os.PathLike):
-            raise ConfigError(
-                f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
-                f"name, directory or hub id as 'model_name'. Got {model!r}."
-            )
-        if (model is None) != (tokenizer is None):
-            raise ConfigError(
-                f"The 'model' and 'tokenizer' parameters of {owner} must be given together."
-            )
+        check_model_args(owner, model, tokenizer)
         self.model_name = model_name
         self.model = model
         self.tokenizer = tokenizer

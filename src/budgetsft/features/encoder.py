@@ -25,7 +25,6 @@ repeat across thousands of examples, so the encoder sees each string once
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +33,7 @@ import numpy as np
 
 from budgetsft._validation import check_int
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import ConfigError
-from budgetsft.features.base import check_examples
+from budgetsft.features.base import check_examples, check_model_args
 
 __all__ = ["SentenceEncoder", "EncoderFeaturizer"]
 
@@ -80,15 +78,7 @@ class SentenceEncoder:
         memo_size: int = 200_000,
     ) -> None:
         owner = type(self).__name__
-        if isinstance(model, str | os.PathLike):
-            raise ConfigError(
-                f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
-                f"name, directory or hub id as 'model_name'. Got {model!r}."
-            )
-        if (model is None) != (tokenizer is None):
-            raise ConfigError(
-                f"The 'model' and 'tokenizer' parameters of {owner} must be given together."
-            )
+        check_model_args(owner, model, tokenizer)
         self.model_name = model_name
         self.model = model
         self.tokenizer = tokenizer

@@ -101,7 +101,7 @@ import numpy as np
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
-from budgetsft.features.base import check_examples
+from budgetsft.features.base import check_examples, check_model_args
 
 __all__ = ["GradFeaturizer", "Encoded", "LORA_TARGETS", "encode_adapt"]
 
@@ -395,13 +395,7 @@ class GradFeaturizer:
         cache_dir: Any = None,
     ) -> None:
         owner = type(self).__name__
-        if isinstance(model, str | os.PathLike):
-            raise ConfigError(
-                f"The 'model' parameter of {owner} takes a loaded transformers model; pass a model "
-                f"name, directory or hub id as 'model_name'. Got {model!r}."
-            )
-        if (model is None) != (tokenizer is None):
-            raise ConfigError(f"The 'model' and 'tokenizer' parameters of {owner} must be given together.")
+        check_model_args(owner, model, tokenizer)
         if not isinstance(model_name, str | os.PathLike):
             raise ConfigError(f"The 'model_name' parameter of {owner} must be a model name, directory or hub id. "
                               f"Got {model_name!r}.")
