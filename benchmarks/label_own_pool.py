@@ -10,6 +10,12 @@ Wilson 95 % interval) beside the true test accuracy.
 
     python benchmarks/label_own_pool.py                     # batches of 20 up to 170 labels (about 3 min)
     python benchmarks/label_own_pool.py --budget 100 --batch 20 --audit 0.2 --out benchmarks/figures
+    python benchmarks/label_own_pool.py --adapt --audit 0.1   # then `adapt --labels` on the audited ledger
+
+``--adapt`` then hands the LLM back as a user with this pool gets it: ``budgetsft adapt --data POOL --labels
+LEDGER`` (the library call) trains LoRA on the audited session's gate labels, scores it on the session's audit
+labels (held out of training: the only accuracy a pool with no test split has), and this script scores the
+handed-back model (``budgetsft.adapt.load_adapted``) on the labelled test split, beside the audit estimate.
 
 Prints a table per batch and writes ``label_own_pool.png`` (learning curves) and ``label_own_pool.json``.
 """
@@ -52,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--audit", type=float, default=0.2, help="audit share of the audited session")
     ap.add_argument("--random-seeds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/figures"))
+    ap.add_argument("--adapt", action="store_true",
+                    help="then adapt --labels on the audited ledger; score the handed-back LoRA on the test split")
+    ap.add_argument("--seeds", default="0", help="seeds of --adapt, comma-separated")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     ds = load_dataset("bbc-news", seed=0)
@@ -109,12 +118,38 @@ def main(argv: list[str] | None = None) -> dict:
               "spent": {k: s.ledger.spent() for k, s in sessions.items()}}
     for sess in sessions.values():
         sess.close()
+    if args.adapt:
+        report["adapt"] = _adapt(pool, folder / "audit.db", ds.test, [int(x) for x in args.seeds.split(",")],
+                                 folder / "adapt")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_own_pool.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, list(sessions), args.out / "label_own_pool.png")
     print(f"{trips} select → label → import trips for {args.budget} labels; {report['seconds']:.0f} s; "
           f"wrote {args.out}/label_own_pool.png, label_own_pool.json")
     return report
+
+
+def _adapt(pool: Path, ledger: Path, test, seeds: list[int], out: Path) -> dict:
+    """adapt --labels LEDGER on the pool; the handed-back model of each seed on the labelled test split."""
+    from budgetsft.adapt import load_adapted
+    from budgetsft.adapt.pipeline import run_adapt
+
+    t0 = time.perf_counter()
+    rep = run_adapt(str(pool), out, labels_file=ledger, seeds=seeds, progress=False)
+    rows = [{"id": ex.id, "prompt": ex.prompt, "candidates": list(ex.candidates)} for ex in test]
+    gold = np.array([ex.answer for ex in test])
+    result = {"labels": rep["methods"]["labels/plain"]["labels"][0], "seconds": 0.0, "per_seed": []}
+    for seed, audit in zip(seeds, rep["audit"]["per_seed"] if rep["audit"] else [None] * len(seeds), strict=True):
+        model = load_adapted(out, seed=seed)
+        acc = float(np.mean(model.predict(rows) == gold))
+        result["per_seed"].append({"seed": seed, "test_accuracy": acc, "audit": audit})
+        est = "no audit labels" if audit is None else (
+            f"audit estimate {audit['accuracy']:.3f} [{audit['ci95'][0]:.3f}, {audit['ci95'][1]:.3f}] "
+            f"on {audit['n']} audit labels, gold NLL {audit['nll']:.3f}")
+        print(f"adapt --labels (seed {seed}): LoRA on {result['labels']} gate labels, handed back: test accuracy "
+              f"{acc:.3f} on {len(rows)} articles; {est}", flush=True)
+    result["seconds"] = time.perf_counter() - t0
+    return result
 
 
 def _plot(report: dict, names: list[str], path: Path) -> None:

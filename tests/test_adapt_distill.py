@@ -224,21 +224,26 @@ def test_adapt_selects_on_gradient_features_of_the_model_it_tunes(work, env, tmp
           "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", out], env, work)
     report = json.loads((out / "report.json").read_text())
     assert report["per_seed"][0]["features"] == "grad"
-    assert {"llf/head", "llf/plain", "random/head", "random/plain"} <= set(report["methods"])
-    card = json.loads((out / "seed-0" / "heads" / "llf" / "budgetsft_model.json").read_text())
+    # the gate chose on gradient features: its selection is llf-grad, compared with random's as llf's would be
+    assert {"llf-grad/head", "llf-grad/plain", "random/head", "random/plain"} <= set(report["methods"])
+    assert not any(m.startswith("llf/") for m in report["methods"])
+    assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {("llf-grad/plain", "random/plain"),
+                                                                 ("llf-grad/head", "random/head")}
+    assert report["recommended"].startswith("llf-grad/")
+    card = json.loads((out / "seed-0" / "heads" / "llf-grad" / "budgetsft_model.json").read_text())
     assert card["featurizer"]["name"] == "grad"
     opts = card["featurizer"]["options"]
     assert opts["model_name"] == str((work / "llama").resolve()) and opts["lora_layers"] == 4
     assert opts["labels"] == report["labels"]
     from budgetsft.adapt import load_adapted
 
-    head = load_adapted(out, method="llf/head")
+    head = load_adapted(out, method="llf-grad/head")
     pred = json.loads((out / "seed-0" / "predictions.json").read_text())
     rows = {json.loads(line)["id"]: json.loads(line) for line in (work / "topics.jsonl").read_text().splitlines()}
     test = [rows[i] for i in pred["test_ids"][:3]]
     probs = head(test)
     # the handed-back head scores new examples as adapt scored the test split (same features, same coefficients)
     saved = [np.exp(np.array(v) - np.max(v)) / np.exp(np.array(v) - np.max(v)).sum()
-             for v in pred["scores"]["llf/head"][:3]]
+             for v in pred["scores"]["llf-grad/head"][:3]]
     for p, q in zip(probs, saved, strict=True):
         assert np.allclose(p, q, atol=1e-5)

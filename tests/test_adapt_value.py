@@ -51,6 +51,7 @@ EXAMPLES = [
 ]  # 48 examples: 38 train, 10 test
 
 
+from _tiny_llama import tiny_llama  # noqa: E402
 from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 
@@ -60,14 +61,7 @@ def tok():
 
 
 def _llama(vocab_size: int, layers: int = 3, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=512,
-                         initializer_range=0.2, tie_word_embeddings=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size, layers=layers, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from _tiny_llama import tiny_llama  # noqa: E402
 from _torch_threads import one_thread  # noqa: E402,F401  (autouse: torch on one thread)
 
 from budgetsft.config import DEFAULT_CONFIG, merge, validate_config  # noqa: E402
@@ -47,14 +48,7 @@ def tok():
 @pytest.fixture(scope="module")
 def llama(tok, tmp_path_factory):
     """(directory, in-memory model): three layers, so the top-layer adapters sit over a frozen prefix."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=len(tok), max_position_embeddings=512,
-                         initializer_range=0.2, tie_word_embeddings=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(len(tok))
     path = tmp_path_factory.mktemp("models") / "tiny-llama"
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -157,25 +151,14 @@ def test_features_are_the_projected_gradient_of_a_naive_full_forward(llama, tok,
 
 
 @pytest.mark.parametrize("labels", [None, LABELS])
-@pytest.mark.parametrize("template", ["chat", "plain"])
-def test_the_text_format_is_adapts(tok, labels, template):
-    """features/ sits below adapt/, so grad.py holds a copy of adapt's encode: the same ids, pinned here."""
+def test_the_text_format_is_adapts(llama, tok, labels):
+    """The features read adapt's format: the format recorded in the cache key is adapt's encode of a probe."""
     from budgetsft.adapt.engine import encode
-    from budgetsft.features.grad import encode_adapt
 
-    if template == "plain":
-        tok = copy.deepcopy(tok)
-        tok.chat_template = None
-    from budgetsft.adapt.engine import LORA_TARGETS
-    from budgetsft.features import grad as grad_module
-
-    assert grad_module.LORA_TARGETS == LORA_TARGETS
-    long = Example("long", " ".join(f"word{i}" for i in range(200)), ("business", "sports"), 0)
-    for ex in [*EXAMPLES, long]:
-        for cap in (8, 64):
-            mine = encode_adapt(ex, tok, max_prompt_tokens=cap, labels=labels)
-            theirs = encode(ex, tok, max_prompt_tokens=cap, labels=labels)
-            assert (mine.prompt, mine.answers) == (theirs.prompt, theirs.answers), (ex.id, cap)
+    fz = _grad(llama, tok, labels=labels, max_prompt_tokens=8)
+    probe = encode(Example("probe", "x", ("a", "b")), tok, max_prompt_tokens=8, labels=labels)
+    assert fz.settings()["format"] == [list(probe.prompt), [list(a) for a in probe.answers]]
+    assert fz._encode([EXAMPLES[0]]) == [encode(EXAMPLES[0], tok, max_prompt_tokens=8, labels=labels)]
 
 
 def test_gradient_wrt_a_is_zero_at_the_lora_init(grad, tok):

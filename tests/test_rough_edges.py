@@ -37,20 +37,15 @@ def _cli(args, env, cwd) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("peft")
     pytest.importorskip("transformers")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from _tiny_llama import tiny_llama
 
     from budgetsft.features.models import load_causal_tokenizer
 
     tok = load_causal_tokenizer()
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=len(tok), max_position_embeddings=512,
-                         initializer_range=0.2, tie_word_embeddings=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(len(tok))
     root = tmp_path_factory.mktemp("llama")
     model.save_pretrained(root)
     tok.save_pretrained(root)

@@ -297,7 +297,7 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
     """An unlabelled pool and a person's labels: adapt trains LoRA on them and hands the model back, unscored."""
     pytest.importorskip("peft")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_adapt_value import _llama  # the tiny random-weight Llama of the adapt tests
+    from _tiny_llama import tiny_llama
 
     _, pool, gold = pool200
     db = tmp_path / "a.db"
@@ -312,7 +312,7 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
 
     tokenizer = load_causal_tokenizer()
     llama = tmp_path / "llama"
-    _llama(len(tokenizer)).save_pretrained(llama)
+    tiny_llama(len(tokenizer)).save_pretrained(llama)
     tokenizer.save_pretrained(llama)
     out = tmp_path / "adapt"
     import torch
@@ -334,6 +334,39 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
         from budgetsft.adapt.report import rebuild_report
 
         rebuild_report(out)
+    assert report["audit"] is None and not (out / "seed-0" / "audit.json").exists()
+
+    # A session with an audit share: its uniformly drawn labels are held out of training and score the model.
+    db2 = tmp_path / "b.db"
+    sess = Session.create(db2, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 12},
+                                            "audit": 0.5}))
+    picks = select_batch(sess, 12).picks
+    audited = {p.id for p in picks if p.purpose == "audit"}
+    assert 0 < len(audited) < 12
+    sess.ledger.record_answers([(p.query_id, gold[p.id], "ana", 1.0, 3) for p in picks])
+    sess.close()
+    threads = torch.get_num_threads()
+    try:
+        kw = {"labels_file": db2, "model": str(llama), "seeds": (0,), "epochs": 1, "batch_size": 4,
+              "max_prompt_tokens": 16, "device": "cpu", "threads": 1, "progress": False}
+        report = run_adapt(str(pool), tmp_path / "audited", **kw)
+        everything = run_adapt(str(pool), tmp_path / "all", audit=0, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["methods"]["labels/plain"]["labels"] == [12 - len(audited)]
+    trained_on = {json.loads(line)["id"] for line in
+                  (tmp_path / "audited" / "seed-0" / "labels" / "labels.jsonl").read_text().splitlines()}
+    assert trained_on.isdisjoint(audited) and len(trained_on) == 12 - len(audited)
+    saved = json.loads((tmp_path / "audited" / "seed-0" / "audit.json").read_text())
+    assert set(saved["ids"]) == audited and saved["gold"] == [gold[i] for i in saved["ids"]]
+    right = sum(int(np.argmax(v)) == g for v, g in zip(saved["scores"]["labels/plain"], saved["gold"], strict=True))
+    seed0 = report["audit"]["per_seed"][0]
+    assert seed0["n"] == len(audited) and seed0["correct"] == right
+    assert seed0["ci95"] == list(wilson_interval(right, len(audited)))
+    assert report["unscored"].startswith("an unlabelled pool: scored on its audit labels")
+    assert "audit labels were drawn uniformly at random" in (tmp_path / "audited" / "report.md").read_text()
+    # --audit 0: the audit labels are trained on too, and nothing is scored
+    assert everything["audit"] is None and everything["methods"]["labels/plain"]["labels"] == [12]
 
 
 def test_a_cost_budget_with_an_audit_share_never_holds_more_than_it_has(tmp_path):

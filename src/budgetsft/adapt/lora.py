@@ -25,6 +25,14 @@ import torch
 from budgetsft._validation import check_choice, check_float, check_int, check_seed
 from budgetsft.data.schema import Example
 from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.features.decoder import (
+    ANSWER_TEMPLATE,
+    PROMPT_TEMPLATE,
+    encode_answer,
+    has_chat_template,
+    pad_id,
+    token_ids,
+)
 from budgetsft.features.models import render_chat
 
 __all__ = [
@@ -40,10 +48,6 @@ __all__ = [
     "load_adapted",
 ]
 
-#: Prompt text used when the tokenizer has no chat template.
-PROMPT_TEMPLATE = "Question: {prompt}\nAnswer:"
-#: Answer text used when the tokenizer has no chat template.
-ANSWER_TEMPLATE = " {candidate}"
 #: Label value that the loss ignores (prompt and padding positions).
 IGNORE_INDEX = -100
 
@@ -53,15 +57,6 @@ IGNORE_INDEX = -100
 # --------------------------------------------------------------------------- #
 
 
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def token_ids(encoded: Any) -> list[int]:
-    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
-    return [int(t) for t in ids]
-
-
 def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
     """Token ids of the prompt part, special tokens included."""
     if has_chat_template(tokenizer):
@@ -69,18 +64,6 @@ def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
         # The template already wrote every special token it wants.
         return token_ids(tokenizer(text, add_special_tokens=False))
     return token_ids(tokenizer(PROMPT_TEMPLATE.format(prompt=prompt), add_special_tokens=True))
-
-
-def encode_answer(candidate: str, tokenizer: Any) -> list[int]:
-    """Token ids of the answer part (never a BOS)."""
-    if has_chat_template(tokenizer):
-        ids = token_ids(tokenizer(candidate, add_special_tokens=False))
-        # The assistant turn ends with the end-of-turn token (<|im_end|> for
-        # ChatML templates such as SmolLM2's, which is also their eos token).
-        if tokenizer.eos_token_id is not None:
-            ids.append(int(tokenizer.eos_token_id))
-        return ids
-    return token_ids(tokenizer(ANSWER_TEMPLATE.format(candidate=candidate), add_special_tokens=False))
 
 
 def truncate_ids(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> list[int]:
@@ -152,14 +135,6 @@ def format_example(
         )
     prompt_ids = truncate_ids(encode_prompt(example.prompt, tokenizer), answer_ids, max_length)
     return prompt_ids, answer_ids
-
-
-def pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0  # masked out by attention_mask and labels, so any id does
 
 
 def make_batch(

@@ -51,7 +51,7 @@ from budgetsft.config import DEFAULT_CONFIG, GATES, LEARNERS, SEEDED_OFFSET, mer
 from budgetsft.data import Example
 from budgetsft.exceptions import ConfigError, DataError
 
-__all__ = ["select_labels", "run_adapt", "read_labels", "random_set", "RECIPE"]
+__all__ = ["select_labels", "run_adapt", "read_labels", "read_labelled", "random_set", "RECIPE"]
 
 #: The LoRA recipe of every labelled set (docs/method.md, "Adaptation").
 RECIPE: dict[str, Any] = {
@@ -222,13 +222,20 @@ def _training_list(s: dict[str, Any], epochs: float, passes: float | None
     examples = s["examples"]
     keys, answers = [ex.id for ex in examples], [ex.answer for ex in examples]
     weights = s.get("weights")
-    if "pseudo" not in s or passes is None or passes >= epochs:
+    repeat, passes = _gold_copies(epochs, passes) if "pseudo" in s else (1, epochs)
+    if repeat == 1 and passes == epochs:
         return keys, answers, weights, epochs
-    repeat = max(1, round(epochs / passes))
     copies = [1 if k in s["pseudo"] else repeat for k in keys]
     idx = [i for i, c in enumerate(copies) for _ in range(c)]
     return ([keys[i] for i in idx], [answers[i] for i in idx],
             None if weights is None else [weights[i] for i in idx], passes)
+
+
+def _gold_copies(epochs: float, passes: float | None) -> tuple[int, float]:
+    """(copies of each gold label, passes) of a distill set's training list (:func:`_training_list`)."""
+    if passes is None or passes >= epochs:
+        return 1, epochs
+    return max(1, round(epochs / passes)), passes
 
 
 def _cross_validates(plan: dict[str, Any], selection: str, folds: int) -> bool:
@@ -260,6 +267,15 @@ def read_labels(path: str | Path) -> list[Example]:
     DataError
         A file that is neither, a JSONL file with invalid lines, or one with no labelled example.
     """
+    return read_labelled(path)[0]
+
+
+def read_labelled(path: str | Path) -> tuple[list[Example], list[str]]:
+    """:func:`read_labels`, and the ids of a ledger's audit labels (drawn uniformly at random; [] for JSONL).
+
+    A session's audit share (``--audit``) buys items drawn uniformly at random from the pool whatever the gate
+    says; a model trained without them is scored on them without bias.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--labels {path}: no such file.")
@@ -275,8 +291,10 @@ def read_labels(path: str | Path) -> list[Example]:
             raise DataError(f"--labels {path}: an SQLite file that is not a budgetsft session ledger: {exc}") from exc
         try:
             rows = sess.export_labels()
+            purpose = {r["round"]: getattr(sess.ledger.query_for_round(r["round"]), "purpose", "gate") for r in rows}
         finally:
             sess.close()
+        audit = [str(r["id"]) for r in rows if purpose[r["round"]] == "audit"]
         for r in rows:  # the ledger is a file on disk: an answer edited out of range is refused, not trained on
             k, answer = len(r["candidates"]), r["answer"]
             if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < k:
@@ -300,7 +318,7 @@ def read_labels(path: str | Path) -> list[Example]:
             raise DataError(f"--labels {path}: neither a session ledger (SQLite) nor a JSONL file of labelled "
                             f"examples (`budgetsft session export`): {why}.")
         examples = list(report.examples)
-        source = "JSONL"
+        source, audit = "JSONL", []
     for ex in examples:
         if ex.answer is not None and not 0 <= ex.answer < len(ex.candidates):
             raise DataError(f"--labels {path} ({source}): example {ex.id!r} has the answer {ex.answer!r}, not a "
@@ -311,7 +329,7 @@ def read_labels(path: str | Path) -> list[Example]:
                         f"{unlabelled[0]!r}; a label file holds bought labels.")
     if not examples:
         raise DataError(f"--labels {path} ({source}): no labelled example (nothing was bought yet).")
-    return examples
+    return examples, audit
 
 
 def random_set(train: Sequence[Example], size: int, seed: int) -> list[Example] | None:
@@ -549,15 +567,28 @@ def _save_lora_card(folder: Path, method: str, seed: int, *, labels: Sequence[st
 def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[str] | None, *, labels_file,
                    seeds: Sequence[int], model: str, dev: str, dtype: str, epochs: float, lr: float, lora_r: int,
                    lora_alpha: float, lora_layers: int, batch_size: int, max_prompt_tokens: int,
-                   eval_batch_size: int, estimate_only: bool, progress: bool, say) -> dict[str, Any]:
+                   eval_batch_size: int, estimate_only: bool, progress: bool, say,
+                   audit_ids: Sequence[str] = ()) -> dict[str, Any]:
     """``--labels`` on an unlabelled pool: LoRA on the bought labels for each seed, saved and handed back.
 
-    Nothing is scored (nothing in the pool has a gold answer) and nothing else is trained, so the model handed
-    back is ``labels/plain``; report.json says so and has no test numbers.
+    Nothing else is trained, so the model handed back is ``labels/plain``. The pool has no test split; when the
+    ledger holds audit labels (``audit_ids``: the session's ``--audit`` share, drawn uniformly at random from the
+    pool), LoRA trains on the gate's labels only and answers the audit items: its accuracy on them, with a
+    Wilson 95 % interval, and its gold NLL are unbiased estimates over the pool (report.json ``audit``,
+    ``seed-<s>/audit.json``). Without audit labels nothing is scored.
     """
-    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, train_lora
+    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
     from budgetsft.adapt.lora import pad_id, save_adapters
+    from budgetsft.adapt.recommend import held_out_table
     from budgetsft.features.models import load_causal_lm
+    from budgetsft.sessions.pool import wilson_interval
+
+    held_ids = set(audit_ids)
+    held = [ex for ex in given if ex.id in held_ids]
+    if held and len(held) == len(given):
+        say(f"{labels_file}: every label is an audit label; training on all of them, nothing left to score on")
+        held = []
+    train = [ex for ex in given if ex.id not in {ex.id for ex in held}]
 
     with quiet_hf():
         base, tokenizer = load_causal_lm(model, device=dev)
@@ -568,13 +599,19 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
     check_decoder(base, tokenizer, encoded[given[0].id])
     cache = PrefixCache(base, split, dtype=dtype, batch_size=eval_batch_size, pad_token_id=pad_id(tokenizer))
     cache.add_many(list(encoded), list(encoded.values()))
-    keys, answers = [ex.id for ex in given], [ex.answer for ex in given]
+    keys, answers = [ex.id for ex in train], [ex.answer for ex in train]
+    held_keys, held_gold = [ex.id for ex in held], [ex.answer for ex in held]
     warm = keys[:batch_size]
     rate, _ = _training_rate(base, cache, warm, answers[:batch_size],
                              lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype)
     estimate = len(seeds) * _train_work(len(keys), epochs, batch_size) / rate
-    say(f"{data}: an unlabelled pool, so there is nothing to score a model on; training LoRA on the "
-        f"{len(given)} labels of {labels_file} only (labels/plain, the model handed back)")
+    if held:
+        say(f"{data}: an unlabelled pool; training LoRA on the {len(train)} gate labels of {labels_file} "
+            f"(labels/plain, the model handed back) and scoring it on its {len(held)} audit labels, drawn uniformly "
+            f"at random from the pool and held out of training")
+    else:
+        say(f"{data}: an unlabelled pool and no audit labels, so there is nothing to score a model on; training "
+            f"LoRA on the {len(given)} labels of {labels_file} only (labels/plain, the model handed back)")
     say(f"estimate: {_minutes(estimate)} on {dev} ({dtype}): train {len(seeds)} × {len(keys)} labels × "
         f"{epochs:g} epochs at {rate:.1f}/s")
     if estimate_only:
@@ -590,17 +627,42 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
             save_adapters(trained, folder)
         _save_lora_card(folder, "labels/plain", seed, labels=labels, max_prompt_tokens=max_prompt_tokens,
                         lora_layers=n_layers - split, model=model)
-        _write_jsonl(out / f"seed-{seed}" / "labels" / "labels.jsonl", given)
-        rows.append({"seed": seed, "labels": {"labels/plain": len(given)}, "first_loss": history[0],
+        _write_jsonl(out / f"seed-{seed}" / "labels" / "labels.jsonl", train)
+        rows.append({"seed": seed, "labels": {"labels/plain": len(train)}, "first_loss": history[0],
                      "final_loss": float(np.mean(history[-5:])),
                      "models": {"labels/plain": f"seed-{seed}/adapters/labels-plain"}})
-        say(f"seed {seed} labels/plain: {len(given)} labels, final loss {rows[-1]['final_loss']:.3f}")
+        note = ""
+        if held:
+            scores = score_packed(trained, cache, held_keys, batch_size=eval_batch_size, dtype=dtype, progress=False)
+            table = held_out_table({"labels/plain": scores}, held_gold)["labels/plain"]
+            hits = round(table["accuracy"] * len(held))
+            lo, hi = wilson_interval(hits, len(held))
+            rows[-1]["audit"] = {"n": len(held), "correct": hits, "accuracy": table["accuracy"],
+                                 "ci95": [lo, hi], "nll": table["nll"]}
+            _write_jsonl(out / f"seed-{seed}" / "labels" / "labels-audit.jsonl", held)
+            (out / f"seed-{seed}" / "audit.json").write_text(json.dumps(
+                {"ids": held_keys, "gold": held_gold, "scores": {"labels/plain": [v.tolist() for v in scores]},
+                 "table": {"labels/plain": rows[-1]["audit"]}}, indent=1) + "\n", encoding="utf-8")
+            note = (f", audit accuracy {table['accuracy']:.3f} ({hits}/{len(held)}, 95 % CI {lo:.3f}-{hi:.3f}), "
+                    f"gold NLL {table['nll']:.3f}")
+        say(f"seed {seed} labels/plain: {len(train)} labels, final loss {rows[-1]['final_loss']:.3f}{note}")
         del trained
         gc.collect()
+    audit = None
+    if held:
+        per = [r["audit"] for r in rows]
+        audit = {"n": len(held), "accuracy": float(np.mean([a["accuracy"] for a in per])),
+                 "nll": float(np.mean([a["nll"] for a in per])), "per_seed": per,
+                 "estimator": "accuracy and gold NLL of labels/plain on the ledger's audit labels (drawn uniformly "
+                              "at random from the pool, held out of training), mean over seeds; ci95 per seed: "
+                              "Wilson"}
     report = {
         "data": data, "model": model, "out": str(out), "labels": list(labels) if labels is not None else None,
-        "labels_file": str(labels_file), "unscored": "an unlabelled pool: no gold answer to score a model on",
-        "seeds": list(seeds), "methods": {"labels/plain": {"labels": [len(given)] * len(seeds)}},
+        "labels_file": str(labels_file),
+        "unscored": ("an unlabelled pool: scored on its audit labels only, no test split" if held
+                     else "an unlabelled pool: no gold answer to score a model on"),
+        "audit": audit,
+        "seeds": list(seeds), "methods": {"labels/plain": {"labels": [len(train)] * len(seeds)}},
         "recommended": "labels/plain",
         "recommendation": {"method": "labels/plain", "selection": "labels", "folds": None, "cv": None,
                            "rule": "the only model trained on the given labels (an unlabelled pool: no test split "
@@ -612,12 +674,22 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if held:
+        per_seed = "; ".join(f"seed {r['seed']}: {r['audit']['correct']}/{r['audit']['n']} right, "
+                             f"{r['audit']['accuracy']:.3f} (95 % CI {r['audit']['ci95'][0]:.3f}-"
+                             f"{r['audit']['ci95'][1]:.3f}), gold NLL {r['audit']['nll']:.3f}" for r in rows)
+        scored = (f"The pool has no test split. Its {len(held)} audit labels were drawn uniformly at random from "
+                  f"the pool by the session (`--audit`) and held out of training, so the model's accuracy on them "
+                  f"estimates its accuracy over the pool without bias: {per_seed}. With a few dozen items the "
+                  f"interval is wide. `adapt --audit 0` trains on them too (and scores nothing).")
+    else:
+        scored = ("The pool has no gold answers and the ledger no audit labels, so no accuracy is reported: score "
+                  "it on a labelled file of your own, or keep an audit share in the session (`--audit`).")
     (out / "report.md").write_text(
-        f"# LoRA on {len(given)} bought labels ({data}, an unlabelled pool)\n\n"
+        f"# LoRA on {len(train)} bought labels ({data}, an unlabelled pool)\n\n"
         f"Model {model}; labels from {labels_file}; seeds {', '.join(map(str, seeds))}.\n\n"
-        "**Recommended: labels/plain**, the only model trained on these labels. The pool has no gold answers, so "
-        "no accuracy is reported: score it on a labelled file of your own, or keep an audit share in the session "
-        f"(`--audit`). Load it with `budgetsft.adapt.load_adapted(\"{out}\")`.\n",
+        f"**Recommended: labels/plain**, the only model trained on these labels. {scored} "
+        f"Load it with `budgetsft.adapt.load_adapted(\"{out}\")`.\n",
         encoding="utf-8")
     return report
 
@@ -729,11 +801,13 @@ def run_adapt(
     if dtype == "auto":
         dtype = "bf16" if bf16_supported(dev) else "fp32"
     given: list[Example] | None = None
+    given_audit: list[str] = []
     if labels_file is not None:
         with quiet_hf():  # a ledger re-opens its session (data, features)
-            given = read_labels(labels_file)
+            given, given_audit = read_labelled(labels_file)
 
-    gate_name = gate if labels_file is None else "labels"  # the selection the user hands a model back from
+    # the selection the user hands a model back from: llf-grad when the gate chose on the gradient features
+    gate_name = "labels" if labels_file is not None else f"{gate}-grad" if features == "grad" else gate
     # ------------------------------------------------------------ the label sets of every seed
     plans: list[dict[str, Any]] = []
     labels_of_data = None
@@ -746,6 +820,7 @@ def run_adapt(
             test_all = [ex for ex in ds.test if ex.id not in taken]
             if any(ex.answer is None for ex in (*ds.train, *ds.test)):  # an unlabelled pool: train, hand back
                 return _train_on_pool(data, out, given, ds.labels, labels_file=labels_file, seeds=seeds,
+                                      audit_ids=given_audit if audit > 0 else [],
                                       model=model, dev=dev, dtype=dtype, epochs=epochs, lr=lr, lora_r=lora_r,
                                       lora_alpha=lora_alpha, lora_layers=lora_layers, batch_size=batch_size,
                                       max_prompt_tokens=max_prompt_tokens, eval_batch_size=eval_batch_size,
@@ -772,18 +847,19 @@ def run_adapt(
             test_rounds = {r.id: r for r in streams.test}
             by_id = {ex.id: ex for ex in ds.train}
             sets, heads = {}, {}
-            held = chosen[gate].get("audit_ids") or []
+            chosen = {(gate_name if sel == gate else sel): v for sel, v in chosen.items()}
+            held = chosen[gate_name].get("audit_ids") or []
             if held:  # the audit labels choose the model handed back: no model of the gate's selection sees them
-                kept = [i for i in chosen[gate]["ids"] if i not in set(held)]
-                chosen[gate] = {**chosen[gate], "ids": kept, "examples": [by_id[i] for i in kept]}
-                say(f"seed {seed}: {len(held)} of {gate}'s {len(kept) + len(held)} labels were drawn uniformly at "
+                kept = [i for i in chosen[gate_name]["ids"] if i not in set(held)]
+                chosen[gate_name] = {**chosen[gate_name], "ids": kept, "examples": [by_id[i] for i in kept]}
+                say(f"seed {seed}: {len(held)} of {gate_name}'s {len(kept) + len(held)} labels were drawn uniformly at "
                     f"random (audit share {audit}); they are held out to choose the model handed back")
             for sel, chosen_set in chosen.items():
                 sets[f"{sel}/plain"] = chosen_set
                 if chosen_set["ids"]:  # the refit head: a model of its own, and the teacher of distill
                     heads[f"{sel}/head"] = refit([train_rounds[i] for i in chosen_set["ids"]], seed=seed)
-                if "distill" in recipes and sel in (gate, "random") and chosen_set["ids"]:
-                    skip = set(held) if sel == gate else set()  # an audit item gets no pseudo-label either
+                if "distill" in recipes and sel in (gate_name, "random") and chosen_set["ids"]:
+                    skip = set(held) if sel == gate_name else set()  # an audit item gets no pseudo-label either
                     pool = [r for r in streams.train if r.id not in skip]
                     say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(chosen_set['ids'])} labels "
                         f"labels the other {len(pool) - len(chosen_set['ids'])} train items")
@@ -837,10 +913,8 @@ def run_adapt(
         fold_n = n - n // cv_folds
         clock.work["train"] += cv_folds * _train_work(fold_n, epochs, batch_size)
         if "distill" in recipes:
-            pseudo = p["train_size"] - n
-            gold = fold_n * (1 if distill_passes is None else max(1, round(epochs / distill_passes)))
-            clock.work["train"] += cv_folds * _train_work(gold + pseudo, epochs if distill_passes is None
-                                                          else distill_passes, batch_size)
+            copies, passes = _gold_copies(epochs, distill_passes)
+            clock.work["train"] += cv_folds * _train_work(fold_n * copies + p["train_size"] - n, passes, batch_size)
         clock.work["score"] += n * len([r for r in recipes if r in ("plain", "distill")])
 
     # warm-up: a few throw-away training steps (at 1 thread too, on a CPU), the prefix of a batch (kept), one

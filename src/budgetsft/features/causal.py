@@ -34,10 +34,12 @@ first stays, the user text is cut), never candidate tokens (unless the
 candidate alone is longer than ``max_length - 1``, which is cut with a warning).
 
 Prefix sharing (``prefix_cache=True``, the default): every candidate of an
-example shares one prompt, so the model reads the prompt once per example
-(batch of 1, ``use_cache=True``), its key/value cache is repeated K times and
-one batched forward reads the K candidates' tokens, right-padded, with
-position ids continuing from the prompt length. The log-probability of each
+example shares one prompt, so the model reads the prompt once per example. An
+example is one packed sequence, prompt + every candidate, whose 4-D attention
+mask lets each candidate see the prompt and itself only, its positions
+continuing from the prompt length (adapt's packing,
+:func:`budgetsft.features.decoder.packed_batch`); ``batch_size`` examples of
+similar length are right-padded into one forward. The log-probability of each
 candidate's first token comes from the prompt's last position, the others from
 the candidate positions. The prompt is truncated **once per example**, to
 ``max_length`` minus the longest candidate, so the prefix is the same for all
@@ -45,7 +47,8 @@ candidates (the per-sequence path cuts each sequence separately, so a shorter
 candidate could keep a few more prompt tokens). Where the truncation is the same
 the features equal the per-sequence ones up to float rounding. On a prompt of
 P tokens and K candidates of a few tokens this reads about P + K·n tokens
-instead of K·(P + n).
+instead of K·(P + n). The model must take ``position_ids`` and a 4-D mask, as
+the Llama family does.
 
 Per-sequence path (``prefix_cache=False``): the (example, candidate) sequences
 are sorted by length and cut into batches of ``batch_size``, padded on the
@@ -347,6 +350,7 @@ class CausalFeaturizer:
             # One prompt truncation per example: not the per-sequence path's features.
             out["truncation"] = "left, shared by the candidates"
             out["prefix_cache"] = True
+            out["prefix_path"] = "packed"  # one masked sequence per example (the earlier build repeated a KV cache)
         return out
 
     # ------------------------------------------------------------------ tokenise
@@ -516,78 +520,67 @@ class CausalFeaturizer:
             ones = torch.ones(b, 1, device=hidden.device)
             return torch.cat([pooled, mean_logp[:, None], ones], dim=1)
 
-    def forward_prefix(self, prompt: list[int], cands: Sequence[list[int]]) -> Any:
-        """Features of one example's candidates, reading the prompt once.
+    def forward_prefix(self, items: Sequence[tuple[list[int], Sequence[list[int]]]]) -> list[Any]:
+        """Features of the candidates of several examples, each prompt read once (the prefix-shared path).
+
+        Each example is one packed sequence, prompt + every candidate
+        (:func:`budgetsft.features.decoder.packed_batch`): candidate k's tokens
+        take positions ``P .. P + n_k - 1`` and attend to the prompt and to
+        themselves only (a 4-D mask), so each is read as if it were alone after
+        the prompt. The examples are right-padded into one batch.
 
         Parameters
         ----------
-        prompt : list of int
-            The shared prompt ids (at least one token).
-        cands : sequence of K lists of int
-            Each candidate's ids (at least one token each).
+        items : sequence of (prompt ids, [candidate ids, ...])
+            As :meth:`encode_prefix_many` returns them (at least one token each).
 
         Returns
         -------
-        float32 tensor of shape (K, h + 2)
+        list of float32 tensors of shape (K_i, h + 2), one per item
         """
         import torch
 
+        from budgetsft.features.decoder import Encoded, packed_batch, pad_id
         from budgetsft.features.models import autocast
 
         self._ensure_loaded()
         dev = self.device_
-        k = len(cands)
-        lengths = torch.tensor([len(c) for c in cands], device=dev)
-        width = max(len(c) for c in cands)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id or 0
-        ids = np.full((k, width), pad, dtype=np.int64)
-        for r, c in enumerate(cands):
-            ids[r, : len(c)] = c
-        ids_t = torch.from_numpy(ids).to(dev)
-        p = len(prompt)
+        encoded = [Encoded(tuple(p), tuple(tuple(c) for c in cands)) for p, cands in items]
+        batch = packed_batch(encoded, pad_token_id=pad_id(self.tokenizer), device=dev)
+        mask = batch.mask
+        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":  # an additive mask there
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_fill(
+                ~mask, torch.finfo(torch.float32).min)
         # no_grad rather than inference_mode: under no_grad autocast keeps its bf16 copies
         # of the weights until the outermost autocast region ends, so transform_many casts
         # them once per call instead of once per forward pass.
         with torch.no_grad():
             with autocast(dev, self.dtype_):
-                first = self._decoder(
-                    input_ids=torch.tensor([prompt], device=dev), use_cache=True
-                )
-                cache = first.cache
-                cache.batch_repeat_interleave(k)
-                # Right padding + causal attention: no real token sees a pad, no mask needed;
-                # positions continue from the prompt.
-                positions = torch.arange(p, p + width, device=dev).expand(k, width)
                 hidden = self._decoder(
-                    input_ids=ids_t, cache=cache, position_ids=positions, use_cache=True
+                    input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                    use_cache=False,
                 ).last_hidden_state
+                logits = self._head(hidden[batch.rows, batch.predictors])
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.targets[:, None])[:, 0]
+            n = sum(batch.n_candidates)
+            counts = torch.zeros(n, device=dev).index_add_(0, batch.owner, torch.ones_like(logp))
+            mean_logp = torch.zeros(n, device=dev).index_add_(0, batch.owner, logp) / counts
+            # each answer token's own position: the one after its predictor, the answer's start for token 0
+            first = torch.tensor([s for starts in batch.starts for s in starts], device=dev)
+            own = batch.predictors + 1
+            is_first = torch.ones_like(own, dtype=torch.bool)
+            is_first[1:] = batch.owner[1:] != batch.owner[:-1]
+            own[is_first] = first
+            states = hidden[batch.rows, own].float()
             h = hidden.shape[-1]
-            # Candidate token j is predicted at candidate position j - 1; token 0 by the prompt's end.
-            rows = torch.repeat_interleave(torch.arange(k, device=dev), lengths)
-            offsets = torch.cumsum(lengths, 0) - lengths
-            pos = torch.arange(int(lengths.sum()), device=dev) - offsets[rows]
-            targets = ids_t[rows, pos]
-            later = pos > 0
-            with autocast(dev, self.dtype_):
-                logits_first = self._head(first.last_hidden_state[0, -1:])
-                logits_rest = self._head(hidden[rows[later], pos[later] - 1])
-            logp = torch.empty(len(rows), device=dev)
-            logp[~later] = torch.log_softmax(logits_first.float(), dim=-1)[0, targets[~later]]
-            logp[later] = torch.log_softmax(logits_rest.float(), dim=-1).gather(
-                1, targets[later][:, None]
-            )[:, 0]
-            counts = lengths.to(torch.float32)
-            mean_logp = torch.zeros(k, device=dev).index_add_(0, rows, logp) / counts
             if self.pooling == "mean":
-                pooled = torch.zeros(k, h, device=dev).index_add_(
-                    0, rows, hidden[rows, pos].float()
-                ) / counts[:, None]
-            else:
-                pooled = hidden[torch.arange(k, device=dev), lengths - 1].float()
-            ones = torch.ones(k, 1, device=dev)
-            return torch.cat([pooled, mean_logp[:, None], ones], dim=1)
+                pooled = torch.zeros(n, h, device=dev).index_add_(0, batch.owner, states) / counts[:, None]
+            else:  # the last token of each candidate
+                is_last = torch.ones_like(is_first)
+                is_last[:-1] = is_first[1:]
+                pooled = states[is_last]
+            feats = torch.cat([pooled, mean_logp[:, None], torch.ones(n, 1, device=dev)], dim=1)
+        return list(torch.split(feats, batch.n_candidates))
 
     def transform_many(
         self, examples: Sequence[Example], *, progress: bool | None = None
@@ -614,22 +607,26 @@ class CausalFeaturizer:
         from tqdm.auto import tqdm
 
         if self.prefix_cache:
-            out = []
-            bar = tqdm(
-                total=len(examples), desc="causal", unit="ex", file=sys.stderr,
-                disable=not show, leave=False,
-            )
             import torch
 
             from budgetsft.features.models import autocast
 
+            items = self.encode_prefix_many(examples)
+            # similar lengths share a batch (little padding); the output keeps the examples' order
+            order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + sum(map(len, items[i][1]))))
+            out: list[np.ndarray | None] = [None] * len(items)
+            bar = tqdm(
+                total=len(examples), desc="causal", unit="ex", file=sys.stderr,
+                disable=not show, leave=False,
+            )
             with torch.no_grad(), autocast(self.device_, self.dtype_):
-                for prompt, cands in self.encode_prefix_many(examples):
-                    feats = self.forward_prefix(prompt, cands)
-                    out.append(feats.cpu().numpy().astype(np.float64))
-                    bar.update(1)
+                for s in range(0, len(order), self.batch_size):
+                    rows = order[s : s + self.batch_size]
+                    for i, feats in zip(rows, self.forward_prefix([items[i] for i in rows]), strict=True):
+                        out[i] = feats.cpu().numpy().astype(np.float64)
+                    bar.update(len(rows))
             bar.close()
-            return out
+            return out  # type: ignore[return-value]
         encoded = self.encode_many(examples)
         flat = np.empty((len(encoded), self.dim), dtype=np.float64)
         bar = tqdm(

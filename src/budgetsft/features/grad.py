@@ -50,15 +50,12 @@ size of the causal features (578) so the default full-covariance learners
 
 Computation
 -----------
-The text format and truncation are adapt's (:func:`budgetsft.adapt.engine.encode`:
-the label instruction when ``labels`` is given, the text cut to
-``max_prompt_tokens`` tokens, the answer followed by EOS), and so is the
-layer-by-layer path (adapt's ``Decoder`` and ``PrefixCache``). Features sit
-below adapt in the import layers (tests/test_layers.py), so this module holds
-its own short copy of that format and path; tests/test_features_grad.py pins
-it to adapt's (same token ids, same adapters, gradients equal to those of the
-model's own forward), and the path is checked once per model against the
-model's own forward, as adapt checks its own.
+The text format, truncation, packing, layer-by-layer path and LoRA recipe are
+adapt's own, from :mod:`budgetsft.features.decoder` (the label instruction when
+``labels`` is given, the text cut to ``max_prompt_tokens`` tokens, the answer
+followed by EOS). The path is checked once per model against the model's own
+forward (:func:`~budgetsft.features.decoder.check_decoder`), as adapt checks
+its own.
 
 The decoder layers below the adapters get no gradient: they run once per
 example under ``no_grad`` on the packed sequence prompt + every candidate
@@ -90,206 +87,33 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from budgetsft._validation import check_choice, check_float, check_int
 from budgetsft.data.schema import Example
-from budgetsft.exceptions import ConfigError, DataError
+from budgetsft.exceptions import ConfigError
 from budgetsft.features.base import check_examples, check_model_args
+from budgetsft.features.decoder import (
+    Decoder,
+    Encoded,
+    check_decoder,
+    encode,
+    lora_config,
+    packed_batch,
+    pad_id,
+    train_attention,
+)
 
-__all__ = ["GradFeaturizer", "Encoded", "LORA_TARGETS", "encode_adapt"]
-
-#: Linear layers of a Llama-style decoder layer that get adapters (adapt's ``LORA_TARGETS``).
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# adapt's text format without a chat template (budgetsft.adapt.lora's PROMPT_TEMPLATE, ANSWER_TEMPLATE)
-_PROMPT_TEMPLATE = "Question: {prompt}\nAnswer:"
-_ANSWER_TEMPLATE = " {candidate}"
+__all__ = ["GradFeaturizer"]
 
 #: Entries of one chunk of the projection (rows of P × dim), 16 MB in float32.
 _CHUNK_ENTRIES = 1 << 22
 #: Most bytes of per-candidate gradients held before they are projected (R is regenerated once per flush).
 _BUFFER_BYTES = 256 << 20
-
-
-# --------------------------------------------------------------------------- adapt's format and decoder path
-# Features sit below adapt in the import layers: these are short copies of budgetsft.adapt.engine's
-# encode / Decoder / packed prefix, pinned to it by tests/test_features_grad.py.
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one example in adapt's format: the prompt and one answer per candidate."""
-
-    prompt: tuple[int, ...]
-    answers: tuple[tuple[int, ...], ...]
-
-
-def _ids(encoded: Any) -> list[int]:
-    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
-    return [int(t) for t in ids]
-
-
-def _cut(text: str, tokenizer: Any, max_tokens: int, keep: str) -> str:
-    """``text`` cut to its first (``keep="head"``) or last (``"tail"``) ``max_tokens`` tokens."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc.get("offset_mapping")
-    ids = _ids(enc)
-    if len(ids) <= max_tokens:
-        return text
-    if offsets:  # cut the text itself, so that nothing is decoded and re-encoded
-        return text[: offsets[max_tokens - 1][1]] if keep == "head" else text[offsets[len(ids) - max_tokens][0]:]
-    part = ids[:max_tokens] if keep == "head" else ids[-max_tokens:]
-    return tokenizer.decode(part)
-
-
-def encode_adapt(example: Example, tokenizer: Any, *, max_prompt_tokens: int = 64,
-                 labels: Sequence[str] | None = None) -> Encoded:
-    """Token ids of an example's prompt and answers, exactly as :func:`budgetsft.adapt.engine.encode` makes them.
-
-    With ``labels``, the instruction "Classify the text. Answer with one of: ..." is the system turn (folded
-    into the user turn for a template without one) and the text keeps its first ``max_prompt_tokens``
-    tokens; without, the text keeps its last ones. The answer is the candidate followed by EOS (chat
-    template), or ``" " + candidate`` (no template).
-
-    Returns
-    -------
-    Encoded
-    """
-    from budgetsft.features.models import render_chat
-
-    instruction = "Classify the text. Answer with one of: " + ", ".join(labels) + "." if labels is not None else None
-    text = _cut(example.prompt, tokenizer, max_prompt_tokens, "head" if labels is not None else "tail")
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    if chat:
-        turns = [{"role": "user", "content": text}]
-        if instruction:
-            turns.insert(0, {"role": "system", "content": instruction})
-        try:
-            rendered = render_chat(tokenizer, turns, add_generation_prompt=True, system_ok=True)
-        except ConfigError:  # the sandbox refused the template: no retry
-            raise
-        except Exception:  # a template without a system role (e.g. Gemma): fold it into the user turn
-            turns = [{"role": "user", "content": f"{instruction}\n\n{text}" if instruction else text}]
-            rendered = render_chat(tokenizer, turns, add_generation_prompt=True)
-        prompt = _ids(tokenizer(rendered, add_special_tokens=False))
-    else:
-        body = f"{instruction}\n\n{text}" if instruction else text
-        prompt = _ids(tokenizer(_PROMPT_TEMPLATE.format(prompt=body), add_special_tokens=True))
-    answers = []
-    for k, cand in enumerate(example.candidates):
-        if chat:
-            ids = _ids(tokenizer(cand, add_special_tokens=False))
-            if tokenizer.eos_token_id is not None:  # the end of the assistant turn
-                ids.append(int(tokenizer.eos_token_id))
-        else:
-            ids = _ids(tokenizer(_ANSWER_TEMPLATE.format(candidate=cand), add_special_tokens=False))
-        if not ids:
-            raise DataError(f"Example {example.id!r}: candidate {k} tokenizes to no tokens.")
-        answers.append(tuple(ids))
-    return Encoded(tuple(prompt), tuple(answers))
-
-
-class _Decoder:
-    """The parts of a Llama-style causal LM (bare or wrapped by PEFT), driven layer by layer (adapt's ``Decoder``)."""
-
-    def __init__(self, model: Any) -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        core = getattr(base, "model", None)
-        names = ("embed_tokens", "layers", "norm", "rotary_emb")
-        if core is None or not all(hasattr(core, n) for n in names) or not hasattr(base, "lm_head"):
-            kind = getattr(getattr(base, "config", None), "model_type", type(base).__name__)
-            raise ConfigError(
-                f"The grad featuriser drives a Llama-style decoder (model.embed_tokens, layers, norm, rotary_emb "
-                f"and lm_head: Llama, SmolLM, Mistral, Qwen2), as adapt does; the model {kind!r} does not have "
-                "that layout."
-            )
-        self.embed = core.embed_tokens
-        self.layers = core.layers
-        self.norm = core.norm
-        self.rotary = core.rotary_emb
-        self.head = base.lm_head
-        self.n_layers = len(core.layers)
-        self.eager = getattr(base.config, "_attn_implementation", "sdpa") == "eager"
-
-    @property
-    def device(self) -> Any:
-        return self.embed.weight.device
-
-    def run(self, hidden: Any, position_ids: Any, mask: Any, start: int, stop: int) -> Any:
-        """Hidden states after decoder layers ``[start, stop)``; ``mask`` None is causal attention."""
-        import torch
-
-        if start >= stop:
-            return hidden
-        position_embeddings = self.rotary(hidden, position_ids=position_ids)
-        attn = mask
-        if self.eager:  # eager attention takes an additive mask, the causal one spelt out
-            if mask is None:
-                t = hidden.shape[1]
-                mask = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()[None, None]
-                mask = mask.expand(hidden.shape[0], 1, t, t)
-            attn = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
-                ~mask, torch.finfo(torch.float32).min)
-        for layer in self.layers[start:stop]:
-            out = layer(hidden, attention_mask=attn, position_ids=position_ids,
-                        position_embeddings=position_embeddings)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
-
-    def logprobs(self, hidden: Any, rows: Any, predictors: Any, targets: Any) -> Any:
-        """log p(target | prefix) of each answer token: float32 tensor of shape (N,)."""
-        import torch
-
-        logits = self.head(self.norm(hidden[rows, predictors])).float()
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-
-
-def _packed(items: Sequence[Encoded], pad: int, device: Any) -> tuple[Any, Any, Any, list[list[int]]]:
-    """Each item as one sequence, prompt + every answer; answer k attends to the prompt and to itself only.
-
-    Returns input_ids and position_ids (B, T), the boolean attention mask (B, 1, T, T) and the start of
-    each answer in its sequence. Answer k takes positions P .. P + n_k - 1, as if it were alone after the
-    prompt (adapt's ``packed_batch``).
-    """
-    import torch
-
-    width = max(len(e.prompt) + sum(len(a) for a in e.answers) for e in items)
-    ids = torch.full((len(items), width), int(pad), dtype=torch.long)
-    pos = torch.zeros((len(items), width), dtype=torch.long)
-    seg = torch.full((len(items), width), -1, dtype=torch.long)
-    starts = []
-    for b, e in enumerate(items):
-        p = len(e.prompt)
-        ids[b, :p] = torch.tensor(e.prompt)
-        pos[b, :p] = torch.arange(p)
-        seg[b, :p] = 0
-        at, mine = p, []
-        for k, ans in enumerate(e.answers):
-            ids[b, at : at + len(ans)] = torch.tensor(ans)
-            pos[b, at : at + len(ans)] = torch.arange(p, p + len(ans))
-            seg[b, at : at + len(ans)] = k + 1
-            mine.append(at)
-            at += len(ans)
-        starts.append(mine)
-    key = seg[:, None, :]
-    mask = torch.ones(width, width, dtype=torch.bool).tril() & ((seg[:, :, None] == key) | (key == 0)) & (key >= 0)
-    mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
-    return ids.to(device), pos.to(device), mask[:, None].to(device), starts
-
-
-def _backward_attention(device: Any) -> contextlib.AbstractContextManager:
-    """On a CPU the math attention kernel (its backward is the faster one on short sequences there, as adapt found)."""
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _autocast(device: Any, dtype: str) -> contextlib.AbstractContextManager:
@@ -458,7 +282,7 @@ class GradFeaturizer:
         if self._loaded and (not self._injected or self._copied_version == _version(self.model)):
             return
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         from budgetsft.features.models import load_causal_lm
 
@@ -472,27 +296,18 @@ class GradFeaturizer:
             base.to(self.device_)
             base.eval()
             base.requires_grad_(False)
-            dec = _Decoder(base)  # a ConfigError for a model without the Llama layout adapt drives
+            dec = Decoder(base)  # a ConfigError for a model without the Llama layout adapt drives
             self.split_ = max(0, dec.n_layers - self.lora_layers)
-            present = {name.rsplit(".", 1)[-1] for name, _ in dec.layers[self.split_ :].named_modules()}
-            targets = [t for t in LORA_TARGETS if t in present]
-            if not targets:
-                raise ConfigError(f"{type(self).__name__}: the top {self.lora_layers} decoder layers have none of "
-                                  f"{list(LORA_TARGETS)}; there is no LoRA to take the gradient of.")
-            # Exactly as adapt's train_lora attaches its adapters: same seed, same A.
+            config = lora_config(dec, self.split_, r=self.lora_r, alpha=self.lora_alpha, owner=type(self).__name__)
+            # Exactly as adapt's train_lora attaches its adapters: same config, same seed, same A.
             device = torch.device(self.device_)
             fork = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=fork):
                 torch.manual_seed(self.seed)
-                config = LoraConfig(
-                    r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=targets,
-                    layers_to_transform=list(range(self.split_, dec.n_layers)), layers_pattern="layers",
-                    bias="none", task_type="CAUSAL_LM",
-                )
                 peft_model = get_peft_model(base, config)
         peft_model.eval()
         self.peft_model_ = peft_model
-        self.decoder_ = _Decoder(peft_model)
+        self.decoder_ = Decoder(peft_model)
         self._b_layers: list[tuple[str, Any, int, int]] = []  # (name, lora_B linear, offset, size)
         offset = 0
         for name, module in peft_model.named_modules():
@@ -547,8 +362,8 @@ class GradFeaturizer:
             identity = self._fingerprint
         else:
             identity = model_identity(self.model_name, "causal", cache_dir=self.cache_dir)
-        probe = encode_adapt(Example("probe", "x", ("a", "b")), self.tokenizer,
-                             max_prompt_tokens=self.max_prompt_tokens, labels=self.labels)
+        probe = encode(Example("probe", "x", ("a", "b")), self.tokenizer,
+                       max_prompt_tokens=self.max_prompt_tokens, labels=self.labels)
         return {
             "model": identity,
             "format": [list(probe.prompt), [list(a) for a in probe.answers]],  # adapt's template, instruction, EOS
@@ -611,39 +426,8 @@ class GradFeaturizer:
 
     # ------------------------------------------------------------------ gradients
     def _encode(self, examples: Sequence[Example]) -> list[Encoded]:
-        return [encode_adapt(ex, self.tokenizer, max_prompt_tokens=self.max_prompt_tokens, labels=self.labels)
+        return [encode(ex, self.tokenizer, max_prompt_tokens=self.max_prompt_tokens, labels=self.labels)
                 for ex in examples]
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
-
-    def _check_path(self, item: Encoded, atol: float = 1e-3) -> float:
-        """Largest gap between the layer-by-layer packed scores and the model's own forward, in fp32 (once per model).
-
-        A decoder whose layers need more than this path passes them is refused, as adapt's ``check_decoder`` does.
-        """
-        import torch
-
-        dec = self.decoder_
-        with torch.inference_mode():
-            ids, pos, mask, starts = _packed([item], self._pad_id(), dec.device)
-            hidden = dec.run(dec.embed(ids), pos, mask, 0, dec.n_layers)
-            gap = 0.0
-            for ans, start in zip(item.answers, starts[0], strict=True):
-                n, p = len(ans), len(item.prompt)
-                preds = torch.tensor([p - 1, *range(start, start + n - 1)], device=dec.device)
-                packed = dec.logprobs(hidden, torch.zeros_like(preds), preds, torch.tensor(ans, device=dec.device))
-                full = torch.tensor([list(item.prompt) + list(ans)], device=dec.device)
-                logits = self.peft_model_(input_ids=full).logits[0, p - 1 : -1].float()
-                ref = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(ans, device=dec.device)[:, None])
-                gap = max(gap, float((packed - ref[:, 0]).abs().max()))
-        if not math.isfinite(gap) or gap > atol:
-            raise ConfigError(
-                f"{type(self).__name__}: the layer-by-layer path disagrees with the model's own forward by "
-                f"{gap:.3g}; this architecture is not supported (as by adapt)."
-            )
-        return gap
 
     def _groups(self, encoded: Sequence[Encoded]) -> Iterator[list[int]]:
         """Consecutive examples whose candidates fill about ``batch_size`` rows (at least one example each)."""
@@ -693,7 +477,7 @@ class GradFeaturizer:
         self._ensure_loaded()
         encoded = self._encode(examples)
         if not self._checked:  # once: the layer-by-layer path must agree with the model's own forward
-            self._check_path(encoded[0])
+            check_decoder(self.peft_model_, self.tokenizer, encoded[0])
             self._checked = True
         dec = self.decoder_
         device = dec.device
@@ -702,17 +486,18 @@ class GradFeaturizer:
         for group in self._groups(encoded):
             items = [encoded[i] for i in group]
             # The frozen layers: no gradient, each prompt read once for all its candidates.
-            ids, pos, mask, starts = _packed(items, self._pad_id(), device)
+            batch = packed_batch(items, pad_token_id=pad_id(self.tokenizer), device=device)
+            starts = batch.starts
             with torch.no_grad(), _autocast(device, self.dtype_):
-                hidden = dec.run(dec.embed(ids), pos, mask, 0, self.split_)
+                hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, self.split_)
             states = [hidden[b, : len(e.prompt) + sum(len(a) for a in e.answers)].to(store)
                       for b, e in enumerate(items)]
             hidden, position_ids, rows, preds, targets, n_rows = self._top_rows(items, states, starts)
             self._rows = torch.zeros((n_rows, self.n_params_), dtype=torch.float32, device=device)
             try:
-                with torch.enable_grad(), _autocast(device, self.dtype_), _backward_attention(device):
+                with torch.enable_grad(), _autocast(device, self.dtype_), train_attention(device):
                     out = dec.run(hidden, position_ids, None, self.split_, dec.n_layers)
-                    lp = dec.logprobs(out, rows, preds, targets)
+                    lp = dec.token_logprobs(out, rows, preds, targets)
                 total = torch.zeros(n_rows, dtype=lp.dtype, device=device).index_add(0, rows, lp)
                 count = torch.zeros(n_rows, dtype=lp.dtype, device=device).index_add(0, rows, torch.ones_like(lp))
                 # rows do not interact: the gradient of the sum gives each row's own through the hooks
