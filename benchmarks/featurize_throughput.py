@@ -26,8 +26,9 @@ and overhead = feat time / bare time - 1 (target <= 10%).
 training examples of a data set (``--data``, default bbc-news: long articles,
 K = 5 topics): the per-sequence path (``prefix_cache=False``, K full
 prompt + candidate sequences per example) and the prefix-shared one (the
-default: one prompt forward per example, its KV cache shared by the K
-candidates). Each is one ``transform_many`` call (tokenising included) per
+default: one packed sequence per example, prompt + every candidate under a
+mask that lets each candidate see the prompt and itself, batch_size examples
+per forward). Each is one ``transform_many`` call (tokenising included) per
 repeat, the two alternating, best of repeats; the table gives examples/s, the
 speed-up, and the largest feature difference between the paths on the
 examples whose prompt was not truncated (same tokens on both paths).

@@ -171,8 +171,9 @@ def _plot(report: dict, names: list[str], path: Path) -> None:
     if est:
         ex = np.array([e[0] for e in est]) + 2
         ey = np.array([e[1] for e in est])
-        lo = ey - np.array([e[2][0] for e in est])
-        hi = np.array([e[2][1] for e in est]) - ey
+        # clipped at 0: the Wilson bound of an estimate of exactly 1 can round a hair below it
+        lo = np.maximum(ey - np.array([e[2][0] for e in est]), 0.0)
+        hi = np.maximum(np.array([e[2][1] for e in est]) - ey, 0.0)
         ax.errorbar(ex, ey, yerr=[lo, hi], fmt="D", color="tab:red", capsize=3,
                     label="audit estimate (leave-one-out, Wilson 95 %)")
     ax.set_xlabel("labels bought")

@@ -198,6 +198,8 @@ def test_wilson_interval():
     lo, hi = wilson_interval(45, 50)
     assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    for n in range(1, 60):  # the interval holds k / n, the ends included (no rounding just past it)
+        assert all(lo <= k / n <= hi for k in range(n + 1) for lo, hi in [wilson_interval(k, n)])
 
 
 def test_unlabelled_data_is_refused_where_gold_is_simulated_and_accepted_where_a_person_answers(pool200,
