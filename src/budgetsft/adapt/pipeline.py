@@ -587,8 +587,8 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
     held = [ex for ex in given if ex.id in held_ids]
     if held and len(held) == len(given):
         say(f"{labels_file}: every label is an audit label; training on all of them, nothing left to score on")
-        held = []
-    train = [ex for ex in given if ex.id not in {ex.id for ex in held}]
+        held, held_ids = [], set()
+    train = [ex for ex in given if ex.id not in held_ids]
 
     with quiet_hf():
         base, tokenizer = load_causal_lm(model, device=dev)
@@ -850,7 +850,8 @@ def run_adapt(
             chosen = {(gate_name if sel == gate else sel): v for sel, v in chosen.items()}
             held = chosen[gate_name].get("audit_ids") or []
             if held:  # the audit labels choose the model handed back: no model of the gate's selection sees them
-                kept = [i for i in chosen[gate_name]["ids"] if i not in set(held)]
+                held_set = set(held)
+                kept = [i for i in chosen[gate_name]["ids"] if i not in held_set]
                 chosen[gate_name] = {**chosen[gate_name], "ids": kept, "examples": [by_id[i] for i in kept]}
                 say(f"seed {seed}: {len(held)} of {gate_name}'s {len(kept) + len(held)} labels were drawn uniformly at "
                     f"random (audit share {audit}); they are held out to choose the model handed back")
