@@ -291,10 +291,10 @@ def read_labelled(path: str | Path) -> tuple[list[Example], list[str]]:
             raise DataError(f"--labels {path}: an SQLite file that is not a budgetsft session ledger: {exc}") from exc
         try:
             rows = sess.export_labels()
-            purpose = {r["round"]: getattr(sess.ledger.query_for_round(r["round"]), "purpose", "gate") for r in rows}
+            purpose = {q.round: q.purpose for q in sess.ledger.queries(("answered",))}
         finally:
             sess.close()
-        audit = [str(r["id"]) for r in rows if purpose[r["round"]] == "audit"]
+        audit = [str(r["id"]) for r in rows if purpose.get(r["round"]) == "audit"]
         for r in rows:  # the ledger is a file on disk: an answer edited out of range is refused, not trained on
             k, answer = len(r["candidates"]), r["answer"]
             if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < k:

@@ -540,17 +540,14 @@ class CausalFeaturizer:
         """
         import torch
 
-        from budgetsft.features.decoder import Encoded, packed_batch, pad_id
+        from budgetsft.features.decoder import Encoded, attention_mask, packed_batch, pad_id
         from budgetsft.features.models import autocast
 
         self._ensure_loaded()
         dev = self.device_
         encoded = [Encoded(tuple(p), tuple(tuple(c) for c in cands)) for p, cands in items]
         batch = packed_batch(encoded, pad_token_id=pad_id(self.tokenizer), device=dev)
-        mask = batch.mask
-        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":  # an additive mask there
-            mask = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_fill(
-                ~mask, torch.finfo(torch.float32).min)
+        mask = attention_mask(batch.mask, eager=getattr(self.model.config, "_attn_implementation", "sdpa") == "eager")
         # no_grad rather than inference_mode: under no_grad autocast keeps its bf16 copies
         # of the weights until the outermost autocast region ends, so transform_many casts
         # them once per call instead of once per forward pass.
@@ -565,20 +562,12 @@ class CausalFeaturizer:
             n = sum(batch.n_candidates)
             counts = torch.zeros(n, device=dev).index_add_(0, batch.owner, torch.ones_like(logp))
             mean_logp = torch.zeros(n, device=dev).index_add_(0, batch.owner, logp) / counts
-            # each answer token's own position: the one after its predictor, the answer's start for token 0
-            first = torch.tensor([s for starts in batch.starts for s in starts], device=dev)
-            own = batch.predictors + 1
-            is_first = torch.ones_like(own, dtype=torch.bool)
-            is_first[1:] = batch.owner[1:] != batch.owner[:-1]
-            own[is_first] = first
-            states = hidden[batch.rows, own].float()
+            states = hidden[batch.rows, batch.positions].float()
             h = hidden.shape[-1]
             if self.pooling == "mean":
                 pooled = torch.zeros(n, h, device=dev).index_add_(0, batch.owner, states) / counts[:, None]
-            else:  # the last token of each candidate
-                is_last = torch.ones_like(is_first)
-                is_last[:-1] = is_first[1:]
-                pooled = states[is_last]
+            else:  # the last token of each candidate (a candidate's tokens are consecutive in the flat list)
+                pooled = states[torch.cumsum(counts.long(), 0) - 1]
             feats = torch.cat([pooled, mean_logp[:, None], torch.ones(n, 1, device=dev)], dim=1)
         return list(torch.split(feats, batch.n_candidates))
 

@@ -62,6 +62,7 @@ __all__ = [
     "encode",
     "PackedBatch",
     "packed_batch",
+    "attention_mask",
     "Decoder",
     "check_decoder",
     "lora_config",
@@ -214,9 +215,9 @@ class PackedBatch:
     input_ids, position_ids : long tensors of shape (B, T)
     mask : bool tensor of shape (B, 1, T, T)
         ``mask[b, 0, i, j]``: query i may attend to key j.
-    rows, predictors, targets : long tensors of shape (N,)
+    rows, predictors, positions, targets : long tensors of shape (N,)
         For the N answer tokens: batch row, position whose logits predict the
-        token, and the token id.
+        token, the token's own position, and the token id.
     owner : long tensor of shape (N,)
         Flat candidate index (over the batch, in example then candidate order).
     n_candidates : list of int
@@ -230,6 +231,7 @@ class PackedBatch:
     mask: torch.Tensor | None
     rows: torch.Tensor
     predictors: torch.Tensor
+    positions: torch.Tensor
     targets: torch.Tensor
     owner: torch.Tensor
     n_candidates: list[int]
@@ -252,7 +254,7 @@ def packed_batch(
     import torch
 
     seqs, segs, poss = [], [], []
-    rows, preds, targets, owner = [], [], [], []
+    rows, preds, own, targets, owner = [], [], [], [], []
     n_cands, starts = [], []
     flat = 0
     for b, item in enumerate(items):
@@ -268,6 +270,7 @@ def packed_batch(
             pos.extend(range(p, p + len(ans)))
             # token t of the answer is predicted at the position before it (the prompt's last for t = 0)
             preds.extend([p - 1, *range(start, start + len(ans) - 1)])
+            own.extend(range(start, start + len(ans)))
             targets.extend(ans)
             rows.extend([b] * len(ans))
             owner.extend([flat + j] * len(ans))
@@ -297,9 +300,22 @@ def packed_batch(
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
     return PackedBatch(
         input_ids=input_ids.to(device), position_ids=position_ids.to(device), mask=mask,
-        rows=as_long(rows), predictors=as_long(preds), targets=as_long(targets), owner=as_long(owner),
+        rows=as_long(rows), predictors=as_long(preds), positions=as_long(own), targets=as_long(targets),
+        owner=as_long(owner),
         n_candidates=n_cands, starts=starts,
     )
+
+
+def attention_mask(mask: torch.Tensor | None, *, eager: bool, dtype: torch.dtype | None = None
+                   ) -> torch.Tensor | None:
+    """``mask`` (bool, True = attend) as the attention implementation takes it: as it is for sdpa (None is
+    plain causal attention), additive (0 or the dtype's lowest value; float32 by default) for eager."""
+    import torch
+
+    if mask is None or not eager:
+        return mask
+    dtype = torch.float32 if dtype is None else dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 # --------------------------------------------------------------------------- #
@@ -340,11 +356,7 @@ class Decoder:
         return self.embed.weight.device
 
     def _mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        import torch
-
-        if mask is None or not self.eager:
-            return mask  # sdpa: a boolean mask, or None for plain causal attention
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return attention_mask(mask, eager=self.eager, dtype=dtype)
 
     def run(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
             start: int, stop: int) -> torch.Tensor:
