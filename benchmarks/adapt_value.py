@@ -23,6 +23,18 @@ Downstream trainers, each applied to every set:
   :mod:`budgetsft.adapt.engine`) on SmolLM2-135M-Instruct, accuracy by candidate log-likelihood on the same
   test split.
 
+``--runs DIR [DIR ...]`` reads the label sets from saved ``budgetsft adapt`` runs instead (issue 20: the sets
+of ``llf-grad``, LLF on the adapted model's own gradient features, beside ``llf``, ``random``, ``first`` and
+``margin``): each selection's ``seed-<s>/labels/<selection>.jsonl`` (what its LoRA trained on, the audit labels
+held out) and its ``<selection>/plain`` LoRA test accuracy from ``report.json``; the refit head on the ``block``
+features is fitted here on the same sets and test split, in seconds. Every run must share the data set, the
+seeds' splits and the LoRA recipe (checked). For example::
+
+    budgetsft adapt --data bbc-news --beta 0.1 --seeds 0,1,2,3,4 --out runs/adapt-bbc
+    budgetsft adapt --data bbc-news --features grad --baselines random --no-all --beta 0.1 --seeds 0,1,2,3,4 \
+        --out runs/adapt-grad5-bbc
+    python benchmarks/adapt_value.py --runs runs/adapt-bbc runs/adapt-grad5-bbc
+
 The question: is the ranking of label sets the same for both trainers? Kendall's τ between the two
 accuracy vectors (over label sets, means over seeds; ``scipy.stats.kendalltau``, τ-b with ties) and the
 two orders, side by side. τ = 1: same order; near 0: the refit head says nothing about which set adapts
@@ -118,6 +130,104 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(tau) if tau is not None and math.isfinite(tau) else math.nan
 
 
+def sets_from_runs(runs: list[Path], log) -> tuple[str, list[int], dict[str, dict]]:
+    """The label sets of saved adapt runs: ``{selection: {"ids": {seed: [ids]}, "lora": {seed: acc},
+    "head": {seed: acc}, "features": name, "run": dir}}`` (a selection in two runs must be the same set)."""
+    data, seeds, settings, out = None, None, None, {}
+    for run in runs:
+        rep = json.loads((run / "report.json").read_text())
+        if rep.get("labels_file") is not None:
+            raise SystemExit(f"{run}: a run on --labels; adapt_value compares selections")
+        keep = {k: v for k, v in rep["settings"].items() if k not in ("audit", "cv_folds", "device")}
+        if data is None:
+            data, seeds, settings = rep["data"], list(rep["seeds"]), keep
+        elif (rep["data"], list(rep["seeds"]), keep) != (data, seeds, settings):
+            raise SystemExit(f"{run}: not the data, seeds or LoRA recipe of {runs[0]}")
+        for method, m in rep["methods"].items():
+            sel, _, model = method.partition("/")
+            if model != "plain" or sel == "all":
+                continue
+            ids = {s: [json.loads(line)["id"] for line in
+                       (run / f"seed-{s}" / "labels" / f"{sel}.jsonl").read_text().splitlines()] for s in seeds}
+            head = rep["methods"].get(f"{sel}/head", {}).get("accuracy")
+            distill = rep["methods"].get(f"{sel}/distill", {}).get("accuracy")
+            row = {"ids": ids, "lora": dict(zip(seeds, m["accuracy"], strict=True)),
+                   "distill": dict(zip(seeds, distill, strict=True)) if distill else None,
+                   "head": dict(zip(seeds, head, strict=True)) if head else None,
+                   "features": rep["per_seed"][0]["features"], "run": str(run)}
+            if sel in out:
+                if out[sel]["ids"] != ids:
+                    raise SystemExit(f"{run}: selection {sel!r} differs from {out[sel]['run']}'s")
+                log(f"  {sel}: the same sets in {out[sel]['run']} and {run}; LoRA accuracies "
+                    f"{np.mean(list(out[sel]['lora'].values())):.4f} and {np.mean(m['accuracy']):.4f} "
+                    f"(the first is used)")
+                continue
+            out[sel] = row
+    return data, seeds, out
+
+
+def main_runs(runs: list[Path], log) -> dict:
+    """The two-trainer table of the label sets of saved adapt runs (``--runs``)."""
+    from budgetsft.realdata import load_streams
+
+    t_start = time.perf_counter()
+    data, seeds, sets = sets_from_runs(runs, log)
+    rows = []
+    for seed in seeds:
+        st = load_streams(data, "block", seed=seed, progress=False)
+        by_id = {r.id: r for r in st.train}
+        for name, s in sets.items():
+            rounds = [by_id[i] for i in s["ids"][seed]]
+            rows.append({"seed": seed, "method": name, "labels": len(rounds),
+                         "refit": refit_accuracy(rounds, st.test, seed=seed), "lora": s["lora"][seed],
+                         "head": None if s["head"] is None else s["head"][seed],
+                         "distill": None if s["distill"] is None else s["distill"][seed]})
+    names = list(sets)
+    mean = {n: {k: float(np.mean([r[k] for r in rows if r["method"] == n])) for k in ("labels", "refit", "lora")}
+            for n in names}
+    tau = kendall([mean[n]["refit"] for n in names], [mean[n]["lora"] for n in names])
+    per_seed_tau = [kendall([r["refit"] for r in rows if r["seed"] == s], [r["lora"] for r in rows if r["seed"] == s])
+                    for s in seeds]
+    by_refit = sorted(names, key=lambda n: -mean[n]["refit"])
+    by_lora = sorted(names, key=lambda n: -mean[n]["lora"])
+    print(f"# Two downstream trainers on the label sets of {', '.join(map(str, runs))}: {data}, seeds {seeds}")
+    print()
+    print(f"Test items per seed: {len(st.test)}. refit: the head on block features, fitted here; LoRA: "
+          f"<set>/plain of the run; the gate's head: <set>/head of the run, on the features it selected on.")
+    print()
+    print("| label set | gate's features | labels (mean) | refit accuracy | refit rank | LoRA accuracy | LoRA rank "
+          "| the gate's head | LoRA distill |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n in names:
+        head = [r["head"] for r in rows if r["method"] == n and r["head"] is not None]
+        dist = [r["distill"] for r in rows if r["method"] == n and r["distill"] is not None]
+        print(f"| {n} | {sets[n]['features']} | {mean[n]['labels']:.1f} | {mean[n]['refit']:.4f} | "
+              f"{by_refit.index(n) + 1} | {mean[n]['lora']:.4f} | {by_lora.index(n) + 1} | "
+              f"{f'{np.mean(head):.4f}' if head else '—'} | {f'{np.mean(dist):.4f}' if dist else '—'} |")
+    print()
+    with_distill = [n for n in names if sets[n]["distill"] is not None]
+    if len(with_distill) >= 2:
+        d_mean = {n: float(np.mean(list(sets[n]["distill"].values()))) for n in with_distill}
+        print(f"The sets trained with distill ({', '.join(with_distill)}): by LoRA distill "
+              f"{' > '.join(sorted(with_distill, key=lambda n: -d_mean[n]))}; by refit "
+              f"{' > '.join(sorted(with_distill, key=lambda n: -mean[n]['refit']))}; by the gate's head "
+              f"{' > '.join(sorted(with_distill, key=lambda n: -np.mean(list(sets[n]['head'].values()))))}.")
+    print(f"Kendall τ (refit vs LoRA, over the {len(names)} label sets, means over seeds): {tau:+.3f}; per seed: "
+          + ", ".join(f"{t:+.3f}" for t in per_seed_tau) + ".")
+    print(f"Ranking by refit: {' > '.join(by_refit)}.")
+    print(f"Ranking by LoRA:  {' > '.join(by_lora)}.")
+    for n in [n for n in names if n.endswith("-grad")]:
+        a, b = by_refit.index(n) + 1, by_lora.index(n) + 1
+        print(f"{n}: rank {a} by the refit head, {b} by LoRA: " + ("alike." if a == b else "not alike."))
+    n_test = len(st.test)
+    se = max(math.sqrt(p * (1 - p) / (n_test * len(seeds))) for p in (mean[n]["lora"] for n in names))
+    print(f"Noise: with {n_test} test items per seed, one accuracy has a standard error of up to {100 * se:.1f} "
+          "points; sets closer than about twice that are not told apart by either ranking.")
+    print(f"\n{time.perf_counter() - t_start:.0f} s")
+    return {"rows": rows, "mean": mean, "kendall_tau": tau, "kendall_tau_per_seed": per_seed_tau,
+            "ranking_refit": by_refit, "ranking_lora": by_lora, "same_ranking": by_refit == by_lora}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from budgetsft.adapt.pipeline import RECIPE
     from budgetsft.data import load_dataset
@@ -130,7 +240,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine two threads ran 10-20x slower)")
+    ap.add_argument("--runs", nargs="+", type=Path, default=None,
+                    help="read the label sets and LoRA accuracies of these saved adapt runs (no training)")
     args = ap.parse_args(argv)
+    if args.runs:
+        out = main_runs(args.runs, lambda m: print(m, file=sys.stderr, flush=True))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        return out
     import torch
 
     torch.set_num_threads(args.threads)

@@ -13,9 +13,11 @@ Wilson 95 % interval) beside the true test accuracy.
     python benchmarks/label_own_pool.py --adapt --audit 0.1   # then `adapt --labels` on the audited ledger
 
 ``--adapt`` then hands the LLM back as a user with this pool gets it: ``budgetsft adapt --data POOL --labels
-LEDGER`` (the library call) trains LoRA on the audited session's gate labels, scores it on the session's audit
-labels (held out of training: the only accuracy a pool with no test split has), and this script scores the
-handed-back model (``budgetsft.adapt.load_adapted``) on the labelled test split, beside the audit estimate.
+LEDGER`` (the library call, defaults) trains, on the audited session's gate labels, the head over the session's
+features, LoRA (``labels/plain``) and LoRA on the head's labels for the rest of the pool (``labels/distill``),
+scores each on the session's audit labels (held out of every model: the only accuracy a pool with no test split
+has) and recommends one; this script scores every model (``budgetsft.adapt.load_adapted``) on the labelled test
+split, beside its audit estimate.
 
 Prints a table per batch and writes ``label_own_pool.png`` (learning curves) and ``label_own_pool.json``.
 """
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--random-seeds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/figures"))
     ap.add_argument("--adapt", action="store_true",
-                    help="then adapt --labels on the audited ledger; score the handed-back LoRA on the test split")
+                    help="then adapt --labels on the audited ledger; score its models on the test split")
     ap.add_argument("--seeds", default="0", help="seeds of --adapt, comma-separated")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _adapt(pool: Path, ledger: Path, test, seeds: list[int], out: Path) -> dict:
-    """adapt --labels LEDGER on the pool; the handed-back model of each seed on the labelled test split."""
+    """adapt --labels LEDGER on the pool (defaults); every model it trains, and the one it hands back, on the
+    labelled test split, beside its audit estimate."""
     from budgetsft.adapt import load_adapted
     from budgetsft.adapt.pipeline import run_adapt
 
@@ -138,17 +141,26 @@ def _adapt(pool: Path, ledger: Path, test, seeds: list[int], out: Path) -> dict:
     rep = run_adapt(str(pool), out, labels_file=ledger, seeds=seeds, progress=False)
     rows = [{"id": ex.id, "prompt": ex.prompt, "candidates": list(ex.candidates)} for ex in test]
     gold = np.array([ex.answer for ex in test])
-    result = {"labels": rep["methods"]["labels/plain"]["labels"][0], "seconds": 0.0, "per_seed": []}
-    for seed, audit in zip(seeds, rep["audit"]["per_seed"] if rep["audit"] else [None] * len(seeds), strict=True):
-        model = load_adapted(out, seed=seed)
-        acc = float(np.mean(model.predict(rows) == gold))
-        result["per_seed"].append({"seed": seed, "test_accuracy": acc, "audit": audit})
-        est = "no audit labels" if audit is None else (
-            f"audit estimate {audit['accuracy']:.3f} [{audit['ci95'][0]:.3f}, {audit['ci95'][1]:.3f}] "
-            f"on {audit['n']} audit labels, gold NLL {audit['nll']:.3f}")
-        print(f"adapt --labels (seed {seed}): LoRA on {result['labels']} gate labels, handed back: test accuracy "
-              f"{acc:.3f} on {len(rows)} articles; {est}", flush=True)
+    methods = list(rep["methods"])
+    result = {"labels": rep["methods"]["labels/plain"]["labels"][0], "recommended": rep["recommended"],
+              "pseudo_labels": rep.get("distill", {}).get("pseudo_labels"), "per_seed": []}
+    for i, seed in enumerate(seeds):
+        per = {"seed": seed, "handed_back": rep["per_seed"][i].get("recommended") or rep["recommended"],
+               "models": {}}
+        for m in methods:
+            acc = float(np.mean(load_adapted(out, method=m, seed=seed).predict(rows) == gold))
+            audit = rep["audit"]["methods"][m]["per_seed"][i] if rep["audit"] else None
+            per["models"][m] = {"test_accuracy": acc, "audit": audit}
+            est = "no audit labels" if audit is None else (
+                f"audit {audit['accuracy']:.3f} [{audit['ci95'][0]:.3f}, {audit['ci95'][1]:.3f}] "
+                f"({audit['correct']}/{audit['n']}), gold NLL {audit['nll']:.3f}")
+            mark = "  <- handed back" if m == rep["recommended"] else ""
+            print(f"adapt --labels (seed {seed}) {m:15s} on {result['labels']} gate labels: test accuracy "
+                  f"{acc:.3f} on {len(rows)} articles; {est}{mark}", flush=True)
+        result["per_seed"].append(per)
     result["seconds"] = time.perf_counter() - t0
+    print(f"adapt --labels: {result['seconds'] / 60:.1f} min, recommended {rep['recommended']} "
+          f"({rep['recommendation'].get('validation') or rep['recommendation']['rule']})", flush=True)
     return result
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from budgetsft.base import Round
 from budgetsft.budget import Budget
 from budgetsft.exceptions import BudgetExhaustedError
 from budgetsft.gates.llf import pick_pool_batch
@@ -296,7 +297,8 @@ def test_a_stream_session_with_an_audit_share_estimates_its_accuracy(tmp_path):
 
 
 def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_path):
-    """An unlabelled pool and a person's labels: adapt trains LoRA on them and hands the model back, unscored."""
+    """An unlabelled pool and a person's labels: adapt trains LoRA on them, a head over the session's features and
+    LoRA on the head's labels for the rest of the pool, and hands the recommended model back."""
     pytest.importorskip("peft")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _tiny_llama import tiny_llama
@@ -316,18 +318,20 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
     llama = tmp_path / "llama"
     tiny_llama(len(tokenizer)).save_pretrained(llama)
     tokenizer.save_pretrained(llama)
-    out = tmp_path / "adapt"
     import torch
 
     threads = torch.get_num_threads()
+    kw = {"model": str(llama), "seeds": (0,), "epochs": 1, "batch_size": 4, "max_prompt_tokens": 16,
+          "device": "cpu", "threads": 1, "progress": False}
     try:
-        report = run_adapt(str(pool), out, labels_file=db, model=str(llama), seeds=(0,), epochs=1, batch_size=4,
-                           max_prompt_tokens=16, device="cpu", threads=1, progress=False)
+        plain = run_adapt(str(pool), tmp_path / "plain", labels_file=db, recipes=["plain"], **kw)
+        report = run_adapt(str(pool), tmp_path / "adapt", labels_file=db, **kw)
     finally:
         torch.set_num_threads(threads)
-    assert report["recommended"] == "labels/plain" and report["unscored"].startswith("an unlabelled pool")
-    assert report["methods"]["labels/plain"]["labels"] == [6]
-    model = load_adapted(out)
+    # --recipes plain: LoRA on the labels alone, the only model, handed back unscored
+    assert plain["recommended"] == "labels/plain" and plain["unscored"].startswith("an unlabelled pool")
+    assert list(plain["methods"]) == ["labels/plain"] and plain["methods"]["labels/plain"]["labels"] == [6]
+    model = load_adapted(tmp_path / "plain")
     assert model.method == "labels/plain" and model.kind == "lora"
     rows = [json.loads(line) for line in pool.read_text().splitlines()][:3]
     probs = model(rows)
@@ -335,10 +339,38 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
     with pytest.raises(DataError, match="no test predictions"):
         from budgetsft.adapt.report import rebuild_report
 
-        rebuild_report(out)
-    assert report["audit"] is None and not (out / "seed-0" / "audit.json").exists()
+        rebuild_report(tmp_path / "plain")
+    assert plain["audit"] is None and not (tmp_path / "plain" / "seed-0" / "audit.json").exists()
+    # the default on a pool: the head, plain and distill, recommended by cross-validation on the 6 labels
+    out = tmp_path / "adapt"
+    assert set(report["methods"]) == {"labels/head", "labels/plain", "labels/distill"}
+    assert all(m["labels"] == [6] for m in report["methods"].values())
+    assert report["recommendation"]["validation"] == "cv" and report["recommended"] in report["methods"]
+    pseudo = json.loads((out / "seed-0" / "pseudo" / "labels.json").read_text())
+    bought = {p.id for p in picks}
+    assert len(pseudo) == 200 - 6 and bought.isdisjoint(pseudo) and report["distill"]["pseudo_labels"] == 194
+    assert {a for a, _ in pseudo.values()} <= {0, 1, 2} and all(0 < w <= 1 for _, w in pseudo.values())
+    head = load_adapted(out, method="labels/head")
+    assert head.kind == "head" and head.predict(rows).shape == (3,)
+    # the head handed back is the session's: refit on its labels over the session's features, it predicts the same
+    from budgetsft.refit import refit
 
-    # A session with an audit share: its uniformly drawn labels are held out of training and score the model.
+    sess = Session.open(db)
+    try:
+        stream = list(sess.stream())
+        labelled = [Round(stream[a.round - 1].features, int(a.label), id=stream[a.round - 1].id)
+                    for a in sess.ledger.answers()]
+    finally:
+        sess.close()
+    again = refit(labelled, seed=0)
+    by_id = {row["id"]: row for row in map(json.loads, pool.read_text().splitlines())}
+    assert [int(np.argmax(again.predict_proba(r))) for r in stream[:20]] == \
+        head.predict([by_id[r.id] for r in stream[:20]]).tolist()
+    assert [a for a, _ in (pseudo[r.id] for r in stream[:50] if r.id in pseudo)] == \
+        [int(np.argmax(again.predict_proba(r))) for r in stream[:50] if r.id in pseudo]
+    assert load_adapted(out).method == report["recommended"]
+
+    # A session with an audit share: its uniformly drawn labels are held out of every model and score each one.
     db2 = tmp_path / "b.db"
     sess = Session.create(db2, pool_config({"data": str(pool), "gate": {"name": "llf", "budget": 12},
                                             "audit": 0.5}))
@@ -349,24 +381,31 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
     sess.close()
     threads = torch.get_num_threads()
     try:
-        kw = {"labels_file": db2, "model": str(llama), "seeds": (0,), "epochs": 1, "batch_size": 4,
-              "max_prompt_tokens": 16, "device": "cpu", "threads": 1, "progress": False}
-        report = run_adapt(str(pool), tmp_path / "audited", **kw)
-        everything = run_adapt(str(pool), tmp_path / "all", audit=0, **kw)
+        report = run_adapt(str(pool), tmp_path / "audited", labels_file=db2, **kw)
+        everything = run_adapt(str(pool), tmp_path / "all", labels_file=db2, audit=0, recipes=["plain"], **kw)
     finally:
         torch.set_num_threads(threads)
-    assert report["methods"]["labels/plain"]["labels"] == [12 - len(audited)]
+    assert all(m["labels"] == [12 - len(audited)] for m in report["methods"].values())
     trained_on = {json.loads(line)["id"] for line in
                   (tmp_path / "audited" / "seed-0" / "labels" / "labels.jsonl").read_text().splitlines()}
     assert trained_on.isdisjoint(audited) and len(trained_on) == 12 - len(audited)
+    pseudo = json.loads((tmp_path / "audited" / "seed-0" / "pseudo" / "labels.json").read_text())
+    assert pseudo.keys().isdisjoint(audited) and len(pseudo) == 200 - 12  # an audit item is no pseudo-label
     saved = json.loads((tmp_path / "audited" / "seed-0" / "audit.json").read_text())
     assert set(saved["ids"]) == audited and saved["gold"] == [gold[i] for i in saved["ids"]]
-    right = sum(int(np.argmax(v)) == g for v, g in zip(saved["scores"]["labels/plain"], saved["gold"], strict=True))
-    seed0 = report["audit"]["per_seed"][0]
-    assert seed0["n"] == len(audited) and seed0["correct"] == right
-    assert seed0["ci95"] == list(wilson_interval(right, len(audited)))
+    assert set(saved["scores"]) == {"labels/head", "labels/plain", "labels/distill"}
+    nll = {}
+    for m, scores in saved["scores"].items():
+        right = sum(int(np.argmax(v)) == g for v, g in zip(scores, saved["gold"], strict=True))
+        row = report["audit"]["methods"][m]["per_seed"][0]
+        assert row["n"] == len(audited) and row["correct"] == right
+        assert row["ci95"] == list(wilson_interval(right, len(audited)))
+        nll[m] = row["nll"]
+    assert report["recommendation"]["validation"] == "audit"
+    assert report["recommended"] == min(nll, key=nll.get) and report["audit"]["nll"] == min(nll.values())
     assert report["unscored"].startswith("an unlabelled pool: scored on its audit labels")
-    assert "audit labels were drawn uniformly at random" in (tmp_path / "audited" / "report.md").read_text()
+    md = (tmp_path / "audited" / "report.md").read_text()
+    assert "audit labels were drawn uniformly at random" in md and f"**Recommended: {report['recommended']}**" in md
     # --audit 0: the audit labels are trained on too, and nothing is scored
     assert everything["audit"] is None and everything["methods"]["labels/plain"]["labels"] == [12]
 

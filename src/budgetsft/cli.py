@@ -1374,8 +1374,9 @@ def adapt(
     recipes: Annotated[str, typer.Option(help="Training recipes, comma-separated: plain (LoRA on the bought gold "
                                               "labels) and distill (plus the head's labels, refit on the bought "
                                               "ones, for the rest of the train split; for the gate's and random's "
-                                              "sets, reported as <set>/distill). \\[default: plain,distill; plain "
-                                              "with --labels]")] = "auto",
+                                              "sets, reported as <set>/distill; with --labels on "
+                                              "an unlabelled pool, for the rest of the pool). \\[default: "
+                                              "plain,distill; plain with --labels on labelled data]")] = "auto",
     distill_weight: Annotated[float, typer.Option(help="distill: weight of a pseudo-label relative to a gold "
                                                        "one, times the head's probability of it.")] = 1.0,
     distill_passes: Annotated[float | None, typer.Option(help="distill: passes over the head's labels (the gold "

@@ -259,6 +259,12 @@ def _file_name(method: str) -> str:
 # --------------------------------------------------------------------------- --labels FILE
 
 
+def _is_ledger(path) -> bool:
+    """Whether the file is SQLite (a session ledger) rather than JSONL."""
+    with Path(path).open("rb") as fh:
+        return fh.read(16) == b"SQLite format 3\x00"
+
+
 def read_labels(path: str | Path) -> list[Example]:
     """The labelled examples of a ``budgetsft session export`` JSONL file or of a session ledger (SQLite).
 
@@ -279,9 +285,7 @@ def read_labelled(path: str | Path) -> tuple[list[Example], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--labels {path}: no such file.")
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if head == b"SQLite format 3\x00":
+    if _is_ledger(path):
         from budgetsft.sessions.ledger import LedgerError
         from budgetsft.sessions.session import Session
 
@@ -451,7 +455,9 @@ def _recommendation(results: Sequence[dict[str, Any]], folds: int, sel: str) -> 
                 "per_seed": [r.get("recommended") for r in results]}
     if sel == "labels":
         return {"method": "labels/plain", "selection": sel, "folds": None, "cv": None,
-                "rule": "the only model trained on the given labels (a head needs the features of a selection run)",
+                "rule": "LoRA on the given labels: the only model trained on them (labelled data has no features of "
+                        "a label file for a head), or on a pool with no audit labels and too few labels to "
+                        "cross-validate",
                 "per_seed": ["labels/plain"] * len(results)}
     why = ("--audit 0 and --cv-folds 0: no recommendation asked for" if folds < 2 else
            f"fewer than {2 * folds} bought labels at some seed, too few for {folds}-fold cross-validation")
@@ -564,23 +570,79 @@ def _save_lora_card(folder: Path, method: str, seed: int, *, labels: Sequence[st
                                      "model": _model_ref(model)})
 
 
-def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[str] | None, *, labels_file,
-                   seeds: Sequence[int], model: str, dev: str, dtype: str, epochs: float, lr: float, lora_r: int,
-                   lora_alpha: float, lora_layers: int, batch_size: int, max_prompt_tokens: int,
-                   eval_batch_size: int, estimate_only: bool, progress: bool, say,
-                   audit_ids: Sequence[str] = ()) -> dict[str, Any]:
-    """``--labels`` on an unlabelled pool: LoRA on the bought labels for each seed, saved and handed back.
+def _card_options(played: str, options: dict[str, Any] | None, labels: Sequence[str] | None) -> dict[str, Any]:
+    """The featuriser options a head's model card records (:func:`budgetsft.adapt.handback.save_head`): the
+    options the features were computed with, where this machine ran them left out, a model directory as its
+    absolute path, and the label set of ``block`` and ``grad`` features."""
+    out = {k: v for k, v in (options or {}).items() if k not in ("device", "cache_dir", "progress")}
+    if isinstance(out.get("model"), str):  # a config's `features: {model: ./my-llama}`
+        out["model_name"] = out.pop("model")
+    if isinstance(out.get("model_name"), str):
+        out["model_name"] = _model_ref(out["model_name"])
+    if played in ("block", "grad") and labels is not None:
+        out["labels"] = list(labels)
+    return out
 
-    Nothing else is trained, so the model handed back is ``labels/plain``. The pool has no test split; when the
-    ledger holds audit labels (``audit_ids``: the session's ``--audit`` share, drawn uniformly at random from the
-    pool), LoRA trains on the gate's labels only and answers the audit items: its accuracy on them, with a
-    Wilson 95 % interval, and its gold NLL are unbiased estimates over the pool (report.json ``audit``,
-    ``seed-<s>/audit.json``). Without audit labels nothing is scored.
+
+def _pool_features(data: str, labels_file, features: str, *, seed: int, max_examples: int | None, device: str,
+                   progress: bool, feature_options: dict[str, Any] | None) -> tuple[dict[str, Any], str, dict]:
+    """The features of every item of an unlabelled pool: ``{id: Round}``, the featuriser and its card options.
+
+    A session ledger's pool is read with the session's own featuriser (the features its gate chose on, cached);
+    a JSONL label file's with ``features`` (``feature_options``: adapt's options for ``causal`` and ``grad``).
     """
+    from budgetsft.realdata import load_streams
+
+    spec: Any = None
+    if _is_ledger(labels_file):
+        from budgetsft.sessions.session import Session
+
+        sess = Session.open(labels_file)
+        try:
+            spec = sess.config.get("features") or {"name": "auto"}
+        finally:
+            sess.close()
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        features = spec.pop("name", "auto")
+        device = spec.pop("device", device)
+        options = spec
+    else:
+        options = dict(feature_options or {})
+    streams = load_streams(data, features, seed=seed, max_examples=max_examples, device=device, progress=progress,
+                           feature_options=options, allow_unlabelled=True)
+    labels = streams.dataset.labels
+    return {r.id: r for r in streams.train}, streams.featurizer, _card_options(streams.featurizer, options, labels)
+
+
+def _train_on_pool(data: str, out: Path, given: list[Example], pool: Sequence[Example], labels: Sequence[str] | None,
+                   *, labels_file, seeds: Sequence[int], model: str, dev: str, dtype: str, epochs: float, lr: float,
+                   lora_r: int, lora_alpha: float, lora_layers: int, batch_size: int, max_prompt_tokens: int,
+                   eval_batch_size: int, estimate_only: bool, progress: bool, say, audit_ids: Sequence[str] = (),
+                   recipes: Sequence[str] = ("plain",), features: str = "auto", device: str = "auto",
+                   max_examples: int | None = None, distill_weight: float = DISTILL_WEIGHT,
+                   distill_passes: float | None = None, cv_folds: int = 3) -> dict[str, Any]:
+    """``--labels`` on an unlabelled pool: the models of the bought labels for each seed, and the one handed back.
+
+    * ``labels/plain``: LoRA on the bought labels.
+    * with ``distill`` in ``recipes`` (the default on a pool): ``labels/head``, the head refit on the bought labels
+      over the pool's features (a session ledger's own featuriser), and ``labels/distill``, LoRA on the bought
+      labels plus that head's labels for the rest of the pool (:func:`distill_set`, as when adapt selects).
+
+    The pool has no test split. When the ledger holds audit labels (``audit_ids``: the session's ``--audit``
+    share, drawn uniformly at random from the pool), no model sees them: each answers them, its accuracy (Wilson
+    95 % interval) and gold NLL on them are unbiased estimates over the pool (report.json ``audit``,
+    ``seed-<s>/audit.json``), and the lowest NLL is recommended, the rule adapt uses when it selects. Without
+    audit labels the recommendation cross-validates on the bought labels (``cv_folds``); with ``plain`` alone it
+    is ``labels/plain``.
+    """
+    from dataclasses import replace
+
     from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
+    from budgetsft.adapt.handback import save_head
     from budgetsft.adapt.lora import pad_id, save_adapters
-    from budgetsft.adapt.recommend import held_out_table
+    from budgetsft.adapt.recommend import held_out_table, recommend
     from budgetsft.features.models import load_causal_lm
+    from budgetsft.refit import refit
     from budgetsft.sessions.pool import wilson_interval
 
     held_ids = set(audit_ids)
@@ -589,109 +651,225 @@ def _train_on_pool(data: str, out: Path, given: list[Example], labels: Sequence[
         say(f"{labels_file}: every label is an audit label; training on all of them, nothing left to score on")
         held, held_ids = [], set()
     train = [ex for ex in given if ex.id not in held_ids]
+    keys, answers = [ex.id for ex in train], [ex.answer for ex in train]
+    held_keys, held_gold = [ex.id for ex in held], [ex.answer for ex in held]
+    gold_of = {ex.id: ex for ex in given}
 
+    # ------------------------------------------------------------ the head and the distill set of every seed
+    plans: list[dict[str, Any]] = []
+    played, card_options, labelled = None, {}, {}
+    if "distill" in recipes:
+        rounds, played, card_options = _pool_features(
+            data, labels_file, features, seed=seeds[0], max_examples=max_examples, device=device, progress=progress,
+            feature_options=_feature_options(features, model, lora_layers=lora_layers, lora_r=lora_r,
+                                             lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens))
+        missing = [ex.id for ex in given if ex.id not in rounds]
+        if missing:
+            raise DataError(f"--labels {labels_file}: {len(missing)} labelled example(s) are not in the pool "
+                            f"{data!r} as featurised, first {missing[0]!r}.")
+        labelled = {k: replace(r, gold=int(gold_of[k].answer)) if k in gold_of else r for k, r in rounds.items()}
+        by_id = {**{ex.id: ex for ex in pool}, **gold_of}
+        rest = [r for k, r in labelled.items() if k not in held_ids]  # an audit item gets no pseudo-label
+        say(f"{data}: the head refit on the {len(train)} gate labels ({played} features) labels the other "
+            f"{len(rest) - len(train)} pool items for labels/distill")
+    for seed in seeds:
+        sets: dict[str, dict[str, Any]] = {"labels/plain": {"examples": train, "ids": keys}}
+        heads = {}
+        if "distill" in recipes:
+            heads["labels/head"] = refit([labelled[k] for k in keys], seed=seed)
+            sets["labels/distill"] = distill_set(rest, None, by_id, keys, seed=seed, weight=distill_weight,
+                                                 head=heads["labels/head"])
+        plans.append({"seed": seed, "sets": sets, "heads": heads, "by_id": by_id if heads else None,
+                      "train_rounds": {r.id: r for r in rest} if heads else None})
+
+    # ------------------------------------------------------------ the model, the frozen prefix, the estimate
     with quiet_hf():
         base, tokenizer = load_causal_lm(model, device=dev)
     base.requires_grad_(False)
     n_layers = int(base.config.num_hidden_layers)
     split = max(0, n_layers - lora_layers)
-    encoded = {ex.id: encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels) for ex in given}
+    every = {ex.id: ex for ex in given}
+    for s in plans[0]["sets"].values():
+        every.update({ex.id: ex for ex in s["examples"]})
+    encoded = {k: encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels) for k, ex in every.items()}
     check_decoder(base, tokenizer, encoded[given[0].id])
     cache = PrefixCache(base, split, dtype=dtype, batch_size=eval_batch_size, pad_token_id=pad_id(tokenizer))
-    cache.add_many(list(encoded), list(encoded.values()))
-    keys, answers = [ex.id for ex in train], [ex.answer for ex in train]
-    held_keys, held_gold = [ex.id for ex in held], [ex.answer for ex in held]
-    warm = keys[:batch_size]
-    rate, _ = _training_rate(base, cache, warm, answers[:batch_size],
-                             lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype)
-    estimate = len(seeds) * _train_work(len(keys), epochs, batch_size) / rate
-    if held:
-        say(f"{data}: an unlabelled pool; training LoRA on the {len(train)} gate labels of {labels_file} "
-            f"(labels/plain, the model handed back) and scoring it on its {len(held)} audit labels, drawn uniformly "
-            f"at random from the pool and held out of training")
-    else:
-        say(f"{data}: an unlabelled pool and no audit labels, so there is nothing to score a model on; training "
-            f"LoRA on the {len(given)} labels of {labels_file} only (labels/plain, the model handed back)")
-    say(f"estimate: {_minutes(estimate)} on {dev} ({dtype}): train {len(seeds)} × {len(keys)} labels × "
-        f"{epochs:g} epochs at {rate:.1f}/s")
-    if estimate_only:
-        return {"estimate_seconds": estimate, "rates": {"train": rate}, "work": {"train": len(seeds) * len(keys)}}
-    rows = []
+    clock = _Clock()
+    ids = list(encoded)
+    first = ids[:eval_batch_size]
     t0 = time.perf_counter()
-    for seed in seeds:
+    cache.add_many(first, [encoded[k] for k in first])
+    clock.done("prefix", len(first), time.perf_counter() - t0)
+    rate, _ = _training_rate(base, cache, keys[:batch_size], answers[:batch_size],
+                             lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, dtype=dtype)
+    clock.rate["train"] = rate
+    clock.work["prefix"] = len(ids) - len(first)
+    lists = [_training_list(s, epochs, distill_passes) for p in plans for s in p["sets"].values()]
+    clock.work["train"] = sum(_train_work(len(k), e, batch_size) for k, _, _, e in lists)
+    if held:
+        say(f"{data}: an unlabelled pool; training on the {len(train)} gate labels of {labels_file} "
+            f"({', '.join(plans[0]['sets'])}{', labels/head' if plans[0]['heads'] else ''}) and scoring each model "
+            f"on its {len(held)} audit labels, drawn uniformly at random from the pool and held out of training")
+    else:
+        say(f"{data}: an unlabelled pool and no audit labels; training on the {len(given)} labels of {labels_file} "
+            f"({', '.join(plans[0]['sets'])})")
+    parts = ", ".join(f"{kind} {_minutes(clock.seconds(kind, n))} ({int(n)} at {clock.rate[kind]:.1f}/s)"
+                      for kind, n in clock.work.items() if n and not math.isnan(clock.rate[kind]))
+    estimate = clock.remaining()
+    say(f"estimate: {_minutes(estimate)} on {dev} ({dtype}): {parts}"
+        + (", then the cross-validation of the recommendation" if plans[0]["heads"] and not held else ""))
+    if estimate_only:
+        return {"estimate_seconds": estimate, "rates": dict(clock.rate), "work": dict(clock.work)}
+    todo = [k for k in ids if k not in cache.states_]
+    t0 = time.perf_counter()
+    cache.add_many(todo, [encoded[k] for k in todo])
+    clock.done("prefix", len(todo), time.perf_counter() - t0)
+
+    def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
+        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
+        t = time.perf_counter()
         with quiet_hf():
-            trained, history = train_lora(copy.deepcopy(base), cache, keys, answers, epochs=epochs, lr=lr,
+            trained, history = train_lora(copy.deepcopy(base), cache, t_keys, t_answers, epochs=t_epochs, lr=lr,
                                           lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed,
-                                          dtype=dtype, progress=progress, desc=f"seed {seed} train labels/plain")
-            folder = out / f"seed-{seed}" / "adapters" / "labels-plain"
-            save_adapters(trained, folder)
-        _save_lora_card(folder, "labels/plain", seed, labels=labels, max_prompt_tokens=max_prompt_tokens,
-                        lora_layers=n_layers - split, model=model)
-        _write_jsonl(out / f"seed-{seed}" / "labels" / "labels.jsonl", train)
-        rows.append({"seed": seed, "labels": {"labels/plain": len(train)}, "first_loss": history[0],
-                     "final_loss": float(np.mean(history[-5:])),
-                     "models": {"labels/plain": f"seed-{seed}/adapters/labels-plain"}})
-        note = ""
+                                          dtype=dtype, progress=bar, desc=desc, weights=t_weights)
+        dt = time.perf_counter() - t
+        clock.done("train", _train_work(len(t_keys), t_epochs, batch_size), dt)
+        return trained, history, dt
+
+    # ------------------------------------------------------------ train, score on the audit, recommend
+    rows = []
+    for plan in plans:
+        seed = plan["seed"]
+        where = out / f"seed-{seed}"
+        row: dict[str, Any] = {"seed": seed, "labels": {}, "models": {}, "timing": {}}
+        held_out: dict[str, list[np.ndarray]] = {}
+        for name, head in plan["heads"].items():
+            folder = save_head(where / "heads" / "labels", head, method=name, seed=seed, featurizer=played,
+                               options=card_options, labels=labels)
+            row["labels"][name] = len(train)
+            row["models"][name] = str(folder.relative_to(out))
+            if held:
+                held_out[name] = [head.predict_log_proba(labelled[k]) for k in held_keys]
+        for name, s in plan["sets"].items():
+            n_pseudo = len(s.get("pseudo", ()))
+            what = f"{len(train)} labels" + (f" + {n_pseudo} of the head's" if n_pseudo else "")
+            trained, history, dt = train_set(s, seed, f"seed {seed} train {name} ({what})")
+            folder = where / "adapters" / _file_name(name)
+            with quiet_hf():
+                save_adapters(trained, folder)
+            _save_lora_card(folder, name, seed, labels=labels, max_prompt_tokens=max_prompt_tokens,
+                            lora_layers=n_layers - split, model=model)
+            if n_pseudo:
+                (where / "pseudo").mkdir(parents=True, exist_ok=True)
+                (where / "pseudo" / "labels.json").write_text(json.dumps(s["pseudo"]) + "\n")
+            row["labels"][name] = len(train)
+            row["models"][name] = f"seed-{seed}/adapters/{_file_name(name)}"
+            row["timing"][name] = {"train_seconds": dt, "first_loss": history[0],
+                                   "final_loss": float(np.mean(history[-5:]))}
+            if held:
+                held_out[name] = score_packed(trained, cache, held_keys, batch_size=eval_batch_size, dtype=dtype,
+                                              progress=False)
+            say(f"seed {seed} {name}: {what}, final loss {row['timing'][name]['final_loss']:.3f} "
+                f"(train {_minutes(dt)}) [{_minutes(clock.elapsed())} elapsed, ~{_minutes(clock.remaining())} left]")
+            del trained
+            gc.collect()
+        _write_jsonl(where / "labels" / "labels.jsonl", train)
+        row["final_loss"] = row["timing"]["labels/plain"]["final_loss"]
         if held:
-            scores = score_packed(trained, cache, held_keys, batch_size=eval_batch_size, dtype=dtype, progress=False)
-            table = held_out_table({"labels/plain": scores}, held_gold)["labels/plain"]
-            hits = round(table["accuracy"] * len(held))
-            lo, hi = wilson_interval(hits, len(held))
-            rows[-1]["audit"] = {"n": len(held), "correct": hits, "accuracy": table["accuracy"],
-                                 "ci95": [lo, hi], "nll": table["nll"]}
-            _write_jsonl(out / f"seed-{seed}" / "labels" / "labels-audit.jsonl", held)
-            (out / f"seed-{seed}" / "audit.json").write_text(json.dumps(
-                {"ids": held_keys, "gold": held_gold, "scores": {"labels/plain": [v.tolist() for v in scores]},
-                 "table": {"labels/plain": rows[-1]["audit"]}}, indent=1) + "\n", encoding="utf-8")
-            note = (f", audit accuracy {table['accuracy']:.3f} ({hits}/{len(held)}, 95 % CI {lo:.3f}-{hi:.3f}), "
-                    f"gold NLL {table['nll']:.3f}")
-        say(f"seed {seed} labels/plain: {len(train)} labels, final loss {rows[-1]['final_loss']:.3f}{note}")
-        del trained
-        gc.collect()
+            table = held_out_table(held_out, held_gold)
+            for t in table.values():
+                t["correct"] = round(t["accuracy"] * len(held))
+                t["ci95"] = list(wilson_interval(t["correct"], len(held)))
+            row["cv"], row["recommended"], row["audit"] = table, recommend(table), len(held)
+            _write_jsonl(where / "labels" / "labels-audit.jsonl", held)
+            (where / "audit.json").write_text(json.dumps(
+                {"ids": held_keys, "gold": held_gold, "scores": {m: [v.tolist() for v in sc]
+                                                                 for m, sc in held_out.items()},
+                 "table": table}, indent=1) + "\n", encoding="utf-8")
+            say(f"seed {seed}: on the {len(held)} audit labels, " + ", ".join(
+                f"{m} accuracy {t['accuracy']:.3f} ({t['correct']}/{len(held)}, 95 % CI {t['ci95'][0]:.3f}-"
+                f"{t['ci95'][1]:.3f}) NLL {t['nll']:.3f}" for m, t in table.items()) + f": recommended "
+                f"{row['recommended']}")
+        elif _cross_validates(plan, "labels", cv_folds):
+            row["cv"], row["recommended"] = _recommend_seed(
+                plan, "labels", recipes, cv_folds, seed, train_set=train_set, cache=cache,
+                eval_batch_size=eval_batch_size, dtype=dtype, clock=clock, distill_weight=distill_weight,
+                say=lambda m, s=seed: say(f"seed {s} cv {m}"))
+            say(f"seed {seed}: recommended {row['recommended']} (cross-validated on the bought labels)")
+        rows.append(row)
+
+    recommendation = _recommendation(rows, cv_folds, "labels")
+    method = recommendation["method"]
+    names = list(rows[0]["labels"])
     audit = None
     if held:
-        per = [r["audit"] for r in rows]
-        audit = {"n": len(held), "accuracy": float(np.mean([a["accuracy"] for a in per])),
-                 "nll": float(np.mean([a["nll"] for a in per])), "per_seed": per,
-                 "estimator": "accuracy and gold NLL of labels/plain on the ledger's audit labels (drawn uniformly "
-                              "at random from the pool, held out of training), mean over seeds; ci95 per seed: "
-                              "Wilson"}
+        per = {m: [r["cv"][m] for r in rows] for m in names}
+        audit = {"n": len(held), "recommended": method,
+                 "accuracy": float(np.mean([a["accuracy"] for a in per[method]])),
+                 "nll": float(np.mean([a["nll"] for a in per[method]])),
+                 "methods": {m: {"accuracy": float(np.mean([a["accuracy"] for a in p])),
+                                 "nll": float(np.mean([a["nll"] for a in p])), "per_seed": p} for m, p in per.items()},
+                 "estimator": "each model's accuracy and gold NLL on the ledger's audit labels (drawn uniformly at "
+                              "random from the pool, held out of every model), mean over seeds; ci95 per seed: "
+                              "Wilson; accuracy and NLL are those of the recommended model"}
     report = {
         "data": data, "model": model, "out": str(out), "labels": list(labels) if labels is not None else None,
         "labels_file": str(labels_file),
         "unscored": ("an unlabelled pool: scored on its audit labels only, no test split" if held
                      else "an unlabelled pool: no gold answer to score a model on"),
-        "audit": audit,
-        "seeds": list(seeds), "methods": {"labels/plain": {"labels": [len(train)] * len(seeds)}},
-        "recommended": "labels/plain",
-        "recommendation": {"method": "labels/plain", "selection": "labels", "folds": None, "cv": None,
-                           "rule": "the only model trained on the given labels (an unlabelled pool: no test split "
-                                   "and no head)", "per_seed": ["labels/plain"] * len(seeds)},
-        "per_seed": rows, "settings": {"epochs": epochs, "lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha,
-                                       "lora_layers": n_layers - split, "batch_size": batch_size,
-                                       "max_prompt_tokens": max_prompt_tokens, "dtype": dtype, "device": dev},
-        "timing": {"estimate_seconds": estimate, "wall_seconds": time.perf_counter() - t0},
+        "audit": audit, "recipes": list(recipes),
+        "seeds": list(seeds), "methods": {m: {"labels": [r["labels"][m] for r in rows]} for m in names},
+        "recommended": method, "recommendation": recommendation, "per_seed": rows,
+        **({"distill": {"weight": distill_weight, "temperature": 1.0, "features": played,
+                        "pseudo_passes": epochs if distill_passes is None else distill_passes,
+                        "labels": "argmax of the refit head, weight × its probability",
+                        "pseudo_labels": len(plans[0]["sets"]["labels/distill"]["pseudo"])}}
+           if "distill" in recipes else {}),
+        "settings": {"epochs": epochs, "lr": lr, "lora_r": lora_r, "lora_alpha": lora_alpha,
+                     "lora_layers": n_layers - split, "batch_size": batch_size, "cv_folds": cv_folds,
+                     "max_prompt_tokens": max_prompt_tokens, "dtype": dtype, "device": dev},
+        "timing": {"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "rates": dict(clock.rate)},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if held:
-        per_seed = "; ".join(f"seed {r['seed']}: {r['audit']['correct']}/{r['audit']['n']} right, "
-                             f"{r['audit']['accuracy']:.3f} (95 % CI {r['audit']['ci95'][0]:.3f}-"
-                             f"{r['audit']['ci95'][1]:.3f}), gold NLL {r['audit']['nll']:.3f}" for r in rows)
-        scored = (f"The pool has no test split. Its {len(held)} audit labels were drawn uniformly at random from "
-                  f"the pool by the session (`--audit`) and held out of training, so the model's accuracy on them "
-                  f"estimates its accuracy over the pool without bias: {per_seed}. With a few dozen items the "
-                  f"interval is wide. `adapt --audit 0` trains on them too (and scores nothing).")
-    else:
-        scored = ("The pool has no gold answers and the ledger no audit labels, so no accuracy is reported: score "
-                  "it on a labelled file of your own, or keep an audit share in the session (`--audit`).")
-    (out / "report.md").write_text(
-        f"# LoRA on {len(train)} bought labels ({data}, an unlabelled pool)\n\n"
-        f"Model {model}; labels from {labels_file}; seeds {', '.join(map(str, seeds))}.\n\n"
-        f"**Recommended: labels/plain**, the only model trained on these labels. {scored} "
-        f"Load it with `budgetsft.adapt.load_adapted(\"{out}\")`.\n",
-        encoding="utf-8")
+    (out / "report.md").write_text(_pool_markdown(report, len(train), held), encoding="utf-8")
     return report
+
+
+def _pool_markdown(report: dict[str, Any], n_train: int, held: Sequence[Example]) -> str:
+    """report.md of a run on an unlabelled pool: the models, what the audit says of each, the one handed back."""
+    method, rec = report["recommended"], report["recommendation"]
+    lines = [f"# {n_train} bought labels ({report['data']}, an unlabelled pool)", "",
+             f"Model {report['model']}; labels from {report['labels_file']}; seeds "
+             f"{', '.join(map(str, report['seeds']))}.", ""]
+    if held:
+        lines += [f"The pool has no test split. Its {len(held)} audit labels were drawn uniformly at random from "
+                  f"the pool by the session (`--audit`) and held out of every model, so a model's accuracy on them "
+                  f"estimates its accuracy over the pool without bias. With a few dozen items the interval is wide. "
+                  f"`adapt --audit 0` trains on them too (and scores nothing).", "",
+                  "| model | audit accuracy (mean over seeds) | 95 % CI, seed by seed (Wilson) | gold NLL |",
+                  "|---|---:|---|---:|"]
+        for m, t in report["audit"]["methods"].items():
+            cis = "; ".join(f"{p['correct']}/{p['n']}: {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f}" for p in t["per_seed"])
+            name = f"**{m}**" if m == method else m
+            lines.append(f"| {name} | {t['accuracy']:.3f} | {cis} | {t['nll']:.3f} |")
+        lines += ["", f"**Recommended: {method}**, the lowest gold NLL on the audit labels (ties: higher accuracy, "
+                      f"then plain, distill, head)."]
+    elif rec.get("cv"):
+        lines += [f"**Recommended: {method}**, by {rec['folds']}-fold cross-validation on the bought labels: "
+                  f"{rec['rule']}. The pool has no gold answers and the ledger no audit labels, so no accuracy is "
+                  f"reported; keep an audit share in the session (`--audit`) to score the models."]
+    else:
+        lines += [f"**Recommended: {method}**, the only model trained on these labels. The pool has no gold answers "
+                  f"and the ledger no audit labels, so no accuracy is reported: score it on a labelled file of your "
+                  f"own, or keep an audit share in the session (`--audit`)."]
+    if "distill" in report:
+        d = report["distill"]
+        lines += ["", f"`labels/head` is the head refit on the bought labels over the pool's {d['features']} "
+                      f"features; `labels/distill` is LoRA on the bought labels plus that head's labels for the "
+                      f"other {d['pseudo_labels']} pool items (each weighted by the head's probability)."]
+    lines += ["", f"Load it with `budgetsft.adapt.load_adapted(\"{report['out']}\")`.", ""]
+    return "\n".join(lines)
 
 
 def run_adapt(
@@ -733,7 +911,9 @@ def run_adapt(
     ``recipes``: ``plain`` trains on each bought set; ``distill`` also trains, for the gate's selection and
     ``random``'s, on the bought gold labels plus the refit head's labels for the rest of the train split
     (:func:`distill_set`, pseudo-labels weighted ``distill_weight`` · the head's probability), reported as
-    ``<selection>/distill``. None (the default): both when adapt selects, ``plain`` with ``labels_file``.
+    ``<selection>/distill``. None (the default): both when adapt selects or ``labels_file`` comes with an
+    unlabelled pool (:func:`_train_on_pool`: ``labels/head``, ``labels/plain``, ``labels/distill``), ``plain``
+    with ``labels_file`` on labelled data.
 
     Files written::
 
@@ -780,8 +960,9 @@ def run_adapt(
     dtype = check_choice(owner, "dtype", dtype, ("auto", "bf16", "fp32"))
     if max_test is not None:
         max_test = check_int(owner, "max_test", max_test, low=1)
-    if recipes is None:  # the default: distill too when adapt selects (it needs the selection's features)
-        recipes = RECIPES if labels_file is None else ("plain",)
+    chosen_recipes = recipes is not None
+    if recipes is None:  # the default: distill too when adapt selects or reads a pool (it needs the features)
+        recipes = RECIPES
     recipes = tuple(dict.fromkeys(check_choice(owner, "recipes", r, RECIPES) for r in recipes))
     if "plain" not in recipes:
         raise ConfigError(f"The 'recipes' parameter of {owner} must include 'plain' (random/plain is the reference "
@@ -791,9 +972,6 @@ def run_adapt(
     audit = check_float(owner, "audit", audit, low=0.0, high=1.0, high_open=True)
     if distill_passes is not None:
         distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
-    if "distill" in recipes and labels_file is not None:
-        raise ConfigError("The distill recipe refits a head on the features of the train split, which adapt only "
-                          "has when it selects the labels itself; drop --labels or use --recipes plain.")
     out = Path(out_dir)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     resolve_model(model, "causal")  # a bad name fails before anything is featurised
@@ -819,12 +997,22 @@ def run_adapt(
             taken = {ex.id for ex in given}
             test_all = [ex for ex in ds.test if ex.id not in taken]
             if any(ex.answer is None for ex in (*ds.train, *ds.test)):  # an unlabelled pool: train, hand back
-                return _train_on_pool(data, out, given, ds.labels, labels_file=labels_file, seeds=seeds,
-                                      audit_ids=given_audit if audit > 0 else [],
-                                      model=model, dev=dev, dtype=dtype, epochs=epochs, lr=lr, lora_r=lora_r,
-                                      lora_alpha=lora_alpha, lora_layers=lora_layers, batch_size=batch_size,
-                                      max_prompt_tokens=max_prompt_tokens, eval_batch_size=eval_batch_size,
-                                      estimate_only=estimate_only, progress=progress, say=say)
+                return _train_on_pool(data, out, given, [*ds.train, *ds.test], ds.labels, labels_file=labels_file,
+                                      seeds=seeds, audit_ids=given_audit if audit > 0 else [], recipes=recipes,
+                                      features=features, device=device, max_examples=max_examples,
+                                      distill_weight=distill_weight, distill_passes=distill_passes,
+                                      cv_folds=cv_folds, model=model, dev=dev, dtype=dtype, epochs=epochs, lr=lr,
+                                      lora_r=lora_r, lora_alpha=lora_alpha, lora_layers=lora_layers,
+                                      batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                                      eval_batch_size=eval_batch_size, estimate_only=estimate_only,
+                                      progress=progress, say=say)
+            if "distill" in recipes:
+                if chosen_recipes:
+                    raise ConfigError(f"The distill recipe refits a head on features of the unbought items: adapt "
+                                      f"has them when it selects the labels itself, or when --labels comes with an "
+                                      f"unlabelled pool; {data!r} is labelled data, so drop --labels or use "
+                                      f"--recipes plain.")
+                recipes = ("plain",)
             sets = {"labels/plain": {"examples": list(given), "ids": [ex.id for ex in given], "head_accuracy": None}}
             plan = {"seed": seed, "sets": sets, "heads": {}, "train_size": len(ds.train),
                     "dropped_from_test": len(ds.test) - len(test_all), "budget": None, "features": None,
@@ -974,11 +1162,9 @@ def run_adapt(
                 "cv_folds": cv_folds, "audit": audit if given is None else None}
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
-    fz_options = ({"labels": labels_list} if played == "block" else
-                  {**(_feature_options(played, model, lora_layers=lora_layers, lora_r=lora_r,
-                                       lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens) or {}),
-                   "model_name": _model_ref(model), **({"labels": labels_list} if played == "grad" else {})}
-                  if played in ("causal", "grad") else {})
+    fz_options = _card_options(played, _feature_options(played, model, lora_layers=lora_layers, lora_r=lora_r,
+                                                        lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens),
+                               labels_list)
 
     def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
         """A fresh LoRA on a set with the run's recipe: (model, history, seconds)."""
