@@ -10,8 +10,8 @@ Usage::
 
 Each cell is the game a user plays with ``budgetsft run --data NAME`` (``auto`` features, the logistic
 learner, the best-response follower, β = 0.1, the whole stream: all 1,702 / 22,798 train rounds), with
-the gate replaced by a rule of ``pacing_schedules.py``; a rule with ``feedback`` gets the learner wrapped in
-``_Prequential`` (its prediction before each bought label, right or wrong). Columns: the accuracy on the
+the gate replaced by a rule of ``pacing_schedules.py`` (the game tells each gate, ``feedback``, whether the
+prediction made before each bought label was wrong). Columns: the accuracy on the
 test split of the head refit on exactly the bought labels (``budgetsft.refit.refit_accuracy``, seeded by the
 run seed: what ``budgetsft run`` reports as refit accuracy), the overlap of the bought set with `first`'s
 (|bought ∩ first| / B, as ``benchmarks/peers.py``; with B = ⌊T/10⌋ on both sets it equals the share bought in
@@ -52,7 +52,6 @@ from pacing_schedules import (  # noqa: E402
     DualNoiseChance,
     DualNoiseFloorStep,
     DualNoiseWarm,
-    _Prequential,
 )
 
 BETA = 0.1
@@ -60,6 +59,7 @@ REFERENCE = {"bbc-news": 0.9595, "sarcasm": 0.7583}  # the default's refit accur
 RULES = {
     "llf (default)": lambda: LLFGate(),
     "first": lambda: FirstGate(),
+    "llf schedule=dual (library)": lambda: LLFGate(schedule="dual"),
     "dual+noise η=0.6": lambda: DualNoise(0.6),
     "dual+noise chance-ref": lambda: DualNoiseChance(0.6),
     "dual η=0.6": lambda: Dual(0.6),  # the rule without the noise factor, for reference
@@ -76,7 +76,7 @@ RULES = {
 def play_rule(make, train, test, seed: int) -> dict:
     """One game as ``budgetsft.experiment.run`` plays it, with this gate."""
     gate = make()
-    learner = _Prequential(LogisticLearner(), gate) if hasattr(gate, "feedback") else LogisticLearner()
+    learner = LogisticLearner()  # the game tells the gate (feedback) of each bought mistake
     budget = Budget.from_beta(BETA, len(train))
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):

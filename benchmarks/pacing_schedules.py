@@ -215,7 +215,7 @@ class Dual(LLFGate):
 
 class DualNoise(Dual):
     """``Dual`` whose η is scaled by min(1, (o_t / o_ref)^k), o_t = (1 − m_t) / m_t the odds that the learner's
-    prediction was right over every label bought so far (prequential, reported by ``_Prequential``), o_ref the
+    prediction was right over every label bought so far (prequential: ``feedback``, called by the game), o_ref the
     odds at the reference rate ``ref`` = 0.4, k = ``power`` = 4.
 
     Where the labels are noisy the learner stays wrong on much of what it buys from the first rounds on, and
@@ -326,7 +326,7 @@ class DualMistakes(Dual):
     """``Dual`` whose target rate is scaled by m_t / 0.3, m_t the learner's mistake rate on its last 50
     bought labels (prequential: the prediction it committed before seeing the label): drift and noise,
     which keep the learner wrong, raise the spend rate. The gate sees no labels, so the benchmark wraps the
-    learner to report them (``_Prequential``); the library's gate has no such channel today.
+    game to report them (``LLFGate.feedback``, called when a bought label arrives).
     """
 
     def __init__(self, eta: float) -> None:
@@ -339,20 +339,6 @@ class DualMistakes(Dual):
     def rate(self, t, T, budget):
         r = super().rate(t, T, budget)
         return r if len(self.mistakes) < 10 else r * (sum(self.mistakes) / len(self.mistakes)) / 0.3
-
-
-class _Prequential:
-    """A learner that tells the gate, before each update, whether its committed prediction was wrong."""
-
-    def __init__(self, inner, gate) -> None:
-        self.inner, self.gate = inner, gate
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def learn_one(self, X, gold, alternative):
-        self.gate.feedback(int(np.argmax(self.inner.score_many(X))) != gold)
-        self.inner.learn_one(X, gold, alternative)
 
 
 class _Tracer(LLFGate):
@@ -389,6 +375,7 @@ def gates() -> dict:
     rows["bstep+noise κ=4"] = lambda s: DualNoiseBudgetStep(4.0)
     rows["bstep+noise share=1/4"] = lambda s: DualNoiseBudgetStep(share=0.25)
     rows["floor+noise η=0.6 κ=4"] = lambda s: DualNoiseFloorStep(0.6, 4.0)
+    rows["llf schedule=dual (library)"] = lambda s: LLFGate(schedule="dual")  # floor+noise, built in
     return rows
 
 
@@ -436,7 +423,7 @@ def main() -> None:
                     T = len(stream)
                     B = Budget(float(T)) if label.startswith("full") else Budget.from_beta(BETA, T)
                     gate = make(s)
-                    learner = _Prequential(LogisticLearner(), gate) if hasattr(gate, "feedback") else LogisticLearner()
+                    learner = LogisticLearner()  # the game tells the gate (feedback) of each bought mistake
                     recs = list(play(stream, learner, gate, B))
                     assert sum(r.queried for r in recs) <= B.total  # the hard cap
                     q = np.array([r.queried for r in recs])

@@ -210,6 +210,7 @@ class Game:
                 rec = resolve(aw.round, X, aw.info, False, self.learner, self.follower, self.budget)
             else:
                 label, price = got
+                self._heard(aw.info, label)
                 rec = resolve(dataclasses.replace(aw.round, gold=int(label)), X, aw.info, True, self.learner,
                               self.follower, self.budget, price=price, settle=True)
             yield dataclasses.replace(rec, budget_left=self.budget.remaining + later) if later else rec
@@ -234,7 +235,15 @@ class Game:
                 label, price = got
                 if rnd.gold is None or int(rnd.gold) != int(label):  # the simulation's label is the round's gold
                     rnd = dataclasses.replace(rnd, gold=int(label))
+                self._heard(info, label)
                 yield resolve(rnd, X, info, True, self.learner, self.follower, self.budget, price=price)
+
+    def _heard(self, info: QueryInfo, label: int) -> None:
+        """A bought label arrived: tell a gate that listens (``feedback``) whether the prediction committed in
+        that round was wrong, before the learner learns from it."""
+        feedback = getattr(self.gate, "feedback", None)
+        if feedback is not None:
+            feedback(int(info.prediction) != int(label))
 
     def _audits(self, group, chosen: set[int]) -> set[int]:
         """The audit rounds of a decided group that the budget affords after the gate's picks."""

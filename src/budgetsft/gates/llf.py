@@ -83,7 +83,12 @@ from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
 from budgetsft.exceptions import BudgetsftWarning, ConfigError, DataError
 
-__all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of"]
+__all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of", "DUAL_CONSTANTS"]
+
+#: The constants of ``LLFGate(schedule="dual")``: η of the η/√T step (Balseiro, Lu & Mirrokni), κ of its floor
+#: κ/B, the reference mistake rate and the power k of the noise factor, the labels before the factor applies.
+#: Chosen on the pacing benchmarks' streams (docs/method.md); not per-stream settings.
+DUAL_CONSTANTS = {"eta": 0.6, "kappa": 4.0, "ref": 0.4, "power": 4.0, "warmup": 10}
 
 
 def latency_of(scores: np.ndarray, widths: np.ndarray, prediction: int) -> float:
@@ -126,6 +131,19 @@ class LLFGate:
         a label left unbought at the horizon is worth nothing.
     horizon : int, optional
         T̂ for streams of unknown length (ignored when the game knows T).
+    schedule : {"power", "dual"}, default="power"
+        Calibrated mode: how spending is paced. ``"power"``: the schedule A(t)
+        above. ``"dual"`` (opt-in, stream mode with a known horizon): no
+        schedule; buy iff latency_t / (mean positive latency so far) ≥ μ_t, a
+        dual price moved by μ ← max(0, μ + s_t (price bought − ρ_t)), ρ_t the
+        remaining budget over the remaining rounds, with the step
+        s_t = max(η/√T, κ/B) · min(1, (o_t/o_ref)^k), o_t the odds that the
+        learner's prediction was right on the labels bought so far
+        (:meth:`feedback`, which the game calls when a bought label arrives),
+        o_ref the odds at a 40 % mistake rate: where the learner stays wrong on
+        what it buys (noisy labels), the price rises slowly and the gate spends
+        early. Constants :data:`DUAL_CONSTANTS`. It met every target of the
+        pacing benchmarks (docs/method.md) but is not the default.
 
     Examples
     --------
@@ -151,8 +169,10 @@ class LLFGate:
         memory: int | str = "auto",
         require_late: bool = False,
         horizon: int | None = None,
+        schedule: str = "power",
     ) -> None:
         self.threshold = threshold
+        self.schedule_name = schedule
         self.tau = tau
         self.window = window
         self.pacing = pacing
@@ -174,7 +194,13 @@ class LLFGate:
                     raise ConfigError(f"The {name!r} parameter of LLFGate must be a bool. Got {getattr(self, name)!r}.")
             if self.horizon is not None:
                 check_int("LLFGate", "horizon", self.horizon, low=1)
+            check_choice("LLFGate", "schedule", self.schedule_name, ("power", "dual"))
+            if self.schedule_name == "dual" and (not self.calibrated or self.window != 1):
+                raise ConfigError("The 'schedule' parameter of LLFGate: 'dual' paces a calibrated gate deciding "
+                                  "each round on arrival (threshold 'calibrated', window 1); got threshold "
+                                  f"{self.threshold!r}, window {self.window}.")
             self._checked = True
+            self._dual = {"n": 0, "mass": 0.0, "price": 0.0, "bought": 0, "wrong": 0}
             self._latencies: deque[float] | None = None  # sized on the first round, once T is known
             self._mean_price = 0.0
             self._n_seen = 0
@@ -184,6 +210,11 @@ class LLFGate:
             return int(self.memory)
         T = horizon if horizon is not None else self.horizon
         return max(50, math.ceil(T / 16)) if T is not None else 250
+
+    @property
+    def _is_dual(self) -> bool:
+        """``schedule="dual"`` (a gate restored from a checkpoint of an older version has no ``schedule_name``)."""
+        return getattr(self, "schedule_name", "power") == "dual"
 
     @property
     def calibrated(self) -> bool:
@@ -274,12 +305,59 @@ class LLFGate:
                           f"overflowed or are undefined); LLF leaves such rounds out of its quantile and {rule} "
                           f"(counted in the gate's nonfinite_).", BudgetsftWarning, stacklevel=4)
 
+    def feedback(self, mistake: bool) -> None:
+        """A bought label arrived: whether the learner's prediction on that round, made before it, was wrong.
+
+        The game calls it for every bought round (audit rounds too), before the learner learns. Only
+        ``schedule="dual"`` uses it.
+        """
+        self._validate()
+        if self._is_dual:
+            self._dual["bought"] += 1
+            self._dual["wrong"] += int(bool(mistake))
+
+    def _noise_factor(self) -> float:
+        """min(1, (o_t / o_ref)^k) of the dual step: 1 until DUAL_CONSTANTS['warmup'] labels have arrived."""
+        c, d = DUAL_CONSTANTS, self._dual
+        if d["bought"] < c["warmup"]:
+            return 1.0
+        m = d["wrong"] / d["bought"]
+        return min(1.0, ((1.0 - m) / max(m, 1e-9) * c["ref"] / (1.0 - c["ref"])) ** c["power"])
+
+    def _ask_dual(self, info: QueryInfo, budget: Budget) -> bool:
+        """``schedule="dual"``: the price rule of the class docstring (NaN and −inf never bought, +inf when
+        affordable; none of them moves the mean positive latency)."""
+        T = info.horizon if info.horizon is not None else self.horizon
+        if T is None:
+            raise ConfigError("LLFGate(schedule='dual') needs the horizon T: play a stream of known length or "
+                              "set the gate's 'horizon'.")
+        c, d = DUAL_CONSTANTS, self._dual
+        lat = info.latency
+        if not math.isfinite(lat):
+            self._note_nonfinite(info)
+        d["n"] += 1
+        d["mass"] += max(lat, 0.0) if math.isfinite(lat) else 0.0
+        scale = d["mass"] / d["n"]
+        if math.isnan(lat) or lat == -math.inf:  # undefined, or no alternative at all: never bought
+            v = -math.inf
+        else:
+            v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
+        buy = bool(v >= d["price"]) and budget.can_afford(info.cost)
+        rho = min(1.0, budget.remaining / max(T - info.t + 1, 1))
+        step = (budget.price(info.cost) if buy else 0.0) - rho
+        size = max(c["eta"] / math.sqrt(T), c["kappa"] / max(budget.total, 1.0)) * self._noise_factor()
+        d["price"] = max(0.0, d["price"] + size * step)
+        return buy
+
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         """Stream mode: buy iff the latency reaches τ_t and the budget affords the label.
 
         A NaN latency (undefined) is never bought and never enters the quantile; +inf (an unbounded
         width) is late whenever the schedule buys at all; both are counted in ``nonfinite_``.
         """
+        self._validate()
+        if self._is_dual:
+            return self._ask_dual(info, budget)
         tau = self.threshold_at(info, budget)
         if math.isnan(info.latency):
             return False

@@ -1,0 +1,134 @@
+"""LLF's opt-in dual-price schedule (issue 21, item 1): the game's feedback channel, the hard cap, front-loading
+where the learner stays wrong, and a session that stops and resumes on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from budgetsft.base import QueryInfo
+from budgetsft.budget import Budget
+from budgetsft.config import build
+from budgetsft.exceptions import ConfigError
+from budgetsft.experiment import run
+from budgetsft.gates import LLFGate
+from budgetsft.gates.llf import DUAL_CONSTANTS
+from budgetsft.sessions.oracles import DatasetOracle
+from budgetsft.sessions.session import Session
+
+SMALL = {"env": {"name": "synthetic", "d": 8, "K": 4, "rounds": 600}, "test_rounds": 200, "seed": 5}
+
+
+def _info(t: int, horizon: int | None, latency: float) -> QueryInfo:
+    return QueryInfo(t=t, horizon=horizon, features=np.zeros((2, 1)), scores=np.zeros(2), prediction=0,
+                     runner_up=1, widths=np.zeros(2), latency=latency, gap=0.0, uncertainty=0.0)
+
+
+def _drive(gate: LLFGate, latencies, budget: Budget, mistakes: np.ndarray) -> np.ndarray:
+    """The gate alone: each bought round's label arrives at once with the given mistake, as the game reports it."""
+    bought = np.zeros(len(latencies), dtype=bool)
+    for t, lat in enumerate(latencies, start=1):
+        if gate.ask(_info(t, len(latencies), float(lat)), budget):
+            budget.spend(1.0)
+            gate.feedback(bool(mistakes[t - 1]))
+            bought[t - 1] = True
+    return bought
+
+
+@pytest.mark.filterwarnings("ignore:round .* the latency is")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 400), total=st.integers(0, 80), seed=st.integers(0, 2**31 - 1),
+       scale=st.floats(1e-6, 1e6), bad=st.sampled_from([None, math.nan, math.inf, -math.inf]),
+       wrong=st.floats(0.0, 1.0))
+def test_the_dual_schedule_never_exceeds_the_budget(n, total, seed, scale, bad, wrong):
+    rng = np.random.default_rng(seed)
+    lat = scale * (rng.standard_normal(n) + np.linspace(1.0, -1.0, n) * rng.random())
+    if bad is not None:
+        lat[rng.random(n) < 0.05] = bad
+    budget = Budget(float(total))
+    gate = LLFGate(schedule="dual")
+    bought = _drive(gate, lat, budget, rng.random(n) < wrong)
+    assert bought.sum() <= total and budget.labels_bought == bought.sum()
+    assert not bought[np.isnan(lat)].any()  # a NaN latency is never bought
+    assert np.isfinite(gate._dual["price"]) and gate._dual["price"] >= 0
+
+
+def test_a_learner_that_stays_wrong_makes_the_gate_spend_earlier():
+    """The same latencies; only the mistakes reported on bought labels differ (the noise factor, nothing else)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    lat = np.abs(rng.standard_normal(n)) * np.exp(-np.arange(n) / 800)
+    draws = rng.random(n)
+    early = {}
+    for rate in (0.1, 0.6):
+        budget = Budget(300.0)
+        bought = _drive(LLFGate(schedule="dual"), lat, budget, draws < rate)
+        early[rate] = int(bought[: n // 10].sum())
+        assert bought.sum() >= 0.95 * 300
+    assert early[0.6] > early[0.1] + 10
+    # below the reference mistake rate the factor is 1: the same gate as with no feedback at all
+    quiet = _drive(LLFGate(schedule="dual"), lat, Budget(300.0), np.zeros(n, dtype=bool))
+    calm = _drive(LLFGate(schedule="dual"), lat, Budget(300.0), draws < DUAL_CONSTANTS["ref"] / 4)
+    assert np.array_equal(quiet, calm)
+
+
+class _Listening(LLFGate):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.heard: list[bool] = []
+
+    def feedback(self, mistake: bool) -> None:
+        self.heard.append(bool(mistake))
+        super().feedback(mistake)
+
+
+def test_the_game_tells_the_gate_of_each_bought_mistake_before_learning():
+    from budgetsft.config import DEFAULT_CONFIG, merge
+    from budgetsft.game import play
+
+    objs = build(merge(DEFAULT_CONFIG, {**SMALL, "gate": {"name": "llf"}}))
+    gate = _Listening(schedule="dual")
+    budget = Budget(60.0)
+    recs = list(play(objs["env"], objs["learner"], gate, budget, horizon=600))
+    bought = [r for r in recs if r.queried]
+    assert gate.heard == [r.prediction != r.gold for r in bought]  # the prediction committed in that round
+    assert gate._dual["bought"] == len(bought) and gate._dual["wrong"] == sum(gate.heard)
+    assert len(bought) <= 60
+
+
+def test_run_and_a_stopped_session_play_the_dual_schedule_alike(tmp_path):
+    cfg = {**SMALL, "gate": {"name": "llf", "beta": 0.1, "schedule": "dual"}}
+    ref = run(cfg)
+    assert ref.records == run(cfg).records  # same seed, same records
+    assert ref.summary["labels_bought"] <= 60
+    path = tmp_path / "s.db"
+    Session.create(path, cfg, checkpoint_every=50).close()
+    sess = Session.open(path, checkpoint_every=50)
+    assert sess.play(DatasetOracle(), stop_at=237).status == "stopped"  # the price and counts are checkpointed
+    sess.close()
+    sess = Session.open(path)
+    assert sess.play(DatasetOracle()).status == "finished"
+    assert sess.records() == ref.records
+    sess.close()
+    default = run({**SMALL, "gate": {"name": "llf", "beta": 0.1}})
+    assert [r.queried for r in default.records] != [r.queried for r in ref.records]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"schedule": "quantile"}, "schedule"),
+    ({"schedule": "dual", "window": 5}, "window 5"),
+    ({"schedule": "dual", "threshold": "fixed"}, "threshold 'fixed'"),
+])
+def test_the_dual_schedule_refuses_what_it_cannot_do(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        LLFGate(**kw).ask(_info(1, 10, 0.5), Budget(1.0))
+
+
+def test_the_dual_schedule_needs_a_horizon():
+    with pytest.raises(ConfigError, match="horizon"):
+        LLFGate(schedule="dual").ask(_info(1, None, 0.5), Budget(1.0))
+    assert LLFGate(schedule="dual", horizon=10).ask(_info(1, None, 0.5), Budget(1.0))
