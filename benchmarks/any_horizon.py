@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/any_horizon.py                      # 20,000 rounds, B = 100, seeds 0,1,2 (about 1 minute)
     python benchmarks/any_horizon.py --rounds 50000 --budget 200
+    python benchmarks/any_horizon.py --schedule dual      # LLFGate(schedule="dual"): each epoch paced to its release
 
 The stream is a generator (no ``len``), so neither the game nor the gate knows T and the calibrated
 gate follows its doubling schedule (``budgetsft.gates.llf``: epoch k of length T̂₀ 2ᵏ, T̂₀ = 10 B,
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20_000)
     ap.add_argument("--budget", type=float, default=100.0)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--schedule", default="power", choices=("power", "dual"), help="LLFGate's schedule")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     T0 = int(10 * args.budget)
@@ -43,10 +45,11 @@ def main() -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         for s in seeds:
             env = LinearSoftmaxEnv(d=20, K=5, rounds=args.rounds, seed=s)
-            recs = play((r for r in env), LogisticLearner(), LLFGate(), Budget(args.budget))  # no len: T unknown
+            gate = LLFGate(schedule=args.schedule)
+            recs = play((r for r in env), LogisticLearner(), gate, Budget(args.budget))  # no len: T unknown
             bought = np.array([r.round for r in recs if r.queried])
             per_seed.append([int(((bought > a) & (bought <= b)).sum()) for a, b in zip(edges, edges[1:], strict=False)])
-    print(f"LLF with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, T̂₀ = {T0:,}, seeds {seeds}\n")
+    print(f"LLF (schedule {args.schedule}) with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, T̂₀ = {T0:,}, seeds {seeds}\n")
     print("| rounds | released by the schedule | " + " | ".join(f"bought, seed {s}" for s in seeds) + " |")
     print("|---|---:|" + "---:|" * len(seeds))
     for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):

@@ -128,7 +128,23 @@ def test_the_dual_schedule_refuses_what_it_cannot_do(kw, match):
         LLFGate(**kw).ask(_info(1, 10, 0.5), Budget(1.0))
 
 
-def test_the_dual_schedule_needs_a_horizon():
-    with pytest.raises(ConfigError, match="horizon"):
-        LLFGate(schedule="dual").ask(_info(1, None, 0.5), Budget(1.0))
+def test_the_dual_schedule_keeps_buying_on_a_stream_of_unknown_length():
+    """T unknown: each doubling epoch (T̂0 = 10 B, 2^k T̂0 rounds) is paced to the share it releases."""
+    rng = np.random.default_rng(0)
+    n, total = 6000, 40
+    lat = np.abs(rng.standard_normal(n))
+    budget = Budget(float(total))
+    bought = np.zeros(n, dtype=bool)
+    gate = LLFGate(schedule="dual")
+    for t in range(1, n + 1):
+        if gate.ask(_info(t, None, float(lat[t - 1])), budget):
+            budget.spend(1.0)
+            gate.feedback(False)
+            bought[t - 1] = True
+    edges = [0, 400, 1200, 2800, 6000]  # epochs 0-3; 1 - 0.4^4 = 97 % of B released by round 6,000
+    per_epoch = [int(bought[a:b].sum()) for a, b in zip(edges, edges[1:], strict=False)]
+    assert all(k > 0 for k in per_epoch) and bought.sum() <= total
+    assert bought.sum() >= 0.95 * total * (1 - 0.4 ** 4)
+    assert per_epoch[0] <= 0.6 * total + 1  # epoch 0 releases (1 - r) B = 60 %
+    # the gate's stated horizon stands in for the game's
     assert LLFGate(schedule="dual", horizon=10).ask(_info(1, None, 0.5), Budget(1.0))

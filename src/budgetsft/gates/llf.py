@@ -133,7 +133,7 @@ class LLFGate:
         T̂ for streams of unknown length (ignored when the game knows T).
     schedule : {"power", "dual"}, default="power"
         Calibrated mode: how spending is paced. ``"power"``: the schedule A(t)
-        above. ``"dual"`` (opt-in, stream mode with a known horizon): no
+        above. ``"dual"`` (opt-in, stream mode): no
         schedule; buy iff latency_t / (mean positive latency so far) ≥ μ_t, a
         dual price moved by μ ← max(0, μ + s_t (price bought − ρ_t)), ρ_t the
         remaining budget over the remaining rounds, with the step
@@ -142,7 +142,10 @@ class LLFGate:
         (:meth:`feedback`, which the game calls when a bought label arrives),
         o_ref the odds at a 40 % mistake rate: where the learner stays wrong on
         what it buys (noisy labels), the price rises slowly and the gate spends
-        early. Constants :data:`DUAL_CONSTANTS`. It met every target of the
+        early. With T unknown, T and the budget are those of the current epoch
+        of the doubling schedule: each epoch is paced to what it releases, and
+        spending never passes that release.
+        Constants :data:`DUAL_CONSTANTS`. It met every target of the
         pacing benchmarks (docs/method.md) but is not the default.
 
     Examples
@@ -324,13 +327,19 @@ class LLFGate:
         m = d["wrong"] / d["bought"]
         return min(1.0, ((1.0 - m) / max(m, 1e-9) * c["ref"] / (1.0 - c["ref"])) ** c["power"])
 
+    @staticmethod
+    def _dual_epoch(t: int, budget: Budget) -> tuple[int, float]:
+        """T unknown: the end of round t's doubling epoch (the horizon assumed now) and the budget released by
+        then, B (1 − r^(k+1)) for epoch k (:meth:`_doubling`'s epochs and shares)."""
+        T0 = max(10.0 * budget.total, 1.0)
+        k = int(math.floor(math.log2(max(t, 1) / T0 + 1.0)))
+        end = math.ceil(T0 * (2.0 ** (k + 1) - 1.0))
+        return end, budget.total * (1.0 - DOUBLING_RATIO ** (k + 1))
+
     def _ask_dual(self, info: QueryInfo, budget: Budget) -> bool:
         """``schedule="dual"``: the price rule of the class docstring (NaN and −inf never bought, +inf when
         affordable; none of them moves the mean positive latency)."""
         T = info.horizon if info.horizon is not None else self.horizon
-        if T is None:
-            raise ConfigError("LLFGate(schedule='dual') needs the horizon T: play a stream of known length or "
-                              "set the gate's 'horizon'.")
         c, d = DUAL_CONSTANTS, self._dual
         lat = info.latency
         if not math.isfinite(lat):
@@ -343,7 +352,13 @@ class LLFGate:
         else:
             v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
         buy = bool(v >= d["price"]) and budget.can_afford(info.cost)
-        rho = min(1.0, budget.remaining / max(T - info.t + 1, 1))
+        if T is not None:
+            rho = min(1.0, budget.remaining / max(T - info.t + 1, 1))
+        else:  # any horizon: the doubling epochs of the power schedule, each paced to, and capped at, its release
+            T, released = self._dual_epoch(info.t, budget)
+            used = budget.total - budget.remaining
+            buy = buy and used + budget.price(info.cost) <= released + 1e-9
+            rho = min(1.0, max(0.0, released - used) / max(T - info.t + 1, 1))
         step = (budget.price(info.cost) if buy else 0.0) - rho
         size = max(c["eta"] / math.sqrt(T), c["kappa"] / max(budget.total, 1.0)) * self._noise_factor()
         d["price"] = max(0.0, d["price"] + size * step)
