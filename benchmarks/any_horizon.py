@@ -49,7 +49,8 @@ def main() -> None:
             recs = play((r for r in env), LogisticLearner(), gate, Budget(args.budget))  # no len: T unknown
             bought = np.array([r.round for r in recs if r.queried])
             per_seed.append([int(((bought > a) & (bought <= b)).sum()) for a, b in zip(edges, edges[1:], strict=False)])
-    print(f"LLF (schedule {args.schedule}) with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, T̂₀ = {T0:,}, seeds {seeds}\n")
+    print(f"LLF (schedule {args.schedule}) with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, "
+          f"T̂₀ = {T0:,}, seeds {seeds}\n")
     print("| rounds | released by the schedule | " + " | ".join(f"bought, seed {s}" for s in seeds) + " |")
     print("|---|---:|" + "---:|" * len(seeds))
     for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
