@@ -57,6 +57,21 @@ def test_the_dual_schedule_never_exceeds_the_budget(n, total, seed, scale, bad, 
     assert np.isfinite(gate._dual["price"]) and gate._dual["price"] >= 0
 
 
+@pytest.mark.filterwarnings("ignore:round .* the latency is")
+def test_a_nan_latency_changes_nothing_the_dual_gate_buys_after_it():
+    rng = np.random.default_rng(7)
+    n = 2000
+    lat = np.abs(rng.standard_normal(n)) * np.exp(-np.arange(n) / 600)
+    mistakes = rng.random(n) < 0.3
+    clean = _drive(LLFGate(schedule="dual"), lat, Budget(200.0), mistakes)
+    spoilt = lat.copy()
+    spoilt[500] = math.nan
+    dirty = _drive(LLFGate(schedule="dual"), spoilt, Budget(200.0), mistakes)
+    assert not dirty[500]
+    # the 250 rounds after it buy as many labels (one more at most: round 500 may have been a purchase)
+    assert abs(int(dirty[501:751].sum()) - int(clean[501:751].sum())) <= 1
+
+
 def test_a_learner_that_stays_wrong_makes_the_gate_spend_earlier():
     """The same latencies; only the mistakes reported on bought labels differ (the noise factor, nothing else)."""
     rng = np.random.default_rng(3)

@@ -337,17 +337,22 @@ class LLFGate:
         return end, budget.total * (1.0 - DOUBLING_RATIO ** (k + 1))
 
     def _ask_dual(self, info: QueryInfo, budget: Budget) -> bool:
-        """``schedule="dual"``: the price rule of the class docstring (NaN and −inf never bought, +inf when
-        affordable; none of them moves the mean positive latency)."""
+        """``schedule="dual"``: the price rule of the class docstring. A NaN latency is left out (not bought, no
+        price move); −inf is a certain round, never bought; +inf is bought when affordable and stays out of the
+        mean positive latency."""
         T = info.horizon if info.horizon is not None else self.horizon
         c, d = DUAL_CONSTANTS, self._dual
         lat = info.latency
-        if not math.isfinite(lat):
+        if math.isnan(lat):  # undefined: left out, neither bought nor moving the price or the mean
             self._note_nonfinite(info)
-        d["n"] += 1
-        d["mass"] += max(lat, 0.0) if math.isfinite(lat) else 0.0
-        scale = d["mass"] / d["n"]
-        if math.isnan(lat) or lat == -math.inf:  # undefined, or no alternative at all: never bought
+            return False
+        if lat == math.inf:
+            self._note_nonfinite(info)
+        else:  # −inf (nothing to doubt) counts as a certain round
+            d["n"] += 1
+            d["mass"] += max(lat, 0.0)
+        scale = d["mass"] / d["n"] if d["n"] else 0.0
+        if lat == -math.inf:
             v = -math.inf
         else:
             v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
