@@ -163,3 +163,19 @@ def test_the_dual_schedule_keeps_buying_on_a_stream_of_unknown_length():
     assert per_epoch[0] <= 0.6 * total + 1  # epoch 0 releases (1 - r) B = 60 %
     # the gate's stated horizon stands in for the game's
     assert LLFGate(schedule="dual", horizon=10).ask(_info(1, None, 0.5), Budget(1.0))
+
+
+def test_the_cli_runs_the_dual_schedule_and_names_a_bad_one():
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "budgetsft", "run", "--rounds", "300", "--seed", "2", "--no-comparator"]
+    out = subprocess.run([*cmd, "--schedule", "dual", "--json"], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    ref = run({"env": {"name": "synthetic", "rounds": 300}, "seed": 2, "comparator": "none",
+               "gate": {"name": "llf", "beta": 0.1, "schedule": "dual"}})
+    assert got["labels_bought"] == ref.summary["labels_bought"] <= 30
+    assert got["mistakes"] == ref.summary["mistakes"]
+    bad = subprocess.run([*cmd, "--schedule", "bogus"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "'schedule'" in bad.stderr and "'power', 'dual'" in bad.stderr

@@ -250,6 +250,9 @@ def run(
     learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
     radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
     window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode). \\[default: 1]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="LLF spending: power (the schedule B·(t/T)^p) or dual "
+                                                      "(opt-in: a dual price, slowed where the learner stays "
+                                                      "wrong on its bought labels). \\[default: power]")] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
@@ -297,6 +300,7 @@ def run(
     budgetsft run --gate random --beta 0.05 --seed 3 --json
     budgetsft run --data bbc-news --out runs/bbc-llf
     budgetsft run --config configs/drifting_paced.yaml --rounds 2000
+    budgetsft run --data bbc-news --schedule dual             # the opt-in self-tuning spending rule
     budgetsft run --gate llf --beta 0.1 --session llf.db      # resumable: `budgetsft resume llf.db`
     """
     from budgetsft.experiment import run as run_game
@@ -311,6 +315,8 @@ def run(
     _set_budget(cfg, beta, budget, unit)
     if window is not None:
         cfg["gate"]["window"] = window
+    if schedule is not None:
+        cfg["gate"]["schedule"] = schedule
     if seed is not None:
         cfg["seed"] = seed
     if records_format not in ("csv", "parquet"):
