@@ -130,6 +130,32 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(tau) if tau is not None and math.isfinite(tau) else math.nan
 
 
+def rank_sets(rows: list[dict], names: list[str], seeds: list[int]):
+    """Means over seeds per label set, Kendall τ (refit vs LoRA) over the means and per seed, both rankings."""
+    mean = {n: {k: float(np.mean([r[k] for r in rows if r["method"] == n])) for k in ("labels", "refit", "lora")}
+            for n in names}
+    tau = kendall([mean[n]["refit"] for n in names], [mean[n]["lora"] for n in names])
+    per_seed_tau = [kendall([r["refit"] for r in rows if r["seed"] == s], [r["lora"] for r in rows if r["seed"] == s])
+                    for s in seeds]
+    by_refit = sorted(names, key=lambda n: -mean[n]["refit"])
+    by_lora = sorted(names, key=lambda n: -mean[n]["lora"])
+    return mean, tau, per_seed_tau, by_refit, by_lora
+
+
+def print_rankings(names: list[str], tau: float, per_seed_tau: list[float], by_refit: list[str],
+                   by_lora: list[str]) -> None:
+    print(f"Kendall τ (refit vs LoRA, over the {len(names)} label sets, means over seeds): {tau:+.3f}; per seed: "
+          + ", ".join(f"{t:+.3f}" for t in per_seed_tau) + ".")
+    print(f"Ranking by refit: {' > '.join(by_refit)}.")
+    print(f"Ranking by LoRA:  {' > '.join(by_lora)}.")
+
+
+def print_noise(mean: dict, names: list[str], n_test: int, n_seeds: int) -> None:
+    se = max(math.sqrt(p * (1 - p) / (n_test * n_seeds)) for p in (mean[n]["lora"] for n in names))
+    print(f"Noise: with {n_test} test items per seed, one accuracy has a standard error of up to {100 * se:.1f} "
+          "points; sets closer than about twice that are not told apart by either ranking.")
+
+
 def sets_from_runs(runs: list[Path], log) -> tuple[str, list[int], dict[str, dict]]:
     """The label sets of saved adapt runs: ``{selection: {"ids": {seed: [ids]}, "lora": {seed: acc},
     "head": {seed: acc}, "features": name, "run": dir}}`` (a selection in two runs must be the same set)."""
@@ -183,13 +209,7 @@ def main_runs(runs: list[Path], log) -> dict:
                          "head": None if s["head"] is None else s["head"][seed],
                          "distill": None if s["distill"] is None else s["distill"][seed]})
     names = list(sets)
-    mean = {n: {k: float(np.mean([r[k] for r in rows if r["method"] == n])) for k in ("labels", "refit", "lora")}
-            for n in names}
-    tau = kendall([mean[n]["refit"] for n in names], [mean[n]["lora"] for n in names])
-    per_seed_tau = [kendall([r["refit"] for r in rows if r["seed"] == s], [r["lora"] for r in rows if r["seed"] == s])
-                    for s in seeds]
-    by_refit = sorted(names, key=lambda n: -mean[n]["refit"])
-    by_lora = sorted(names, key=lambda n: -mean[n]["lora"])
+    mean, tau, per_seed_tau, by_refit, by_lora = rank_sets(rows, names, seeds)
     print(f"# Two downstream trainers on the label sets of {', '.join(map(str, runs))}: {data}, seeds {seeds}")
     print()
     print(f"Test items per seed: {len(st.test)}. refit: the head on block features, fitted here; LoRA: "
@@ -212,17 +232,11 @@ def main_runs(runs: list[Path], log) -> dict:
               f"{' > '.join(sorted(with_distill, key=lambda n: -d_mean[n]))}; by refit "
               f"{' > '.join(sorted(with_distill, key=lambda n: -mean[n]['refit']))}; by the gate's head "
               f"{' > '.join(sorted(with_distill, key=lambda n: -np.mean(list(sets[n]['head'].values()))))}.")
-    print(f"Kendall τ (refit vs LoRA, over the {len(names)} label sets, means over seeds): {tau:+.3f}; per seed: "
-          + ", ".join(f"{t:+.3f}" for t in per_seed_tau) + ".")
-    print(f"Ranking by refit: {' > '.join(by_refit)}.")
-    print(f"Ranking by LoRA:  {' > '.join(by_lora)}.")
+    print_rankings(names, tau, per_seed_tau, by_refit, by_lora)
     for n in [n for n in names if n.endswith("-grad")]:
         a, b = by_refit.index(n) + 1, by_lora.index(n) + 1
         print(f"{n}: rank {a} by the refit head, {b} by LoRA: " + ("alike." if a == b else "not alike."))
-    n_test = len(st.test)
-    se = max(math.sqrt(p * (1 - p) / (n_test * len(seeds))) for p in (mean[n]["lora"] for n in names))
-    print(f"Noise: with {n_test} test items per seed, one accuracy has a standard error of up to {100 * se:.1f} "
-          "points; sets closer than about twice that are not told apart by either ranking.")
+    print_noise(mean, names, len(st.test), len(seeds))
     print(f"\n{time.perf_counter() - t_start:.0f} s")
     return {"rows": rows, "mean": mean, "kendall_tau": tau, "kendall_tau_per_seed": per_seed_tau,
             "ranking_refit": by_refit, "ranking_lora": by_lora, "same_ranking": by_refit == by_lora}
@@ -275,13 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"seed": seed, "method": name, "labels": len(bought[name]), "budget": st.budget(args.beta),
                          "refit": refit[name], "lora": lora[name], "zero_shot": lora["zero-shot"]})
     names = list(dict.fromkeys(r["method"] for r in rows))
-    mean = {n: {k: float(np.mean([r[k] for r in rows if r["method"] == n])) for k in ("labels", "refit", "lora")}
-            for n in names}
-    tau = kendall([mean[n]["refit"] for n in names], [mean[n]["lora"] for n in names])
-    per_seed_tau = [kendall([r["refit"] for r in rows if r["seed"] == s], [r["lora"] for r in rows if r["seed"] == s])
-                    for s in seeds]
-    by_refit = sorted(names, key=lambda n: -mean[n]["refit"])
-    by_lora = sorted(names, key=lambda n: -mean[n]["lora"])
+    mean, tau, per_seed_tau, by_refit, by_lora = rank_sets(rows, names, seeds)
     print(f"# Two downstream trainers on the same label sets: bbc-news, β = {args.beta}, seeds {seeds}"
           + (f", {args.max_examples} examples" if args.max_examples else ""))
     print()
@@ -295,17 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{mean[n]['lora']:.4f} | {by_lora.index(n) + 1} |")
     print()
     same = by_refit == by_lora
-    print(f"Kendall τ (refit vs LoRA, over the {len(names)} label sets, means over seeds): {tau:+.3f}; per seed: "
-          + ", ".join(f"{t:+.3f}" for t in per_seed_tau) + ".")
-    print(f"Ranking by refit: {' > '.join(by_refit)}.")
-    print(f"Ranking by LoRA:  {' > '.join(by_lora)}.")
+    print_rankings(names, tau, per_seed_tau, by_refit, by_lora)
     alike = "broadly alike" if tau >= 0.5 else ("opposite" if tau <= -0.5 else "hardly related")
     print("The two trainers rank the label sets " + ("the same way." if same else f"differently (τ = {tau:+.2f}: "
                                                      f"{alike})."))
-    n_test = len(st.test)
-    se = max(math.sqrt(p * (1 - p) / (n_test * len(seeds))) for p in (mean[n]["lora"] for n in names))
-    print(f"Noise: with {n_test} test items per seed, one accuracy has a standard error of up to {100 * se:.1f} "
-          "points; sets closer than about twice that are not told apart by either ranking.")
+    print_noise(mean, names, len(st.test), len(seeds))
     print(f"\n{time.perf_counter() - t_start:.0f} s")
     out = {"rows": rows, "mean": mean, "kendall_tau": tau, "kendall_tau_per_seed": per_seed_tau,
            "ranking_refit": by_refit, "ranking_lora": by_lora, "same_ranking": same}
