@@ -81,7 +81,7 @@ class LoraTrainer:
 
     def __init__(self, recipe: dict) -> None:
         from budgetsft.adapt.engine import PrefixCache, quiet_hf
-        from budgetsft.adapt.lora import _pad_id
+        from budgetsft.adapt.lora import pad_id
         from budgetsft.features.models import load_causal_lm
 
         with quiet_hf():
@@ -90,7 +90,7 @@ class LoraTrainer:
         self.recipe = recipe
         split = max(0, self.base.config.num_hidden_layers - recipe["lora_layers"])
         self.cache = PrefixCache(self.base, split, dtype="bf16", batch_size=recipe["eval_batch_size"],
-                                 pad_token_id=_pad_id(self.tok))
+                                 pad_token_id=pad_id(self.tok))
 
     def accuracies(self, sets: dict[str, list], test: list, seed: int, log) -> dict[str, float]:
         """Test accuracy of one fresh LoRA per named set of Examples, and zero-shot."""
