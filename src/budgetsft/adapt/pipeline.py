@@ -531,6 +531,27 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
     timing.setdefault(name, {})["score_seconds"] = dt
 
 
+def _set_trainer(base, cache, clock: _Clock, *, epochs: float, distill_passes: float | None, lr: float,
+                 lora_r: int, lora_alpha: float, batch_size: int, dtype: str, progress: bool):
+    """``train_set(s, seed, desc, bar=progress)``: a fresh LoRA on a set with the run's recipe, (model, history,
+    seconds), its work counted on ``clock``."""
+    from budgetsft.adapt.engine import quiet_hf, train_lora
+
+    def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
+        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
+        t = time.perf_counter()
+        with quiet_hf():
+            trained, history = train_lora(
+                copy.deepcopy(base), cache, t_keys, t_answers, epochs=t_epochs, lr=lr, lora_r=lora_r,
+                lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype, progress=bar, desc=desc,
+                weights=t_weights)
+        dt = time.perf_counter() - t
+        clock.done("train", _train_work(len(t_keys), t_epochs, batch_size), dt)
+        return trained, history, dt
+
+    return train_set
+
+
 def _feature_options(features: str, model: str, *, lora_layers: int, lora_r: int, lora_alpha: float,
                      max_prompt_tokens: int) -> dict[str, Any] | None:
     """The featuriser options of the gate's features: ``causal`` reads the fine-tuned model; ``grad`` takes the
@@ -637,7 +658,7 @@ def _train_on_pool(data: str, out: Path, given: list[Example], pool: Sequence[Ex
     """
     from dataclasses import replace
 
-    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
+    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed
     from budgetsft.adapt.handback import save_head
     from budgetsft.adapt.lora import pad_id, save_adapters
     from budgetsft.adapt.recommend import held_out_table, recommend
@@ -725,16 +746,8 @@ def _train_on_pool(data: str, out: Path, given: list[Example], pool: Sequence[Ex
     cache.add_many(todo, [encoded[k] for k in todo])
     clock.done("prefix", len(todo), time.perf_counter() - t0)
 
-    def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
-        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
-        t = time.perf_counter()
-        with quiet_hf():
-            trained, history = train_lora(copy.deepcopy(base), cache, t_keys, t_answers, epochs=t_epochs, lr=lr,
-                                          lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed,
-                                          dtype=dtype, progress=bar, desc=desc, weights=t_weights)
-        dt = time.perf_counter() - t
-        clock.done("train", _train_work(len(t_keys), t_epochs, batch_size), dt)
-        return trained, history, dt
+    train_set = _set_trainer(base, cache, clock, epochs=epochs, distill_passes=distill_passes, lr=lr, lora_r=lora_r,
+                             lora_alpha=lora_alpha, batch_size=batch_size, dtype=dtype, progress=progress)
 
     # ------------------------------------------------------------ train, score on the audit, recommend
     rows = []
@@ -937,7 +950,7 @@ def run_adapt(
     """
     import torch
 
-    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed, train_lora
+    from budgetsft.adapt.engine import PrefixCache, check_decoder, encode, quiet_hf, score_packed
     from budgetsft.adapt.handback import save_head
     from budgetsft.adapt.lora import pad_id, save_adapters
     from budgetsft.adapt.recommend import candidate_nll
@@ -1166,18 +1179,8 @@ def run_adapt(
                                                         lora_alpha=lora_alpha, max_prompt_tokens=max_prompt_tokens),
                                labels_list)
 
-    def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
-        """A fresh LoRA on a set with the run's recipe: (model, history, seconds)."""
-        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
-        t = time.perf_counter()
-        with quiet_hf():
-            trained, history = train_lora(
-                copy.deepcopy(base), cache, t_keys, t_answers, epochs=t_epochs, lr=lr, lora_r=lora_r,
-                lora_alpha=lora_alpha, batch_size=batch_size, seed=seed, dtype=dtype, progress=bar, desc=desc,
-                weights=t_weights)
-        dt = time.perf_counter() - t
-        clock.done("train", _train_work(len(t_keys), t_epochs, batch_size), dt)
-        return trained, history, dt
+    train_set = _set_trainer(base, cache, clock, epochs=epochs, distill_passes=distill_passes, lr=lr, lora_r=lora_r,
+                             lora_alpha=lora_alpha, batch_size=batch_size, dtype=dtype, progress=progress)
 
     for plan in plans:
         seed = plan["seed"]
