@@ -91,6 +91,13 @@ __all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of", "DUAL_CONS
 DUAL_CONSTANTS = {"eta": 0.6, "kappa": 4.0, "ref": 0.4, "power": 4.0, "warmup": 10}
 
 
+def _doubling_epoch(t: int, budget: Budget) -> tuple[int, float]:
+    """(k, T̂_0) of the doubling schedule at round t ≥ 1: epoch k covers rounds T̂_0 (2^k − 1) .. T̂_0 (2^(k+1) − 1),
+    T̂_0 = 10 B."""
+    T0 = max(10.0 * budget.total, 1.0)
+    return int(math.floor(math.log2(max(t, 1) / T0 + 1.0))), T0
+
+
 def latency_of(scores: np.ndarray, widths: np.ndarray, prediction: int) -> float:
     """max_{a != ŷ} (w(ŷ, a) - (s(ŷ) - s(a))) for one round."""
     lat = widths - (scores[prediction] - scores)
@@ -244,10 +251,9 @@ class LLFGate:
 
     def _doubling(self, t: int, budget: Budget) -> float:
         """Any horizon: epoch k of length T̂_0 2^k releases (1 − r) r^k of B along (elapsed / length)^p."""
-        T0 = max(10.0 * budget.total, 1.0)
         if t <= 0:
             return 0.0
-        k = int(math.floor(math.log2(t / T0 + 1.0)))
+        k, T0 = _doubling_epoch(t, budget)
         start, length = T0 * (2.0 ** k - 1.0), T0 * 2.0 ** k
         released = 1.0 - DOUBLING_RATIO ** k
         within = min(1.0, max(0.0, (t - start) / length)) ** self.pacing_power
@@ -331,8 +337,7 @@ class LLFGate:
     def _dual_epoch(t: int, budget: Budget) -> tuple[int, float]:
         """T unknown: the end of round t's doubling epoch (the horizon assumed now) and the budget released by
         then, B (1 − r^(k+1)) for epoch k (:meth:`_doubling`'s epochs and shares)."""
-        T0 = max(10.0 * budget.total, 1.0)
-        k = int(math.floor(math.log2(max(t, 1) / T0 + 1.0)))
+        k, T0 = _doubling_epoch(t, budget)
         end = math.ceil(T0 * (2.0 ** (k + 1) - 1.0))
         return end, budget.total * (1.0 - DOUBLING_RATIO ** (k + 1))
 
