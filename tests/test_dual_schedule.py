@@ -1,4 +1,4 @@
-"""LLF's opt-in dual-price schedule (issue 21, item 1): the game's feedback channel, the hard cap, front-loading
+"""LLF's dual-price schedule, the default (issue 21, item 1): the game's feedback channel, the hard cap, front-loading
 where the learner stays wrong, and a session that stops and resumes on it."""
 
 from __future__ import annotations
@@ -129,8 +129,36 @@ def test_run_and_a_stopped_session_play_the_dual_schedule_alike(tmp_path):
     assert sess.play(DatasetOracle()).status == "finished"
     assert sess.records() == ref.records
     sess.close()
-    default = run({**SMALL, "gate": {"name": "llf", "beta": 0.1}})
-    assert [r.queried for r in default.records] != [r.queried for r in ref.records]
+    default = run({**SMALL, "gate": {"name": "llf", "beta": 0.1}})  # the default plays the dual schedule
+    assert default.records == ref.records
+    power = run({**SMALL, "gate": {"name": "llf", "beta": 0.1, "schedule": "power"}})
+    assert [r.queried for r in power.records] != [r.queried for r in ref.records]
+
+
+@pytest.mark.parametrize("kw, used", [
+    ({}, "dual"),
+    ({"schedule": "dual"}, "dual"),
+    ({"schedule": "power"}, "power"),
+    ({"pacing_power": 0.5}, "power"),  # a hand-set p or memory is read by the power schedule only
+    ({"memory": 100}, "power"),
+    ({"window": 5}, "power"),  # window mode paces on the power schedule
+    ({"threshold": "fixed", "pacing": True}, "power"),
+])
+def test_auto_plays_the_dual_schedule_unless_a_power_knob_or_a_window_is_set(kw, used):
+    gate = LLFGate(**kw)
+    assert gate.schedule_used == used
+    budget = Budget(30.0)
+    _drive(gate, np.random.default_rng(0).standard_normal(300), budget, np.zeros(300, dtype=bool))
+    assert (budget.labels_bought > 0) and (gate._dual["n"] > 0) == (used == "dual" and kw.get("window", 1) == 1)
+
+
+def test_the_dual_schedule_spends_the_whole_budget_by_a_known_horizon():
+    rng = np.random.default_rng(3)
+    for T, B in ((200, 20), (1702, 170), (5000, 500)):
+        lat = rng.standard_normal(T) - np.linspace(0.0, 3.0, T)  # certainty grows: late labels look worthless
+        budget = Budget(float(B))
+        _drive(LLFGate(), lat, budget, rng.random(T) < 0.2)
+        assert budget.labels_bought == B
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -179,3 +207,14 @@ def test_the_cli_runs_the_dual_schedule_and_names_a_bad_one():
     assert got["mistakes"] == ref.summary["mistakes"]
     bad = subprocess.run([*cmd, "--schedule", "bogus"], capture_output=True, text=True)
     assert bad.returncode != 0 and "'schedule'" in bad.stderr and "'power', 'dual'" in bad.stderr
+
+
+def test_the_dual_schedule_never_buys_a_certain_round_when_require_late():
+    rng = np.random.default_rng(4)
+    lat = rng.standard_normal(600) - 0.5
+    budget = Budget(60.0)
+    gate = LLFGate(require_late=True, tau=0.2)
+    assert gate.schedule_used == "dual"
+    bought = _drive(gate, lat, budget, np.zeros(600, dtype=bool))
+    assert bought.any() and (lat[bought] > 0.2).all()
+    assert bought.sum() <= 60

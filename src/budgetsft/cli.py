@@ -250,9 +250,10 @@ def run(
     learner: Annotated[str | None, typer.Option(help=LEARNER_HELP)] = None,
     radius: Annotated[str | None, typer.Option(help=RADIUS_HELP)] = None,
     window: Annotated[int | None, typer.Option(help="LLF window W (1 = stream mode). \\[default: 1]")] = None,
-    schedule: Annotated[str | None, typer.Option(help="LLF spending: power (the schedule B·(t/T)^p) or dual "
-                                                      "(opt-in: a dual price, slowed where the learner stays "
-                                                      "wrong on its bought labels). \\[default: power]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="LLF spending: dual (a dual price, slowed where the "
+                                                      "learner stays wrong on its bought labels), power (the "
+                                                      "schedule B·(t/T)^p) or auto (dual in stream mode unless "
+                                                      "pacing_power or memory is set). \\[default: auto]")] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
@@ -300,7 +301,7 @@ def run(
     budgetsft run --gate random --beta 0.05 --seed 3 --json
     budgetsft run --data bbc-news --out runs/bbc-llf
     budgetsft run --config configs/drifting_paced.yaml --rounds 2000
-    budgetsft run --data bbc-news --schedule dual             # the opt-in self-tuning spending rule
+    budgetsft run --data bbc-news --schedule power            # the fixed schedule of earlier versions
     budgetsft run --gate llf --beta 0.1 --session llf.db      # resumable: `budgetsft resume llf.db`
     """
     from budgetsft.experiment import run as run_game
@@ -1393,6 +1394,8 @@ def adapt(
                                               "decides).")] = 0.1,
     cv_folds: Annotated[int, typer.Option(help="With --audit 0: folds of the cross-validation on the gate's bought "
                                                "labels that picks the recommended model; 0: none.")] = 3,
+    schedule: Annotated[str, typer.Option(help="The llf gate's spending rule: auto, dual or power (as `budgetsft "
+                                               "run --schedule`).")] = "auto",
     estimate_only: Annotated[bool, typer.Option("--estimate-only", help="Print the time estimate and stop.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Recompute --out's report.md/.json and "
                                                                    "accuracy.png from its saved predictions "
@@ -1448,7 +1451,8 @@ def adapt(
                        lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
                        threads=threads, estimate_only=estimate_only,
                        recipes=None if recipes == "auto" else [r.strip() for r in recipes.split(",") if r.strip()],
-                       distill_weight=distill_weight, distill_passes=distill_passes, cv_folds=cv_folds, audit=audit)
+                       distill_weight=distill_weight, distill_passes=distill_passes, cv_folds=cv_folds, audit=audit,
+                       schedule=schedule)
     if estimate_only:
         out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")
         return

@@ -79,10 +79,12 @@ AUDIT_STREAM = 4
 AUDIT_SHARE = 0.1
 
 
-def _gate_config(name: str, beta: float, seed: int, learner: dict | None) -> dict:
-    """The config ``budgetsft run --data D --gate name --beta beta --seed seed`` plays (selection only)."""
-    cfg = merge(DEFAULT_CONFIG, {"gate": {"name": name, "beta": beta}, "seed": seed, "test_rounds": 0,
-                                 "comparator": "none", "refit": False})
+def _gate_config(name: str, beta: float, seed: int, learner: dict | None, schedule: str = "auto") -> dict:
+    """The config ``budgetsft run --data D --gate name --beta beta --seed seed`` plays (selection only);
+    ``schedule``: the llf gate's (``--schedule``), "auto" its default."""
+    gate = {"name": name, "beta": beta, **({"schedule": schedule} if name == "llf" and schedule != "auto" else {})}
+    cfg = merge(DEFAULT_CONFIG, {"gate": gate, "seed": seed, "test_rounds": 0, "comparator": "none",
+                                 "refit": False})
     if learner is not None:
         cfg["learner"] = dict(learner)
     return cfg
@@ -101,6 +103,7 @@ def select_labels(
     all_head: bool = True,
     progress: bool = False,
     audit: float = 0.0,
+    schedule: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Labelled train sets bought by ``gate`` and by each baseline at the same budget, plus ``all``.
 
@@ -113,6 +116,8 @@ def select_labels(
     bought whatever the gate says (:func:`budgetsft.game.audit_rounds`, as a session's ``--audit`` draws
     them; in pool mode ⌊εB + ½⌋ items drawn uniformly from the pool before the gate picks the rest). Their ids
     are the gate set's ``"audit_ids"`` (also in ``"ids"``). The baselines draw none.
+
+    ``schedule``: the llf gate's spending rule (:class:`budgetsft.gates.LLFGate`), ``"auto"`` by default.
 
     Returns
     -------
@@ -133,7 +138,7 @@ def select_labels(
     out: dict[str, dict[str, Any]] = {}
     names = [gate] + [b for b in baselines if b != gate]
     for name in names:
-        cfg = _gate_config(name, beta, seed, learner)
+        cfg = _gate_config(name, beta, seed, learner, schedule)
         share = audit if name == gate else 0.0
         audit_ids: list[str] = []
         if name == gate and mode == "pool":
@@ -918,6 +923,7 @@ def run_adapt(
     distill_passes: float | None = None,
     cv_folds: int = 3,
     audit: float = AUDIT_SHARE,
+    schedule: str = "auto",
 ) -> dict[str, Any]:
     """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
 
@@ -971,6 +977,7 @@ def run_adapt(
     max_prompt_tokens = check_int(owner, "max_prompt_tokens", max_prompt_tokens, low=1)
     lora_layers = check_int(owner, "lora_layers", lora_layers, low=1)
     dtype = check_choice(owner, "dtype", dtype, ("auto", "bf16", "fp32"))
+    schedule = check_choice(owner, "schedule", schedule, ("auto", "dual", "power"))
     if max_test is not None:
         max_test = check_int(owner, "max_test", max_test, low=1)
     chosen_recipes = recipes is not None
@@ -1041,7 +1048,7 @@ def run_adapt(
             say(f"seed {seed}: selecting labels with {gate} ({mode} mode) and {', '.join(baselines)} at β = {beta} "
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
             chosen = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
-                                   all_head=False, audit=audit)
+                                   all_head=False, audit=audit, schedule=schedule)
             if not include_all:
                 chosen.pop("all")
             train_rounds = {r.id: r for r in streams.train}
@@ -1172,7 +1179,8 @@ def run_adapt(
                 "n_layers": n_layers, "batch_size": batch_size, "max_prompt_tokens": max_prompt_tokens,
                 "eval_batch_size": eval_batch_size, "dtype": dtype, "device": dev, "normalize": "mean",
                 "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay",
-                "cv_folds": cv_folds, "audit": audit if given is None else None}
+                "cv_folds": cv_folds, "audit": audit if given is None else None,
+                "gate_schedule": schedule if given is None else None}
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
     fz_options = _card_options(played, _feature_options(played, model, lora_layers=lora_layers, lora_r=lora_r,

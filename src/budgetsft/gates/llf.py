@@ -16,21 +16,36 @@ share of traffic on the links of largest latency first. Three modes:
 * pool (:func:`select_pool`): data selection from an unlabelled pool, in
   batches, conditioning P on each pick before the next.
 
-The threshold τ_t (``threshold="calibrated"``, the default) is set online so
-that the budget goes to the rounds of largest latency over the horizon:
+The calibrated gate (``threshold="calibrated"``, the default) spends the
+budget on the rounds of largest latency over the horizon. How it paces the
+spending is its ``schedule``; by default (``"auto"``) a stream-mode gate
+plays the dual price, and a window (or a gate given ``pacing_power`` or
+``memory``) plays the power schedule:
 
-* a front-loaded spending schedule A(t) = B·(t/T)^p (p = ``pacing_power``,
-  default 0.3) says how much should have been spent by round t: early labels
-  are worth the most (the learner is worst early), so A spends 0.1^0.3 ≈ 50 %
-  of B in the first tenth of the stream instead of all of it (``first`` at
-  β = 0.1) or 10 % of it (an even rate, which lost to ``random`` in a
-  prototype);
-* the round is bought iff its latency is at least the (1 - q_t) quantile of
-  the last m latencies (m = ``memory``, T/16 by default), with
-  q_t = A(t) - A(t-1) + (A(t) - spent) / m (in labels per round): the
-  schedule's rate plus a correction that repays a deficit, or works off a
-  surplus, over the next m rounds (over the rounds left, when fewer remain,
-  so the budget is spent by T).
+* dual price (``schedule="dual"``; Balseiro, Lu & Mirrokni 2020, "Dual
+  mirror descent for online allocation problems"): buy iff latency_t / (mean
+  positive latency so far) ≥ μ_t, with the price μ moved after each round by
+  μ ← max(0, μ + s_t (bought − ρ_t)), ρ_t = remaining budget / remaining
+  rounds. The price rises while the gate buys faster than the even rate and
+  falls while it buys slower, so spending follows the latencies: high early
+  latencies (a new learner) are bought early, and a drift, which raises the
+  latencies again, pulls spending back up. The step s_t = max(η/√T, κ/B) ·
+  min(1, (o_t/o_ref)^k) is slowed where the learner stays wrong on the labels
+  it buys (o_t its odds of being right on them, from :meth:`feedback`): on
+  noisy labels every label is worth about the same and the earlier the
+  better, so the gate spends early there. Once as many labels remain as
+  rounds, every round is bought. Constants :data:`DUAL_CONSTANTS`;
+* power schedule (``schedule="power"``): a front-loaded spending schedule
+  A(t) = B·(t/T)^p (p = ``pacing_power``, default 0.3) says how much should
+  have been spent by round t: it spends 0.1^0.3 ≈ 50 % of B in the first
+  tenth of the stream instead of all of it (``first`` at β = 0.1) or 10 % of
+  it (an even rate, which lost to ``random`` in a prototype). The round is
+  bought iff its latency is at least the (1 - q_t) quantile of the last m
+  latencies (m = ``memory``, T/16 by default), with q_t = A(t) - A(t-1) +
+  (A(t) - spent) / m (in labels per round): the schedule's rate plus a
+  correction that repays a deficit, or works off a surplus, over the next m
+  rounds (over the rounds left, when fewer remain, so the budget is spent by
+  T).
 
 This is the mechanics of the stream budget managers of scikit-activeml:
 an incremental quantile filter over a sliding window of utilities (Kottke,
@@ -44,14 +59,15 @@ largest latencies are filled first. A quantile is unchanged by any positive
 rescaling of the latencies, so the decisions do not hinge on the scale of
 the confidence radius ρ. The budget stays a hard cap.
 
-Without a known horizon the schedule assumes T̂ = ``horizon`` when given.
-Else it doubles (any horizon): epoch k covers rounds (T̂_0 (2^k − 1), T̂_0
+Without a known horizon both rules assume T̂ = ``horizon`` when given.
+Else they double (any horizon): epoch k covers rounds (T̂_0 (2^k − 1), T̂_0
 (2^{k+1} − 1)] with T̂_0 = 10·B (a 10 % budget) and gets the share
-(1 − r) r^k of the budget, r = 0.4, spent within the epoch on the same
-front-loaded curve ((t − start) / length)^p. By the end of epoch k the
-schedule has released B (1 − r^{k+1}): 60 % by T̂_0, 98.5 % by 20 T̂_0 (a
-20,000-round stream at B = 100), and labels keep coming however long the
-stream runs (before: the budget was gone by T̂_0).
+(1 − r) r^k of the budget, r = 0.4. The power schedule spends it within the
+epoch on its front-loaded curve ((t − start) / length)^p; the dual price
+paces each epoch as a horizon of its own, to what the epochs have released
+by its end, and never spends past that release. By the end of epoch k
+B (1 − r^{k+1}) is released: 60 % by T̂_0, 98.5 % by 20 T̂_0 (a 20,000-round
+stream at B = 100), and labels keep coming however long the stream runs.
 
 ``threshold="fixed"`` is the plain gate of the first build: τ_t = ``tau``,
 raised to +inf while spending is ahead of the schedule when ``pacing=True``.
@@ -59,13 +75,13 @@ On real streams nearly every early round is late under it, so it buys the
 first B rounds (their bought sets overlapped `first`'s by 0.87–1.00 on four
 real data sets).
 
-The schedule's default p = 0.3 and the memory T/16 were chosen on the
-low-noise synthetic stream, bbc-news and sarcasm together, and hold across
-radii (``benchmarks/radius_sensitivity.py``); a drifting stream wants a
-flatter schedule (p = 0.5, ``configs/drifting_paced.yaml``). Rules that set
-the schedule from the latency mass, or replace it by dual-price pacing
-(Balseiro, Lu & Mirrokni 2020), were tried and none held on every stream
-(``benchmarks/pacing_schedules.py``, docs/method.md).
+The power schedule's p = 0.3 and memory T/16 were chosen on the low-noise
+synthetic stream, bbc-news and sarcasm together; a drifting stream wants a
+flatter schedule (p = 0.5), a noisy one a steeper one, and no fixed p serves
+all three. The dual price needs neither knob; its five constants were chosen
+on the same streams and checked on streams it was not chosen on
+(``benchmarks/pacing_schedules.py``, ``benchmarks/pacing_heldout.py``,
+docs/method.md).
 """
 
 from __future__ import annotations
@@ -83,7 +99,10 @@ from budgetsft.base import QueryInfo
 from budgetsft.budget import Budget
 from budgetsft.exceptions import BudgetsftWarning, ConfigError, DataError
 
-__all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of", "DUAL_CONSTANTS"]
+__all__ = ["LLFGate", "select_pool", "pick_pool_batch", "latency_of", "DUAL_CONSTANTS", "PACING_POWER"]
+
+#: p of the power schedule A(t) = B (t/T)^p when ``pacing_power`` is not set.
+PACING_POWER = 0.3
 
 #: The constants of ``LLFGate(schedule="dual")``: η of the η/√T step (Balseiro, Lu & Mirrokni), κ of its floor
 #: κ/B, the reference mistake rate and the power k of the noise factor, the labels before the factor applies.
@@ -121,16 +140,18 @@ class LLFGate:
     pacing : bool, default=False
         Fixed mode only: cap cumulative spend at the schedule A(t) when T is known.
         (The calibrated mode always follows the schedule.)
-    pacing_power : float, default=0.3
-        p in (0, 1] of the schedule A(t) = B·(t/T)^p; smaller front-loads more,
-        1 is an even rate. 0.3 spends half the budget in the first 10 % of the
-        rounds (`first` spends all of it there at β = 0.1).
+    pacing_power : float, optional
+        Power schedule: p in (0, 1] of A(t) = B·(t/T)^p; smaller front-loads
+        more, 1 is an even rate. Not set: :data:`PACING_POWER` (0.3, which
+        spends half the budget in the first 10 % of the rounds). Setting it
+        makes ``schedule="auto"`` play the power schedule.
     memory : int or "auto", default="auto"
-        Calibrated mode: number of recent latencies the quantile is taken over,
+        Power schedule: number of recent latencies the quantile is taken over,
         and the number of rounds over which a deviation from the schedule is
         repaid. ``"auto"``: T/16 (at least 50) when T is known, else 250. As a
         share of the horizon it keeps the gate unchanged when a stream is
         stretched in time, like the schedule A(t), which depends on t/T only.
+        Setting it makes ``schedule="auto"`` play the power schedule.
     require_late : bool, default=False
         Calibrated mode: never buy a round whose latency is <= ``tau`` (a certain
         prediction), even if the budget then goes unspent. By default the
@@ -138,22 +159,15 @@ class LLFGate:
         a label left unbought at the horizon is worth nothing.
     horizon : int, optional
         T̂ for streams of unknown length (ignored when the game knows T).
-    schedule : {"power", "dual"}, default="power"
-        Calibrated mode: how spending is paced. ``"power"``: the schedule A(t)
-        above. ``"dual"`` (opt-in, stream mode): no
-        schedule; buy iff latency_t / (mean positive latency so far) ≥ μ_t, a
-        dual price moved by μ ← max(0, μ + s_t (price bought − ρ_t)), ρ_t the
-        remaining budget over the remaining rounds, with the step
-        s_t = max(η/√T, κ/B) · min(1, (o_t/o_ref)^k), o_t the odds that the
-        learner's prediction was right on the labels bought so far
-        (:meth:`feedback`, which the game calls when a bought label arrives),
-        o_ref the odds at a 40 % mistake rate: where the learner stays wrong on
-        what it buys (noisy labels), the price rises slowly and the gate spends
-        early. With T unknown, T and the budget are those of the current epoch
-        of the doubling schedule: each epoch is paced to what it releases, and
-        spending never passes that release.
-        Constants :data:`DUAL_CONSTANTS`. It met every target of the
-        pacing benchmarks (docs/method.md) but is not the default.
+    schedule : {"auto", "dual", "power"}, default="auto"
+        Calibrated mode: how spending is paced (module docstring). ``"dual"``:
+        the dual price, with no schedule and no knob; stream mode only.
+        ``"power"``: the schedule A(t) = B·(t/T)^p with the quantile filter.
+        ``"auto"``: ``"dual"`` for a stream-mode gate with neither
+        ``pacing_power`` nor ``memory`` set, else ``"power"``
+        (:attr:`schedule_used` says which). The dual price met every target of
+        the pacing benchmarks where the power schedule missed two, and held on
+        streams its constants were not chosen on (docs/method.md).
 
     Examples
     --------
@@ -175,11 +189,11 @@ class LLFGate:
         tau: float = 0.0,
         window: int = 1,
         pacing: bool = False,
-        pacing_power: float = 0.3,
+        pacing_power: float | None = None,
         memory: int | str = "auto",
         require_late: bool = False,
         horizon: int | None = None,
-        schedule: str = "power",
+        schedule: str = "auto",
     ) -> None:
         self.threshold = threshold
         self.schedule_name = schedule
@@ -196,7 +210,8 @@ class LLFGate:
             check_choice("LLFGate", "threshold", self.threshold, ("calibrated", "fixed"))
             check_float("LLFGate", "tau", self.tau)
             check_int("LLFGate", "window", self.window, low=1)
-            check_float("LLFGate", "pacing_power", self.pacing_power, low=0.0, high=1.0, low_open=True)
+            if self.pacing_power is not None:
+                check_float("LLFGate", "pacing_power", self.pacing_power, low=0.0, high=1.0, low_open=True)
             if self.memory != "auto":
                 check_int("LLFGate", "memory", self.memory, low=1)
             for name in ("pacing", "require_late"):
@@ -204,7 +219,7 @@ class LLFGate:
                     raise ConfigError(f"The {name!r} parameter of LLFGate must be a bool. Got {getattr(self, name)!r}.")
             if self.horizon is not None:
                 check_int("LLFGate", "horizon", self.horizon, low=1)
-            check_choice("LLFGate", "schedule", self.schedule_name, ("power", "dual"))
+            check_choice("LLFGate", "schedule", self.schedule_name, ("auto", "power", "dual"))
             if self.schedule_name == "dual" and (not self.calibrated or self.window != 1):
                 raise ConfigError("The 'schedule' parameter of LLFGate: 'dual' paces a calibrated gate deciding "
                                   "each round on arrival (threshold 'calibrated', window 1); got threshold "
@@ -222,9 +237,29 @@ class LLFGate:
         return max(50, math.ceil(T / 16)) if T is not None else 250
 
     @property
+    def schedule_used(self) -> str:
+        """The spending rule this gate plays: ``"dual"`` or ``"power"`` (``schedule="auto"`` resolved).
+
+        ``"auto"`` is the dual price for a calibrated gate deciding each round on arrival (window 1) with no
+        hand-set ``pacing_power`` or ``memory``; the power schedule otherwise (a window, a fixed threshold's
+        pacing, or a set p or memory, which only the power schedule reads). A gate restored from a
+        checkpoint of a version before the schedule existed has no ``schedule_name`` and plays power.
+        """
+        name = getattr(self, "schedule_name", "power")
+        if name != "auto":
+            return name
+        plain = getattr(self, "pacing_power", None) is None and self.memory == "auto"
+        return "dual" if self.calibrated and self.window == 1 and plain else "power"
+
+    @property
     def _is_dual(self) -> bool:
-        """``schedule="dual"`` (a gate restored from a checkpoint of an older version has no ``schedule_name``)."""
-        return getattr(self, "schedule_name", "power") == "dual"
+        return self.schedule_used == "dual"
+
+    @property
+    def _power(self) -> float:
+        """p of the power schedule: ``pacing_power``, or :data:`PACING_POWER` when not set."""
+        p = getattr(self, "pacing_power", None)
+        return PACING_POWER if p is None else float(p)
 
     @property
     def calibrated(self) -> bool:
@@ -247,7 +282,7 @@ class LLFGate:
         if horizon is None and self.horizon is None:
             return self._doubling(t, budget)
         T = self._horizon(horizon, budget)
-        return budget.total * min(1.0, t / T) ** self.pacing_power
+        return budget.total * min(1.0, t / T) ** self._power
 
     def _doubling(self, t: int, budget: Budget) -> float:
         """Any horizon: epoch k of length T̂_0 2^k releases (1 − r) r^k of B along (elapsed / length)^p."""
@@ -256,7 +291,7 @@ class LLFGate:
         k, T0 = _doubling_epoch(t, budget)
         start, length = T0 * (2.0 ** k - 1.0), T0 * 2.0 ** k
         released = 1.0 - DOUBLING_RATIO ** k
-        within = min(1.0, max(0.0, (t - start) / length)) ** self.pacing_power
+        within = min(1.0, max(0.0, (t - start) / length)) ** self._power
         return budget.total * (released + (1.0 - DOUBLING_RATIO) * DOUBLING_RATIO ** k * within)
 
     def allowance(self, t: int, horizon: int | None, budget: Budget) -> float:
@@ -363,12 +398,17 @@ class LLFGate:
             v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
         buy = bool(v >= d["price"]) and budget.can_afford(info.cost)
         if T is not None:
-            rho = min(1.0, budget.remaining / max(T - info.t + 1, 1))
+            left = max(T - info.t + 1, 1)
+            rho = min(1.0, budget.remaining / left)
+            if lat > -math.inf and budget.remaining >= left * budget.price(info.cost):
+                buy = budget.can_afford(info.cost)  # as many labels left as rounds: each is bought, none wasted
         else:  # any horizon: the doubling epochs of the power schedule, each paced to, and capped at, its release
             T, released = self._dual_epoch(info.t, budget)
             used = budget.total - budget.remaining
             buy = buy and used + budget.price(info.cost) <= released + 1e-9
             rho = min(1.0, max(0.0, released - used) / max(T - info.t + 1, 1))
+        if self.require_late and not lat > self.tau:
+            buy = False  # a certain prediction is never bought; the price still moves (the round passed)
         step = (budget.price(info.cost) if buy else 0.0) - rho
         size = max(c["eta"] / math.sqrt(T), c["kappa"] / max(budget.total, 1.0)) * self._noise_factor()
         d["price"] = max(0.0, d["price"] + size * step)
