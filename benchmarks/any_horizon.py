@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20_000)
     ap.add_argument("--budget", type=float, default=100.0)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--schedule", default="power", choices=("power", "dual"), help="LLFGate's schedule")
+    ap.add_argument("--schedule", default="auto", choices=("auto", "power", "dual"), help="LLFGate's schedule")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     T0 = int(10 * args.budget)
@@ -48,13 +48,16 @@ def main() -> None:
             gate = LLFGate(schedule=args.schedule)
             recs = play((r for r in env), LogisticLearner(), gate, Budget(args.budget))  # no len: T unknown
             bought = np.array([r.round for r in recs if r.queried])
-            per_seed.append([int(((bought > a) & (bought <= b)).sum()) for a, b in zip(edges, edges[1:], strict=False)])
+            # the gate's epoch k holds rounds T̂₀ (2ᵏ − 1) ≤ t < T̂₀ (2ᵏ⁺¹ − 1); the last bucket ends with the stream
+            ends = [*edges[1:-1], args.rounds + 1]
+            per_seed.append([int(((bought >= a) & (bought < b)).sum()) for a, b in zip(edges[:-1], ends, strict=True)])
     print(f"LLF (schedule {args.schedule}) with T unknown: {args.rounds:,} rounds, B = {args.budget:g}, "
           f"T̂₀ = {T0:,}, seeds {seeds}\n")
     print("| rounds | released by the schedule | " + " | ".join(f"bought, seed {s}" for s in seeds) + " |")
     print("|---|---:|" + "---:|" * len(seeds))
     for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
-        print(f"| {a + 1:,}–{b:,} | {released[i]:.1f} | " + " | ".join(str(p[i]) for p in per_seed) + " |")
+        last = b if i == len(released) - 1 else b - 1
+        print(f"| {max(a, 1):,}–{last:,} | {released[i]:.1f} | " + " | ".join(str(p[i]) for p in per_seed) + " |")
     totals = [sum(p) for p in per_seed]
     print(f"| all | {released.sum():.1f} | " + " | ".join(str(t) for t in totals) + " |")
     ok = min(totals) >= 0.98 * args.budget and all(min(p) > 0 for p in per_seed)

@@ -189,6 +189,9 @@ def test_the_dual_schedule_keeps_buying_on_a_stream_of_unknown_length():
     assert all(k > 0 for k in per_epoch) and bought.sum() <= total
     assert bought.sum() >= 0.95 * total * (1 - 0.4 ** 4)
     assert per_epoch[0] <= 0.6 * total + 1  # epoch 0 releases (1 - r) B = 60 %
+    # spending never passes what the power schedule has released by then, so no epoch is spent at its start
+    released = np.array([LLFGate()._doubling(t, Budget(float(total))) for t in range(1, n + 1)])
+    assert (np.cumsum(bought) <= released + 1e-9).all()
     # the gate's stated horizon stands in for the game's
     assert LLFGate(schedule="dual", horizon=10).ask(_info(1, None, 0.5), Budget(1.0))
 

@@ -65,7 +65,8 @@ Else they double (any horizon): epoch k covers rounds (T̂_0 (2^k − 1), T̂_0
 (1 − r) r^k of the budget, r = 0.4. The power schedule spends it within the
 epoch on its front-loaded curve ((t − start) / length)^p; the dual price
 paces each epoch as a horizon of its own, to what the epochs have released
-by its end, and never spends past that release. By the end of epoch k
+by its end, and never spends past what the power schedule has released so
+far (so an epoch's labels are not all bought at its first rounds). By the end of epoch k
 B (1 − r^{k+1}) is released: 60 % by T̂_0, 98.5 % by 20 T̂_0 (a 20,000-round
 stream at B = 100), and labels keep coming however long the stream runs.
 
@@ -402,10 +403,10 @@ class LLFGate:
             rho = min(1.0, budget.remaining / left)
             if lat > -math.inf and budget.remaining >= left * budget.price(info.cost):
                 buy = budget.can_afford(info.cost)  # as many labels left as rounds: each is bought, none wasted
-        else:  # any horizon: the doubling epochs of the power schedule, each paced to, and capped at, its release
+        else:  # any horizon: each doubling epoch paced to what it releases, spending capped by the release so far
             T, released = self._dual_epoch(info.t, budget)
             used = budget.total - budget.remaining
-            buy = buy and used + budget.price(info.cost) <= released + 1e-9
+            buy = buy and used + budget.price(info.cost) <= self._doubling(info.t, budget) + 1e-9
             rho = min(1.0, max(0.0, released - used) / max(T - info.t + 1, 1))
         if self.require_late and not lat > self.tau:
             buy = False  # a certain prediction is never bought; the price still moves (the round passed)
