@@ -93,7 +93,7 @@ class TwoPhase(LLFGate):
     """p = 0.3 up to T/10, then the rest of the budget along ((t − T/10) / (9T/10))^pb."""
 
     def __init__(self, pb: float) -> None:
-        super().__init__()
+        super().__init__(schedule="power")
         self.pb = pb
 
     def schedule(self, t, horizon, budget):
@@ -109,7 +109,7 @@ class _Mass(LLFGate):
     """Tracks the cumulative latency mass M(t) and its growth exponent p_t = log(M(t)/M(t/2)) / log 2."""
 
     def __init__(self, mass: str = "pos", window: int = 50) -> None:
-        super().__init__()
+        super().__init__(schedule="power")
         self.mass = mass
         self.cum = [0.0]
         self.recent: deque[float] = deque(maxlen=window)
@@ -351,7 +351,7 @@ def gates() -> dict:
     rows = {"first": lambda s: FirstGate(), "random": lambda s: RandomGate(seed=100 + s),
             "full (β = 1)": lambda s: FullGate()}
     for p in (0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0):
-        rows[f"p={p}" + (" (default)" if p == 0.3 else "")] = lambda s, p=p: LLFGate(pacing_power=p)
+        rows[f"p={p}" + (" (power, the old default)" if p == 0.3 else "")] = lambda s, p=p: LLFGate(pacing_power=p)
     for pb in (1.0, 1.3, 2.0):
         rows[f"two-phase pb={pb}"] = lambda s, pb=pb: TwoPhase(pb)
     rows["mass-exp pos"] = lambda s: MassExponent("pos")
@@ -375,7 +375,7 @@ def gates() -> dict:
     rows["bstep+noise κ=4"] = lambda s: DualNoiseBudgetStep(4.0)
     rows["bstep+noise share=1/4"] = lambda s: DualNoiseBudgetStep(share=0.25)
     rows["floor+noise η=0.6 κ=4"] = lambda s: DualNoiseFloorStep(0.6, 4.0)
-    rows["llf schedule=dual (library)"] = lambda s: LLFGate(schedule="dual")  # floor+noise, built in
+    rows["llf (default: dual)"] = lambda s: LLFGate()  # floor+noise, built in, all of B spent by T
     return rows
 
 
@@ -389,7 +389,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = gates()
     if args.rows:
-        keep = ("first", "random", "full", "p=0.3", "p=0.5", *(r.strip() for r in args.rows.split(",")))
+        keep = ("first", "random", "full", "p=0.3", "p=0.5", "llf (default", *(r.strip() for r in args.rows.split(",")))
         rows = {k: v for k, v in rows.items() if k.startswith(keep)}
     start = time.perf_counter()
     data = {name: [list(make(s)) for s in seeds] for name, make in STREAMS.items()}

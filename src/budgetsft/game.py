@@ -136,6 +136,7 @@ def audit_rounds(share: float, budget: float, horizon: int, seed: int) -> Callab
     def audit(t: int) -> bool:
         return q > 0 and float(np.random.default_rng([seed, t, 0xA0D17]).random()) < q
 
+    audit.rate = q  # rounds per round drawn for the audit: a gate that paces itself sets that much aside
     return audit
 
 
@@ -189,6 +190,9 @@ class Game:
         self.unlabelled_ok = unlabelled_ok
         self.audit = audit
         self.audited: set[int] = set()
+        reserve = getattr(gate, "reserve", None)
+        if audit is not None and callable(reserve):  # the audit's share of each round, which the gate does not pick
+            reserve(float(getattr(audit, "rate", 0.0)))
         self.status = "playing"
         # Called with the position at each round boundary (the game's state is whole there: a session
         # checkpoints it); it may raise to leave the game.

@@ -361,6 +361,12 @@ class LLFGate:
             self._dual["bought"] += 1
             self._dual["wrong"] += int(bool(mistake))
 
+    def reserve(self, rate: float) -> None:
+        """Rounds per round bought outside the gate (a game's audit draws, ``rate`` = share · B / T), which the
+        dual price sets aside: it paces the gate's own purchases to the remaining budget less what the audit
+        is expected to take over the remaining rounds. The power schedule ignores it."""
+        self._reserve_rate = check_float("LLFGate.reserve", "rate", rate, low=0.0, high=1.0)
+
     def _noise_factor(self) -> float:
         """min(1, (o_t / o_ref)^k) of the dual step: 1 until DUAL_CONSTANTS['warmup'] labels have arrived."""
         c, d = DUAL_CONSTANTS, self._dual
@@ -398,16 +404,20 @@ class LLFGate:
         else:
             v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
         buy = bool(v >= d["price"]) and budget.can_afford(info.cost)
+        reserved = getattr(self, "_reserve_rate", 0.0) * budget.price(info.cost)  # the audit's expected spend
         if T is not None:
             left = max(T - info.t + 1, 1)
-            rho = min(1.0, budget.remaining / left)
+            rho = min(1.0, max(0.0, budget.remaining - reserved * left) / left)
+            # the audit's expected spend over the rounds after this one stays available to it
+            buy = buy and budget.remaining - budget.price(info.cost) >= reserved * (left - 1) - 1e-9
             if lat > -math.inf and budget.remaining >= left * budget.price(info.cost):
                 buy = budget.can_afford(info.cost)  # as many labels left as rounds: each is bought, none wasted
         else:  # any horizon: each doubling epoch paced to what it releases, spending capped by the release so far
             T, released = self._dual_epoch(info.t, budget)
             used = budget.total - budget.remaining
             buy = buy and used + budget.price(info.cost) <= self._doubling(info.t, budget) + 1e-9
-            rho = min(1.0, max(0.0, released - used) / max(T - info.t + 1, 1))
+            left = max(T - info.t + 1, 1)
+            rho = min(1.0, max(0.0, released - used - reserved * left) / left)
         if self.require_late and not lat > self.tau:
             buy = False  # a certain prediction is never bought; the price still moves (the round passed)
         step = (budget.price(info.cost) if buy else 0.0) - rho
