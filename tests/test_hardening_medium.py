@@ -305,13 +305,39 @@ def test_a_version_3_ledger_gains_purposes_predictions_and_applied_rounds_and_pl
     con.close()
     gold = {r.round: r.gold for r in ref.records}
     sess = Session.open(path)
-    assert sess.ledger.meta("schema_version") == "4"
+    assert sess.ledger.meta("schema_version") == "5"
     pend = sess.ledger.pending()
     assert pend and all(q.purpose == "gate" and q.applied_at is None for q in pend)
     while True:
         sess.ledger.record_answers([(q.id, gold[q.round], "f", 1.0, None) for q in sess.ledger.pending()])
         if sess.play(FileOracle()).status == "finished":
             break
+    assert sess.records() == ref.records
+    sess.close()
+
+
+def test_a_version_4_ledger_keeps_the_power_schedule_it_played(tmp_path):
+    """A stream session made when LLF's default was the power schedule (schema 4, no 'schedule' in its config),
+    stopped before its first checkpoint: it replays and finishes with the power schedule's records, not the
+    dual price's, the default since."""
+    cfg = _cfg(beta=0.1)
+    ref = run({**cfg, "gate": {**cfg["gate"], "schedule": "power"}})
+    assert ref.records != run(cfg).records  # the two rules buy differently here
+    path = tmp_path / "v4.db"
+    sess = Session.create(path, cfg)
+    assert json.loads(sess.ledger.meta("config"))["gate"]["schedule"] == "dual"  # a new session stores its rule
+    sess.close()
+    con = sqlite3.connect(path)
+    con.executescript("UPDATE meta SET value = json_remove(value, '$.gate.schedule') WHERE key = 'config'; "
+                      "UPDATE meta SET value = '4' WHERE key = 'schema_version';")
+    con.close()
+    sess = Session.open(path, checkpoint_every=10_000)
+    assert sess.ledger.meta("schema_version") == "5"
+    assert json.loads(sess.ledger.meta("config"))["gate"]["schedule"] == "power"
+    assert sess.play(DatasetOracle(), stop_at=150).status == "stopped"
+    sess.close()
+    sess = Session.open(path)
+    assert sess.play(DatasetOracle()).status == "finished"
     assert sess.records() == ref.records
     sess.close()
 
@@ -328,7 +354,7 @@ def test_a_version_2_ledger_gains_the_passes_table(tmp_path):
                       "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     con.close()
     with Ledger.open(path) as led:
-        assert led.meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert led.meta("schema_version") == str(SCHEMA_VERSION) == "5"
         qid = led.pending()[0].id
         assert led.pass_query(qid, "alice") is True  # alice is the only annotator: nobody else will answer
         assert led.passes() == {"alice": 1} and led.query(qid).status == "skipped"

@@ -50,7 +50,7 @@ __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "LedgerBusyError", "Ledger
            "Query", "Answer",
            "Annotator", "record_to_json", "record_from_json", "hash_token", "example_digest"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Migrations from version v to v + 1, applied in order by Ledger.open.
 MIGRATIONS: dict[int, Sequence[str]] = {
@@ -78,6 +78,13 @@ MIGRATIONS: dict[int, Sequence[str]] = {
         "ALTER TABLE queries ADD COLUMN purpose TEXT NOT NULL DEFAULT 'gate'",
         "ALTER TABLE queries ADD COLUMN prediction INTEGER",
         "ALTER TABLE queries ADD COLUMN applied_at INTEGER",
+    ],
+    # v5: LLF's default spending rule became the dual price. A session made before keeps the rule it played
+    # (the power schedule), so a replay buys what it bought; sessions made since store the rule they play.
+    4: [
+        "UPDATE meta SET value = json_set(value, '$.gate.schedule', 'power') WHERE key = 'config' "
+        "AND json_valid(value) AND json_extract(value, '$.gate.name') = 'llf' "
+        "AND json_type(value, '$.gate.schedule') IS NULL",
     ],
 }
 

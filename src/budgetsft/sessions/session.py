@@ -611,6 +611,9 @@ class Session:
         cfg = merge(DEFAULT_CONFIG, config or {})
         cfg.pop("progress", None)
         validate_config(cfg)
+        if cfg["gate"].get("name") == "llf" and "schedule" not in cfg["gate"]:
+            # the rule "auto" resolves to, stored: a later default cannot change what a replay buys
+            cfg["gate"] = {**cfg["gate"], "schedule": build(cfg)["gate"].schedule_used}
         if not cfg.get("data") and cfg["env"]["name"] == "adversarial":
             raise ConfigError("sessions cannot resume the 'adversarial' environment: its contexts depend on the "
                               "learner's live state, which a replayed stream cannot reproduce. Use `run` without "
