@@ -3,6 +3,7 @@ enter, one price rule, lost acknowledged answers are detected, tokens are hashed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -328,12 +329,19 @@ def test_a_version_4_ledger_keeps_the_power_schedule_it_played(tmp_path):
     assert json.loads(sess.ledger.meta("config"))["gate"]["schedule"] == "dual"  # a new session stores its rule
     sess.close()
     con = sqlite3.connect(path)
-    con.executescript("UPDATE meta SET value = json_remove(value, '$.gate.schedule') WHERE key = 'config'; "
-                      "UPDATE meta SET value = '4' WHERE key = 'schema_version';")
+    stored = json.loads(con.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    del stored["gate"]["schedule"]
+    old = json.dumps(stored, sort_keys=True)  # the config as a schema-4 session stored it
+    con.execute("UPDATE meta SET value = ? WHERE key = 'config'", (old,))
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.commit()
     con.close()
     sess = Session.open(path, checkpoint_every=10_000)
     assert sess.ledger.meta("schema_version") == "5"
     assert json.loads(sess.ledger.meta("config"))["gate"]["schedule"] == "power"
+    # Label Studio tasks exported before the upgrade carry the old key (a digest of the stored config): still valid
+    from budgetsft.labelstudio import session_key
+    assert session_key(sess.ledger) == hashlib.sha256(old.encode("utf-8")).hexdigest()[:16]
     assert sess.play(DatasetOracle(), stop_at=150).status == "stopped"
     sess.close()
     sess = Session.open(path)

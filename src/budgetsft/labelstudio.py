@@ -101,8 +101,16 @@ def choice_values(candidates: Sequence[str]) -> list[str]:
 
 
 def session_key(ledger: Ledger) -> str:
-    """A short digest of a session's stored config: tasks carry it, and an import checks it."""
-    return hashlib.sha256(ledger.meta("config").encode("utf-8")).hexdigest()[:16]
+    """A short digest of a session's stored config: tasks carry it, and an import checks it.
+
+    The gate's ``schedule`` is left out: a session stores the LLF spending rule it plays since the dual price
+    became the default, and a ledger made before was given its rule on opening, so tasks exported before
+    that keep their key.
+    """
+    cfg = json.loads(ledger.meta("config"))
+    if isinstance(cfg.get("gate"), dict) and "schedule" in cfg["gate"]:
+        cfg = {**cfg, "gate": {k: v for k, v in cfg["gate"].items() if k != "schedule"}}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _result(choice: str) -> list[dict]:
