@@ -59,18 +59,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from budgetsft.budget import Budget
 from budgetsft.envs import DriftingEnv, LinearSoftmaxEnv
-from budgetsft.followers import BestResponseFollower
 from budgetsft.game import play
 from budgetsft.gates import FirstGate, FullGate, LLFGate, RandomGate
 from budgetsft.learners import LogisticLearner
 from budgetsft.realdata import load_streams
-from budgetsft.refit import refit_accuracy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pacing_real import play_rule  # noqa: E402
 
 BETA = 0.1
 POWERS = (0.2, 0.3, 0.5, 0.7, 1.0)
@@ -170,17 +172,6 @@ def synthetic(names: list[str], seeds: list[int]) -> None:
           f"{len(summary)}.", flush=True)
 
 
-def play_real(make, train, test, seed: int) -> dict:
-    """One game as ``budgetsft.experiment.run`` plays it (pacing_real.py), with this gate."""
-    budget = Budget.from_beta(BETA, len(train))
-    recs = list(play(train, LogisticLearner(), make(seed), budget, follower=BestResponseFollower(),
-                     horizon=len(train)))
-    assert len(recs) == len(train) and sum(r.queried for r in recs) <= budget.total  # the hard cap
-    bought = [i for i, r in enumerate(recs) if r.queried]
-    return {"acc": refit_accuracy([train[i] for i in bought], test, seed=seed), "bought": set(bought),
-            "B": budget.total, "labels": len(bought), "mistakes": int(sum(r.mistake for r in recs))}
-
-
 def real(names: list[str], seeds: list[int]) -> None:
     for name in names:
         res: dict[str, list[dict]] = {g: [] for g in REAL_GATES}
@@ -191,8 +182,8 @@ def real(names: list[str], seeds: list[int]) -> None:
                 train, test = st.train, st.test
                 facts = {"T": len(train), "n_test": len(test), "K": int(np.asarray(train[0].features).shape[0]),
                          "d": st.dim, "features": st.featurizer}
-                for label, make in REAL_GATES.items():
-                    res[label].append(play_real(make, train, test, seed))
+                for label, make in REAL_GATES.items():  # the game of pacing_real.py, this gate
+                    res[label].append(play_rule(lambda make=make, seed=seed: make(seed), train, test, seed))
                 print(f"{name} seed {seed}: " + ", ".join(f"{k} {v[-1]['acc']:.4f}" for k, v in res.items()),
                       file=sys.stderr, flush=True)
         except Exception as exc:  # a missing source, model or cache: report it and go on
@@ -203,7 +194,7 @@ def real(names: list[str], seeds: list[int]) -> None:
         for label, cells in res.items():
             stats[label] = {
                 "acc": np.array([c["acc"] for c in cells]),
-                "overlap": np.array([len(c["bought"] & f["bought"]) / max(c["B"], 1)
+                "overlap": np.array([len(set(c["bought"]) & set(f["bought"])) / max(c["B"], 1)
                                      for c, f in zip(cells, first, strict=True)]),
                 "labels": np.array([c["labels"] for c in cells], dtype=float),
                 "mistakes": np.array([c["mistakes"] for c in cells], dtype=float),

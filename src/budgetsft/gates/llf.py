@@ -404,23 +404,24 @@ class LLFGate:
         else:
             v = lat / scale if scale > 0 else (math.inf if lat > 0 else 0.0)
         buy = bool(v >= d["price"]) and budget.can_afford(info.cost)
-        reserved = getattr(self, "_reserve_rate", 0.0) * budget.price(info.cost)  # the audit's expected spend
+        price = budget.price(info.cost)
+        reserved = getattr(self, "_reserve_rate", 0.0) * price  # the audit's expected spend per round
         if T is not None:
             left = max(T - info.t + 1, 1)
             rho = min(1.0, max(0.0, budget.remaining - reserved * left) / left)
             # the audit's expected spend over the rounds after this one stays available to it
-            buy = buy and budget.remaining - budget.price(info.cost) >= reserved * (left - 1) - 1e-9
-            if lat > -math.inf and budget.remaining >= left * budget.price(info.cost):
+            buy = buy and budget.remaining - price >= reserved * (left - 1) - 1e-9
+            if lat > -math.inf and budget.remaining >= left * price:
                 buy = budget.can_afford(info.cost)  # as many labels left as rounds: each is bought, none wasted
         else:  # any horizon: each doubling epoch paced to what it releases, spending capped by the release so far
             T, released = self._dual_epoch(info.t, budget)
             used = budget.total - budget.remaining
-            buy = buy and used + budget.price(info.cost) <= self._doubling(info.t, budget) + 1e-9
+            buy = buy and used + price <= self._doubling(info.t, budget) + 1e-9
             left = max(T - info.t + 1, 1)
             rho = min(1.0, max(0.0, released - used - reserved * left) / left)
         if self.require_late and not lat > self.tau:
             buy = False  # a certain prediction is never bought; the price still moves (the round passed)
-        step = (budget.price(info.cost) if buy else 0.0) - rho
+        step = (price if buy else 0.0) - rho
         size = max(c["eta"] / math.sqrt(T), c["kappa"] / max(budget.total, 1.0)) * self._noise_factor()
         d["price"] = max(0.0, d["price"] + size * step)
         return buy
