@@ -181,6 +181,60 @@ def test_top_layer_lora_learns_is_seeded_and_reloads_onto_the_full_model(tok, wo
                                np.array(score_packed(a, cache, test_keys, dtype="fp32", progress=False)), atol=1e-4)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_last_layer_at_the_answer_positions_equals_the_whole_pass(tok, attn):
+    from budgetsft.features.decoder import Decoder
+
+    model = _llama(len(tok))
+    model.config._attn_implementation = attn
+    items = [encode(ex, tok, max_prompt_tokens=6, labels=LABELS) for ex in EXAMPLES[:5]]
+    batch = packed_batch(items, pad_token_id=tok.pad_token_id)
+    dec = Decoder(model)
+    with torch.no_grad():
+        x = dec.embed(batch.input_ids)
+        for start in (0, 1, 2):  # the last layer alone, or below it too
+            whole = dec.run(x, batch.position_ids, batch.mask, start, dec.n_layers)
+            at = dec.run(x, batch.position_ids, batch.mask, start, dec.n_layers, at=(batch.rows, batch.predictors))
+            assert at.shape == (len(batch.rows), whole.shape[-1])
+            np.testing.assert_allclose(at.numpy(), whole[batch.rows, batch.predictors].numpy(), atol=1e-5)
+            np.testing.assert_allclose(dec.logprobs(at, batch).numpy(), dec.logprobs(whole, batch).numpy(),
+                                       atol=1e-5)
+        assert torch.equal(dec.run(x, batch.position_ids, batch.mask, 3, 3, at=(batch.rows, batch.predictors)),
+                           x[batch.rows, batch.predictors])  # no layer to run: the states as they are
+
+
+def test_frozen_weights_held_in_bf16_train_the_same_bits_and_come_back_in_fp32(tok, monkeypatch):
+    import contextlib
+
+    import budgetsft.adapt.engine as engine
+    from budgetsft.features.decoder import Decoder, frozen_in_autocast_dtype
+
+    model = _llama(len(tok))
+    items = {ex.id: encode(ex, tok, max_prompt_tokens=8, labels=LABELS) for ex in EXAMPLES[:16]}
+    cache = PrefixCache(model, 1, dtype="bf16", pad_token_id=tok.pad_token_id)
+    cache.add_many(list(items), list(items.values()))
+    keys, gold = list(items), [ex.answer for ex in EXAMPLES[:16]]
+    kw = dict(epochs=2, lr=2e-2, batch_size=4, seed=1, dtype="bf16", progress=False)
+    held, history = train_lora(copy.deepcopy(model), cache, keys, gold, **kw)
+    monkeypatch.setattr(engine, "frozen_in_autocast_dtype", lambda *a, **k: contextlib.nullcontext())
+    cast, again = train_lora(copy.deepcopy(model), cache, keys, gold, **kw)
+    assert history == again  # the held copies are the casts autocast makes: the same losses, bit for bit
+    scores = [score_packed(m, cache, keys, dtype="bf16", progress=False) for m in (held, cast)]
+    assert all(np.array_equal(a, b) for a, b in zip(*scores, strict=True))
+    assert {p.dtype for p in held.parameters()} == {torch.float32}  # the weights are float32 again
+
+    model.requires_grad_(False)  # frozen, as adapt's base model is
+    dec = Decoder(model)
+    with pytest.raises(RuntimeError, match="boom"), frozen_in_autocast_dtype(dec, 0, dec.n_layers, "bf16"):
+        assert dec.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16 and dec.head_weight is not None
+        assert dec.layers[0].input_layernorm.weight.dtype == torch.float32  # norms are left alone
+        assert model.model.embed_tokens.weight.dtype == torch.float32  # the tied head's copy is apart
+        raise RuntimeError("boom")
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and dec.head_weight is None
+    with frozen_in_autocast_dtype(dec, 0, dec.n_layers, "fp32"):
+        assert dec.layers[0].mlp.up_proj.weight.dtype == torch.float32  # no autocast: nothing held
+
+
 # --------------------------------------------------------------------------- the report's arithmetic
 
 

@@ -61,6 +61,7 @@ from budgetsft.features.decoder import (
     PackedBatch,
     check_decoder,
     encode,
+    frozen_in_autocast_dtype,
     label_instruction,
     lora_config,
     packed_batch,
@@ -142,7 +143,8 @@ class PrefixCache:
         store = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         t0 = time.perf_counter()
         done = 0
-        with torch.inference_mode(), autocast_context(dec.device, self.dtype):
+        with (torch.inference_mode(), autocast_context(dec.device, self.dtype),
+              frozen_in_autocast_dtype(dec, 0, self.split, self.dtype, head=False)):
             for s in range(0, len(order), self.batch_size):
                 chunk = order[s : s + self.batch_size]
                 batch = packed_batch([todo[k] for k in chunk], pad_token_id=self.pad_token_id, device=dec.device)
@@ -286,14 +288,17 @@ def train_lora(
         order: list[int] = []
         peft_model.train()
         bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False)
+        held = contextlib.ExitStack()
         try:
+            held.enter_context(frozen_in_autocast_dtype(top, split, top.n_layers, dtype))  # no weight cast per step
             for _ in range(steps):
                 if len(order) < b:  # a new epoch: a fresh permutation (what is left of the last one goes first)
                     order += torch.randperm(n, generator=generator).tolist()
                 idx, order = order[:b], order[b:]
                 hidden, batch = cache.gold_batch([keys[i] for i in idx], [answers[i] for i in idx], device)
                 with autocast_context(device, dtype), train_attention(device):
-                    out = top.run(hidden, batch.position_ids, None, split, top.n_layers)
+                    out = top.run(hidden, batch.position_ids, None, split, top.n_layers,
+                                  at=(batch.rows, batch.predictors))  # the loss reads the answer tokens alone
                     lp = top.logprobs(out, batch)
                     if w_all is None:
                         loss = -lp.mean()
@@ -312,6 +317,7 @@ def train_lora(
                 if on_step is not None:
                     on_step(len(history), history[-1])
         finally:
+            held.close()
             bar.close()
     peft_model.eval()
     return peft_model, history
@@ -355,11 +361,13 @@ def score_packed(
     model.eval()
     bar = tqdm(total=len(keys), desc=desc, unit="ex", disable=not progress, file=sys.stderr, leave=False)
     try:
-        with torch.inference_mode(), autocast_context(device, dtype):
+        with (torch.inference_mode(), autocast_context(device, dtype),
+              frozen_in_autocast_dtype(dec, cache.split, dec.n_layers, dtype)):
             for s in range(0, len(order), batch_size):
                 chunk = order[s : s + batch_size]
                 hidden, batch = cache.packed_batch([keys[i] for i in chunk], device)
-                hidden = dec.run(hidden, batch.position_ids, batch.mask, cache.split, dec.n_layers)
+                hidden = dec.run(hidden, batch.position_ids, batch.mask, cache.split, dec.n_layers,
+                                 at=(batch.rows, batch.predictors))
                 lp = dec.logprobs(hidden, batch).double()
                 n_flat = sum(batch.n_candidates)
                 total = torch.zeros(n_flat, dtype=torch.float64, device=device).index_add_(0, batch.owner, lp)
