@@ -203,6 +203,37 @@ def test_the_last_layer_at_the_answer_positions_equals_the_whole_pass(tok, attn)
                            x[batch.rows, batch.predictors])  # no layer to run: the states as they are
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_shared_instruction_read_once_gives_what_every_row_reading_it_gives(tok, attn):
+    from budgetsft.features.decoder import Decoder
+
+    model = _llama(len(tok))
+    model.config._attn_implementation = attn
+    items = [encode(ex, tok, max_prompt_tokens=6, labels=LABELS) for ex in EXAMPLES[:5]]
+    keys = [ex.id for ex in EXAMPLES[:5]]
+    cache = PrefixCache(model, 1, dtype="fp32", pad_token_id=tok.pad_token_id)
+    cache.add_many(keys, items)
+    shared = cache.shared_prefix(keys)
+    n = 0
+    while all(e.prompt[n] == items[0].prompt[n] for e in items):
+        n += 1
+    assert 10 < shared == n <= min(len(e.prompt) for e in items) - 1  # the chat header and the instruction
+    assert cache.shared_prefix(keys[:1]) == 0
+    dec = Decoder(model)
+    with torch.no_grad():
+        for hidden, batch, mask in (  # scoring (packed, a mask) and training (gold answers, causal)
+            (*cache.packed_batch(keys, torch.device("cpu")), True),
+            (*cache.gold_batch(keys, [0, 1, 2, 0, 1], torch.device("cpu")), False),
+        ):
+            m = batch.mask if mask else None
+            whole = dec.run(hidden, batch.position_ids, m, 1, dec.n_layers)
+            once = dec.run(hidden, batch.position_ids, m, 1, dec.n_layers, shared=shared)
+            np.testing.assert_allclose(once.numpy(), whole.numpy(), atol=1e-5)
+            at = (batch.rows, batch.predictors)
+            np.testing.assert_allclose(dec.run(hidden, batch.position_ids, m, 1, dec.n_layers, at=at, shared=shared)
+                                       .numpy(), whole[at].numpy(), atol=1e-5)
+
+
 def test_frozen_weights_held_in_bf16_train_the_same_bits_and_come_back_in_fp32(tok, monkeypatch):
     import contextlib
 

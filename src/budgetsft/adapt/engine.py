@@ -158,6 +158,22 @@ class PrefixCache:
         self.seconds_ += time.perf_counter() - t0
         return len(order)
 
+    def shared_prefix(self, keys: Sequence[str]) -> int:
+        """Leading prompt tokens every key shares (adapt's chat header and label instruction): read once.
+
+        At most the shortest prompt's length minus one, so each prompt's last token (which predicts the
+        answers' first) stays a row's own; 0 for fewer than two keys.
+        """
+        prompts = [self.encoded_[k].prompt for k in dict.fromkeys(keys)]
+        if len(prompts) < 2:
+            return 0
+        limit = min(len(q) for q in prompts) - 1
+        first = prompts[0]
+        n = 0
+        while n < limit and all(q[n] == first[n] for q in prompts):
+            n += 1
+        return n
+
     def gold_batch(self, keys: Sequence[str], answers: Sequence[int], device: torch.device
                    ) -> tuple[torch.Tensor, PackedBatch]:
         """States of prompt + the given answer of each key (the training sequences), right-padded."""
@@ -295,10 +311,12 @@ def train_lora(
                 if len(order) < b:  # a new epoch: a fresh permutation (what is left of the last one goes first)
                     order += torch.randperm(n, generator=generator).tolist()
                 idx, order = order[:b], order[b:]
-                hidden, batch = cache.gold_batch([keys[i] for i in idx], [answers[i] for i in idx], device)
+                step_keys = [keys[i] for i in idx]
+                hidden, batch = cache.gold_batch(step_keys, [answers[i] for i in idx], device)
                 with autocast_context(device, dtype), train_attention(device):
+                    # the loss reads the answer tokens alone; the shared instruction is read once per step
                     out = top.run(hidden, batch.position_ids, None, split, top.n_layers,
-                                  at=(batch.rows, batch.predictors))  # the loss reads the answer tokens alone
+                                  at=(batch.rows, batch.predictors), shared=cache.shared_prefix(step_keys))
                     lp = top.logprobs(out, batch)
                     if w_all is None:
                         loss = -lp.mean()
@@ -365,9 +383,10 @@ def score_packed(
               frozen_in_autocast_dtype(dec, cache.split, dec.n_layers, dtype)):
             for s in range(0, len(order), batch_size):
                 chunk = order[s : s + batch_size]
-                hidden, batch = cache.packed_batch([keys[i] for i in chunk], device)
+                chunk_keys = [keys[i] for i in chunk]
+                hidden, batch = cache.packed_batch(chunk_keys, device)
                 hidden = dec.run(hidden, batch.position_ids, batch.mask, cache.split, dec.n_layers,
-                                 at=(batch.rows, batch.predictors))
+                                 at=(batch.rows, batch.predictors), shared=cache.shared_prefix(chunk_keys))
                 lp = dec.logprobs(hidden, batch).double()
                 n_flat = sum(batch.n_candidates)
                 total = torch.zeros(n_flat, dtype=torch.float64, device=device).index_add_(0, batch.owner, lp)

@@ -324,6 +324,28 @@ def attention_mask(mask: torch.Tensor | None, *, eager: bool, dtype: torch.dtype
 # --------------------------------------------------------------------------- #
 
 
+class _SharedKV:
+    """The keys and values of a shared head of the sequence, as a decoder layer's ``cache``.
+
+    While ``filling`` (the head's own pass, one row) each layer's keys and values are kept and attended to as
+    they are; afterwards every row of a batch attends to them, expanded to the batch, before its own.
+    """
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[Any, Any]] = {}
+        self.filling = True
+
+    def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        import torch
+
+        if self.filling:
+            self.kv[layer_idx] = (key, value)
+            return key, value
+        k, v = self.kv[layer_idx]
+        b = key.shape[0]
+        return (torch.cat([k.expand(b, -1, -1, -1), key], dim=2), torch.cat([v.expand(b, -1, -1, -1), value], dim=2))
+
+
 class Decoder:
     """Handles to the parts of a Llama-style causal LM (bare or wrapped by PEFT).
 
@@ -361,25 +383,50 @@ class Decoder:
         return attention_mask(mask, eager=self.eager, dtype=dtype)
 
     def run(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
-            start: int, stop: int, *, at: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            start: int, stop: int, *, at: tuple[torch.Tensor, torch.Tensor] | None = None,
+            shared: int = 0) -> torch.Tensor:
         """Hidden states after decoder layers ``[start, stop)``; ``mask`` None is causal attention.
 
         ``at`` = (rows, positions): only the states at those positions are wanted, shape (N, h). The last layer
         then runs its attention at every position (the keys and values) but its MLP, three quarters of a
         SmolLM2 layer's weights, at those positions only: when a loss or a score reads the answer tokens alone,
         the last layer costs about a third of a full one.
+
+        ``shared`` = L > 0: the first L positions of every row hold the same tokens at positions 0..L-1 (adapt's
+        label instruction, the same in every prompt), and every later position attends to all of them. They
+        are computed once, from row 0, and every row attends to their keys and values (:class:`_SharedKV`), so
+        a batch of B rows reads L + B·(T - L) tokens instead of B·T. ``at`` positions must be ≥ L.
         """
         import torch
 
         if start >= stop:
             return hidden if at is None else hidden[at]
+        b, t = hidden.shape[:2]
+        store = None
+        if shared > 0:  # the shared positions first, once, their keys and values kept layer by layer
+            store = _SharedKV()
+            head_pos = position_ids[:1, :shared]
+            head = hidden[:1, :shared]
+            head_kw = {"attention_mask": self._causal(1, shared, shared, hidden.device),
+                       "position_ids": head_pos, "position_embeddings": self.rotary(head, position_ids=head_pos)}
+            for layer in self.layers[start:stop]:
+                out = layer(head, cache=store, **head_kw)
+                head = out[0] if isinstance(out, tuple) else out
+            store.filling = False
+            if mask is None:  # causal over the rest, every shared position seen
+                mask = torch.ones(b, 1, t, t, dtype=torch.bool, device=hidden.device).tril()
+            mask = torch.cat([mask[:, :, shared:, :shared].new_ones((b, 1, t - shared, shared)),
+                              mask[:, :, shared:, shared:]], dim=-1)
+            hidden, position_ids = hidden[:, shared:], position_ids[:, shared:]
+            if at is not None:
+                at = (at[0], at[1] - shared)
         position_embeddings = self.rotary(hidden, position_ids=position_ids)
         attn = self._mask(mask, torch.float32)
         if mask is None and self.eager:  # eager attention needs the causal mask spelt out
-            t = hidden.shape[1]
-            causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()[None, None]
-            attn = self._mask(causal.expand(hidden.shape[0], 1, t, t), torch.float32)
+            attn = self._causal(b, t, t, hidden.device)
         kw = {"attention_mask": attn, "position_ids": position_ids, "position_embeddings": position_embeddings}
+        if store is not None:
+            kw["cache"] = store
         last = self.layers[stop - 1]
         split_last = at is not None and all(
             hasattr(last, n) for n in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"))
@@ -387,11 +434,22 @@ class Decoder:
             out = layer(hidden, **kw)
             hidden = out[0] if isinstance(out, tuple) else out
         if not split_last:
-            return hidden if at is None else hidden[at]
+            if at is not None:
+                return hidden[at]
+            return hidden if store is None else torch.cat([head.expand(b, -1, -1), hidden], dim=1)
         # the decoder layer's own steps (Llama, Mistral, Qwen2/3), the MLP at the wanted positions only
         attended = last.self_attn(hidden_states=last.input_layernorm(hidden), **kw)[0]
         states = (hidden + attended)[at][None]
         return (states + last.mlp(last.post_attention_layernorm(states)))[0]
+
+    def _causal(self, b: int, t: int, s: int, device: Any) -> torch.Tensor | None:
+        """Causal attention of t queries over s keys (the last t of them): None for sdpa, spelt out for eager."""
+        import torch
+
+        if not self.eager:
+            return None
+        causal = torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)[None, None]
+        return self._mask(causal.expand(b, 1, t, s), torch.float32)
 
     def token_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor | None, predictors: torch.Tensor | None,
                        targets: torch.Tensor) -> torch.Tensor:
@@ -477,9 +535,10 @@ def check_decoder(model: Any, tokenizer: Any, item: Encoded, *, atol: float = 1e
             embedded = dec.embed(batch.input_ids)
             hidden = dec.run(embedded, batch.position_ids, batch.mask, 0, dec.n_layers)
             packed = dec.logprobs(hidden, batch)
-            # the path adapt trains and scores on: the last layer's MLP at the answer positions only
+            # the path adapt trains and scores on: the last layer's MLP at the answer positions only, the head of
+            # the prompt (in a batch: the instruction every prompt shares) read apart and attended to
             at = dec.logprobs(dec.run(embedded, batch.position_ids, batch.mask, 0, dec.n_layers,
-                                      at=(batch.rows, batch.predictors)), batch)
+                                      at=(batch.rows, batch.predictors), shared=(len(item.prompt) - 1) // 2), batch)
             ref = []
             for ans in item.answers:
                 ids = torch.tensor([list(item.prompt) + list(ans)], device=device)
