@@ -143,8 +143,7 @@ class PrefixCache:
         store = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         t0 = time.perf_counter()
         done = 0
-        with (torch.inference_mode(), autocast_context(dec.device, self.dtype),
-              frozen_in_autocast_dtype(dec, 0, self.split, self.dtype, head=False)):
+        with torch.inference_mode(), autocast_context(dec.device, self.dtype):
             for s in range(0, len(order), self.batch_size):
                 chunk = order[s : s + self.batch_size]
                 batch = packed_batch([todo[k] for k in chunk], pad_token_id=self.pad_token_id, device=dec.device)

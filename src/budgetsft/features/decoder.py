@@ -414,9 +414,11 @@ class Decoder:
                 head = out[0] if isinstance(out, tuple) else out
             store.filling = False
             if mask is None:  # causal over the rest, every shared position seen
-                mask = torch.ones(b, 1, t, t, dtype=torch.bool, device=hidden.device).tril()
-            mask = torch.cat([mask[:, :, shared:, :shared].new_ones((b, 1, t - shared, shared)),
-                              mask[:, :, shared:, shared:]], dim=-1)
+                mask = torch.ones(t - shared, t, dtype=torch.bool, device=hidden.device).tril(shared)
+                mask = mask[None, None].expand(b, 1, -1, -1)
+            else:
+                mask = torch.cat([mask[:, :, shared:, :shared].new_ones((b, 1, t - shared, shared)),
+                                  mask[:, :, shared:, shared:]], dim=-1)
             hidden, position_ids = hidden[:, shared:], position_ids[:, shared:]
             if at is not None:
                 at = (at[0], at[1] - shared)
@@ -480,8 +482,7 @@ class Decoder:
 
 
 @contextlib.contextmanager
-def frozen_in_autocast_dtype(decoder: Decoder, start: int, stop: int, dtype: str, *, head: bool = True
-                             ) -> Iterator[None]:
+def frozen_in_autocast_dtype(decoder: Decoder, start: int, stop: int, dtype: str) -> Iterator[None]:
     """Hold the frozen linear weights of layers ``[start, stop)`` and the head's weight in bf16 for the duration.
 
     Under autocast a linear layer casts its float32 weight to bf16 at every call, and autocast keeps no cast of
@@ -489,10 +490,9 @@ def frozen_in_autocast_dtype(decoder: Decoder, start: int, stop: int, dtype: str
     its time casting frozen weights and the (tied, 28M) head (holding them: 1.07x faster training on an idle
     one, ``benchmarks/adapt_speed.py``). The copies held here are exactly those casts, so every result is bit
     for bit that of the float32 weights. On exit the float32 weights are back. Weights that take a gradient
-    (the adapters), norms and embeddings are left alone; ``dtype`` ``"fp32"`` (no autocast) changes nothing;
-    ``head=False`` leaves the head alone (a pass that never reads it). The head is tied to the embeddings on
-    SmolLM2, so its copy is kept apart, on the decoder (:attr:`Decoder.head_weight`), and the embeddings keep
-    float32.
+    (the adapters), norms and embeddings are left alone; ``dtype`` ``"fp32"`` (no autocast) changes nothing.
+    The head is tied to the embeddings on SmolLM2, so its copy is kept apart, on the decoder
+    (:attr:`Decoder.head_weight`), and the embeddings keep float32.
     """
     import torch
 
@@ -508,7 +508,7 @@ def frozen_in_autocast_dtype(decoder: Decoder, start: int, stop: int, dtype: str
                         swapped.append((p, p.data))
                         p.data = p.data.to(torch.bfloat16)
         w = decoder.head.weight
-        decoder.head_weight = w.detach().to(torch.bfloat16) if head and not w.requires_grad else None
+        decoder.head_weight = None if w.requires_grad else w.detach().to(torch.bfloat16)
         yield
     finally:
         decoder.head_weight = None
