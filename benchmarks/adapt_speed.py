@@ -1,6 +1,8 @@
 """adapt's LoRA training and scoring, before and after the speed-ups of its top-layer path, side by side.
 
 Run:  .venv/bin/python benchmarks/adapt_speed.py [--data bbc-news] [--n 160] [--test 64] [--repeats 3] [--threads 1]
+      .venv/bin/python benchmarks/adapt_speed.py --profile before|now [--threads 2]   (torch.profiler's top ops)
+      .venv/bin/python benchmarks/adapt_speed.py --agree 200 --threads 2   (one model, shared path on and off)
 
 adapt trains LoRA in SmolLM2-135M's top 4 layers over a frozen prefix computed
 once (``PrefixCache``). Three changes make that path faster without changing the
@@ -50,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test", type=int, default=64, help="test examples scored")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--agree", type=int, default=None, metavar="N",
+                    help="instead: train one model (3 epochs on --n examples) and score N test items with the "
+                         "shared-instruction path on and off, in bf16 and in fp32")
+    ap.add_argument("--profile", choices=["before", "now"], default=None,
+                    help="instead: torch.profiler's table of one epoch of that variant's training (top ops)")
     args = ap.parse_args(argv)
 
     import torch
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data, seed=0)
-    train, test = list(ds.train)[: args.n], list(ds.test)[: args.test]
+    train, test = list(ds.train)[: args.n], list(ds.test)[: args.agree or args.test]
     with engine.quiet_hf():
         base, tok = load_causal_lm(device="cpu")
     base.requires_grad_(False)
@@ -90,6 +97,47 @@ def main(argv: list[str] | None = None) -> None:
                 "held": (whole_last_layer, held_now, every_row),
                 "last layer": (run_now, held_now, every_row),
                 "now": (run_now, held_now, shared_now)}
+    if args.agree is not None:
+        with engine.quiet_hf():
+            model, _ = engine.train_lora(copy.deepcopy(base), cache, keys, gold, epochs=3, lr=RECIPE["lr"],
+                                         lora_r=RECIPE["lora_r"], lora_alpha=RECIPE["lora_alpha"],
+                                         batch_size=RECIPE["batch_size"], seed=0, dtype="bf16", progress=False)
+        c32 = engine.PrefixCache(base, split, dtype="fp32", batch_size=RECIPE["eval_batch_size"],
+                                 pad_token_id=pad_id(tok))
+        c32.add_many(test_keys, [enc[k] for k in test_keys])
+        print(f"### one model (3 epochs on {len(keys)} {args.data} examples) scoring {len(test_keys)} test items "
+              f"with the shared instruction read once and by every row\n")
+        print("| dtype | max \\|score diff\\| | lowest score | same argmax |")
+        print("|---|---:|---:|---:|")
+        for dtype, c in (("bf16", cache), ("fp32", c32)):
+            try:
+                once = engine.score_packed(model, c, test_keys, dtype=dtype, progress=False)
+                engine.PrefixCache.shared_prefix = every_row
+                rows = engine.score_packed(model, c, test_keys, dtype=dtype, progress=False)
+            finally:
+                engine.PrefixCache.shared_prefix = shared_now
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(once, rows, strict=True))
+            same = sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(once, rows, strict=True))
+            print(f"| {dtype} | {diff:.2g} | {min(float(a.min()) for a in once):.1f} | {same} of {len(once)} |")
+        return
+    if args.profile is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = variants[args.profile]
+        kw = {"epochs": 1, "lr": RECIPE["lr"], "lora_r": RECIPE["lora_r"], "lora_alpha": RECIPE["lora_alpha"],
+              "batch_size": RECIPE["batch_size"], "seed": 0, "dtype": "bf16", "progress": False}
+        try:
+            with engine.quiet_hf():
+                engine.train_lora(copy.deepcopy(base), cache, keys[:16], gold[:16], **kw)  # warm-up
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    engine.train_lora(copy.deepcopy(base), cache, keys, gold, **kw)
+        finally:
+            Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = (
+                run_now, held_now, shared_now)
+        print(f"### one epoch of {len(keys)} {args.data} examples, variant {args.profile!r}, {args.threads} "
+              f"thread(s)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        return
     best = {v: [np.inf, np.inf] for v in variants}
     out: dict[str, tuple[list[float], list[np.ndarray]]] = {}
     kw = {"epochs": 1, "lr": RECIPE["lr"], "lora_r": RECIPE["lora_r"], "lora_alpha": RECIPE["lora_alpha"],

@@ -486,9 +486,9 @@ def frozen_in_autocast_dtype(decoder: Decoder, start: int, stop: int, dtype: str
     """Hold the frozen linear weights of layers ``[start, stop)`` and the head's weight in bf16 for the duration.
 
     Under autocast a linear layer casts its float32 weight to bf16 at every call, and autocast keeps no cast of
-    a weight that takes no gradient: a LoRA training step on SmolLM2's top 4 layers on a busy CPU spent 14 % of
-    its time casting frozen weights and the (tied, 28M) head (holding them: 1.07x faster training on an idle
-    one, ``benchmarks/adapt_speed.py``). The copies held here are exactly those casts, so every result is bit
+    a weight that takes no gradient: a LoRA training step on SmolLM2's top 4 layers on a CPU spent 13 % of
+    its time casting frozen weights and the (tied, 28M) head (``benchmarks/adapt_speed.py --profile before``; holding
+    them: 1.07x faster training). The copies held here are exactly those casts, so every result is bit
     for bit that of the float32 weights. On exit the float32 weights are back. Weights that take a gradient
     (the adapters), norms and embeddings are left alone; ``dtype`` ``"fp32"`` (no autocast) changes nothing.
     The head is tied to the embeddings on SmolLM2, so its copy is kept apart, on the decoder
