@@ -247,3 +247,64 @@ def test_adapt_selects_on_gradient_features_of_the_model_it_tunes(work, env, tmp
              for v in pred["scores"]["llf-grad/head"][:3]]
     for p, q in zip(probs, saved, strict=True):
         assert np.allclose(p, q, atol=1e-5)
+
+
+def _every_other(streams, seed, budget):
+    """Another learner's choice, for the test: every other train item from the seed's offset, B of them."""
+    ids = [r.id for r in streams.train]
+    return ids[seed % 2::2][:budget]
+
+
+def test_adapt_compares_another_learners_selection_recipe_by_recipe(work, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("BUDGETSFT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "peer"
+    report = run_adapt(str(work / "topics.jsonl"), out, model=str(work / "llama"), seeds=(0, 1), beta=0.2,
+                       baselines=("random",), include_all=False, epochs=1, batch_size=4, device="cpu", audit=0,
+                       selections={"alternate": _every_other}, progress=False)
+    assert list(report["methods"]) == ["zero-shot", "llf/head", "llf/plain", "llf/distill", "random/head",
+                                       "random/plain", "random/distill", "alternate/head", "alternate/plain",
+                                       "alternate/distill"]
+    budget = report["per_seed"][0]["budget"]
+    assert report["methods"]["alternate/plain"]["labels"] == [budget, budget]
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert {("llf/plain", "alternate/plain"), ("llf/distill", "alternate/distill"),
+            ("llf/head", "alternate/head")} <= pairs
+    for seed in (0, 1):
+        where = out / f"seed-{seed}"
+        sel = json.loads((where / "selection.json").read_text())
+        train = [json.loads(line)["id"] for line in (where / "labels" / "alternate.jsonl").read_text().splitlines()]
+        assert sel["alternate"] == train and len(train) == budget
+        # the ids the function returned for that seed, in its order: the train split's every other item
+        assert train[1] != train[0] and len(set(train)) == budget
+        pseudo = json.loads((where / "pseudo" / "alternate.json").read_text())
+        assert pseudo and not set(pseudo) & set(train)
+        assert (where / "adapters" / "alternate-distill" / "adapter_config.json").is_file()
+    assert "alternate/distill" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    (lambda st, seed, b: [r.id for r in st.train][: b + 1], "over the budget B = "),
+    (lambda st, seed, b: [st.train[0].id, st.train[0].id], "twice"),
+    (lambda st, seed, b: ["no-such-item"], "not in the train split, first 'no-such-item'"),
+])
+def test_another_selection_over_budget_or_off_the_split_is_refused_naming_it(work, tmp_path, monkeypatch,  # noqa: F811
+                                                                              fn, match):
+    monkeypatch.setenv("BUDGETSFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=match) as err:
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", model=str(work / "llama"), seeds=(0,), beta=0.2,
+                  baselines=("random",), include_all=False, device="cpu", selections={"peer": fn}, progress=False)
+    assert "selection 'peer' at seed 0" in str(err.value)
+    assert not (tmp_path / "a").exists()  # refused before anything was trained or written
+
+
+@pytest.mark.parametrize(("selections", "match"), [
+    ({"random": _every_other}, "'random' is taken"),
+    ({"a/b": _every_other}, "not a usable name"),
+    ({"peer": "ids.txt"}, "must map to a function"),
+])
+def test_another_selection_needs_a_free_name_and_a_function(work, tmp_path, selections, match):  # noqa: F811
+    with pytest.raises(ConfigError, match=match):
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", selections=selections, progress=False)
+    with pytest.raises(ConfigError, match="cannot be combined with labels_file"):
+        run_adapt(str(work / "topics.jsonl"), tmp_path / "a", labels_file=work / "topics.jsonl",
+                  selections={"peer": _every_other}, progress=False)

@@ -39,7 +39,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -408,9 +408,12 @@ def _method_order(names) -> list[str]:
     return [n for n in names if "/" not in n] + rest
 
 
-def _comparisons(gate: str, recipes: Sequence[str], selecting: bool) -> list[tuple[str, str]]:
+def _comparisons(gate: str, recipes: Sequence[str], selecting: bool,
+                 others: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The paired comparisons of the report: for every recipe R, ``gate/R`` against ``random/R`` and
-    ``random/plain``; ``random/distill`` against ``random/plain``; ``gate/distill`` against ``gate/plain``."""
+    ``random/plain``; ``random/distill`` against ``random/plain``; ``gate/distill`` against ``gate/plain``;
+    then, for each of ``others`` (the ``selections`` of :func:`run_adapt`) and every recipe R, ``gate/R``
+    against ``other/R``."""
     if not selecting:
         return [(f"{gate}/plain", "random/plain")]
     pairs = []
@@ -419,7 +422,51 @@ def _comparisons(gate: str, recipes: Sequence[str], selecting: bool) -> list[tup
             pairs += [(f"{gate}/{r}", f"random/{r}"), (f"{gate}/{r}", "random/plain")]
     if "distill" in recipes:
         pairs += [("random/distill", "random/plain"), (f"{gate}/distill", f"{gate}/plain")]
+    pairs += [(f"{gate}/{r}", f"{o}/{r}") for o in others for r in ("plain", "distill", "head") if r in recipes]
     return [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
+
+
+def _check_selections(owner: str, selections, *, gate: str, baselines: Sequence[str], features: str,
+                      labels_file) -> dict[str, Callable]:
+    """``run_adapt``'s ``selections``, checked: callables under new names that fit a method name."""
+    if not selections:
+        return {}
+    if labels_file is not None:
+        raise ConfigError(f"The 'selections' parameter of {owner} needs the labelled streams adapt selects on; "
+                          f"it cannot be combined with labels_file.")
+    taken = {gate, f"{gate}-grad" if features == "grad" else gate, *baselines, "all", "labels", "zero-shot"}
+    out = {}
+    for name, fn in dict(selections).items():
+        if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
+            raise ConfigError(f"The 'selections' parameter of {owner}: {name!r} is not a usable name (a non-empty "
+                              f"string without '/' or surrounding spaces).")
+        if name in taken:
+            raise ConfigError(f"The 'selections' parameter of {owner}: {name!r} is taken (by the gate, a baseline, "
+                              f"'all', 'labels' or 'zero-shot'); give the selection another name.")
+        if not callable(fn):
+            raise ConfigError(f"The 'selections' parameter of {owner}: {name!r} must map to a function "
+                              f"fn(streams, seed, budget) -> ids. Got {type(fn).__name__}.")
+        out[name] = fn
+    return out
+
+
+def _other_selection(name: str, fn: Callable, streams, seed: int, budget: int) -> dict[str, Any]:
+    """One of ``run_adapt``'s ``selections`` at one seed, checked against the train split and the budget."""
+    by_id = {ex.id: ex for ex in streams.dataset.train}
+    train_ids = {r.id for r in streams.train}
+    ids = [str(i) for i in fn(streams, seed, budget)]
+    where = f"selection {name!r} at seed {seed}"
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"{where} lists item {dup!r} twice; each train item can be bought once.")
+    unknown = [i for i in ids if i not in train_ids]
+    if unknown:
+        raise ConfigError(f"{where} names {len(unknown)} item(s) that are not in the train split, first "
+                          f"{unknown[0]!r}.")
+    if len(ids) > budget:
+        raise ConfigError(f"{where} bought {len(ids)} labels, over the budget B = {budget}; the budget is the same "
+                          f"for every selection.")
+    return {"examples": [by_id[i] for i in ids], "ids": ids, "head_accuracy": None, "audit_ids": []}
 
 
 def _recommend_seed(plan, sel: str, recipes: Sequence[str], folds: int, seed: int, *, train_set, cache,
@@ -924,6 +971,7 @@ def run_adapt(
     cv_folds: int = 3,
     audit: float = AUDIT_SHARE,
     schedule: str = "auto",
+    selections: Mapping[str, Callable[[Any, int, int], Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Select (or read) label sets, fine-tune one LoRA per set and seed, and write the report under ``out_dir``.
 
@@ -948,6 +996,12 @@ def run_adapt(
     model answers them and the one with the lowest gold NLL on them is recommended
     (:func:`budgetsft.adapt.recommend.recommend`). With ``audit=0`` the recommendation cross-validates on the
     bought labels instead (``cv_folds``, biased against the gate's own head: docs/method.md).
+
+    ``selections``: further label sets to compare at the same budget, name -> ``fn(streams, seed, budget)``
+    returning the ids of at most ``budget`` distinct train items of that seed's streams (another active
+    learner's choice, say: ``benchmarks/adapt_peers.py`` plugs in Vowpal Wabbit, river and modAL). Each gets
+    the models random gets (``name/head``, ``name/plain``, ``name/distill``) and is compared with the gate's,
+    recipe by recipe. Only when adapt selects (not with ``labels_file``).
 
     ``estimate_only`` stops after the time estimate (nothing is trained). ``threads``
     sets torch's CPU threads; None keeps torch's default unless a timed warm-up
@@ -992,6 +1046,8 @@ def run_adapt(
     audit = check_float(owner, "audit", audit, low=0.0, high=1.0, high_open=True)
     if distill_passes is not None:
         distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
+    extra = _check_selections(owner, selections, gate=gate, baselines=baselines, features=features,
+                              labels_file=labels_file)
     out = Path(out_dir)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     resolve_model(model, "causal")  # a bad name fails before anything is featurised
@@ -1049,8 +1105,11 @@ def run_adapt(
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
             chosen = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
                                    all_head=False, audit=audit, schedule=schedule)
-            if not include_all:
-                chosen.pop("all")
+            everything = chosen.pop("all")
+            for name, fn in extra.items():
+                chosen[name] = _other_selection(name, fn, streams, seed, budget)
+            if include_all:
+                chosen["all"] = everything
             train_rounds = {r.id: r for r in streams.train}
             test_rounds = {r.id: r for r in streams.test}
             by_id = {ex.id: ex for ex in ds.train}
@@ -1067,7 +1126,7 @@ def run_adapt(
                 sets[f"{sel}/plain"] = chosen_set
                 if chosen_set["ids"]:  # the refit head: a model of its own, and the teacher of distill
                     heads[f"{sel}/head"] = refit([train_rounds[i] for i in chosen_set["ids"]], seed=seed)
-                if "distill" in recipes and sel in (gate_name, "random") and chosen_set["ids"]:
+                if "distill" in recipes and sel in (gate_name, "random", *extra) and chosen_set["ids"]:
                     skip = set(held) if sel == gate_name else set()  # an audit item gets no pseudo-label either
                     pool = [r for r in streams.train if r.id not in skip]
                     say(f"seed {seed}: {sel}/distill: the head refit on {sel}'s {len(chosen_set['ids'])} labels "
@@ -1295,9 +1354,9 @@ def run_adapt(
             "cv": cv, "recommended": pick, "audit": len(audit_keys),
         })
 
-    comparisons = _comparisons(gate_name, [*recipes, "head"], given is None)
+    comparisons = _comparisons(gate_name, [*recipes, "head"], given is None, others=list(extra))
     report = seed_report(results, gate=f"{gate_name}/plain",
-                         baselines=[f"{b}/plain" for b in [*baselines, "all"]] if given is None
+                         baselines=[f"{b}/plain" for b in [*baselines, *extra, "all"]] if given is None
                          else ["random/plain", "zero-shot"], comparisons=comparisons)
     report["recommendation"] = _recommendation(results, cv_folds, gate_name)
     report["recommended"] = report["recommendation"]["method"]
