@@ -308,3 +308,35 @@ def test_another_selection_needs_a_free_name_and_a_function(work, tmp_path, sele
     with pytest.raises(ConfigError, match="cannot be combined with labels_file"):
         run_adapt(str(work / "topics.jsonl"), tmp_path / "a", labels_file=work / "topics.jsonl",
                   selections={"peer": _every_other}, progress=False)
+
+
+def test_distill_lists_each_gold_label_twice_and_passes_twice_over_the_heads_labels():
+    from budgetsft.adapt.pipeline import _training_list
+
+    gold = [Example(f"g{i}", "text", ("a", "b"), answer=i % 2) for i in range(3)]
+    pseudo = [Example(f"p{i}", "text", ("a", "b"), answer=1) for i in range(4)]
+    s = {"examples": gold + pseudo, "weights": [1.0] * 3 + [0.5] * 4, "pseudo": {e.id: [1, 0.5] for e in pseudo}}
+    keys, answers, weights, passes = _training_list(s, 3, 2)
+    assert keys == ["g0", "g0", "g1", "g1", "g2", "g2", "p0", "p1", "p2", "p3"] and passes == 2
+    assert answers == [0, 0, 1, 1, 0, 0, 1, 1, 1, 1] and weights == [1.0] * 6 + [0.5] * 4
+    assert _training_list(s, 3, 3) == ([e.id for e in s["examples"]], [e.answer for e in s["examples"]],
+                                       s["weights"], 3)  # as many passes as epochs: the plain list
+    plain = {"examples": gold}
+    assert _training_list(plain, 3, 2)[0] == ["g0", "g1", "g2"] and _training_list(plain, 3, 2)[3] == 3
+
+
+def test_adapt_distill_defaults_to_two_passes_at_three_epochs(work, tmp_path, monkeypatch):  # noqa: F811
+    from budgetsft.adapt.pipeline import _train_work
+
+    monkeypatch.setenv("BUDGETSFT_CACHE", str(tmp_path / "cache"))
+    kw = {"model": str(work / "llama"), "seeds": (0,), "beta": 0.2, "baselines": ("random",), "include_all": False,
+          "epochs": 3, "batch_size": 4, "device": "cpu", "audit": 0, "cv_folds": 0, "estimate_only": True,
+          "progress": False}
+    default = run_adapt(str(work / "topics.jsonl"), tmp_path / "a", **kw)["work"]["train"]
+    three = run_adapt(str(work / "topics.jsonl"), tmp_path / "b", distill_passes=3, **kw)["work"]["train"]
+    # two distill sets (llf's and random's) of B gold labels and n - B of the head's; B = 7, n = 38 here
+    n, b = 38, 7
+    assert three - default == 2 * (_train_work(n, 3, 4) - _train_work(2 * b + n - b, 2, 4))
+    one = run_adapt(str(work / "topics.jsonl"), tmp_path / "c", **{**kw, "epochs": 1})["work"]["train"]
+    assert one == run_adapt(str(work / "topics.jsonl"), tmp_path / "d", distill_passes=1,
+                            **{**kw, "epochs": 1})["work"]["train"]  # never more passes than --epochs

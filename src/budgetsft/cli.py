@@ -1386,8 +1386,10 @@ def adapt(
                                               "plain,distill; plain with --labels on labelled data]")] = "auto",
     distill_weight: Annotated[float, typer.Option(help="distill: weight of a pseudo-label relative to a gold "
                                                        "one, times the head's probability of it.")] = 1.0,
-    distill_passes: Annotated[float | None, typer.Option(help="distill: passes over the head's labels (the gold "
-                                                              "ones get --epochs). \\[default: --epochs]")] = None,
+    distill_passes: Annotated[float | None, typer.Option(help="distill: passes over the head's labels; each gold "
+                                                              "label is listed round(epochs / passes) times, so it "
+                                                              "gets about --epochs passes. \\[default: 2, or --epochs "
+                                                              "when that is lower]")] = None,
     audit: Annotated[float, typer.Option(help="Share of the gate's budget drawn uniformly at random and held out "
                                               "of training; the model (head, plain, distill) with the lowest gold "
                                               "NLL on these audit labels is recommended. 0: none (then --cv-folds "

@@ -70,6 +70,10 @@ BASELINES = ("random", "first", "margin")
 RECIPES = ("plain", "distill")
 #: The weight of a pseudo-label relative to a gold one, times the head's probability of it (:func:`distill_set`).
 DISTILL_WEIGHT = 1.0
+#: Passes of ``distill`` over the head's labels when ``--epochs`` is 3 (fewer when it is below): each gold label is
+#: listed twice, so it gets 4 passes (docs/method.md, "The distill recipe"; measured in benchmarks/RESULTS.md,
+#: "Fewer passes over the head's labels").
+DISTILL_PASSES = 2.0
 #: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
 RANDOM_SET_STREAM = 3
 #: Second entry of the seed sequence of a pool-mode audit draw.
@@ -222,7 +226,8 @@ def _training_list(s: dict[str, Any], epochs: float, passes: float | None
 
     A plain set: ``epochs`` passes over it. A distill set with ``passes`` (pseudo-label passes) below ``epochs``:
     each gold label listed ``round(epochs / passes)`` times beside every pseudo-label once, and ``passes`` passes
-    over that list, so the gold labels get the plain recipe's passes and the head's labels fewer.
+    over that list, so the gold labels get about the plain recipe's passes (4 for 3 at the default 2 of 3) and
+    the head's labels fewer.
     """
     examples = s["examples"]
     keys, answers = [ex.id for ex in examples], [ex.answer for ex in examples]
@@ -1044,8 +1049,9 @@ def run_adapt(
     distill_weight = check_float(owner, "distill_weight", distill_weight, low=0.0, high=1.0, low_open=True)
     cv_folds = check_int(owner, "cv_folds", cv_folds, low=0)
     audit = check_float(owner, "audit", audit, low=0.0, high=1.0, high_open=True)
-    if distill_passes is not None:
-        distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
+    if distill_passes is None:  # the default: 2 passes over the head's labels, never more than --epochs
+        distill_passes = min(DISTILL_PASSES, epochs)
+    distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
     extra = _check_selections(owner, selections, gate=gate, baselines=baselines, features=features,
                               labels_file=labels_file)
     out = Path(out_dir)
@@ -1369,7 +1375,7 @@ def run_adapt(
         data=data, model=model, out=str(out), labels=labels_list, beta=None if given is not None else beta, mode=mode,
         labels_file=str(labels_file) if labels_file is not None else None, settings=settings,
         recipes=list(recipes), **({"distill": {"weight": distill_weight, "temperature": 1.0,
-                                              "pseudo_passes": epochs if distill_passes is None else distill_passes,
+                                              "pseudo_passes": distill_passes,
                                               "labels": "argmax of the refit head, weight × its probability"}}
                                   if "distill" in recipes else {}),
         **({"random_sets": random_note} if random_note is not None else {}),
