@@ -43,30 +43,27 @@ PEERS = ["vw-cs_active", "river-entropy", "modal-pool"]
 CHOICES = [*PEERS, "vw-active"]
 
 
-def peer_selection(method: str, data: str, beta: float, max_examples: int | None, bought_log: list):
-    """``fn(streams, seed, budget) -> ids`` for ``run_adapt(selections=...)``: ``method``'s set on that seed."""
+def peer_selection(method: str, data: str, beta: float, max_examples: int | None, bought_log: list,
+                   settings: dict):
+    """``fn(streams, seed, budget) -> ids`` for ``run_adapt(selections=...)``: ``method``'s set on that seed.
+
+    ``settings`` holds each seed's :class:`peers.Setting`, loaded once for every peer.
+    """
 
     def fn(streams, seed: int, budget: int) -> list[str]:
         t0 = time.perf_counter()
-        st = peers.load_setting(data, seed, max_examples=max_examples)
+        if seed not in settings:
+            settings[seed] = peers.load_setting(data, seed, max_examples=max_examples)
+        st = settings[seed]
         if [r.id for r in st.train] != [r.id for r in streams.train]:
             raise SystemExit(f"{method}: peers.py's train stream of seed {seed} is not adapt's")
         if st.budget(beta) != budget:
             raise SystemExit(f"{method}: budget {st.budget(beta)} against adapt's {budget}")
         knob = None
         with threadpool_limits(limits=1, user_api="blas"):
-            if method == "vw-cs_active":
-                res = peers.run_vw_cs_active(st, beta)
-            elif method == "modal-pool":
-                res = peers.run_modal(st, beta)
-            elif method == "river-entropy":
-                knob, _ = peers.tune(peers.run_river, st, budget, 0.01, 1e4, increasing=False)
-                res = peers.run_river(st, knob)
-            elif method == "vw-active":
-                knob, _ = peers.tune(peers.run_vw_active, st, budget, 1e-7, 10.0, increasing=True)
-                res = peers.run_vw_active(st, knob)
-            else:
-                raise SystemExit(f"unknown peer {method!r}; valid: {', '.join(CHOICES)}")
+            if method in peers.TUNED:
+                knob, _ = peers.tune_knob(st, method, budget)
+            res = peers.cell(st, method, beta, {(method, beta): knob})
         bought = sorted(res["bought"])
         kept = bought[:budget]
         bought_log.append({"peer": method, "seed": seed, "bought": len(bought), "kept": len(kept), "budget": budget,
@@ -97,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown peer {bad[0]!r}; valid: {', '.join(CHOICES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     log: list[dict] = []
+    settings: dict = {}  # each seed's streams as peers.py reads them, shared by the peers
     t0 = time.perf_counter()
     report = run_adapt(args.data, args.out, baselines=("random",), include_all=False, seeds=seeds, beta=args.beta,
                        max_examples=args.max_examples, threads=args.threads,
-                       selections={p: peer_selection(p, args.data, args.beta, args.max_examples, log)
+                       selections={p: peer_selection(p, args.data, args.beta, args.max_examples, log, settings)
                                    for p in names})
     wall = time.perf_counter() - t0
     out = Path(args.out)

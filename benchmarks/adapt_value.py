@@ -69,7 +69,7 @@ def bought_sets(st, beta: float, log) -> dict[str, list[int]]:
         for g in GATES:
             out[g] = peers.run_bsft(st, g, beta)["bought"]
         out["vw-cs_active"] = peers.run_vw_cs_active(st, beta)["bought"]
-        knob, got = peers.tune(peers.run_river, st, st.budget(beta), 0.01, 1e4, increasing=False)
+        knob, got = peers.tune_knob(st, "river-entropy", st.budget(beta))
         log(f"  river-entropy: discount {knob:.4g} buys {got} (B = {st.budget(beta)})")
         out["river-entropy"] = peers.run_river(st, knob)["bought"]
         out["modal-pool"] = peers.run_modal(st, beta)["bought"]

@@ -455,11 +455,11 @@ def _check_selections(owner: str, selections, *, gate: str, baselines: Sequence[
     return out
 
 
-def _other_selection(name: str, fn: Callable, streams, seed: int, budget: int) -> dict[str, Any]:
-    """One of ``run_adapt``'s ``selections`` at one seed, checked against the train split and the budget."""
-    by_id = {ex.id: ex for ex in streams.dataset.train}
-    train_ids = {r.id for r in streams.train}
-    ids = [str(i) for i in fn(streams, seed, budget)]
+def _other_selection(name: str, returned, seed: int, budget: int, *, by_id: Mapping[str, Example],
+                     train_ids) -> dict[str, Any]:
+    """The ids one of ``run_adapt``'s ``selections`` ``returned`` at one seed, checked against the train split
+    (``train_ids``) and the budget; ``by_id``: the train examples by id."""
+    ids = [str(i) for i in returned]
     where = f"selection {name!r} at seed {seed}"
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -1111,14 +1111,15 @@ def run_adapt(
                 f"(B = {budget} of {len(streams.train)}), as `budgetsft run` does")
             chosen = select_labels(streams, gate, beta, seed=seed, mode=mode, baselines=tuple(baselines),
                                    all_head=False, audit=audit, schedule=schedule)
-            everything = chosen.pop("all")
-            for name, fn in extra.items():
-                chosen[name] = _other_selection(name, fn, streams, seed, budget)
-            if include_all:
-                chosen["all"] = everything
             train_rounds = {r.id: r for r in streams.train}
             test_rounds = {r.id: r for r in streams.test}
             by_id = {ex.id: ex for ex in ds.train}
+            everything = chosen.pop("all")
+            for name, fn in extra.items():
+                chosen[name] = _other_selection(name, fn(streams, seed, budget), seed, budget, by_id=by_id,
+                                                train_ids=train_rounds)
+            if include_all:
+                chosen["all"] = everything
             sets, heads = {}, {}
             chosen = {(gate_name if sel == gate else sel): v for sel, v in chosen.items()}
             held = chosen[gate_name].get("audit_ids") or []
