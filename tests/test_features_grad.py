@@ -208,6 +208,62 @@ def test_projection_is_the_documented_rademacher_stream(grad):
     np.testing.assert_allclose(grad.project(g), g @ r, rtol=1e-4, atol=1e-4)
 
 
+# --------------------------------------------------------------------------- warm-up
+
+
+@pytest.fixture(scope="module")
+def warm(llama, tok):
+    return _grad(llama, tok, warmup=EXAMPLES[:3], warmup_lr=3e-2)
+
+
+def test_warm_adapters_are_adapt_train_lora_on_the_warmup_examples(llama, tok, warm):
+    """The warm-up is adapt's own training (same config, seed, recipe) on the warm-up examples, nothing else."""
+    from budgetsft.adapt.engine import PrefixCache, encode, train_lora
+
+    base = copy.deepcopy(llama[1]).requires_grad_(False)
+    enc = [encode(ex, tok, max_prompt_tokens=64) for ex in EXAMPLES[:3]]
+    cache = PrefixCache(base, 1, dtype="fp32")
+    cache.add_many(["a", "b", "c"], enc)
+    trained, losses = train_lora(base, cache, ["a", "b", "c"], [0, 0, 0], epochs=3, lr=3e-2, dtype="fp32", seed=0,
+                                 batch_size=8, progress=False)
+    warm._ensure_loaded()
+    ours = {n: p for n, p in warm.peft_model_.named_parameters() if "lora_" in n}
+    theirs = {n: p for n, p in trained.named_parameters() if "lora_" in n}
+    assert ours.keys() == theirs.keys() and len(ours) == 2 * 2 * 7
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-7)
+    assert warm.warmup_losses_ == pytest.approx(losses)
+    b_norm = sum(float(p.detach().abs().sum()) for n, p in ours.items() if "lora_B" in n)
+    assert b_norm > 1e-3  # trained away from B = 0
+
+
+def test_warm_features_are_the_projected_gradient_at_the_warm_adapters(tok, warm, grad):
+    """B != 0 after the warm-up: the per-row hook gradient still equals full autograd at the warmed model."""
+    feats = warm.transform_many(EXAMPLES[3:])
+    grads = warm.gradients_many(EXAMPLES[3:])
+    r = _rademacher(warm.seed, warm.dim, warm.n_params_)
+    for ex, phi, g in zip(EXAMPLES[3:], feats, grads, strict=True):
+        naive = _naive_gradients(warm, tok, ex)
+        scale = np.abs(naive).max()
+        np.testing.assert_allclose(g, naive, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(phi, naive @ r, rtol=0, atol=1e-4 * np.abs(naive @ r).max())
+    cold = grad.transform_many(EXAMPLES[3:])
+    assert all(np.abs(a - b).max() > 1e-3 * np.abs(b).max() for a, b in zip(feats, cold, strict=True))
+
+
+def test_warmup_is_in_the_cache_key_and_the_default_key_is_unchanged(llama, tok, grad, warm):
+    assert grad.settings()["warmup"] == 0  # the key of features cached before warm-ups existed
+    assert _grad(llama, tok, warmup=[]).settings()["warmup"] == 0
+    assert _grad(llama, tok, warmup=0).settings()["warmup"] == 0
+    keys = {featurizer_key(grad), featurizer_key(warm)}
+    relabelled = [EXAMPLES[0], EXAMPLES[1], Example("n3", EXAMPLES[2].prompt, EXAMPLES[2].candidates, 1)]
+    for change in ({"warmup": EXAMPLES[:2]}, {"warmup": relabelled}, {"warmup": EXAMPLES[:3], "warmup_epochs": 1},
+                   {"warmup": EXAMPLES[:3], "warmup_lr": 1e-2}):
+        keys.add(featurizer_key(_grad(llama, tok, **{"warmup_lr": 3e-2, **change})))
+    assert len(keys) == 6
+    assert warm.settings()["warmup"]["examples"] == 3
+
+
 # --------------------------------------------------------------------------- cache, model directory, config
 
 
@@ -245,7 +301,12 @@ def test_a_model_directory_gives_the_features_of_the_model_saved_there(llama, to
     ("lora_r", 1.5, "'lora_r' parameter"),
     ("lora_alpha", 0, "'lora_alpha' parameter"),
     ("max_prompt_tokens", 0, "'max_prompt_tokens' parameter"),
-    ("warmup", 10, "'warmup' parameter of GradFeaturizer must be 0"),
+    ("warmup", 10, "'warmup' parameter of GradFeaturizer must be a list of labelled examples"),
+    ("warmup", "n1", "'warmup' parameter of GradFeaturizer must be a list of labelled examples"),
+    ("warmup", [Example("u", "no label", ("a", "b"))], "example 'u' \\(item 0\\) has no gold answer"),
+    ("warmup", [EXAMPLES[0], "n2"], "item 1 is not an Example"),
+    ("warmup_epochs", 0, "'warmup_epochs' parameter"),
+    ("warmup_lr", -1e-3, "'warmup_lr' parameter"),
     ("dtype", "fp16", "'dtype' parameter"),
     ("labels", "business", "'labels' parameter"),
     ("batch_size", 0, "'batch_size' parameter"),
