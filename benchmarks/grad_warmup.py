@@ -6,7 +6,8 @@ Run:  .venv/bin/python benchmarks/grad_warmup.py [--data bbc-news] [--beta 0.1] 
 ``features: grad`` is the gradient of a candidate's mean log-likelihood with respect to the LoRA B matrices that
 ``budgetsft adapt`` trains, taken at their initialisation (B = 0). The alternative is the same gradient after a
 short warm-up: adapt's LoRA recipe trained on the first ``--warmup`` labels of the stream
-(:class:`budgetsft.features.grad.GradFeaturizer` with ``warmup=``). Those labels are paid for, so here they are
+(``budgetsft.adapt.engine.warm_up``), the gradient then taken at those weights
+(:class:`budgetsft.features.grad.GradFeaturizer` with ``adapters=``). Those labels are paid for, so here they are
 the stream's first ``--warmup`` rounds, bought whatever the gate says, out of the same budget B = βT; the gate
 spends the rest.
 
@@ -77,6 +78,21 @@ def play_gate(gate: str, beta: float, seed: int, train, test, *, warmup: int = 0
                                                                                                   seed=seed)}
 
 
+def warm_adapters(examples, opts: dict, labels) -> dict:
+    """adapt's LoRA trained on the warm-up examples (``budgetsft.adapt.engine.warm_up``, the featuriser's seed 0 and
+    layers), on the packaged model as the featuriser loads it."""
+    from budgetsft.adapt.engine import warm_up
+    from budgetsft.features.models import load_causal_lm, resolve_device, resolve_dtype
+
+    device = resolve_device("auto")
+    model, tokenizer = load_causal_lm(opts["model_name"], device=device)
+    adapters, _ = warm_up(model, tokenizer, examples, labels=labels, lora_layers=opts["lora_layers"],
+                          lora_r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
+                          max_prompt_tokens=opts["max_prompt_tokens"], seed=0,
+                          dtype=resolve_dtype("grad_warmup", "bf16", device))
+    return adapters
+
+
 def refit_on(streams, ids, seed: int) -> float:
     from budgetsft.refit import refit_accuracy
 
@@ -120,7 +136,8 @@ def main(argv=None) -> int:
             ap.error(f"--warmup {args.warmup} is more than the budget B = {budget} of seed {seed}")
         first = [by_id[r.id] for r in cold.train[: args.warmup]]
         t = time.perf_counter()
-        warm = load_streams(args.data, "grad", feature_options={**opts, "warmup": first}, **common)
+        adapters = warm_adapters(first, opts, cold.dataset.labels)
+        warm = load_streams(args.data, "grad", feature_options={**opts, "adapters": adapters}, **common)
         print(f"seed {seed}: warm features in {time.perf_counter() - t:.0f} s "
               f"({warm.n_computed} computed, {warm.n_cached} cached)", file=sys.stderr)
         assert [r.id for r in warm.train] == [r.id for r in cold.train]  # same stream, other features

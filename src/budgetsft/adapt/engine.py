@@ -42,6 +42,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 import time
@@ -65,6 +66,7 @@ from budgetsft.features.decoder import (
     label_instruction,
     lora_config,
     packed_batch,
+    pad_id,
     train_attention,
 )
 
@@ -77,6 +79,7 @@ __all__ = [
     "check_decoder",
     "PrefixCache",
     "train_lora",
+    "warm_up",
     "score_packed",
     "LORA_TARGETS",
     "quiet_hf",
@@ -338,6 +341,60 @@ def train_lora(
             bar.close()
     peft_model.eval()
     return peft_model, history
+
+
+def warm_up(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    *,
+    labels: Sequence[str] | None = None,
+    lora_layers: int = 4,
+    max_prompt_tokens: int = 64,
+    epochs: float = 3,
+    lr: float = 3e-3,
+    lora_r: int = 16,
+    lora_alpha: float = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    dtype: str = "bf16",
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """adapt's LoRA trained on a few labelled examples: the weights ``GradFeaturizer(adapters=...)`` takes.
+
+    :func:`train_lora` (same layers, rank, α and ``seed``, so the same initial A as the featuriser's and adapt's)
+    on ``examples`` in adapt's format, on a deep copy of ``model`` (left as it is). The examples' labels are
+    labels someone paid for: count them against the budget (``benchmarks/grad_warmup.py`` buys them as the
+    stream's first rounds).
+
+    Returns
+    -------
+    adapters : dict of str -> tensor
+        Every LoRA weight, keyed as ``peft.get_peft_model_state_dict`` keys it (no adapter name).
+    losses : list of float
+        The training loss of every step.
+    """
+    owner = "warm_up"
+    examples = list(examples)
+    if not examples:
+        raise ConfigError(f"{owner} got 0 examples: a warm-up trains on labelled examples.")
+    for i, ex in enumerate(examples):
+        if getattr(ex, "answer", None) is None:
+            raise ConfigError(f"{owner}: example {getattr(ex, 'id', i)!r} (item {i}) has no gold answer; a warm-up "
+                              f"trains on labelled examples only.")
+    lora_layers = check_int(owner, "lora_layers", lora_layers, low=1)
+    base = copy.deepcopy(model).requires_grad_(False)
+    base.eval()
+    split = max(0, Decoder(base).n_layers - lora_layers)
+    encoded = [encode(ex, tokenizer, max_prompt_tokens=max_prompt_tokens, labels=labels) for ex in examples]
+    keys = [f"{i}:{ex.id}" for i, ex in enumerate(examples)]
+    cache = PrefixCache(base, split, dtype=dtype, pad_token_id=pad_id(tokenizer))
+    cache.add_many(keys, encoded)
+    trained, losses = train_lora(base, cache, keys, [int(ex.answer) for ex in examples], epochs=epochs, lr=lr,
+                                 lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed,
+                                 dtype=dtype, progress=False, desc="warm-up")
+    adapters = {n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."):
+                p.detach().clone() for n, p in trained.named_parameters() if ".lora_" in n}
+    return adapters, losses
 
 
 def score_packed(

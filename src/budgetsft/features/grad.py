@@ -72,18 +72,19 @@ forward/backward passes over prompt + candidate.
 
 Warm-up
 -------
-By default the gradient is taken at the initialisation (B = 0). With
-``warmup`` (labelled examples, e.g. the first labels a stream bought) the
-adapters are first trained on them with adapt's own recipe
-(:func:`budgetsft.adapt.engine.train_lora`: same layers, rank, α, seed,
-AdamW at ``warmup_lr``, ``warmup_epochs`` passes, batches of 8), and the
-features are ∇_B at the adapters so trained: the linearisation around a model
-that has seen a little of the task, not around the base model. B ≠ 0 then, so
-∇_A is no longer 0; the features stay ∇_B (the same P coordinates, the same
-projection). The warm-up labels are labels someone paid for: whoever passes
-them counts them against the budget (``benchmarks/grad_warmup.py`` buys them
-as the first rounds of the stream). Measured against the initialisation in
-benchmarks/RESULTS.md ("Gradient features after a warm-up"); the
+By default the gradient is taken at the initialisation (B = 0). ``adapters``
+takes it elsewhere: LoRA weights for the same adapters (same layers, rank, α),
+as ``peft.get_peft_model_state_dict`` gives them, are loaded over the
+initialisation before any gradient is taken. :func:`budgetsft.adapt.engine.warm_up`
+makes them: adapt's own ``train_lora`` (same seed, so the same initial A) on a
+few labelled examples, e.g. the first labels a stream bought. The features are
+then ∇_B at the warmed adapters: the linearisation around a model that has
+seen a little of the task. B ≠ 0 there, so ∇_A is no longer 0; the features
+stay ∇_B (the same P coordinates, the same projection). The warm-up labels
+are labels someone paid for: the caller counts them against the budget
+(``benchmarks/grad_warmup.py`` buys them as the stream's first rounds).
+Measured against the initialisation in benchmarks/RESULTS.md ("Gradient
+features after a warm-up"): the warm features are worse, and the
 initialisation stays the default of ``features: grad``.
 
 Examples
@@ -100,7 +101,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -149,7 +150,7 @@ def _quiet() -> Iterator[None]:
 
 
 class GradFeaturizer:
-    """Random projection of ∇_B of a candidate's mean log-likelihood, LoRA at its initialisation (or warmed up).
+    """Random projection of ∇_B of a candidate's mean log-likelihood, LoRA at its initialisation (or given weights).
 
     Parameters
     ----------
@@ -182,13 +183,12 @@ class GradFeaturizer:
         per-item candidates (the text is cut from its start).
     max_prompt_tokens : int, default=64
         The example's text is cut to this many tokens (adapt's recipe).
-    warmup : sequence of Example, optional
-        Labelled examples (gold set, K ≥ 2) to train the adapters on before the gradients are taken (the
-        module's "Warm-up"). None or empty (also 0, the former spelling): at the initialisation, the default.
-    warmup_epochs : float, default=3
-        Passes over ``warmup`` (adapt's default epochs).
-    warmup_lr : float, default=3e-3
-        AdamW's learning rate of the warm-up, decaying linearly to 0 (adapt's default).
+    warmup : int, default=0
+        Must be 0 (the former spelling of "at the initialisation"); a warm-up is given as ``adapters``.
+    adapters : mapping of str to tensor, optional
+        LoRA weights to take the gradients at (the module's "Warm-up"), keyed as
+        ``peft.get_peft_model_state_dict`` keys adapt's adapters (:func:`budgetsft.adapt.engine.warm_up`
+        returns them); every LoRA weight of the featuriser's adapters must be given. None: the initialisation.
     batch_size : int, default=16
         Candidate rows per top-layer forward/backward.
     progress : bool, default=True
@@ -230,9 +230,8 @@ class GradFeaturizer:
         lora_alpha: float = 16,
         labels: Sequence[str] | None = None,
         max_prompt_tokens: int = 64,
-        warmup: Sequence[Example] | int | None = None,
-        warmup_epochs: float = 3,
-        warmup_lr: float = 3e-3,
+        warmup: int = 0,
+        adapters: Mapping[str, Any] | None = None,
         batch_size: int = 16,
         progress: bool = True,
         cache_dir: Any = None,
@@ -264,10 +263,14 @@ class GradFeaturizer:
             labels = tuple(labels)
         self.labels = labels
         self.max_prompt_tokens = check_int(owner, "max_prompt_tokens", max_prompt_tokens, low=1)
-        self.warmup = _check_warmup(owner, warmup)
-        self.warmup_epochs = check_float(owner, "warmup_epochs", warmup_epochs, low=0, low_open=True,
-                                         high_open=True)
-        self.warmup_lr = check_float(owner, "warmup_lr", warmup_lr, low=0, low_open=True, high_open=True)
+        warmup = check_int(owner, "warmup", warmup, low=0)
+        if warmup != 0:
+            raise ConfigError(
+                f"The 'warmup' parameter of {owner} must be 0: a warm-up is given as the 'adapters' it trained "
+                f"(budgetsft.adapt.engine.warm_up on labels you bought). Got {warmup!r}."
+            )
+        self.warmup = warmup
+        self.adapters = _check_adapters(owner, adapters)
         self.batch_size = check_int(owner, "batch_size", batch_size, low=1)
         if not isinstance(progress, bool):
             raise ConfigError(f"The 'progress' parameter of {owner} must be a bool. Got {progress!r}.")
@@ -317,13 +320,12 @@ class GradFeaturizer:
             config = lora_config(dec, self.split_, r=self.lora_r, alpha=self.lora_alpha, owner=type(self).__name__)
             # Exactly as adapt's train_lora attaches its adapters: same config, same seed, same A.
             device = torch.device(self.device_)
-            if self.warmup:
-                peft_model = self._warm_up(base)
-            else:
-                fork = [device.index or 0] if device.type == "cuda" else []
-                with torch.random.fork_rng(devices=fork):
-                    torch.manual_seed(self.seed)
-                    peft_model = get_peft_model(base, config)
+            fork = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork):
+                torch.manual_seed(self.seed)
+                peft_model = get_peft_model(base, config)
+            if self.adapters:
+                self._load_adapters(peft_model)
         peft_model.eval()
         self.peft_model_ = peft_model
         self.decoder_ = Decoder(peft_model)
@@ -343,19 +345,28 @@ class GradFeaturizer:
         self._checked = False
         self._loaded = True
 
-    def _warm_up(self, base: Any) -> Any:
-        """adapt's LoRA on the warm-up examples (train_lora: same config and seed, so the same initial A)."""
-        from budgetsft.adapt.engine import PrefixCache, train_lora
+    def _load_adapters(self, peft_model: Any) -> None:
+        """Load ``adapters`` over the initialisation; every LoRA weight given, each of its shape."""
+        import torch
 
-        encoded = self._encode(self.warmup)
-        keys = [f"{i}:{ex.id}" for i, ex in enumerate(self.warmup)]
-        cache = PrefixCache(base, self.split_, dtype=self.dtype_, pad_token_id=pad_id(self.tokenizer))
-        cache.add_many(keys, encoded)
-        peft_model, self.warmup_losses_ = train_lora(
-            base, cache, keys, [int(ex.answer) for ex in self.warmup], epochs=self.warmup_epochs, lr=self.warmup_lr,
-            lora_r=self.lora_r, lora_alpha=self.lora_alpha, batch_size=8, seed=self.seed, dtype=self.dtype_,
-            progress=False, desc="grad warm-up")
-        return peft_model
+        state = {n: p for n, p in peft_model.named_parameters() if ".lora_" in n}
+        # get_peft_model_state_dict drops the adapter name: base_model...q_proj.lora_A.weight
+        mine = {n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): p
+                for n, p in state.items()}
+        owner = type(self).__name__
+        missing = sorted(set(mine) - set(self.adapters))
+        extra = sorted(set(self.adapters) - set(mine))
+        if missing or extra:
+            raise ConfigError(f"The 'adapters' parameter of {owner} does not match the featuriser's adapters "
+                              f"(lora_layers={self.lora_layers}, r={self.lora_r}): missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}.")
+        with torch.no_grad():
+            for name, p in mine.items():
+                w = torch.as_tensor(self.adapters[name])
+                if tuple(w.shape) != tuple(p.shape):
+                    raise ConfigError(f"The 'adapters' parameter of {owner}: {name} has shape {tuple(w.shape)}, "
+                                      f"the adapter's is {tuple(p.shape)}.")
+                p.copy_(w.to(p.dtype))
 
     def _hook(self, offset: int, size: int):
         """Forward hook of one lora_B layer: keep its input, write each row's gradient of its weight in the backward."""
@@ -408,26 +419,26 @@ class GradFeaturizer:
                      "targets": "q,k,v,o,gate,up,down present", "init": "peft default, torch.manual_seed(seed)",
                      "peft": peft.__version__},
             "gradient": "lora_B",
-            "warmup": self._warmup_identity(),
+            "warmup": self.warmup,
+            **({"adapters": self._adapters_identity()} if self.adapters else {}),
             "projection": "rademacher +-1/sqrt(dim), numpy default_rng([seed, chunk])",
             "chunk_entries": _CHUNK_ENTRIES,
             "seed": self.seed,
             "dtype": self.dtype_,
         }
 
-    def _warmup_identity(self) -> Any:
-        """0 at the initialisation (the cache key of features computed before warm-ups existed); else the
-        warm-up's recipe and a hash of its examples (ids, texts, candidates, gold)."""
-        if not self.warmup:
-            return 0
+    def _adapters_identity(self) -> str:
+        """A hash of the given adapter weights (names, shapes, float32 bytes)."""
         import hashlib
-        import json
 
-        blob = json.dumps([[ex.id, ex.prompt, list(ex.candidates), int(ex.answer)] for ex in self.warmup],
-                          ensure_ascii=False)
-        return {"examples": len(self.warmup), "sha256": hashlib.sha256(blob.encode()).hexdigest(),
-                "epochs": self.warmup_epochs, "lr": self.warmup_lr, "batch_size": 8,
-                "recipe": "budgetsft.adapt.engine.train_lora"}
+        import torch
+
+        h = hashlib.sha256()
+        for name in sorted(self.adapters):
+            w = torch.as_tensor(self.adapters[name]).detach().to("cpu", torch.float32).contiguous()
+            h.update(f"{name}:{tuple(w.shape)};".encode())
+            h.update(w.numpy().tobytes())
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ projection
     def _chunk_rows(self) -> int:
@@ -621,22 +632,14 @@ class GradFeaturizer:
         return out
 
 
-def _check_warmup(owner: str, warmup: Any) -> tuple[Example, ...]:
-    """The warm-up examples: every one an Example with a gold answer; None, 0 or empty for none."""
-    if warmup is None or (isinstance(warmup, int) and not isinstance(warmup, bool) and warmup == 0):
-        return ()
-    if isinstance(warmup, str | bytes | int | float) or not isinstance(warmup, Sequence):
-        raise ConfigError(f"The 'warmup' parameter of {owner} must be a list of labelled examples (the labels "
-                          f"bought to warm the adapters up on), or None: a number of labels is not taken, since "
-                          f"which labels (and who pays for them) is the caller's choice. Got {warmup!r}.")
-    out = tuple(warmup)
-    for i, ex in enumerate(out):
-        if not isinstance(ex, Example):
-            raise ConfigError(f"The 'warmup' parameter of {owner}: item {i} is not an Example. Got {ex!r}.")
-        if ex.answer is None:
-            raise ConfigError(f"The 'warmup' parameter of {owner}: example {ex.id!r} (item {i}) has no gold "
-                              f"answer; a warm-up trains on labelled examples only.")
-    return out
+def _check_adapters(owner: str, adapters: Any) -> dict[str, Any] | None:
+    """LoRA weights by name (a mapping of str to tensor or array), or None."""
+    if adapters is None:
+        return None
+    if not isinstance(adapters, Mapping) or not adapters or not all(isinstance(k, str) for k in adapters):
+        raise ConfigError(f"The 'adapters' parameter of {owner} must map LoRA weight names to tensors (as "
+                          f"budgetsft.adapt.engine.warm_up returns them), or be None. Got {type(adapters).__name__}.")
+    return dict(adapters)
 
 
 def _version(model: Any) -> tuple:
