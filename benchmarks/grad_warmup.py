@@ -61,7 +61,6 @@ def play_gate(gate: str, beta: float, seed: int, train, test, *, warmup: int = 0
     from budgetsft.config import build
     from budgetsft.experiment import budget_for
     from budgetsft.game import play
-    from budgetsft.refit import refit_accuracy
 
     cfg = _gate_config(gate, beta, seed, None)
     objs = build(cfg)
@@ -72,10 +71,7 @@ def play_gate(gate: str, beta: float, seed: int, train, test, *, warmup: int = 0
     ids = [r.id for r in records if r.queried]
     if budget.total + 1e-9 < len(ids):
         raise AssertionError(f"{gate}: bought {len(ids)} labels, over the budget {budget.total}")
-    bought = {r.id for r in train if r.id in set(ids)}
-    rounds = [r for r in train if r.id in bought]
-    return {"ids": ids, "mistakes": int(sum(r.mistake for r in records)), "refit": refit_accuracy(rounds, test,
-                                                                                                  seed=seed)}
+    return {"ids": ids, "mistakes": int(sum(r.mistake for r in records)), "refit": refit_on(train, test, ids, seed)}
 
 
 def warm_adapters(examples, opts: dict, labels) -> dict:
@@ -93,11 +89,12 @@ def warm_adapters(examples, opts: dict, labels) -> dict:
     return adapters
 
 
-def refit_on(streams, ids, seed: int) -> float:
+def refit_on(train, test, ids, seed: int) -> float:
+    """Test accuracy of the head refit (as `budgetsft run` refits) on the rounds of ``train`` whose id is in ``ids``."""
     from budgetsft.refit import refit_accuracy
 
     keep = set(ids)
-    return refit_accuracy([r for r in streams.train if r.id in keep], streams.test, seed=seed)
+    return refit_accuracy([r for r in train if r.id in keep], test, seed=seed)
 
 
 def main(argv=None) -> int:
@@ -149,7 +146,7 @@ def main(argv=None) -> int:
             "random": play_gate("random", args.beta, seed, cold.train, cold.test),
         }
         for name, res in runs.items():
-            res["block"] = refit_on(block, res["ids"], seed)
+            res["block"] = refit_on(block.train, block.test, res["ids"], seed)
             if name.startswith("llf-grad ") or name == "llf-grad-warm":
                 assert set(res["ids"]) >= {ex.id for ex in first}  # the warm-up labels were bought
             rows[name].append(res)

@@ -392,9 +392,9 @@ def warm_up(
     trained, losses = train_lora(base, cache, keys, [int(ex.answer) for ex in examples], epochs=epochs, lr=lr,
                                  lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, seed=seed,
                                  dtype=dtype, progress=False, desc="warm-up")
-    adapters = {n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."):
-                p.detach().clone() for n, p in trained.named_parameters() if ".lora_" in n}
-    return adapters, losses
+    from peft import get_peft_model_state_dict
+
+    return {name: w.detach().clone() for name, w in get_peft_model_state_dict(trained).items()}, losses
 
 
 def score_packed(

@@ -346,13 +346,12 @@ class GradFeaturizer:
         self._loaded = True
 
     def _load_adapters(self, peft_model: Any) -> None:
-        """Load ``adapters`` over the initialisation; every LoRA weight given, each of its shape."""
+        """Load ``adapters`` over the initialisation (peft's own state-dict keys); every LoRA weight given, each
+        of its shape."""
         import torch
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        state = {n: p for n, p in peft_model.named_parameters() if ".lora_" in n}
-        # get_peft_model_state_dict drops the adapter name: base_model...q_proj.lora_A.weight
-        mine = {n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): p
-                for n, p in state.items()}
+        mine = get_peft_model_state_dict(peft_model)
         owner = type(self).__name__
         missing = sorted(set(mine) - set(self.adapters))
         extra = sorted(set(self.adapters) - set(mine))
@@ -360,13 +359,12 @@ class GradFeaturizer:
             raise ConfigError(f"The 'adapters' parameter of {owner} does not match the featuriser's adapters "
                               f"(lora_layers={self.lora_layers}, r={self.lora_r}): missing {missing[:3]}, "
                               f"unexpected {extra[:3]}.")
-        with torch.no_grad():
-            for name, p in mine.items():
-                w = torch.as_tensor(self.adapters[name])
-                if tuple(w.shape) != tuple(p.shape):
-                    raise ConfigError(f"The 'adapters' parameter of {owner}: {name} has shape {tuple(w.shape)}, "
-                                      f"the adapter's is {tuple(p.shape)}.")
-                p.copy_(w.to(p.dtype))
+        given = {name: torch.as_tensor(w) for name, w in self.adapters.items()}
+        for name, w in given.items():
+            if tuple(w.shape) != tuple(mine[name].shape):
+                raise ConfigError(f"The 'adapters' parameter of {owner}: {name} has shape {tuple(w.shape)}, "
+                                  f"the adapter's is {tuple(mine[name].shape)}.")
+        set_peft_model_state_dict(peft_model, {name: w.to(mine[name].dtype) for name, w in given.items()})
 
     def _hook(self, offset: int, size: int):
         """Forward hook of one lora_B layer: keep its input, write each row's gradient of its weight in the backward."""
