@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agree", type=int, default=None, metavar="N",
                     help="instead: train one model (3 epochs on --n examples) and score N test items with the "
                          "shared-instruction path on and off, in bf16 and in fp32")
+    ap.add_argument("--prefix", action="store_true",
+                    help="instead: time the frozen prefix (PrefixCache.add_many over the --n + --test examples) "
+                         "before (weights cast at every call, every row reads its whole prompt) and now")
     ap.add_argument("--profile", choices=["before", "now"], default=None,
                     help="instead: torch.profiler's table of one epoch of that variant's training (top ops)")
     args = ap.parse_args(argv)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     cache.add_many(list(enc), list(enc.values()))
     keys, gold, test_keys = [ex.id for ex in train], [ex.answer for ex in train], [ex.id for ex in test]
 
-    run_now, held_now, shared_now = Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix
+    run_now, held_now, shared_now = Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix
 
     def whole_last_layer(self, hidden, position_ids, mask, start, stop, *, at=None, shared=0):
         out = run_now(self, hidden, position_ids, mask, start, stop, shared=shared)
@@ -90,13 +93,44 @@ def main(argv: list[str] | None = None) -> None:
     def cast_every_call(*a, **k):
         return contextlib.nullcontext()
 
-    def every_row(self, keys):
+    def every_row(prompts):
         return 0
 
     variants = {"before": (whole_last_layer, cast_every_call, every_row),
                 "held": (whole_last_layer, held_now, every_row),
                 "last layer": (run_now, held_now, every_row),
                 "now": (run_now, held_now, shared_now)}
+    if args.prefix:
+        every = list(enc)
+        best_p = {"before": np.inf, "held": np.inf, "now": np.inf}
+        states: dict[str, dict] = {}
+        try:
+            for rep in range(args.repeats):
+                for name, held, share in (("before", cast_every_call, every_row), ("held", held_now, every_row),
+                                          ("now", held_now, shared_now)):
+                    engine.frozen_in_autocast_dtype, engine._common_prefix = held, share
+                    c = engine.PrefixCache(base, split, dtype="bf16", batch_size=RECIPE["eval_batch_size"],
+                                           pad_token_id=pad_id(tok))
+                    t = time.perf_counter()
+                    c.add_many(every, [enc[k] for k in every])
+                    best_p[name] = min(best_p[name], time.perf_counter() - t)
+                    states[name] = c.states_
+                    print(f"repeat {rep + 1}: prefix {name} {best_p[name]:.2f} s", file=sys.stderr)
+        finally:
+            engine.frozen_in_autocast_dtype, engine._common_prefix = held_now, shared_now
+        diff = {name: max(float((states[name][k].float() - states["before"][k].float()).abs().max()) for k in every)
+                for name in best_p}
+        scale = max(float(states["before"][k].float().abs().max()) for k in every)
+        tokens = sum(len(enc[k].prompt) + sum(len(x) for x in enc[k].answers) for k in every)
+        print(f"### adapt's frozen prefix on {args.data}: {len(every)} examples (prompt + K answers, ~"
+              f"{tokens / len(every):.0f} tokens each) through the bottom {split} layers, bf16, {args.threads} "
+              f"thread(s), best of {args.repeats}; {cache.shared_prefix(every)} tokens shared by every prompt\n")
+        print("| variant | examples/s | speed-up | max \\|state diff\\| | largest \\|state\\| |")
+        print("|---|---:|---:|---:|---:|")
+        for name in best_p:
+            print(f"| {name} | {len(every) / best_p[name]:.1f} | {best_p['before'] / best_p[name]:.2f}× | "
+                  f"{diff[name]:.3g} | {scale:.3g} |")
+        return
     if args.agree is not None:
         with engine.quiet_hf():
             model, _ = engine.train_lora(copy.deepcopy(base), cache, keys, gold, epochs=3, lr=RECIPE["lr"],
@@ -112,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         for dtype, c in (("bf16", cache), ("fp32", c32)):
             try:
                 once = engine.score_packed(model, c, test_keys, dtype=dtype, progress=False)
-                engine.PrefixCache.shared_prefix = every_row
+                engine._common_prefix = every_row
                 rows = engine.score_packed(model, c, test_keys, dtype=dtype, progress=False)
             finally:
-                engine.PrefixCache.shared_prefix = shared_now
+                engine._common_prefix = shared_now
             diff = max(float(np.abs(a - b).max()) for a, b in zip(once, rows, strict=True))
             same = sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(once, rows, strict=True))
             print(f"| {dtype} | {diff:.2g} | {min(float(a.min()) for a in once):.1f} | {same} of {len(once)} |")
@@ -123,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile is not None:
         from torch.profiler import ProfilerActivity, profile
 
-        Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = variants[args.profile]
+        Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix = variants[args.profile]
         kw = {"epochs": 1, "lr": RECIPE["lr"], "lora_r": RECIPE["lora_r"], "lora_alpha": RECIPE["lora_alpha"],
               "batch_size": RECIPE["batch_size"], "seed": 0, "dtype": "bf16", "progress": False}
         try:
@@ -132,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     engine.train_lora(copy.deepcopy(base), cache, keys, gold, **kw)
         finally:
-            Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = (
+            Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix = (
                 run_now, held_now, shared_now)
         print(f"### one epoch of {len(keys)} {args.data} examples, variant {args.profile!r}, {args.threads} "
               f"thread(s)\n")
@@ -145,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for rep in range(args.repeats):
             for name, (run, held, share) in variants.items():
-                Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = run, held, share
+                Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix = run, held, share
                 with engine.quiet_hf():
                     t = time.perf_counter()
                     model, history = engine.train_lora(copy.deepcopy(base), cache, keys, gold, **kw)
@@ -158,13 +192,13 @@ def main(argv: list[str] | None = None) -> None:
                 out[name] = (history, scores)
                 print(f"repeat {rep + 1}: {name} train {t_train:.2f} s, score {t_score:.2f} s", file=sys.stderr)
     finally:
-        Decoder.run, engine.frozen_in_autocast_dtype, engine.PrefixCache.shared_prefix = run_now, held_now, shared_now
+        Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix = run_now, held_now, shared_now
 
     ref_hist, ref_scores = out["before"]
     prompt = len(cache.encoded_[keys[0]].prompt)
     print(f"### adapt's top-layer path on {args.data}: {len(keys)} examples trained one epoch, {len(test_keys)} "
           f"scored (K = {len(train[0].candidates)}), bf16, {args.threads} thread(s), best of {args.repeats}; "
-          f"{shared_now(cache, keys)} of a prompt's ~{prompt} tokens shared by every prompt\n")
+          f"{cache.shared_prefix(keys)} of a prompt's ~{prompt} tokens shared by every prompt\n")
     print("| variant | train ex/s | speed-up | score ex/s | speed-up | losses = before's | scores = before's "
           "| max \\|score diff\\| | same argmax |")
     print("|---|---:|---:|---:|---:|---|---|---:|---|")

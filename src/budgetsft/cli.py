@@ -1343,8 +1343,8 @@ def adapt(
                                                         "seed adapters, labelled sets, predictions.")] = Path(
         "runs/adapt"),
     gate: Annotated[str, typer.Option(help="Gate whose labels are compared with the baselines.")] = "llf",
-    baselines: Annotated[str, typer.Option(help="Gates that spend the same budget, comma-separated.")] = (
-        "random,first,margin"),
+    baselines: Annotated[str, typer.Option(help="Gates that spend the same budget, comma-separated (margin too: "
+                                                "random,first,margin).")] = "random,first",
     beta: Annotated[float | None, typer.Option(help="Label budget as a fraction of the train split. "
                                                     "\\[default: 0.1]")] = None,
     budget: Annotated[int | None, typer.Option(help="Label budget as a number of labels (excludes --beta). "
@@ -1390,6 +1390,9 @@ def adapt(
                                                               "label is listed round(epochs / passes) times, so it "
                                                               "gets about --epochs passes. \\[default: 2, or --epochs "
                                                               "when that is lower]")] = None,
+    all_passes: Annotated[float | None, typer.Option(help="all/plain (LoRA on every train label, the reference): "
+                                                          "passes over the set. \\[default: 2, or --epochs when "
+                                                          "that is lower]")] = None,
     audit: Annotated[float, typer.Option(help="Share of the gate's budget drawn uniformly at random and held out "
                                               "of training; the model (head, plain, distill) with the lowest gold "
                                               "NLL on these audit labels is recommended. 0: none (then --cv-folds "
@@ -1405,8 +1408,9 @@ def adapt(
 ) -> None:
     """Buy labels with a gate and baselines (or read them), fine-tune LoRA on each set, compare with noise bars.
 
-    Every seed: llf, random, first and margin buy B = ⌊β n⌋ labels of the train split as `budgetsft run` does,
-    one LoRA (same recipe: --epochs passes over the set) is trained per set and on all labels, and each is scored
+    Every seed: llf, random and first buy B = ⌊β n⌋ labels of the train split as `budgetsft run` does,
+    one LoRA (same recipe: --epochs passes over the set, --all-passes on all labels) is trained per set and on
+    all labels, and each is scored
     on the test split beside zero-shot. report.md says which differences are within noise (a seed-level t interval,
     paired; a test-item bootstrap with one seed).
     A time estimate is printed before the start.
@@ -1453,7 +1457,8 @@ def adapt(
                        lora_r=lora_r, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device,
                        threads=threads, estimate_only=estimate_only,
                        recipes=None if recipes == "auto" else [r.strip() for r in recipes.split(",") if r.strip()],
-                       distill_weight=distill_weight, distill_passes=distill_passes, cv_folds=cv_folds, audit=audit,
+                       distill_weight=distill_weight, distill_passes=distill_passes, all_passes=all_passes,
+                       cv_folds=cv_folds, audit=audit,
                        schedule=schedule)
     if estimate_only:
         out.print(f"estimate: {report['estimate_seconds'] / 60:.1f} min")

@@ -146,11 +146,15 @@ class PrefixCache:
         store = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         t0 = time.perf_counter()
         done = 0
-        with torch.inference_mode(), autocast_context(dec.device, self.dtype):
+        # the frozen weights held in the compute dtype, the shared instruction read once per batch: what the
+        # top layers do when they train and score (same function; in bf16 not the same last bits)
+        with (torch.inference_mode(), autocast_context(dec.device, self.dtype),
+              frozen_in_autocast_dtype(dec, 0, self.split, self.dtype)):
             for s in range(0, len(order), self.batch_size):
                 chunk = order[s : s + self.batch_size]
                 batch = packed_batch([todo[k] for k in chunk], pad_token_id=self.pad_token_id, device=dec.device)
-                hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, self.split)
+                hidden = dec.run(dec.embed(batch.input_ids), batch.position_ids, batch.mask, 0, self.split,
+                                 shared=_common_prefix([todo[k].prompt for k in chunk]))
                 for r, k in enumerate(chunk):
                     self.states_[k] = hidden[r, : todo[k].length].to(store).clone()
                     self.encoded_[k] = todo[k]
@@ -166,15 +170,7 @@ class PrefixCache:
         At most the shortest prompt's length minus one, so each prompt's last token (which predicts the
         answers' first) stays a row's own; 0 for fewer than two keys.
         """
-        prompts = [self.encoded_[k].prompt for k in dict.fromkeys(keys)]
-        if len(prompts) < 2:
-            return 0
-        limit = min(len(q) for q in prompts) - 1
-        first = prompts[0]
-        n = 0
-        while n < limit and all(q[n] == first[n] for q in prompts):
-            n += 1
-        return n
+        return _common_prefix([self.encoded_[k].prompt for k in dict.fromkeys(keys)])
 
     def gold_batch(self, keys: Sequence[str], answers: Sequence[int], device: torch.device
                    ) -> tuple[torch.Tensor, PackedBatch]:
@@ -193,6 +189,18 @@ class PrefixCache:
         """States of the packed sequences (prompt + every answer) of each key, right-padded."""
         batch = packed_batch([self.encoded_[k] for k in keys], pad_token_id=self.pad_token_id, device=device)
         return _pad([self.states_[k] for k in keys], batch.input_ids.shape[1], device), batch
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Leading tokens every prompt shares, at most the shortest one's length minus one; 0 for fewer than two."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(q) for q in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(q[n] == first[n] for q in prompts):
+        n += 1
+    return n
 
 
 def _pad(parts: Sequence[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:

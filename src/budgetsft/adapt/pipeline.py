@@ -64,7 +64,7 @@ RECIPE: dict[str, Any] = {
     "max_prompt_tokens": 64,
     "eval_batch_size": 32,
 }
-BASELINES = ("random", "first", "margin")
+BASELINES = ("random", "first")
 #: Training recipes: ``plain`` (LoRA on the bought gold labels) and ``distill`` (plus the refit head's labels for
 #: the rest of the train split, :func:`distill_set`).
 RECIPES = ("plain", "distill")
@@ -74,6 +74,10 @@ DISTILL_WEIGHT = 1.0
 #: listed twice, so it gets 4 passes (docs/method.md, "The distill recipe"; measured in benchmarks/RESULTS.md,
 #: "Fewer passes over the head's labels").
 DISTILL_PASSES = 2.0
+#: Passes of ``all/plain`` (LoRA on every train label, the reference) when ``--epochs`` is 3: it trains on as many
+#: examples as a distill set, so it makes as many passes (docs/method.md, "Adaptation"; measured in
+#: benchmarks/RESULTS.md, "all/plain at 2 passes").
+ALL_PASSES = 2.0
 #: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
 RANDOM_SET_STREAM = 3
 #: Second entry of the seed sequence of a pool-mode audit draw.
@@ -177,7 +181,7 @@ def select_labels(
     if all_head:
         head_all = run(_gate_config("full", 1.0, seed, learner), stream=train, test=test).summary["test_accuracy"]
     out["all"] = {"examples": list(streams.dataset.train), "ids": [ex.id for ex in streams.dataset.train],
-                  "head_accuracy": head_all}
+                  "head_accuracy": head_all, "full": True}
     return out
 
 
@@ -220,11 +224,12 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
             "head_accuracy": head.accuracy(test) if test else None}
 
 
-def _training_list(s: dict[str, Any], epochs: float, passes: float | None
+def _training_list(s: dict[str, Any], epochs: float, passes: float | None, all_passes: float | None = None
                    ) -> tuple[list[str], list[int], list[float] | None, float]:
     """Keys, answers, weights and epochs LoRA trains a set on.
 
-    A plain set: ``epochs`` passes over it. A distill set with ``passes`` (pseudo-label passes) below ``epochs``:
+    A plain set: ``epochs`` passes over it; the ``all`` set (every train label, ``"full"`` in the set):
+    ``min(all_passes, epochs)`` passes (None: ``epochs``). A distill set with ``passes`` (pseudo-label passes) below ``epochs``:
     each gold label listed ``round(epochs / passes)`` times beside every pseudo-label once, and ``passes`` passes
     over that list, so the gold labels get about the plain recipe's passes (4 for 3 at the default 2 of 3) and
     the head's labels fewer.
@@ -232,6 +237,8 @@ def _training_list(s: dict[str, Any], epochs: float, passes: float | None
     examples = s["examples"]
     keys, answers = [ex.id for ex in examples], [ex.answer for ex in examples]
     weights = s.get("weights")
+    if s.get("full") and all_passes is not None:
+        return keys, answers, weights, min(all_passes, epochs)
     repeat, passes = _gold_copies(epochs, passes) if "pseudo" in s else (1, epochs)
     if repeat == 1 and passes == epochs:
         return keys, answers, weights, epochs
@@ -589,13 +596,14 @@ def _evaluate(model, name: str, *, cache, keys, batch_size, dtype, progress, clo
 
 
 def _set_trainer(base, cache, clock: _Clock, *, epochs: float, distill_passes: float | None, lr: float,
-                 lora_r: int, lora_alpha: float, batch_size: int, dtype: str, progress: bool):
+                 lora_r: int, lora_alpha: float, batch_size: int, dtype: str, progress: bool,
+                 all_passes: float | None = None):
     """``train_set(s, seed, desc, bar=progress)``: a fresh LoRA on a set with the run's recipe, (model, history,
     seconds), its work counted on ``clock``."""
     from budgetsft.adapt.engine import quiet_hf, train_lora
 
     def train_set(s: dict[str, Any], seed: int, desc: str, bar: bool = progress):
-        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes)
+        t_keys, t_answers, t_weights, t_epochs = _training_list(s, epochs, distill_passes, all_passes)
         t = time.perf_counter()
         with quiet_hf():
             trained, history = train_lora(
@@ -973,6 +981,7 @@ def run_adapt(
     recipes: Sequence[str] | None = None,
     distill_weight: float = DISTILL_WEIGHT,
     distill_passes: float | None = None,
+    all_passes: float | None = None,
     cv_folds: int = 3,
     audit: float = AUDIT_SHARE,
     schedule: str = "auto",
@@ -1052,6 +1061,9 @@ def run_adapt(
     if distill_passes is None:  # the default: 2 passes over the head's labels, never more than --epochs
         distill_passes = min(DISTILL_PASSES, epochs)
     distill_passes = check_float(owner, "distill_passes", distill_passes, low=0.0, high=epochs, low_open=True)
+    if all_passes is None:  # the default: all/plain makes a distill set's 2 passes, never more than --epochs
+        all_passes = min(ALL_PASSES, epochs)
+    all_passes = check_float(owner, "all_passes", all_passes, low=0.0, high=epochs, low_open=True)
     extra = _check_selections(owner, selections, gate=gate, baselines=baselines, features=features,
                               labels_file=labels_file)
     out = Path(out_dir)
@@ -1176,7 +1188,8 @@ def run_adapt(
     clock = _Clock()
     n_sets = {p["seed"]: {k: len(s["examples"]) for k, s in p["sets"].items()} for p in plans}
     clock.work["prefix"] = len(encoded)
-    lists = [_training_list(s, epochs, distill_passes) for p in plans for s in p["sets"].values() if s["examples"]]
+    lists = [_training_list(s, epochs, distill_passes, all_passes) for p in plans for s in p["sets"].values()
+             if s["examples"]]
     clock.work["train"] = sum(_train_work(len(k), e, batch_size) for k, _, _, e in lists)
     clock.work["score"] = sum(len(p["test"]) * (1 + sum(1 for n in n_sets[p["seed"]].values() if n)) for p in plans)
     for p in plans:  # the gate's LoRA models answer the audit items
@@ -1246,7 +1259,8 @@ def run_adapt(
                 "eval_batch_size": eval_batch_size, "dtype": dtype, "device": dev, "normalize": "mean",
                 "schedule": "AdamW, linear decay to 0, grad-norm clip 1.0, no dropout, no weight decay",
                 "cv_folds": cv_folds, "audit": audit if given is None else None,
-                "gate_schedule": schedule if given is None else None}
+                "gate_schedule": schedule if given is None else None,
+                "all_passes": all_passes if include_all and given is None else None}
     labels_list = list(labels_of_data) if labels_of_data is not None else None
     played = plans[0]["features"]  # the featuriser of the selections (None with --labels): the heads' features
     fz_options = _card_options(played, _feature_options(played, model, lora_layers=lora_layers, lora_r=lora_r,
@@ -1254,7 +1268,8 @@ def run_adapt(
                                labels_list)
 
     train_set = _set_trainer(base, cache, clock, epochs=epochs, distill_passes=distill_passes, lr=lr, lora_r=lora_r,
-                             lora_alpha=lora_alpha, batch_size=batch_size, dtype=dtype, progress=progress)
+                             lora_alpha=lora_alpha, batch_size=batch_size, dtype=dtype, progress=progress,
+                             all_passes=all_passes)
 
     for plan in plans:
         seed = plan["seed"]

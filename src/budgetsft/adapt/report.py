@@ -407,7 +407,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
     lines += ["; ".join(what) + ".", ""]
     if s:
         lines += [f"Recipe (every set): LoRA r = {s['lora_r']}, α = {s['lora_alpha']} on every linear layer of the "
-                  f"top {s['lora_layers']} of {s['n_layers']} decoder layers; {s['epochs']:g} epochs over the set, "
+                  f"top {s['lora_layers']} of {s['n_layers']} decoder layers; {s['epochs']:g} epochs over the set"
+                  f"{_all_passes_note(s, methods)}, "
                   f"batch {s['batch_size']}, AdamW lr {s['lr']:g} decaying linearly to 0; prompt = label "
                   f"instruction + the first {s['max_prompt_tokens']} tokens of the text; {s['dtype']} on "
                   f"{s['device']}; a candidate's score is the mean log-likelihood of its tokens.", ""]
@@ -472,6 +473,14 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
                   "before the start).", ""]
     return "\n".join(lines)
+
+
+def _all_passes_note(settings: dict[str, Any], methods: dict[str, Any]) -> str:
+    """" (all/plain: N)" where all/plain made fewer passes than the other sets (``--all-passes``), else ""."""
+    n = settings.get("all_passes")
+    if n is None or "all/plain" not in methods or n >= settings["epochs"]:
+        return ""
+    return f" ({n:g} for all/plain, as many examples as a distill set)"
 
 
 def _recommendation_lines(report: Mapping[str, Any]) -> list[str]:
