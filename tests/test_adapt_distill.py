@@ -340,3 +340,33 @@ def test_adapt_distill_defaults_to_two_passes_at_three_epochs(work, tmp_path, mo
     one = run_adapt(str(work / "topics.jsonl"), tmp_path / "c", **{**kw, "epochs": 1})["work"]["train"]
     assert one == run_adapt(str(work / "topics.jsonl"), tmp_path / "d", distill_passes=1,
                             **{**kw, "epochs": 1})["work"]["train"]  # never more passes than --epochs
+
+
+def test_the_all_set_makes_all_passes_and_nothing_else_does():
+    from budgetsft.adapt.pipeline import _training_list
+
+    every = [Example(f"e{i}", "text", ("a", "b"), answer=i % 2) for i in range(5)]
+    full = {"examples": every, "full": True}
+    assert _training_list(full, 3, 2, 2) == ([e.id for e in every], [e.answer for e in every], None, 2)
+    assert _training_list(full, 1, 1, 2)[3] == 1  # never more passes than --epochs
+    assert _training_list(full, 3, 2)[3] == 3  # no all_passes: the plain recipe's epochs
+    assert _training_list({"examples": every}, 3, 2, 2)[3] == 3  # a bought set keeps --epochs
+
+
+def test_adapt_all_plain_defaults_to_two_passes_and_refuses_more_than_epochs(work, tmp_path, monkeypatch):  # noqa: F811
+    from budgetsft.adapt.pipeline import _train_work
+
+    monkeypatch.setenv("BUDGETSFT_CACHE", str(tmp_path / "cache"))
+    kw = {"model": str(work / "llama"), "seeds": (0,), "beta": 0.2, "baselines": ("random",), "recipes": ["plain"],
+          "epochs": 3, "batch_size": 4, "device": "cpu", "audit": 0, "cv_folds": 0, "estimate_only": True,
+          "progress": False}
+    default = run_adapt(str(work / "topics.jsonl"), tmp_path / "a", **kw)
+    assert default["before_seconds"] > 0  # selection, features and model, before the estimate's clock
+    three = run_adapt(str(work / "topics.jsonl"), tmp_path / "b", all_passes=3, **kw)
+    n = 38  # train items of topics.jsonl at seed 0
+    assert three["work"]["train"] - default["work"]["train"] == _train_work(n, 3, 4) - _train_work(n, 2, 4)
+    without = run_adapt(str(work / "topics.jsonl"), tmp_path / "c", include_all=False, **kw)["work"]["train"]
+    assert default["work"]["train"] - without == _train_work(n, 2, 4)
+    for bad in (4, 0, -1):
+        with pytest.raises(ConfigError, match="all_passes"):
+            run_adapt(str(work / "topics.jsonl"), tmp_path / "d", all_passes=bad, **kw)

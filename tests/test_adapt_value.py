@@ -234,6 +234,28 @@ def test_a_shared_instruction_read_once_gives_what_every_row_reading_it_gives(to
                                        .numpy(), whole[at].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_frozen_prefix_reads_the_shared_instruction_once_and_gives_every_rows_states(tok, attn, monkeypatch):
+    import budgetsft.adapt.engine as engine
+
+    model = _llama(len(tok))
+    model.config._attn_implementation = attn
+    items = [encode(ex, tok, max_prompt_tokens=6, labels=LABELS) for ex in EXAMPLES[:7]]
+    keys = [ex.id for ex in EXAMPLES[:7]]
+    seen = []
+    common = engine._common_prefix
+    monkeypatch.setattr(engine, "_common_prefix", lambda prompts: seen.append(common(prompts)) or seen[-1])
+    once = PrefixCache(model, 2, dtype="fp32", batch_size=3, pad_token_id=tok.pad_token_id)
+    once.add_many(keys, items)
+    assert len(seen) == 3 and min(seen) > 10  # three batches, each reading the chat header and instruction once
+    monkeypatch.setattr(engine, "_common_prefix", lambda prompts: 0)
+    rows = PrefixCache(model, 2, dtype="fp32", batch_size=3, pad_token_id=tok.pad_token_id)
+    rows.add_many(keys, items)
+    for k in keys:
+        assert once.states_[k].shape == rows.states_[k].shape
+        np.testing.assert_allclose(once.states_[k].numpy(), rows.states_[k].numpy(), atol=1e-5)
+
+
 def test_frozen_weights_held_in_bf16_train_the_same_bits_and_come_back_in_fp32(tok, monkeypatch):
     import contextlib
 

@@ -186,3 +186,21 @@ def test_an_audit_share_buys_uniform_rounds_within_the_budget():
     first = run({**cfg, "gate": {"name": "first", "beta": 0.1}})
     assert [r.round for r in first.records if r.queried] == list(range(1, 61))
     assert set(first.summary["audit_rounds"]) <= set(range(1, 61))
+
+
+@pytest.mark.parametrize("gate", ["first", "random", "margin", "full", "llf"])
+def test_a_gate_that_reads_no_widths_decides_the_same_without_them(gate):
+    cfg = {"env": {"rounds": 300, "d": 12}, "gate": {"name": gate, "beta": 0.2}, "learner": {"name": "logistic"},
+           "seed": 3}
+    kept, skipped = run(cfg), run(cfg, widths=False)
+    reads = getattr(GATES[gate], "reads_widths", True)
+    assert reads == (gate == "llf")
+    assert [r.queried for r in skipped.records] == [r.queried for r in kept.records]
+    assert [r.prediction for r in skipped.records] == [r.prediction for r in kept.records]
+    np.testing.assert_array_equal(skipped.learner.coef_, kept.learner.coef_)  # the same updates, bit for bit
+    assert sum(r.queried for r in kept.records) > 0
+    latencies = np.array([r.latency for r in skipped.records])
+    if reads:  # llf reads them: the flag is ignored
+        assert np.isfinite(latencies).any() and [r.latency for r in kept.records] == list(latencies)
+    else:
+        assert np.isnan(latencies).all() and np.isfinite([r.latency for r in kept.records]).any()

@@ -289,3 +289,14 @@ def test_adapt_labels_on_a_ledger_with_an_edited_answer_names_the_ledger_and_the
     res = CliRunner().invoke(app, ["adapt", "--data", "d.jsonl", "--labels", "s.db", "--model", "model", "--out",
                                    "out", "--device", "cpu"])  # the CLI says the same, before any model is loaded
     assert isinstance(res.exception, DataError) and str(res.exception) == message
+
+
+def test_the_report_gives_the_whole_commands_time_when_it_knows_what_came_before_the_estimate(tmp_path):
+    report = _saved_run(tmp_path)
+    assert "Wall time 0.2 min (estimated 0.2 min before the start)." in render_seed_markdown(report)
+    report["timing"]["before_seconds"] = 90.0
+    text = render_seed_markdown(report)
+    assert ("Wall time 0.2 min (estimated 0.2 min before the start); 1.7 min in all with the 1.5 min before the "
+            "estimate (selection, features, model).") in text
+    report["settings"]["all_passes"] = 2  # no all/plain method in this run: nothing said about its passes
+    assert "for all/plain" not in render_seed_markdown(report)

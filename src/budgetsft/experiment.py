@@ -90,6 +90,7 @@ def run(
     stream: Sequence[Round] | None = None,
     test: Sequence[Round] | None = None,
     progress: Callable[[int], None] | None = None,
+    widths: bool = True,
 ) -> RunResult:
     """Play one configured game and summarise it.
 
@@ -102,6 +103,9 @@ def run(
         config's synthetic environment; used for real data.
     progress : callable, optional
         Called with the number of rounds played so far.
+    widths : bool, default=True
+        False: skip the widths where the gate reads none (``reads_widths = False``: first, random, margin,
+        full); the records' widths and latency are then NaN, every decision the same. Ignored for other gates.
     """
     cfg = merge(DEFAULT_CONFIG, config or {})
     validate_config(cfg)
@@ -125,7 +129,8 @@ def run(
     # One round is a few (K, d) x (d, d) products: BLAS threads only add contention
     # (20x slower at d = 768 on a loaded 2-core machine; benchmarks/learner_throughput.py).
     with threadpool_limits(limits=1, user_api="blas"):
-        for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream), audit=audit):
+        for rec in play(source, learner, gate, budget, follower=follower, horizon=len(stream), audit=audit,
+                        widths=widths or getattr(gate, "reads_widths", True)):
             records.append(rec)
             if progress is not None:
                 progress(len(records))

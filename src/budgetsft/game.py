@@ -31,11 +31,19 @@ __all__ = ["play", "commit", "check_round", "resolve", "UNLABELLED", "Game", "La
 UNLABELLED = -1
 
 
-def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float) -> QueryInfo:
-    """The leader's move on features X: scores, prediction, widths, latency (no gold involved)."""
+def commit(learner, X: np.ndarray, t: int, horizon: int | None, cost: float, *, widths: bool = True) -> QueryInfo:
+    """The leader's move on features X: scores, prediction, widths, latency (no gold involved).
+
+    ``widths=False``: for a gate that reads none of them (``reads_widths = False``: first, random, margin,
+    full), the widths, latency and uncertainty are NaN and no X P product is made (at d = 1925 it is most of
+    a round's time); scores, prediction and runner-up are the same.
+    """
     scores = learner.score_many(X)
     pred = _math.argmax_lowest(scores)
-    widths, nsq = learner.widths_many(X, pred)
+    if widths:
+        widths, nsq = learner.widths_many(X, pred)
+    else:
+        widths = nsq = np.full(len(scores), np.nan)
     gaps = scores[pred] - scores
     lat = widths - gaps
     lat[pred] = -np.inf
@@ -177,8 +185,9 @@ class Game:
     def __init__(self, learner, gate, budget: Budget, follower=None, *, horizon: int | None = None,
                  labels: Labels | None = None, max_pending: int | None = None, position: int = 0,
                  awaited: list[Awaited] | None = None, unlabelled_ok: bool = False,
-                 audit: Callable[[int], bool] | None = None) -> None:
+                 audit: Callable[[int], bool] | None = None, widths: bool = True) -> None:
         self.learner = learner
+        self.widths = widths
         self.gate = gate
         self.budget = budget
         self.follower = follower or BestResponseFollower()
@@ -291,7 +300,7 @@ class Game:
                     return
             X, cost = check_round(rnd, t, unlabelled_ok=self.unlabelled_ok)
             try:
-                info = commit(self.learner, X, t, self.horizon, cost)
+                info = commit(self.learner, X, t, self.horizon, cost, widths=self.widths)
             except DataError as exc:
                 raise DataError(f"round {t}: {exc}") from exc
             group.append((rnd, X, info))
@@ -327,6 +336,7 @@ def play(
     follower=None,
     horizon: int | None = None,
     audit: Callable[[int], bool] | None = None,
+    widths: bool = True,
 ) -> Iterator[Record]:
     """Play the budgeted Stackelberg game over ``stream``, yielding one :class:`Record` per round.
 
@@ -349,6 +359,9 @@ def play(
     audit : callable, optional
         ``audit(t)`` (:func:`audit_rounds`): round t is bought whatever the gate says while the budget
         affords it. The audit rounds of the game are the queried rounds t with ``audit(t)`` true.
+    widths : bool, default=True
+        False: NaN widths and latency in every record, no X P product per round (:func:`commit`); only for a
+        gate that reads neither (``reads_widths = False``).
 
     Yields
     ------
@@ -365,7 +378,7 @@ def play(
         horizon = len(stream)  # type: ignore[arg-type]
     if hasattr(stream, "bind"):
         stream.bind(learner)  # type: ignore[union-attr]
-    yield from Game(learner, gate, budget, follower, horizon=horizon, audit=audit).rounds(stream)
+    yield from Game(learner, gate, budget, follower, horizon=horizon, audit=audit, widths=widths).rounds(stream)
 
 
 def resolve(rnd: Round, X: np.ndarray, info: QueryInfo, queried: bool, learner, follower, budget: Budget,

@@ -171,7 +171,7 @@ def select_labels(
             ids = [train[i].id for i in ids]
             acc = held_out_accuracy(head, test)
         else:
-            res = run({**cfg, "audit": share}, stream=train, test=test)
+            res = run({**cfg, "audit": share}, stream=train, test=test, widths=False)  # ids only: none if unread
             ids = [r.id for r in res.records if r.queried]
             drawn_rounds = set(res.summary.get("audit_rounds", ()))
             audit_ids = [r.id for r in res.records if r.queried and r.round in drawn_rounds]
@@ -1035,6 +1035,7 @@ def run_adapt(
     from budgetsft.refit import refit
 
     owner = "run_adapt"
+    t_start = time.perf_counter()  # selection, features and the model come before the clock of the estimate
     if threads is not None:
         torch.set_num_threads(check_int(owner, "threads", threads, low=1))
     seeds = [check_int(owner, "seeds", s, low=0) for s in seeds]
@@ -1240,9 +1241,12 @@ def run_adapt(
     estimate = clock.remaining()
     parts = ", ".join(f"{kind} {_minutes(clock.seconds(kind, n))} ({int(n)} at {clock.rate[kind]:.1f}/s)"
                       for kind, n in clock.work.items())
-    say(f"estimate: {_minutes(estimate)} on {dev} ({torch.get_num_threads()} thread(s), {dtype}): {parts}")
+    before = clock.start - t_start
+    say(f"estimate: {_minutes(estimate)} on {dev} ({torch.get_num_threads()} thread(s), {dtype}): {parts}; "
+        f"{_minutes(before)} spent before it (selection, features, model), {_minutes(before + estimate)} in all")
     if estimate_only:
-        return {"estimate_seconds": estimate, "rates": dict(clock.rate), "work": dict(clock.work)}
+        return {"estimate_seconds": estimate, "before_seconds": before, "rates": dict(clock.rate),
+                "work": dict(clock.work)}
 
     todo = [k for k in keys if k not in cache.states_]
     bar = tqdm(total=len(todo), desc=f"prefix (layers 0-{split - 1})" if split else "embeddings", unit="ex",
@@ -1395,7 +1399,8 @@ def run_adapt(
                                               "labels": "argmax of the refit head, weight × its probability"}}
                                   if "distill" in recipes else {}),
         **({"random_sets": random_note} if random_note is not None else {}),
-        timing={"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "prefix_seconds": cache.seconds_,
+        timing={"estimate_seconds": estimate, "wall_seconds": clock.elapsed(), "before_seconds": before,
+                "prefix_seconds": cache.seconds_,
                 "rates": dict(clock.rate)},
     )
     write_seed_report(report, out)

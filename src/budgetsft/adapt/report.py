@@ -470,8 +470,12 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
               ""]
     t = report.get("timing")
     if t:
+        whole = ""
+        if _is_number(t.get("before_seconds")):
+            whole = (f"; {(t['before_seconds'] + t['wall_seconds']) / 60:.1f} min in all with the "
+                     f"{t['before_seconds'] / 60:.1f} min before the estimate (selection, features, model)")
         lines += [f"Wall time {t['wall_seconds'] / 60:.1f} min (estimated {t['estimate_seconds'] / 60:.1f} min "
-                  "before the start).", ""]
+                  f"before the start){whole}.", ""]
     return "\n".join(lines)
 
 

@@ -29,12 +29,16 @@ class FullGate:
     True
     """
 
+    reads_widths = False  # a game may skip the widths for it (budgetsft.game.commit)
+
     def ask(self, info: QueryInfo | None, budget: Budget) -> bool:
         return budget.can_afford(1.0 if info is None else info.cost)
 
 
 class FirstGate:
     """Buy the labels of the first rounds until the budget is spent (first-come labelling)."""
+
+    reads_widths = False
 
     def ask(self, info: QueryInfo, budget: Budget) -> bool:
         return budget.can_afford(info.cost)
@@ -48,6 +52,8 @@ class RandomGate:
     seed : int, optional
         Seed of the gate's own generator.
     """
+
+    reads_widths = False
 
     def __init__(self, seed: int | None = 0) -> None:
         self.seed = seed
@@ -74,6 +80,8 @@ class MarginGate:
     memory : int, default=200
         Number of recent gaps the quantile is taken over.
     """
+
+    reads_widths = False
 
     def __init__(self, memory: int = 200) -> None:
         self.memory = memory
