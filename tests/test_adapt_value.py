@@ -247,7 +247,8 @@ def test_the_frozen_prefix_reads_the_shared_instruction_once_and_gives_every_row
     monkeypatch.setattr(engine, "_common_prefix", lambda prompts: seen.append(common(prompts)) or seen[-1])
     once = PrefixCache(model, 2, dtype="fp32", batch_size=3, pad_token_id=tok.pad_token_id)
     once.add_many(keys, items)
-    assert len(seen) == 3 and min(seen) > 10  # three batches, each reading the chat header and instruction once
+    # batches of 3, 3 and 1: the first two read the chat header and instruction once, a row alone reads it itself
+    assert len(seen) == 3 and min(seen[:2]) > 10 and seen[2] == 0
     monkeypatch.setattr(engine, "_common_prefix", lambda prompts: 0)
     rows = PrefixCache(model, 2, dtype="fp32", batch_size=3, pad_token_id=tok.pad_token_id)
     rows.add_many(keys, items)
@@ -378,7 +379,7 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
     out = tmp_path / "adapt"
     proc = _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
                  "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--recipes", "plain", "--audit", "0",
-                 "--out", out], env, work)
+                 "--baselines", "random,first,margin", "--out", out], env, work)
     assert "estimate:" in proc.stderr and "Loading weights" not in proc.stderr
     assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -411,9 +412,10 @@ def test_multi_seed_adapt_writes_the_report_and_buys_what_run_buys(work, env, tm
             cfg = json.loads((out / f"seed-{seed}" / "adapters" / name.replace("/", "-") / "adapter_config.json")
                              .read_text())
             assert cfg["base_model_name_or_path"] == str((work / "llama").resolve())
-    # the labels are those `budgetsft run` buys with each gate at that seed
+    # the labels are those `budgetsft run` buys with each gate at that seed (adapt skips the widths that first,
+    # random and margin never read; run computes them)
     selection = json.loads((out / "seed-1" / "selection.json").read_text())
-    for gate in ("llf", "random", "margin"):
+    for gate in ("llf", "random", "first", "margin"):
         runs = tmp_path / f"run-{gate}"
         _cli(["run", "--data", "topics.jsonl", "--gate", gate, "--beta", "0.2", "--seed", "1", "--no-comparator",
               "--out", runs], env, work)

@@ -229,10 +229,10 @@ def _training_list(s: dict[str, Any], epochs: float, passes: float | None, all_p
     """Keys, answers, weights and epochs LoRA trains a set on.
 
     A plain set: ``epochs`` passes over it; the ``all`` set (every train label, ``"full"`` in the set):
-    ``min(all_passes, epochs)`` passes (None: ``epochs``). A distill set with ``passes`` (pseudo-label passes) below ``epochs``:
-    each gold label listed ``round(epochs / passes)`` times beside every pseudo-label once, and ``passes`` passes
-    over that list, so the gold labels get about the plain recipe's passes (4 for 3 at the default 2 of 3) and
-    the head's labels fewer.
+    ``min(all_passes, epochs)`` passes (None: ``epochs``). A distill set with ``passes`` (pseudo-label passes)
+    below ``epochs``: each gold label listed ``round(epochs / passes)`` times beside every pseudo-label once,
+    and ``passes`` passes over that list, so the gold labels get about the plain recipe's passes (4 for 3 at
+    the default 2 of 3) and the head's labels fewer.
     """
     examples = s["examples"]
     keys, answers = [ex.id for ex in examples], [ex.answer for ex in examples]
