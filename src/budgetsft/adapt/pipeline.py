@@ -76,7 +76,7 @@ DISTILL_WEIGHT = 1.0
 DISTILL_PASSES = 2.0
 #: Passes of ``all/plain`` (LoRA on every train label, the reference) when ``--epochs`` is 3: it trains on as many
 #: examples as a distill set, so it makes as many passes (docs/method.md, "Adaptation"; measured in
-#: benchmarks/RESULTS.md, "all/plain at 2 passes").
+#: benchmarks/RESULTS.md, "The headline inside 45 minutes"; benchmarks/all_passes.py).
 ALL_PASSES = 2.0
 #: Second entry of the seed sequence of the random set compared with ``--labels`` (its own stream, not the gate's).
 RANDOM_SET_STREAM = 3

@@ -480,7 +480,7 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _all_passes_note(settings: dict[str, Any], methods: dict[str, Any]) -> str:
-    """" (all/plain: N)" where all/plain made fewer passes than the other sets (``--all-passes``), else ""."""
+    """" (N for all/plain, ...)" where all/plain made fewer passes than the other sets (``--all-passes``), else ""."""
     n = settings.get("all_passes")
     if n is None or "all/plain" not in methods or n >= settings["epochs"]:
         return ""
