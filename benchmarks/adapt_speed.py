@@ -79,9 +79,6 @@ def main(argv: list[str] | None = None) -> None:
     split = base.config.num_hidden_layers - RECIPE["lora_layers"]
     enc = {ex.id: engine.encode(ex, tok, max_prompt_tokens=RECIPE["max_prompt_tokens"], labels=ds.labels)
            for ex in train + test}
-    cache = engine.PrefixCache(base, split, dtype="bf16", batch_size=RECIPE["eval_batch_size"],
-                               pad_token_id=pad_id(tok))
-    cache.add_many(list(enc), list(enc.values()))
     keys, gold, test_keys = [ex.id for ex in train], [ex.answer for ex in train], [ex.id for ex in test]
 
     run_now, held_now, shared_now = Decoder.run, engine.frozen_in_autocast_dtype, engine._common_prefix
@@ -124,13 +121,17 @@ def main(argv: list[str] | None = None) -> None:
         tokens = sum(len(enc[k].prompt) + sum(len(x) for x in enc[k].answers) for k in every)
         print(f"### adapt's frozen prefix on {args.data}: {len(every)} examples (prompt + K answers, ~"
               f"{tokens / len(every):.0f} tokens each) through the bottom {split} layers, bf16, {args.threads} "
-              f"thread(s), best of {args.repeats}; {cache.shared_prefix(every)} tokens shared by every prompt\n")
+              f"thread(s), best of {args.repeats}; {c.shared_prefix(every)} tokens shared by every prompt\n")
         print("| variant | examples/s | speed-up | max \\|state diff\\| | largest \\|state\\| |")
         print("|---|---:|---:|---:|---:|")
         for name in best_p:
             print(f"| {name} | {len(every) / best_p[name]:.1f} | {best_p['before'] / best_p[name]:.2f}× | "
                   f"{diff[name]:.3g} | {scale:.3g} |")
         return
+    # every other mode reads one cache of the whole set, built the way adapt builds it
+    cache = engine.PrefixCache(base, split, dtype="bf16", batch_size=RECIPE["eval_batch_size"],
+                               pad_token_id=pad_id(tok))
+    cache.add_many(list(enc), list(enc.values()))
     if args.agree is not None:
         with engine.quiet_hf():
             model, _ = engine.train_lora(copy.deepcopy(base), cache, keys, gold, epochs=3, lr=RECIPE["lr"],
