@@ -533,3 +533,33 @@ def test_quiet_hf_silences_library_noise_and_restores_it(recwarn):
         warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="budgetsft.adapt")
     assert hf_logging.is_progress_bar_enabled()
     assert [str(w.message) for w in recwarn] == ["ours"]
+
+
+def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch, capsys):
+    """benchmarks/selection_screen.py's rows are adapt's label sets: llf+audit is llf's less its audit labels."""
+    from budgetsft.adapt.pipeline import AUDIT_SHARE, select_labels
+    from budgetsft.realdata import load_streams
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import selection_screen
+
+    monkeypatch.setenv("BUDGETSFT_CACHE", env["BUDGETSFT_CACHE"])
+    monkeypatch.chdir(work)
+    streams = load_streams("topics.jsonl", "auto", seed=1)
+    chosen = select_labels(streams, "llf", 0.5, seed=1, baselines=("random",), all_head=False, audit=AUDIT_SHARE)
+    held = set(chosen["llf"]["audit_ids"])
+    assert held  # β = 0.5 of 38 rounds: an audit share of 0.1 draws some
+    assert selection_screen.bought(streams, "llf+audit", 0.5, 1) == [i for i in chosen["llf"]["ids"] if i not in held]
+    assert selection_screen.bought(streams, "llf+audit/all", 0.5, 1) == chosen["llf"]["ids"]
+    assert selection_screen.bought(streams, "random", 0.5, 1) == chosen["random"]["ids"]
+    plain = select_labels(streams, "llf", 0.5, seed=1, baselines=(), all_head=False)
+    assert selection_screen.bought(streams, "llf", 0.5, 1) == plain["llf"]["ids"]
+    acc = selection_screen.main(["--data", "topics.jsonl", "--features", "auto", "--max-examples", "0",
+                                 "--seeds", "0,1", "--beta", "0.5", "--rows", "llf,llf+audit,first"])
+    table = capsys.readouterr().out
+    assert list(acc) == ["llf", "llf+audit", "first", "random"]  # random added: the rows' reference
+    for row, values in acc.items():
+        assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+        assert f"| {row} | " in table
+    assert "| random | 19 |" in table  # β = 0.5 of the 38 train rounds, every seed
