@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     from budgetsft.adapt.engine import PrefixCache, encode, quiet_hf, score_packed, train_lora
     from budgetsft.adapt.pipeline import RECIPE
     from budgetsft.adapt.recommend import candidate_nll
-    from budgetsft.adapt.stats import t_quantile
+    from budgetsft.adapt.stats import t_half_width
     from budgetsft.data import load_dataset
     from budgetsft.features.decoder import pad_id
     from budgetsft.features.models import load_causal_lm
@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
                   f"{nll[p][-1]:.3f} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
             del model
 
-    n = len(seeds)
     print(f"### all/plain at {', '.join(f'{p:g}' for p in passes)} passes on {args.data}"
           f"{f' ({args.max_examples} examples)' if args.max_examples else ''}, seeds {args.seeds}, "
           f"{len(test_keys)} test items per seed, {args.threads} thread(s), "
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ref = np.array(acc[passes[0]])
     for p in passes:
         d = 100 * (np.array(acc[p]) - ref)
-        half = t_quantile(n) * d.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        half = t_half_width(d)
         ci = "" if p == passes[0] else f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
         print(f"| {p:g} | {', '.join(f'{a:.4f}' for a in acc[p])} | {np.mean(acc[p]):.4f} | {np.mean(nll[p]):.3f} | "
               f"{'' if p == passes[0] else f'{d.mean():+.2f}'} | {ci} |")

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from budgetsft.adapt.pipeline import RECIPE, _feature_options
-    from budgetsft.adapt.stats import t_quantile
+    from budgetsft.adapt.stats import t_half_width
     from budgetsft.realdata import load_streams
 
     opts = _feature_options("grad", "smollm2-135m-instruct", lora_layers=RECIPE["lora_layers"],
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         for judge in ("refit", "block"):
             d = [x[judge] - y[judge] for x, y in zip(rows[a], rows[b], strict=True)]
             mean = float(np.mean(d))
-            half = t_quantile(len(d)) * float(np.std(d, ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+            half = t_half_width(d)
             lo, hi = mean - half, mean + half
             print(f"| {a} − {b} | {'own features' if judge == 'refit' else 'block features'} | {mean * 100:+.2f} | "
                   f"[{lo * 100:+.2f}, {hi * 100:+.2f}] points |")

@@ -30,21 +30,18 @@ DEFAULT_ROWS = "llf,llf+audit,llf+audit/all,llf:sketch,llf:ridge,llf:arow,llf:og
 
 
 def bought(streams, row: str, beta: float, seed: int) -> list[str]:
-    """Ids of the train rounds that ``row``'s head is refit on, at this seed."""
-    from budgetsft.adapt.pipeline import AUDIT_SHARE, _gate_config
-    from budgetsft.experiment import run
+    """Ids of the train rounds that ``row``'s head is refit on, at this seed (adapt's ``select_labels``)."""
+    from budgetsft.adapt.pipeline import AUDIT_SHARE, select_labels
 
     gate, _, learner = row.partition(":")
-    audit = AUDIT_SHARE if gate.startswith("llf+audit") else 0.0
     name = "llf" if gate.startswith("llf") else gate
-    cfg = _gate_config(name, beta, seed, {"name": learner} if learner else None)
-    res = run({**cfg, "audit": audit}, stream=streams.train, test=streams.test, widths=name == "llf")
-    ids = [r.id for r in res.records if r.queried]
+    chosen = select_labels(streams, name, beta, seed=seed, learner={"name": learner} if learner else None,
+                           baselines=(), all_head=False,
+                           audit=AUDIT_SHARE if gate.startswith("llf+audit") else 0.0)[name]
     if gate == "llf+audit":  # adapt holds the audit labels out of every model's training
-        drawn = set(res.summary.get("audit_rounds", ()))
-        held = {r.id for r in res.records if r.queried and r.round in drawn}
-        ids = [i for i in ids if i not in held]
-    return ids
+        held = set(chosen["audit_ids"])
+        return [i for i in chosen["ids"] if i not in held]
+    return chosen["ids"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
@@ -63,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
     from threadpoolctl import threadpool_limits
 
-    from budgetsft.adapt.stats import t_quantile
+    from budgetsft.adapt.stats import t_half_width
     from budgetsft.realdata import load_streams
     from budgetsft.refit import refit
 
@@ -79,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                 acc[row].append(refit([by_id[i] for i in ids], seed=seed).accuracy(streams.test))
                 n_labels[row].append(len(ids))
             print(f"seed {seed}: " + ", ".join(f"{r} {acc[r][-1]:.4f}" for r in rows), file=sys.stderr)
-    q = t_quantile(len(seeds))
     print(f"# {args.data}{f' ({args.max_examples} examples)' if args.max_examples else ''}, β = {args.beta}, "
           f"seeds {','.join(map(str, seeds))}: the refit head's test accuracy ({time.perf_counter() - t0:.0f} s)\n")
     print("| selection | labels | accuracy per seed | mean | − random | 95 % CI |\n|---|---:|---|---:|---:|---|")
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for row in rows:
         a = np.array(acc[row])
         d = a - base
-        half = q * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        half = t_half_width(d)
         lo, hi = min(n_labels[row]), max(n_labels[row])
         labels = f"{lo}" if lo == hi else f"{lo}–{hi}"
         ci = "" if row == "random" else f"[{(d.mean() - half) * 100:+.2f}, {(d.mean() + half) * 100:+.2f}]"

@@ -563,3 +563,12 @@ def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch
         assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
         assert f"| {row} | " in table
     assert "| random | 19 |" in table  # β = 0.5 of the 38 train rounds, every seed
+
+
+def test_seed_t_half_width_by_hand():
+    from budgetsft.adapt.stats import t_half_width
+
+    # sd 1 over 3 seeds: t(0.975, 2) = 4.3027, / sqrt(3)
+    assert t_half_width([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+    assert t_half_width([0.5, 0.5, 0.5, 0.5]) == 0.0
+    assert np.isnan(t_half_width([0.7]))

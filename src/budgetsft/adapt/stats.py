@@ -121,6 +121,15 @@ def t_quantile(n_seeds: int, level: float = 0.95) -> float:
     return float(_scipy_stats.t.ppf(0.5 + level / 2, n_seeds - 1)) if n_seeds > 1 else math.nan
 
 
+def t_half_width(per_seed: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the plain seed-t interval of the mean of ``per_seed`` (one value a seed, e.g. paired
+    differences): ``t_quantile(S) · sd / √S``, with no test-item floor (nan with one seed)."""
+    v = np.asarray(per_seed, dtype=np.float64)
+    if len(v) < 2:
+        return math.nan
+    return t_quantile(len(v), level) * float(np.std(v, ddof=1)) / math.sqrt(len(v))
+
+
 class PairedBootstrap:
     """Paired intervals of seed-averaged means: a seed-level t interval, or a bootstrap shared by every method.
 
