@@ -60,16 +60,23 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
     from threadpoolctl import threadpool_limits
 
+    from budgetsft.adapt.pipeline import RECIPE, _feature_options
     from budgetsft.adapt.stats import t_half_width
     from budgetsft.realdata import load_streams
     from budgetsft.refit import refit
 
+    # adapt's featuriser options for causal and grad features (its model, LoRA layers and prompt): the features,
+    # and the cache, adapt's gate reads
+    options = _feature_options(args.features, "smollm2-135m-instruct", lora_layers=RECIPE["lora_layers"],
+                               lora_r=RECIPE["lora_r"], lora_alpha=RECIPE["lora_alpha"],
+                               max_prompt_tokens=RECIPE["max_prompt_tokens"])
     acc: dict[str, list[float]] = {r: [] for r in rows}
     n_labels: dict[str, list[int]] = {r: [] for r in rows}
     t0 = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):  # the same numbers on a busy machine
         for seed in seeds:
-            streams = load_streams(args.data, args.features, seed=seed, max_examples=args.max_examples or None)
+            streams = load_streams(args.data, args.features, seed=seed, max_examples=args.max_examples or None,
+                                   feature_options=options)
             by_id = {r.id: r for r in streams.train}
             for row in rows:
                 ids = bought(streams, row, args.beta, seed)

@@ -116,23 +116,23 @@ def test_a_good_approx_entry_is_still_read(cache):
 
 
 def _saved_run(out: Path, seeds=(0, 1), n: int = 6, chance: float | None = None,
-               zero_shot: list[int] | None = None) -> dict:
+               zero_shot: list[int] | None = None, gate: str = "llf") -> dict:
     """An `adapt` output folder as run_adapt writes it: report.json, report.md, accuracy.png, predictions."""
     rng = np.random.default_rng(0)
     results = []
     for seed in seeds:
-        correct = {m: rng.integers(0, 2, size=n).tolist() for m in ("zero-shot", "llf", "random", "all")}
+        correct = {m: rng.integers(0, 2, size=n).tolist() for m in ("zero-shot", gate, "random", "all")}
         if zero_shot is not None:
             correct["zero-shot"] = list(zero_shot)
         row = {"seed": seed, "test_size": n, "train_size": 20, "budget": 2, "features": "block",
-               "labels": {"zero-shot": 0, "llf": 2, "random": 2, "all": 20}, "correct": correct}
+               "labels": {"zero-shot": 0, gate: 2, "random": 2, "all": 20}, "correct": correct}
         if chance is not None:
             row["chance"] = chance
         results.append(row)
         (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
         (out / f"seed-{seed}" / "predictions.json").write_text(json.dumps({"test_ids": [str(i) for i in range(n)],
                                                                            "correct": correct}))
-    report = seed_report(results, gate="llf", baselines=["random", "all"])
+    report = seed_report(results, gate=gate, baselines=["random", "all"])
     report.update(data="topics.jsonl", model="./llama", beta=0.1, mode="stream", labels_file=None,
                   settings={"epochs": 1, "lr": 3e-3, "lora_r": 16, "lora_alpha": 16, "lora_layers": 2,
                             "n_layers": 2, "batch_size": 4, "max_prompt_tokens": 64, "eval_batch_size": 8,
@@ -233,6 +233,19 @@ def test_report_only_rebuilds_the_same_report(tmp_path):
     report = _saved_run(out)
     again = rebuild_report(out)
     assert again["methods"] == report["methods"] and again["paired"] == report["paired"]
+
+
+def test_a_gate_named_with_a_hyphen_is_paired_whole(tmp_path):
+    # `adapt --features grad` names its gate's sets llf-grad/<recipe>: the paired rows must not split that name
+    out = tmp_path / "run"
+    report = _saved_run(out, gate="llf-grad/plain")
+    text = (out / "report.md").read_text()
+    assert "| llf-grad/plain − random |" in text and "| llf-grad/plain − all |" in text
+    assert "llf-grad/plain − random = " in text and "llf − grad" not in text
+    assert "no difference between llf-grad/plain and random is shown" in text
+    again = rebuild_report(out)
+    assert list(again["paired"]) == ["llf-grad/plain-random", "llf-grad/plain-all"]
+    assert again["paired"] == report["paired"]
 
 
 # --------------------------------------------------------------------------- the report's words

@@ -372,8 +372,17 @@ def _ci(ci: Sequence[float], spec: str = ".4f") -> str:
     return f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
 
-def _verdict(name: str, p: Mapping[str, Any]) -> str:
+def _pair(name: str, gate: str) -> tuple[str, str]:
+    """The two methods of a ``paired`` key, ``f"{gate}-{baseline}"``: the gate's own name may hold a "-"
+    (``llf-grad/plain``), so it is taken off the front whole."""
+    if name.startswith(f"{gate}-"):
+        return gate, name[len(gate) + 1:]
     a, b = name.split("-", 1)
+    return a, b
+
+
+def _verdict(name: str, p: Mapping[str, Any], gate: str) -> str:
+    a, b = _pair(name, gate)
     if p["within_noise"]:
         return f"within noise (the interval contains 0): no difference between {a} and {b} is shown"
     better = a if p["mean"] > 0 else b
@@ -432,8 +441,8 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
     if paired:
         lines += ["", "| paired difference | mean | 95 % CI | per seed | verdict |", "|---|---:|---|---|---|"]
         for name, p in paired.items():
-            lines.append(f"| {name.replace('-', ' − ', 1)} | {p['mean']:+.4f} | {_ci(p['ci95'], '+.4f')} | "
-                         f"{', '.join(f'{d:+.4f}' for d in p['per_seed'])} | {_verdict(name, p)} |")
+            lines.append(f"| {' − '.join(_pair(name, gate))} | {p['mean']:+.4f} | {_ci(p['ci95'], '+.4f')} | "
+                         f"{', '.join(f'{d:+.4f}' for d in p['per_seed'])} | {_verdict(name, p, gate)} |")
     compared = report.get("comparisons", [])
     if compared:
         lines += ["", "| comparison | mean | 95 % CI | verdict |", "|---|---:|---|---|"]
@@ -444,7 +453,7 @@ def render_seed_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
     words = []
     for name, p in paired.items():
-        a, b = name.split("-", 1)
+        a, b = _pair(name, gate)
         diff = f"{a} − {b} = {100 * p['mean']:+.1f} points, 95 % CI {100 * p['ci95'][0]:+.1f} to " \
                f"{100 * p['ci95'][1]:+.1f}"
         if p["within_noise"]:
@@ -616,7 +625,7 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
         methods = list(correct)
         results.append({**row, "correct": correct, **_saved_nll(stored, correct)})
     gate = old.get("gate", "llf")
-    baselines = [name.split("-", 1)[1] for name in old.get("paired", {})]
+    baselines = [_pair(name, gate)[1] for name in old.get("paired", {})]
     comparisons = [(c["a"], c["b"]) for c in old.get("comparisons", [])
                    if isinstance(c, dict) and "a" in c and "b" in c]
     report = {**old, **seed_report(results, gate=gate, baselines=baselines, comparisons=comparisons)}
