@@ -6,7 +6,9 @@ Run:  .venv/bin/python benchmarks/selection_screen.py [--data sarcasm] [--max-ex
 Every row plays ``budgetsft run``'s game on one seed's train stream of adapt's split (block features unless
 ``--features`` says otherwise, the default learner unless the row names one) and refits the head on the labels
 it bought (``budgetsft.refit``, as adapt's ``<selection>/head``); the table gives its accuracy on the seed's
-test split, and the paired difference against ``random`` with adapt's seed-level t interval. No LLM is
+test split, and the paired difference against ``random`` with adapt's seed-level t interval; a second table, how
+lopsided each head is (the share of the test items given the label it predicts most, beside that label's share of
+the labels it was fit on). No LLM is
 trained: a LoRA run of the same sets takes half an hour (``budgetsft adapt``), this takes about a minute, so it
 screens selection rules before they are worth one. Rows:
 
@@ -15,6 +17,8 @@ screens selection rules before they are worth one. Rows:
   ones, what adapt's ``llf/*`` models train on;
 * ``llf+audit/all``: the same game, the head on every label it bought, audit ones included;
 * ``llf:<learner>``: the default gate over another learner (``sketch``, ``ridge``, ``arow``, ``ogd``);
+* ``llf+random=<ε>``: the default gate with a share ε of its budget drawn uniformly at random (adapt's audit
+  draw, ε in [0, 1)), the head on every label it bought: a mix of LLF and random;
 * any other gate name (``random``, ``first``, ``margin``, ``bbq``, ``cgz``): that gate, no audit share.
 """
 
@@ -35,9 +39,11 @@ def bought(streams, row: str, beta: float, seed: int) -> list[str]:
 
     gate, _, learner = row.partition(":")
     name = "llf" if gate.startswith("llf") else gate
+    share = AUDIT_SHARE if gate.startswith("llf+audit") else 0.0
+    if gate.startswith("llf+random="):  # a share of the budget bought uniformly at random, every label refit
+        share = float(gate.split("=", 1)[1])
     chosen = select_labels(streams, name, beta, seed=seed, learner={"name": learner} if learner else None,
-                           baselines=(), all_head=False,
-                           audit=AUDIT_SHARE if gate.startswith("llf+audit") else 0.0)[name]
+                           baselines=(), all_head=False, audit=share)[name]
     if gate == "llf+audit":  # adapt holds the audit labels out of every model's training
         held = set(chosen["audit_ids"])
         return [i for i in chosen["ids"] if i not in held]
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                                max_prompt_tokens=RECIPE["max_prompt_tokens"])
     acc: dict[str, list[float]] = {r: [] for r in rows}
     n_labels: dict[str, list[int]] = {r: [] for r in rows}
+    # the label the head predicts most on the test split: its share of the predictions, and of the bought labels
+    skew: dict[str, list[tuple[float, float]]] = {r: [] for r in rows}
     t0 = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):  # the same numbers on a busy machine
         for seed in seeds:
@@ -80,8 +88,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             by_id = {r.id: r for r in streams.train}
             for row in rows:
                 ids = bought(streams, row, args.beta, seed)
-                acc[row].append(refit([by_id[i] for i in ids], seed=seed).accuracy(streams.test))
+                head = refit([by_id[i] for i in ids], seed=seed)
+                acc[row].append(head.accuracy(streams.test))
                 n_labels[row].append(len(ids))
+                pred = np.array([head.predict(r) for r in streams.test])
+                top = int(np.bincount(pred).argmax())
+                skew[row].append((float(np.mean(pred == top)), float(np.mean([by_id[i].gold == top for i in ids]))))
             print(f"seed {seed}: " + ", ".join(f"{r} {acc[r][-1]:.4f}" for r in rows), file=sys.stderr)
     print(f"# {args.data}{f' ({args.max_examples} examples)' if args.max_examples else ''}, β = {args.beta}, "
           f"seeds {','.join(map(str, seeds))}: the refit head's test accuracy ({time.perf_counter() - t0:.0f} s)\n")
@@ -97,6 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         diff = "" if row == "random" else f"{d.mean() * 100:+.2f}"
         print(f"| {row} | {labels} | {', '.join(f'{x:.4f}' for x in a)} | {a.mean():.4f} | {diff} | {ci} |")
     print("\n(− random and its interval in points: the paired per-seed differences, adapt's seed-level t interval.)")
+    print("\nThe label each head predicts most on the test split, per seed: its share of the head's predictions "
+          "(its share of the labels the head was fit on)\n")
+    print("| selection | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---:|" * len(seeds))
+    for row in rows:
+        print(f"| {row} | " + " | ".join(f"{p:.2f} ({b:.2f})" for p, b in skew[row]) + " |")
     return acc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -555,6 +556,9 @@ def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch
     assert selection_screen.bought(streams, "random", 0.5, 1) == chosen["random"]["ids"]
     plain = select_labels(streams, "llf", 0.5, seed=1, baselines=(), all_head=False)
     assert selection_screen.bought(streams, "llf", 0.5, 1) == plain["llf"]["ids"]
+    mixed = select_labels(streams, "llf", 0.5, seed=1, baselines=(), all_head=False, audit=0.5)["llf"]
+    assert len(mixed["audit_ids"]) > len(held)  # half the budget drawn at random, every label refit
+    assert selection_screen.bought(streams, "llf+random=0.5", 0.5, 1) == mixed["ids"]
     acc = selection_screen.main(["--data", "topics.jsonl", "--features", "auto", "--max-examples", "0",
                                  "--seeds", "0,1", "--beta", "0.5", "--rows", "llf,llf+audit,first"])
     table = capsys.readouterr().out
@@ -563,6 +567,12 @@ def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch
         assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
         assert f"| {row} | " in table
     assert "| random | 19 |" in table  # β = 0.5 of the 38 train rounds, every seed
+    # the second table: each head's most predicted label, its share of the predictions and of the labels
+    skew = table.split("The label each head predicts most")[1]
+    for row in acc:
+        shares = re.findall(r"(\d\.\d\d) \((\d\.\d\d)\)", next(ln for ln in skew.splitlines()
+                                                             if ln.startswith(f"| {row} | ")))
+        assert len(shares) == 2 and all(1 / 3 <= float(p) <= 1.0 and 0.0 <= float(b) <= 1.0 for p, b in shares)
 
 
 def test_seed_t_half_width_by_hand():
