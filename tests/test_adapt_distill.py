@@ -6,6 +6,7 @@ Real parts throughout: the refit head, a tiny random-weight Llama trained by ``t
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,11 +24,11 @@ from test_adapt_value import EXAMPLES, _cli, _llama, env, tok, work  # noqa: E40
 
 from budgetsft.adapt.engine import PrefixCache, encode, train_lora  # noqa: E402
 from budgetsft.adapt.lora import pad_id  # noqa: E402
-from budgetsft.adapt.pipeline import distill_set, run_adapt  # noqa: E402
+from budgetsft.adapt.pipeline import distill_set, lopsided_note, run_adapt  # noqa: E402
 from budgetsft.base import Round  # noqa: E402
 from budgetsft.data import Example  # noqa: E402
 from budgetsft.exceptions import ConfigError, DataError  # noqa: E402
-from budgetsft.refit import refit  # noqa: E402
+from budgetsft.refit import RefitHead, refit  # noqa: E402
 
 
 def _pool(n: int = 60, d: int = 6, K: int = 3, seed: int = 0):
@@ -63,6 +64,28 @@ def test_distill_set_keeps_gold_and_labels_the_rest_with_the_heads_answers():
     # the pseudo-labels are mostly right on this separable pool, and not copied from the gold
     pseudo_right = np.mean([out["pseudo"][r.id][0] == r.gold for r in rounds[20:]])
     assert 0.6 < pseudo_right
+
+
+def test_distill_set_says_how_lopsided_its_head_is():
+    rounds, by_id = _pool()
+    bought = [r.id for r in rounds[:20]]
+    out = distill_set(rounds, [], by_id, bought, seed=0)
+    gold = np.bincount([r.gold for r in rounds[:20]], minlength=3) / 20
+    given = np.bincount([out["pseudo"][r.id][0] for r in rounds[20:]], minlength=3) / 40
+    assert out["shares"]["gold"] == pytest.approx(gold) and out["shares"]["pseudo"] == pytest.approx(given)
+    top = int(np.argmax(given))
+    assert lopsided_note(out, ("a", "b", "c")) == (f"the head gives {'abc'[top]!r} to {given[top]:.0%} of the items "
+                                                    f"it labels ({gold[top]:.0%} of its own labels)")
+    # a head that gives one label to everything: every unbought item, whatever its own labels' shares
+    skewed = [Round(np.hstack([r.features, np.eye(3)]), r.gold, id=r.id) for r in rounds]
+    head = RefitHead()
+    head.coef_ = np.r_[np.zeros(rounds[0].features.shape[1]), 0.0, 100.0, 0.0]  # candidate 1, whatever the item
+    one = distill_set(skewed, [], by_id, bought, seed=0, head=head)
+    assert one["shares"]["pseudo"] == [0.0, 1.0, 0.0]
+    assert lopsided_note(one, ("a", "b", "c")).startswith("the head gives 'b' to 100% of the items it labels (")
+    # per-item candidates (no fixed label set) and a set with nothing left to label say nothing
+    assert lopsided_note(out, None) is None
+    assert lopsided_note(distill_set(rounds, [], by_id, [r.id for r in rounds], seed=0), ("a", "b", "c")) is None
 
 
 def test_distill_set_rejects_a_bad_weight_and_an_empty_selection():
@@ -108,9 +131,14 @@ def test_bad_weights_are_refused_naming_the_parameter(cached, weights):
 
 def test_adapt_with_the_distill_recipe_trains_and_compares_both_recipes(work, env, tmp_path):  # noqa: F811
     out = tmp_path / "adapt"
-    _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
-          "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size", "4",
-          "--device", "cpu", "--audit", "0", "--out", out], env, work)
+    proc = _cli(["adapt", "--data", "topics.jsonl", "--model", "./llama", "--seeds", "0,1", "--beta", "0.2",
+                 "--baselines", "random", "--recipes", "plain,distill", "--no-all", "--epochs", "1", "--batch-size",
+                 "4", "--device", "cpu", "--audit", "0", "--out", out], env, work)
+    # before LoRA trains on a head's labels, adapt says how lopsided that head is
+    for seed in (0, 1):
+        for sel in ("llf", "random"):
+            assert re.search(rf"seed {seed}: {sel}/distill: the head gives '\w+' to \d+% of the items it labels "
+                             r"\(\d+% of its own labels\)", proc.stdout + proc.stderr), (seed, sel)
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["zero-shot", "llf/head", "llf/plain", "llf/distill", "random/head",
                                        "random/plain", "random/distill"]

@@ -7,6 +7,7 @@ features over 3 fixed candidates); a script plays the annotator, reading the gol
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,7 +297,7 @@ def test_a_stream_session_with_an_audit_share_estimates_its_accuracy(tmp_path):
     assert sess.ledger.spent() <= 300
 
 
-def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_path):
+def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_path, capsys):
     """An unlabelled pool and a person's labels: adapt trains LoRA on them, a head over the session's features and
     LoRA on the head's labels for the rest of the pool, and hands the recommended model back."""
     pytest.importorskip("peft")
@@ -325,9 +326,14 @@ def test_adapt_on_a_pool_ledger_trains_and_hands_the_model_back(pool200, tmp_pat
           "device": "cpu", "threads": 1, "progress": False}
     try:
         plain = run_adapt(str(pool), tmp_path / "plain", labels_file=db, recipes=["plain"], **kw)
-        report = run_adapt(str(pool), tmp_path / "adapt", labels_file=db, **kw)
+        capsys.readouterr()
+        report = run_adapt(str(pool), tmp_path / "adapt", labels_file=db, **{**kw, "progress": True})
     finally:
         torch.set_num_threads(threads)
+    said = capsys.readouterr()
+    # before LoRA trains on the head's labels, adapt says how lopsided the head is on the pool
+    assert re.search(r"seed 0: labels/distill: the head gives '.+' to \d+% of the items it labels \(\d+% of its own "
+                     r"labels\)", said.out + said.err), said.out[-2000:] + said.err[-2000:]
     # --recipes plain: LoRA on the labels alone, the only model, handed back unscored
     assert plain["recommended"] == "labels/plain" and plain["unscored"].startswith("an unlabelled pool")
     assert list(plain["methods"]) == ["labels/plain"] and plain["methods"]["labels/plain"]["labels"] == [6]

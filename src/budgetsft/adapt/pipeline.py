@@ -51,7 +51,8 @@ from budgetsft.config import DEFAULT_CONFIG, GATES, LEARNERS, SEEDED_OFFSET, mer
 from budgetsft.data import Example
 from budgetsft.exceptions import ConfigError, DataError
 
-__all__ = ["select_labels", "run_adapt", "read_labels", "read_labelled", "random_set", "RECIPE"]
+__all__ = ["select_labels", "run_adapt", "read_labels", "read_labelled", "random_set", "distill_set", "lopsided_note",
+           "RECIPE"]
 
 #: The LoRA recipe of every labelled set (docs/method.md, "Adaptation").
 RECIPE: dict[str, Any] = {
@@ -196,7 +197,10 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
     than a gold label (weight 1). The test split is never read except to report the head's accuracy.
     ``head``: that refit head when the caller has it already (the same fit).
 
-    Returns ``{"examples", "ids", "weights", "pseudo": {id: [answer, weight]}, "head_accuracy"}``.
+    Returns ``{"examples", "ids", "weights", "pseudo": {id: [answer, weight]}, "head_accuracy", "shares"}``;
+    ``shares``: ``{"gold": [...], "pseudo": [...]}``, the share of each answer index among the gold labels and
+    among the head's labels (how lopsided the head is against the labels it learnt from:
+    :func:`lopsided_note`).
     """
     from dataclasses import replace
 
@@ -220,8 +224,28 @@ def distill_set(train, test, by_id: dict[str, Example], bought_ids: Sequence[str
         examples.append(replace(ex, answer=a))
         weights.append(float(weight * q[a]))
         pseudo[r.id] = [a, weights[-1]]
+    k = max(len(by_id[r.id].candidates) for r in train)
+    gold = np.bincount([int(r.gold) for r in rounds], minlength=k)
+    given = np.bincount([a for a, _ in pseudo.values()], minlength=k)
+    shares = {"gold": (gold / max(gold.sum(), 1)).tolist(), "pseudo": (given / max(given.sum(), 1)).tolist()}
     return {"examples": examples, "ids": [ex.id for ex in examples], "weights": weights, "pseudo": pseudo,
-            "head_accuracy": head.accuracy(test) if test else None}
+            "head_accuracy": head.accuracy(test) if test else None, "shares": shares}
+
+
+def lopsided_note(distill: Mapping[str, Any], labels: Sequence[str] | None) -> str | None:
+    """What the head of a :func:`distill_set` does with the unbought items, in words: the label it gives most,
+    to what share of them, beside that label's share of the gold labels it was fit on. A head refit on labels
+    bought near its learner's boundary can give one label to most of the pool though its own labels are
+    balanced (benchmarks/RESULTS.md, "Sarcasm with `llf-grad`"), and distill copies it; this says so before
+    LoRA trains on it. None without a fixed label set (``labels`` None: answer indices name other candidates
+    on every item) or without pseudo-labels."""
+    shares = distill.get("shares")
+    if labels is None or not shares or not distill.get("pseudo"):
+        return None
+    top = int(np.argmax(shares["pseudo"]))
+    name = labels[top] if top < len(labels) else str(top)
+    return (f"the head gives {name!r} to {shares['pseudo'][top]:.0%} of the items it labels "
+            f"({shares['gold'][top]:.0%} of its own labels)")
 
 
 def _training_list(s: dict[str, Any], epochs: float, passes: float | None, all_passes: float | None = None
@@ -765,6 +789,9 @@ def _train_on_pool(data: str, out: Path, given: list[Example], pool: Sequence[Ex
             heads["labels/head"] = refit([labelled[k] for k in keys], seed=seed)
             sets["labels/distill"] = distill_set(rest, None, by_id, keys, seed=seed, weight=distill_weight,
                                                  head=heads["labels/head"])
+            note = lopsided_note(sets["labels/distill"], card_options.get("labels"))
+            if note:
+                say(f"seed {seed}: labels/distill: {note}")
         plans.append({"seed": seed, "sets": sets, "heads": heads, "by_id": by_id if heads else None,
                       "train_rounds": {r.id: r for r in rest} if heads else None})
 
@@ -1153,6 +1180,9 @@ def run_adapt(
                         f"labels the other {len(pool) - len(chosen_set['ids'])} train items")
                     sets[f"{sel}/distill"] = distill_set(pool, streams.test, by_id, chosen_set["ids"],
                                                          seed=seed, weight=distill_weight, head=heads[f"{sel}/head"])
+                    note = lopsided_note(sets[f"{sel}/distill"], ds.labels)
+                    if note:
+                        say(f"seed {seed}: {sel}/distill: {note}")
             test_all = list(ds.test)
             plan = {"seed": seed, "sets": sets, "heads": heads, "train_size": len(streams.train),
                     "dropped_from_test": 0, "budget": budget, "features": streams.featurizer,
