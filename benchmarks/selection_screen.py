@@ -19,18 +19,80 @@ screens selection rules before they are worth one. Rows:
 * ``llf:<learner>``: the default gate over another learner (``sketch``, ``ridge``, ``arow``, ``ogd``);
 * ``llf+random=<ε>``: the default gate with a share ε of its budget drawn uniformly at random (adapt's audit
   draw, ε in [0, 1)), the head on every label it bought: a mix of LLF and random;
+* ``llf+density``: the default gate with each round's latency weighted by how typical its item is of the train
+  pool (information density, Settles & Craven 2008; :func:`density_weights`), no audit share: LLF's sarcasm picks
+  are a little less typical than random's, and this is the standard remedy (tried, not kept: RESULTS.md);
 * any other gate name (``random``, ``first``, ``margin``, ``bbq``, ``cgz``): that gate, no audit share.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
 DEFAULT_ROWS = "llf,llf+audit,llf+audit/all,llf:sketch,llf:ridge,llf:arow,llf:ogd,first,random"
+
+
+#: Neighbours the density of an item is the mean cosine similarity to (Settles & Craven's information density
+#: averages over the whole pool; the nearest few keep a tight cluster from being swamped by the rest).
+DENSITY_NEIGHBOURS = 20
+
+
+def _item_vector(features: np.ndarray) -> np.ndarray:
+    """One unit vector per item: the mean of its candidates' feature rows."""
+    v = np.asarray(features, dtype=np.float64).mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _densities(pool: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine similarity of each item to its k most similar pool items, itself (or an exact duplicate: a
+    similarity of 1 within 1e-9) left out."""
+    sims = items @ pool.T
+    sims = np.where(sims >= 1.0 - 1e-9, -np.inf, sims)
+    top = np.sort(sims, axis=1)[:, -k:]
+    return np.where(np.isfinite(top), top, 0.0).mean(axis=1)
+
+
+def density_weights(pool: np.ndarray, items: np.ndarray, k: int = DENSITY_NEIGHBOURS,
+                    reference: np.ndarray | None = None) -> np.ndarray:
+    """How typical each of ``items`` (rows, unit vectors) is of ``pool`` (rows, unit vectors), in (0, 1].
+
+    An item's density is :func:`_densities`; its weight is that density's rank among the pool items' own
+    densities (``reference``, sorted; computed when not given), (rank + 1) / (n + 1): the most typical item
+    weighs about 1, the least about 1/n.
+    """
+    ref = np.sort(_densities(pool, pool, k)) if reference is None else reference
+    return (np.searchsorted(ref, _densities(pool, items, k), side="right") + 1) / (len(ref) + 1)
+
+
+@contextlib.contextmanager
+def density_latency(streams) -> Iterator[None]:
+    """While open, every LLF gate reads each round's latency ℓ weighted by the item's density weight w
+    (:func:`density_weights` against the seed's train pool): ℓ·w when ℓ > 0 (an atypical uncertain item counts
+    less), ℓ/w otherwise (an atypical certain one stays further below)."""
+    from budgetsft.gates.llf import LLFGate
+
+    pool = np.stack([_item_vector(r.features) for r in streams.train])
+    reference = np.sort(_densities(pool, pool, DENSITY_NEIGHBOURS))
+    ask = LLFGate.ask
+
+    def weighted(self, info, budget):
+        w = float(density_weights(pool, _item_vector(info.features)[None, :], reference=reference)[0])
+        lat = float(info.latency)
+        lat = lat * w if lat > 0 else lat / w
+        return ask(self, dataclasses.replace(info, latency=lat), budget)
+
+    LLFGate.ask = weighted
+    try:
+        yield
+    finally:
+        LLFGate.ask = ask
 
 
 def bought(streams, row: str, beta: float, seed: int) -> list[str]:
@@ -42,8 +104,9 @@ def bought(streams, row: str, beta: float, seed: int) -> list[str]:
     share = AUDIT_SHARE if gate.startswith("llf+audit") else 0.0
     if gate.startswith("llf+random="):  # a share of the budget bought uniformly at random, every label refit
         share = float(gate.split("=", 1)[1])
-    chosen = select_labels(streams, name, beta, seed=seed, learner={"name": learner} if learner else None,
-                           baselines=(), all_head=False, audit=share)[name]
+    with density_latency(streams) if gate == "llf+density" else contextlib.nullcontext():
+        chosen = select_labels(streams, name, beta, seed=seed, learner={"name": learner} if learner else None,
+                               baselines=(), all_head=False, audit=share)[name]
     if gate == "llf+audit":  # adapt holds the audit labels out of every model's training
         held = set(chosen["audit_ids"])
         return [i for i in chosen["ids"] if i not in held]

@@ -559,6 +559,14 @@ def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch
     mixed = select_labels(streams, "llf", 0.5, seed=1, baselines=(), all_head=False, audit=0.5)["llf"]
     assert len(mixed["audit_ids"]) > len(held)  # half the budget drawn at random, every label refit
     assert selection_screen.bought(streams, "llf+random=0.5", 0.5, 1) == mixed["ids"]
+    # llf+density: the same gate and budget, its latencies weighted; the gate is left as it was afterwards
+    from budgetsft.gates.llf import LLFGate
+
+    ask = LLFGate.ask
+    dense = selection_screen.bought(streams, "llf+density", 0.5, 1)
+    assert LLFGate.ask is ask
+    assert len(dense) == len(plain["llf"]["ids"]) and set(dense) <= {r.id for r in streams.train}
+    assert selection_screen.bought(streams, "llf", 0.5, 1) == plain["llf"]["ids"]
     acc = selection_screen.main(["--data", "topics.jsonl", "--features", "auto", "--max-examples", "0",
                                  "--seeds", "0,1", "--beta", "0.5", "--rows", "llf,llf+audit,first"])
     table = capsys.readouterr().out
@@ -573,6 +581,29 @@ def test_the_selection_screen_refits_what_adapt_trains_on(work, env, monkeypatch
         shares = re.findall(r"(\d\.\d\d) \((\d\.\d\d)\)", next(ln for ln in skew.splitlines()
                                                              if ln.startswith(f"| {row} | ")))
         assert len(shares) == 2 and all(1 / 3 <= float(p) <= 1.0 and 0.0 <= float(b) <= 1.0 for p, b in shares)
+
+
+def test_density_weights_rank_how_typical_an_item_is():
+    """benchmarks/selection_screen.py's information density: an item in a tight cluster weighs more than an
+    outlier; weights lie in (0, 1]; an item's own copy in the pool is left out of its neighbours."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    from selection_screen import _densities, density_weights
+
+    rng = np.random.default_rng(0)
+    centre = np.ones(8) / np.sqrt(8)
+    cluster = centre + 0.05 * rng.normal(size=(30, 8))
+    outliers = rng.normal(size=(5, 8))
+    pool = np.vstack([cluster, outliers])
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    w = density_weights(pool, pool, k=5)
+    assert np.all((w > 0) & (w <= 1))
+    assert w[:30].min() > w[30:].max()  # every cluster item is more typical than every outlier
+    assert density_weights(pool, centre[None, :], k=5)[0] >= np.median(w[:30])
+    # an item's own copy in the pool is not its neighbour: the same density as against the pool without it
+    for i in (0, 31):
+        item = pool[i : i + 1]
+        assert _densities(pool, item, 5) == pytest.approx(_densities(np.delete(pool, i, 0), item, 5))
 
 
 def test_seed_t_half_width_by_hand():
