@@ -1,10 +1,11 @@
-"""What the peers' labels buy the LLM: LoRA (plain and distill) on the sets VW, river and modAL buy (issue 20).
+"""What the peers' labels buy the LLM: LoRA (plain and distill) on the sets VW, river, modAL and scikit-activeml buy.
 
 Usage::
 
     python benchmarks/adapt_peers.py                                  # bbc-news, β = 0.1, seeds 0,1,2
     python benchmarks/adapt_peers.py --seeds 0,1,2,3,4 --out runs/adapt-peers-bbc
     python benchmarks/adapt_peers.py --data sarcasm --max-examples 3000 --peers modal-pool
+    python benchmarks/adapt_peers.py --peers skal-pal,skal-varunc --out runs/adapt-skal-bbc
 
 One ``budgetsft adapt`` run (:func:`budgetsft.adapt.pipeline.run_adapt` at its defaults: LLF and random, the
 audit share, head / plain / distill, the recommendation) with each peer's label set plugged in through
@@ -18,7 +19,10 @@ indices of the rounds each bought; one BLAS thread while they choose):
 * ``river-entropy``: ``river.active.EntropySampler`` around ``SoftmaxRegression``, its discount tuned on each
   seed to buy ≈ B (``peers.tune``); no hard cap;
 * ``modal-pool``: modAL uncertainty sampling over the train split as a pool, exactly B;
-* ``vw-active``: VW ``--active`` with its mellowness tuned on each seed to buy ≈ B; no hard cap.
+* ``vw-active``: VW ``--active`` with its mellowness tuned on each seed to buy ≈ B; no hard cap;
+* ``skal-pal``, ``skal-varunc``, ``skal-split``: scikit-activeml's stream strategies (probabilistic active
+  learning, variable uncertainty, and variable uncertainty mixed with random queries), around the Parzen-window
+  classifier of its stream tutorial, each budget manager built with β and held to B by the harness.
 
 A peer that buys more than B keeps its first B labels in stream order, which is what a hard cap at B would have
 let it buy (the run is the same up to the B-th query); one that buys fewer keeps what it bought (the ``labels``
@@ -40,7 +44,7 @@ import peers  # a sibling script: this folder is on sys.path
 from threadpoolctl import threadpool_limits
 
 PEERS = ["vw-cs_active", "river-entropy", "modal-pool"]
-CHOICES = [*PEERS, "vw-active"]
+CHOICES = [*PEERS, "vw-active", *peers.SKAL]
 
 
 def peer_selection(method: str, data: str, beta: float, max_examples: int | None, bought_log: list,
